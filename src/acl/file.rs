@@ -1,0 +1,1 @@
+//! The `acl-rules/` file format: TOML files of `[[rule]]` tables, loaded in file-name order.

@@ -1,0 +1,207 @@
+//! The device registry: the `Store` (PostgreSQL or SQLite, the only place SQL lives), the
+//! hot-path cache in front of it, and change notification between replicas.
+//!
+//! Every device-level call takes a [`TenantId`]; the one lookup that is not tenant-scoped is
+//! [`Store::resolve_client`], which maps a globally unique MQTT client id to its tenant through the
+//! `client_directory` table (brokers send a client id, not a tenant).
+
+pub mod model;
+pub mod pg;
+pub mod sqlite;
+
+pub use model::*;
+
+/// Errors from the store. Messages never contain secrets (digests are never formatted).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The named thing does not exist (in this tenant).
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A unique name or client id is already taken.
+    #[error("{0} already exists")]
+    Conflict(String),
+    /// Input the store refuses (e.g. a bad URL).
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// The database failed or could not be reached.
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Applying migrations failed.
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Result alias for store calls.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The registry store: PostgreSQL in production, SQLite for a single box. Both pass the same
+/// contract tests (`tests/it/store_contract.rs`).
+#[derive(Clone, Debug)]
+pub enum Store {
+    /// PostgreSQL, with row-level security and LISTEN/NOTIFY.
+    Postgres(pg::PgStore),
+    /// SQLite file (or memory), in-process invalidation only.
+    Sqlite(sqlite::SqliteStore),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            Store::Postgres($s) => $e,
+            Store::Sqlite($s) => $e,
+        }
+    };
+}
+
+impl Store {
+    /// Connects to `url` (`postgres://…`, `sqlite://path?mode=rwc`, `sqlite::memory:`).
+    pub async fn connect(url: &str) -> StoreResult<Store> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Store::Postgres(pg::PgStore::connect(url).await?))
+        } else if url.starts_with("sqlite:") {
+            Ok(Store::Sqlite(sqlite::SqliteStore::connect(url).await?))
+        } else {
+            Err(StoreError::Invalid(
+                "database URL must start with postgres:// or sqlite:".into(),
+            ))
+        }
+    }
+
+    /// Applies pending migrations (`migrations/postgres` or `migrations/sqlite`).
+    pub async fn migrate(&self) -> StoreResult<()> {
+        dispatch!(self, s => s.migrate().await)
+    }
+
+    /// Cheap reachability check for `/readyz`.
+    pub async fn ping(&self) -> StoreResult<()> {
+        dispatch!(self, s => s.ping().await)
+    }
+
+    /// Creates a tenant; `Conflict` if the name is taken.
+    pub async fn create_tenant(&self, name: &str, now: i64) -> StoreResult<Tenant> {
+        dispatch!(self, s => s.create_tenant(name, now).await)
+    }
+
+    /// Finds a tenant by name.
+    pub async fn tenant_by_name(&self, name: &str) -> StoreResult<Option<Tenant>> {
+        dispatch!(self, s => s.tenant_by_name(name).await)
+    }
+
+    /// All tenants, by name.
+    pub async fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
+        dispatch!(self, s => s.list_tenants().await)
+    }
+
+    /// Creates a device; `Conflict` if the client id exists in any tenant.
+    pub async fn create_device(&self, t: TenantId, d: &NewDevice, now: i64) -> StoreResult<Device> {
+        dispatch!(self, s => s.create_device(t, d, now).await)
+    }
+
+    /// Enables or disables a device; `NotFound` if it is not in this tenant.
+    pub async fn set_device_enabled(
+        &self,
+        t: TenantId,
+        client_id: &str,
+        enabled: bool,
+    ) -> StoreResult<()> {
+        dispatch!(self, s => s.set_device_enabled(t, client_id, enabled).await)
+    }
+
+    /// Removes a device with its credentials and rules; `NotFound` if it is not in this tenant.
+    pub async fn remove_device(&self, t: TenantId, client_id: &str) -> StoreResult<()> {
+        dispatch!(self, s => s.remove_device(t, client_id).await)
+    }
+
+    /// Lists a tenant's devices, by client id.
+    pub async fn list_devices(&self, t: TenantId) -> StoreResult<Vec<Device>> {
+        dispatch!(self, s => s.list_devices(t).await)
+    }
+
+    /// Adds a credential to a device; returns its id.
+    pub async fn add_credential(
+        &self,
+        t: TenantId,
+        client_id: &str,
+        c: &NewCredential,
+        now: i64,
+    ) -> StoreResult<i64> {
+        dispatch!(self, s => s.add_credential(t, client_id, c, now).await)
+    }
+
+    /// Sets `expires_at = min(expires_at, at)` on the device's unexpired credentials of `kinds`
+    /// (rotation grace, password replacement). Returns how many changed.
+    pub async fn expire_credentials(
+        &self,
+        t: TenantId,
+        client_id: &str,
+        kinds: &[CredentialKind],
+        at: i64,
+    ) -> StoreResult<u64> {
+        dispatch!(self, s => s.expire_credentials(t, client_id, kinds, at).await)
+    }
+
+    /// Replaces a credential's kind and digest in place (legacy bcrypt → argon2id upgrade).
+    pub async fn replace_credential_digest(
+        &self,
+        t: TenantId,
+        credential_id: i64,
+        kind: CredentialKind,
+        digest: &str,
+    ) -> StoreResult<()> {
+        dispatch!(self, s => s.replace_credential_digest(t, credential_id, kind, digest).await)
+    }
+
+    /// Maps a client id to its tenant (the one lookup not scoped by tenant).
+    pub async fn resolve_client(&self, client_id: &str) -> StoreResult<Option<TenantId>> {
+        dispatch!(self, s => s.resolve_client(client_id).await)
+    }
+
+    /// Everything the hot path needs about one device, or `None`.
+    pub async fn load_device(
+        &self,
+        t: TenantId,
+        client_id: &str,
+    ) -> StoreResult<Option<DeviceRecord>> {
+        dispatch!(self, s => s.load_device(t, client_id).await)
+    }
+
+    /// Every device record of a tenant (cache warm-up).
+    pub async fn load_tenant_devices(&self, t: TenantId) -> StoreResult<Vec<DeviceRecord>> {
+        dispatch!(self, s => s.load_tenant_devices(t).await)
+    }
+
+    /// Appends an ACL rule for a device (`Some(client_id)`) or the whole tenant (`None`).
+    pub async fn add_acl_rule(
+        &self,
+        t: TenantId,
+        client_id: Option<&str>,
+        r: &NewAclRule,
+        now: i64,
+    ) -> StoreResult<i64> {
+        dispatch!(self, s => s.add_acl_rule(t, client_id, r, now).await)
+    }
+
+    /// Lists a tenant's stored rules (device rules and tenant rules), in evaluation order.
+    pub async fn list_acl_rules(&self, t: TenantId) -> StoreResult<Vec<StoredAclRule>> {
+        dispatch!(self, s => s.list_acl_rules(t).await)
+    }
+
+    /// Removes a stored rule; returns the client id it belonged to (if a device rule).
+    pub async fn remove_acl_rule(&self, t: TenantId, rule_id: i64) -> StoreResult<Option<String>> {
+        dispatch!(self, s => s.remove_acl_rule(t, rule_id).await)
+    }
+}
+
+impl Store {
+    /// Changes made by any replica (PostgreSQL LISTEN/NOTIFY). `None` for SQLite, whose only writer
+    /// is this process (it invalidates in-process). After a lost listener connection the stream
+    /// yields [`Change::Resync`] since notifications may have been missed.
+    pub async fn subscribe_changes(
+        &self,
+    ) -> StoreResult<Option<tokio::sync::mpsc::Receiver<Change>>> {
+        match self {
+            Store::Postgres(s) => s.subscribe_changes().await.map(Some),
+            Store::Sqlite(_) => Ok(None),
+        }
+    }
+}

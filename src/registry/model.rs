@@ -1,0 +1,180 @@
+//! Plain data the store reads and writes. No type here can hold a plaintext secret: credentials
+//! carry only digests / password hashes, and their `Debug` never prints them.
+
+use serde::Serialize;
+
+pub use crate::acl::{Permission, RuleAction};
+
+/// A tenant's id; every device-level query is scoped by one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct TenantId(pub i64);
+
+/// A tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Tenant {
+    /// Store id.
+    pub id: TenantId,
+    /// Unique name (used as `${tenant}` in ACL rules).
+    pub name: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// A device to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDevice {
+    /// MQTT client id, unique across all tenants.
+    pub client_id: String,
+    /// Optional MQTT username the device must present.
+    pub username: Option<String>,
+}
+
+/// A device row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Device {
+    /// Store id.
+    pub id: i64,
+    /// Owning tenant.
+    pub tenant_id: TenantId,
+    /// MQTT client id.
+    pub client_id: String,
+    /// MQTT username, if bound.
+    pub username: Option<String>,
+    /// Disabled devices are denied.
+    pub enabled: bool,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// How a credential's secret is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialKind {
+    /// mqgate-generated device token, stored as a keyed digest (HMAC-SHA256, hex).
+    Token,
+    /// Operator-chosen password, argon2id PHC string.
+    Argon2,
+    /// Imported legacy bcrypt hash (`$2a$/$2b$/$2y$`), upgraded to argon2id on next login.
+    Bcrypt,
+}
+
+impl CredentialKind {
+    /// The name stored in the `kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::Token => "token",
+            CredentialKind::Argon2 => "argon2",
+            CredentialKind::Bcrypt => "bcrypt",
+        }
+    }
+
+    /// Parses a `kind` column value.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "token" => Some(CredentialKind::Token),
+            "argon2" => Some(CredentialKind::Argon2),
+            "bcrypt" => Some(CredentialKind::Bcrypt),
+            _ => None,
+        }
+    }
+}
+
+/// A credential to add.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewCredential {
+    /// Storage kind.
+    pub kind: CredentialKind,
+    /// Digest or password hash (never plaintext).
+    pub digest: String,
+    /// Unix seconds after which it no longer works.
+    pub expires_at: Option<i64>,
+}
+
+impl std::fmt::Debug for NewCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewCredential")
+            .field("kind", &self.kind)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A stored credential as the hot path needs it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// Store id.
+    pub id: i64,
+    /// Storage kind.
+    pub kind: CredentialKind,
+    /// Digest or password hash.
+    pub digest: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds after which it no longer works.
+    pub expires_at: Option<i64>,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A rule to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAclRule {
+    /// Allow or deny.
+    pub permission: Permission,
+    /// Publish, subscribe or all.
+    pub action: RuleAction,
+    /// Topic filter, placeholders allowed.
+    pub topic: String,
+}
+
+/// A stored rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredAclRule {
+    /// Store id (also its evaluation order within its scope: ascending).
+    pub id: i64,
+    /// The device it belongs to, or `None` for a tenant-wide rule.
+    pub client_id: Option<String>,
+    /// Allow or deny.
+    pub permission: Permission,
+    /// Publish, subscribe or all.
+    pub action: RuleAction,
+    /// Topic filter, placeholders allowed.
+    pub topic: String,
+}
+
+/// Everything the hot path needs about one device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// The tenant's name (for `${tenant}` and `client_attrs`).
+    pub tenant_name: String,
+    /// The device row.
+    pub device: Device,
+    /// All its credentials, expired ones included (so a deny can say "expired").
+    pub credentials: Vec<Credential>,
+    /// Device rules then tenant rules, each in ascending id order.
+    pub rules: Vec<StoredAclRule>,
+}
+
+/// A registry change announced between replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// One device changed (credentials, state, rules, removal).
+    Device {
+        /// Its tenant.
+        tenant: TenantId,
+        /// Its client id.
+        client_id: String,
+    },
+    /// Tenant-wide rules changed: every device of the tenant.
+    Tenant(TenantId),
+    /// Notifications may have been lost: drop everything.
+    Resync,
+}

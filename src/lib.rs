@@ -1,10 +1,28 @@
 //! mqgate decides who may talk on an MQTT broker.
 //!
 //! Map of the modules (see `ARCHITECTURE.md` in the shared docs):
+//! - [`admin`]: operator actions (tenants, devices, credentials, rules), used by the CLI.
+//! - [`app`]: builds (binds, migrates, warms) and runs the service.
+//! - [`core`]: the pure decision core — requests in, `Decision` (verdict + cause) out.
+//! - [`http`]: the HTTP server, shared guards and limits, and the broker dialects (EMQX).
+//! - [`gate`]: the one async entry every transport calls (cache → verify → core → audit).
 //! - [`acl`]: topic ACL rules, placeholder expansion, MQTT topic matching, rule files.
+//! - [`auth`]: the security kernel — token/password hashing and the one constant-time compare.
 //! - [`registry`]: the device store (PostgreSQL / SQLite), its cache and change notification.
+//! - [`config`]: typed configuration (defaults → file → env → flags).
+//! - [`cli`]: the operator command line.
+//! - [`clock`]: the only reader of wall-clock time.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod acl;
+pub mod admin;
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod core;
+pub mod gate;
+pub mod http;
 pub mod registry;

@@ -5,6 +5,7 @@
 //! [`Store::resolve_client`], which maps a globally unique MQTT client id to its tenant through the
 //! `client_directory` table (brokers send a client id, not a tenant).
 
+pub mod cache;
 pub mod model;
 pub mod pg;
 pub mod sqlite;

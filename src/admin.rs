@@ -1,0 +1,356 @@
+//! Operator actions over the store: tenants, devices, credentials, ACL rules. The CLI (and later
+//! the admin API) call these; each validates its input, writes, and records an audit line.
+//! Secrets are generated or hashed here and returned once; only digests reach the store.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use crate::acl::{Action, Permission, RuleAction};
+use crate::auth::secret::{self, NewToken, SecretError};
+use crate::clock::Clock;
+use crate::core::{self, Decision, UnknownClient};
+use crate::registry::cache::{CacheSettings, CachedRegistry};
+use crate::registry::{
+    CredentialKind, Device, NewAclRule, NewCredential, NewDevice, Store, StoreError, StoredAclRule,
+    Tenant, TenantId,
+};
+
+/// Why an operator action failed. Never carries a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// No tenant of that name.
+    #[error("tenant `{0}` not found")]
+    NoTenant(String),
+    /// Input refused before touching the store.
+    #[error("invalid {0}")]
+    Invalid(String),
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Hashing failed.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+}
+
+/// Operator actions against one store.
+pub struct Admin {
+    store: Store,
+    clock: Clock,
+}
+
+fn audit(action: &str, tenant: &str, subject: &str) {
+    tracing::info!(target: "mqgate::audit", event = "admin", action, tenant, subject);
+}
+
+/// Tenant names appear in topics (`${tenant}`), so they are restricted to safe characters.
+fn valid_tenant_name(name: &str) -> Result<(), AdminError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(AdminError::Invalid(
+            "tenant name: use 1-64 of A-Z a-z 0-9 - _ .".into(),
+        ))
+    }
+}
+
+fn valid_client_id(id: &str) -> Result<(), AdminError> {
+    let ok = !id.is_empty() && id.len() <= 256 && !id.chars().any(|c| c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(AdminError::Invalid(
+            "client id: 1-256 bytes, no control characters".into(),
+        ))
+    }
+}
+
+impl Admin {
+    /// Admin over `store`, with `clock` for timestamps.
+    pub fn new(store: Store, clock: Clock) -> Self {
+        Admin { store, clock }
+    }
+
+    /// The tenant called `name`.
+    pub async fn tenant(&self, name: &str) -> Result<Tenant, AdminError> {
+        self.store
+            .tenant_by_name(name)
+            .await?
+            .ok_or_else(|| AdminError::NoTenant(name.into()))
+    }
+
+    /// `mqgate tenant add`.
+    pub async fn add_tenant(&self, name: &str) -> Result<Tenant, AdminError> {
+        valid_tenant_name(name)?;
+        let t = self.store.create_tenant(name, self.clock.now()).await?;
+        audit("tenant.add", name, name);
+        Ok(t)
+    }
+
+    /// `mqgate tenant list`.
+    pub async fn list_tenants(&self) -> Result<Vec<Tenant>, AdminError> {
+        Ok(self.store.list_tenants().await?)
+    }
+
+    /// `mqgate device add`: the device and its first token, shown once.
+    pub async fn add_device(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        username: Option<&str>,
+    ) -> Result<(Device, NewToken), AdminError> {
+        valid_client_id(client_id)?;
+        if let Some(u) = username {
+            valid_client_id(u).map_err(|_| {
+                AdminError::Invalid("username: 1-256 bytes, no control characters".into())
+            })?;
+        }
+        let t = self.tenant(tenant).await?;
+        let now = self.clock.now();
+        let new = NewDevice {
+            client_id: client_id.into(),
+            username: username.map(Into::into),
+        };
+        let device = self.store.create_device(t.id, &new, now).await?;
+        let token = secret::generate_token();
+        let cred = NewCredential {
+            kind: CredentialKind::Token,
+            digest: token.digest.clone(),
+            expires_at: None,
+        };
+        self.store
+            .add_credential(t.id, client_id, &cred, now)
+            .await?;
+        audit("device.add", tenant, client_id);
+        Ok((device, token))
+    }
+
+    /// `mqgate device enable|disable`.
+    pub async fn set_enabled(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        enabled: bool,
+    ) -> Result<(), AdminError> {
+        let t = self.tenant(tenant).await?;
+        self.store
+            .set_device_enabled(t.id, client_id, enabled)
+            .await?;
+        audit(
+            if enabled {
+                "device.enable"
+            } else {
+                "device.disable"
+            },
+            tenant,
+            client_id,
+        );
+        Ok(())
+    }
+
+    /// `mqgate device remove`.
+    pub async fn remove_device(&self, tenant: &str, client_id: &str) -> Result<(), AdminError> {
+        let t = self.tenant(tenant).await?;
+        self.store.remove_device(t.id, client_id).await?;
+        audit("device.remove", tenant, client_id);
+        Ok(())
+    }
+
+    /// `mqgate device list`.
+    pub async fn list_devices(&self, tenant: &str) -> Result<Vec<Device>, AdminError> {
+        let t = self.tenant(tenant).await?;
+        Ok(self.store.list_devices(t.id).await?)
+    }
+
+    /// `mqgate cred rotate`: a new token; the old ones keep working for `grace`, then never again.
+    /// Returns the new token and the Unix time the old ones stop.
+    pub async fn rotate(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        grace: Duration,
+    ) -> Result<(NewToken, i64), AdminError> {
+        let t = self.tenant(tenant).await?;
+        let now = self.clock.now();
+        let until = now.saturating_add(grace.as_secs() as i64);
+        self.store
+            .expire_credentials(t.id, client_id, &[CredentialKind::Token], until)
+            .await?;
+        let token = secret::generate_token();
+        let cred = NewCredential {
+            kind: CredentialKind::Token,
+            digest: token.digest.clone(),
+            expires_at: None,
+        };
+        self.store
+            .add_credential(t.id, client_id, &cred, now)
+            .await?;
+        audit("cred.rotate", tenant, client_id);
+        Ok((token, until))
+    }
+
+    /// `mqgate cred set-password`: an operator-chosen password (argon2id) replaces earlier passwords.
+    pub async fn set_password(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        password: SecretString,
+    ) -> Result<(), AdminError> {
+        use secrecy::ExposeSecret;
+        if password.expose_secret().chars().count() < 8 {
+            return Err(AdminError::Invalid(
+                "password: at least 8 characters".into(),
+            ));
+        }
+        let hash = tokio::task::spawn_blocking(move || secret::hash_password(&password))
+            .await
+            .map_err(|_| SecretError::Interrupted)??;
+        self.replace_password(
+            tenant,
+            client_id,
+            CredentialKind::Argon2,
+            hash,
+            "cred.set-password",
+        )
+        .await
+    }
+
+    /// `mqgate cred import-bcrypt`: a legacy bcrypt hash, re-hashed to argon2id on next login.
+    pub async fn import_bcrypt(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        hash: &str,
+    ) -> Result<(), AdminError> {
+        secret::validate_bcrypt_hash(hash)?;
+        self.replace_password(
+            tenant,
+            client_id,
+            CredentialKind::Bcrypt,
+            hash.into(),
+            "cred.import-bcrypt",
+        )
+        .await
+    }
+
+    async fn replace_password(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        kind: CredentialKind,
+        digest: String,
+        action: &str,
+    ) -> Result<(), AdminError> {
+        let t = self.tenant(tenant).await?;
+        let now = self.clock.now();
+        let kinds = [CredentialKind::Argon2, CredentialKind::Bcrypt];
+        self.store
+            .expire_credentials(t.id, client_id, &kinds, now)
+            .await?;
+        let cred = NewCredential {
+            kind,
+            digest,
+            expires_at: None,
+        };
+        self.store
+            .add_credential(t.id, client_id, &cred, now)
+            .await?;
+        audit(action, tenant, client_id);
+        Ok(())
+    }
+
+    /// `mqgate acl add`: a rule for one device, or (no client id) for the whole tenant.
+    pub async fn add_rule(
+        &self,
+        tenant: &str,
+        client_id: Option<&str>,
+        rule: NewAclRule,
+    ) -> Result<i64, AdminError> {
+        crate::acl::file::validate_topic_template(&rule.topic)
+            .map_err(|e| AdminError::Invalid(format!("topic filter: {e}")))?;
+        let t = self.tenant(tenant).await?;
+        let id = self
+            .store
+            .add_acl_rule(t.id, client_id, &rule, self.clock.now())
+            .await?;
+        audit("acl.add", tenant, client_id.unwrap_or("*"));
+        Ok(id)
+    }
+
+    /// `mqgate acl list`.
+    pub async fn list_rules(&self, tenant: &str) -> Result<Vec<StoredAclRule>, AdminError> {
+        let t = self.tenant(tenant).await?;
+        Ok(self.store.list_acl_rules(t.id).await?)
+    }
+
+    /// `mqgate acl remove`.
+    pub async fn remove_rule(&self, tenant: &str, rule_id: i64) -> Result<(), AdminError> {
+        let t = self.tenant(tenant).await?;
+        self.store.remove_acl_rule(t.id, rule_id).await?;
+        audit("acl.remove", tenant, &rule_id.to_string());
+        Ok(())
+    }
+
+    /// `mqgate acl check`: what the gate would answer, and why, for a device of `tenant`.
+    pub async fn check(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        action: Action,
+        topic: &str,
+        file_rules: Vec<crate::acl::Rule>,
+    ) -> Result<Decision, AdminError> {
+        let t = self.tenant(tenant).await?;
+        let registry = CachedRegistry::new(
+            self.store.clone(),
+            CacheSettings {
+                ttl: Duration::ZERO,
+                negative_ttl: Duration::ZERO,
+                capacity: 1,
+            },
+            file_rules,
+        );
+        let device = registry.load(client_id).await?;
+        let device = device.filter(|d| d.tenant == t.id);
+        if device.is_none() {
+            return Err(
+                StoreError::NotFound(format!("device {client_id} in tenant {tenant}")).into(),
+            );
+        }
+        Ok(core::decide_authz(
+            device.as_deref(),
+            action,
+            topic,
+            UnknownClient::Deny,
+        ))
+    }
+
+    /// The store's id of a tenant (for tests and tooling).
+    pub async fn tenant_id(&self, name: &str) -> Result<TenantId, AdminError> {
+        Ok(self.tenant(name).await?.id)
+    }
+}
+
+/// Parses `allow`/`deny`.
+pub fn parse_permission(s: &str) -> Option<Permission> {
+    match s {
+        "allow" => Some(Permission::Allow),
+        "deny" => Some(Permission::Deny),
+        _ => None,
+    }
+}
+
+/// Parses `publish`/`subscribe`/`all`.
+pub fn parse_rule_action(s: &str) -> Option<RuleAction> {
+    match s {
+        "publish" => Some(RuleAction::Publish),
+        "subscribe" => Some(RuleAction::Subscribe),
+        "all" => Some(RuleAction::All),
+        _ => None,
+    }
+}

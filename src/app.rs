@@ -1,0 +1,125 @@
+//! `App::build` binds every listener (port 0 allowed), connects and migrates the store, loads the
+//! file rules and warms the cache; `App::run_until_stopped` serves until told to stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::auth::secret::SecretVerifier;
+use crate::clock::Clock;
+use crate::config::{Config, ConfigError};
+use crate::gate::Gate;
+use crate::http::{self, HttpState, ServerLimits};
+use crate::registry::cache::{CacheSettings, CachedRegistry};
+use crate::registry::{Store, StoreError};
+
+/// Why the app could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad or missing configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store failed.
+    #[error("registry: {0}")]
+    Store(#[from] StoreError),
+    /// The ACL rule files are invalid.
+    #[error("ACL rule files: {0}")]
+    Acl(#[from] crate::acl::file::AclFileError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A built, bound, not-yet-serving mqgate.
+pub struct App {
+    listener: TcpListener,
+    addr: SocketAddr,
+    router: axum::Router,
+    limits: ServerLimits,
+    gate: Arc<Gate>,
+}
+
+impl App {
+    /// Builds everything `serve` needs, with the system clock.
+    pub async fn build(config: &Config) -> Result<App, StartError> {
+        Self::build_with_clock(config, Clock::System).await
+    }
+
+    /// Builds with a given clock (tests move time by hand).
+    pub async fn build_with_clock(config: &Config, clock: Clock) -> Result<App, StartError> {
+        let secret = config.require_internal_secret()?.clone();
+        let store = Store::connect(config.database_url()).await?;
+        store.migrate().await?;
+        let file_rules = crate::acl::file::load_dir(&config.acl_rules_dir)?;
+        let registry = Arc::new(CachedRegistry::new(
+            store.clone(),
+            CacheSettings {
+                ttl: config.cache_ttl,
+                negative_ttl: config.negative_cache_ttl,
+                capacity: config.cache_capacity,
+            },
+            file_rules,
+        ));
+        if let Some(rx) = store.subscribe_changes().await? {
+            registry.spawn_change_listener(rx);
+        }
+        if config.warm_cache {
+            let n = registry.warm().await?;
+            tracing::info!(devices = n, "cache warmed");
+        }
+        let verifier = SecretVerifier::new(config.password_concurrency, config.password_cache_ttl);
+        let gate = Arc::new(Gate::new(registry, verifier, clock, config.unknown_client));
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let limits = ServerLimits {
+            header_read_timeout: config.header_read_timeout,
+            request_timeout: config.request_timeout,
+        };
+        let state = HttpState {
+            gate: Arc::clone(&gate),
+            internal_secret: Arc::new(secret),
+            max_body_bytes: config.max_body_bytes,
+            emqx_acl_in_authn: config.emqx_acl_in_authn,
+            acl_rules_dir: Arc::new(config.acl_rules_dir.clone()),
+        };
+        Ok(App {
+            listener,
+            addr,
+            router: http::router(state, limits),
+            limits,
+            gate,
+        })
+    }
+
+    /// The HTTP address actually bound.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The gate (for in-process transports and tests).
+    pub fn gate(&self) -> Arc<Gate> {
+        Arc::clone(&self.gate)
+    }
+
+    /// Serves until `shutdown` turns true.
+    pub async fn run_until_stopped(self, shutdown: watch::Receiver<bool>) {
+        tracing::info!(addr = %self.addr, "mqgate listening");
+        http::serve(self.listener, self.router, self.limits, shutdown).await;
+    }
+}

@@ -1,0 +1,3 @@
+//! The security kernel: secret hashing and verification (the only place secrets are compared).
+
+pub mod secret;

@@ -1,0 +1,307 @@
+//! Everything that touches secret bytes: device tokens, password hashes (argon2id, legacy bcrypt),
+//! the verified-password cache, and [`ct_eq`], the one constant-time comparison in mqgate.
+//!
+//! Device tokens carry ≥ 256 random bits, so a plain SHA-256 digest is as strong as any keyed one
+//! and lets every replica verify without sharing a key; checking one costs a hash and a compare.
+//! Human-chosen passwords use argon2id (~17 ms here), run on the blocking pool behind a semaphore
+//! so a reconnect storm cannot starve the async threads; a success is remembered as an HMAC under a
+//! per-process key (never the password) so reconnects within the TTL do no hashing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use base64::Engine;
+use hmac::{KeyInit, Mac};
+use rand::Rng;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::core::CredentialView;
+use crate::registry::CredentialKind;
+
+/// Prefix of every mqgate device token, so leaked tokens are recognisable by secret scanners.
+pub const TOKEN_PREFIX: &str = "mqg_";
+
+/// The one constant-time byte comparison. Unequal lengths return false without comparing bytes;
+/// callers compare fixed-length digests, so the length is never the secret.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.ct_eq(b).into()
+}
+
+/// Compares a presented shared secret to the configured one without leaking either's length.
+pub fn shared_secret_matches(presented: &str, expected: &SecretString) -> bool {
+    let a = Sha256::digest(presented.as_bytes());
+    let b = Sha256::digest(expected.expose_secret().as_bytes());
+    ct_eq(&a, &b)
+}
+
+/// A freshly generated device token: shown once, then only its digest is kept.
+pub struct NewToken {
+    /// The token to hand to the device.
+    pub token: SecretString,
+    /// What the store keeps (hex SHA-256).
+    pub digest: String,
+}
+
+/// Generates a device token with 256 random bits.
+pub fn generate_token() -> NewToken {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let token = format!(
+        "{TOKEN_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    );
+    let digest = token_digest(&token);
+    NewToken {
+        token: token.into(),
+        digest,
+    }
+}
+
+/// The stored form of a token.
+pub fn token_digest(token: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"mqgate-token-v1:");
+    h.update(token.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// Hashes an operator-chosen password with argon2id (blocking: call off the async threads).
+pub fn hash_password(password: &SecretString) -> Result<String, SecretError> {
+    argon2::Argon2::default()
+        .hash_password(password.expose_secret().as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|_| SecretError::Hash)
+}
+
+/// Checks that a string is a legacy bcrypt hash mqgate can import (`$2a$`, `$2b$`, `$2y$`).
+pub fn validate_bcrypt_hash(hash: &str) -> Result<(), SecretError> {
+    let ok = ["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p))
+        && hash.len() == 60
+        && hash[4..6].chars().all(|c| c.is_ascii_digit())
+        && &hash[6..7] == "$";
+    if ok {
+        Ok(())
+    } else {
+        Err(SecretError::BadBcrypt)
+    }
+}
+
+/// Errors of the secret kernel. They never carry secret material.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// argon2id hashing failed.
+    #[error("password hashing failed")]
+    Hash,
+    /// Not a `$2a$/$2b$/$2y$` bcrypt hash of 60 characters.
+    #[error("not a bcrypt hash ($2a$, $2b$ or $2y$, 60 characters)")]
+    BadBcrypt,
+    /// The blocking pool went away (shutdown).
+    #[error("password verification was interrupted")]
+    Interrupted,
+}
+
+/// Proof that a presented secret matched a credential. Only this module can build one, so an
+/// "allow" cannot be produced without a verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedSecret {
+    credential_id: i64,
+    kind: CredentialKind,
+}
+
+impl VerifiedSecret {
+    /// The credential that matched.
+    pub fn credential_id(&self) -> i64 {
+        self.credential_id
+    }
+
+    /// How that credential is stored (a `Bcrypt` match should be upgraded to argon2id).
+    pub fn kind(&self) -> CredentialKind {
+        self.kind
+    }
+}
+
+/// Verifies presented secrets against a device's credentials.
+#[derive(Clone)]
+pub struct SecretVerifier {
+    slow_lane: Arc<tokio::sync::Semaphore>,
+    remembered: moka::future::Cache<[u8; 32], ()>,
+    process_key: Arc<[u8; 32]>,
+}
+
+impl SecretVerifier {
+    /// `concurrency` bounds simultaneous argon2/bcrypt verifies; successes are remembered for `ttl`.
+    pub fn new(concurrency: usize, ttl: Duration) -> Self {
+        let mut key = [0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        SecretVerifier {
+            slow_lane: Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))),
+            remembered: moka::future::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(ttl)
+                .build(),
+            process_key: Arc::new(key),
+        }
+    }
+
+    /// Finds the credential `presented` matches. Tokens are checked against every token credential
+    /// (expired ones too, so a deny can say "expired"); passwords only against `password_candidates`.
+    pub async fn verify(
+        &self,
+        presented: &SecretString,
+        tokens: &[&CredentialView],
+        password_candidates: &[&CredentialView],
+    ) -> Result<Option<VerifiedSecret>, SecretError> {
+        if let Some(v) = verify_token(presented.expose_secret(), tokens) {
+            return Ok(Some(v));
+        }
+        for cred in password_candidates {
+            if self.verify_password(presented, cred).await? {
+                return Ok(Some(VerifiedSecret {
+                    credential_id: cred.id,
+                    kind: cred.kind,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn verify_password(
+        &self,
+        presented: &SecretString,
+        cred: &CredentialView,
+    ) -> Result<bool, SecretError> {
+        let memo = self.memo_key(presented, cred);
+        if self.remembered.contains_key(&memo) {
+            return Ok(true);
+        }
+        let _permit = self
+            .slow_lane
+            .acquire()
+            .await
+            .map_err(|_| SecretError::Interrupted)?;
+        let (pw, kind, hash) = (presented.clone(), cred.kind, cred.digest.clone());
+        let ok = tokio::task::spawn_blocking(move || slow_verify(&pw, kind, &hash))
+            .await
+            .map_err(|_| SecretError::Interrupted)?;
+        if ok {
+            self.remembered.insert(memo, ()).await;
+        }
+        Ok(ok)
+    }
+
+    /// HMAC(process key, credential id ‖ stored hash ‖ password): what a remembered success is
+    /// keyed by. It changes when the stored hash does and is useless outside this process.
+    fn memo_key(&self, presented: &SecretString, cred: &CredentialView) -> [u8; 32] {
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&self.process_key[..])
+            .expect("HMAC accepts any key length");
+        mac.update(&cred.id.to_be_bytes());
+        mac.update(cred.digest.as_bytes());
+        mac.update(&[0]);
+        mac.update(presented.expose_secret().as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+}
+
+fn verify_token(presented: &str, tokens: &[&CredentialView]) -> Option<VerifiedSecret> {
+    if !presented.starts_with(TOKEN_PREFIX) {
+        return None;
+    }
+    let digest = token_digest(presented);
+    tokens
+        .iter()
+        .find(|c| c.kind == CredentialKind::Token && ct_eq(digest.as_bytes(), c.digest.as_bytes()))
+        .map(|c| VerifiedSecret {
+            credential_id: c.id,
+            kind: c.kind,
+        })
+}
+
+fn slow_verify(presented: &SecretString, kind: CredentialKind, hash: &str) -> bool {
+    let pw = presented.expose_secret().as_bytes();
+    match kind {
+        CredentialKind::Argon2 => argon2::Argon2::default().verify_password(pw, hash).is_ok(),
+        CredentialKind::Bcrypt => bcrypt::verify(pw, hash).unwrap_or(false),
+        CredentialKind::Token => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cred(id: i64, kind: CredentialKind, digest: String) -> CredentialView {
+        CredentialView {
+            id,
+            kind,
+            digest,
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn tokens_carry_256_bits_and_verify_only_against_their_own_digest() {
+        let a = generate_token();
+        let b = generate_token();
+        assert!(a.token.expose_secret().len() >= TOKEN_PREFIX.len() + 43);
+        assert_ne!(a.digest, b.digest);
+        let creds = [
+            cred(1, CredentialKind::Token, b.digest.clone()),
+            cred(2, CredentialKind::Token, a.digest.clone()),
+        ];
+        let refs: Vec<_> = creds.iter().collect();
+        assert_eq!(
+            verify_token(a.token.expose_secret(), &refs)
+                .unwrap()
+                .credential_id(),
+            2
+        );
+        assert!(verify_token("mqg_wrong", &refs).is_none());
+    }
+
+    #[test]
+    fn shared_secret_compare_rejects_prefixes_and_accepts_equal() {
+        let s: SecretString = "0123456789abcdef0123456789abcdef".into();
+        assert!(shared_secret_matches(
+            "0123456789abcdef0123456789abcdef",
+            &s
+        ));
+        assert!(!shared_secret_matches("0123456789abcdef", &s));
+        assert!(!shared_secret_matches("", &s));
+    }
+
+    #[tokio::test]
+    async fn argon2_and_legacy_bcrypt_passwords_verify_and_wrong_ones_do_not() {
+        let pw: SecretString = "correct horse".into();
+        let argon = hash_password(&pw).unwrap();
+        assert!(argon.starts_with("$argon2id$"));
+        let bc = bcrypt::hash_with_salt("correct horse", 4, [7u8; 16])
+            .unwrap()
+            .format_for_version(bcrypt::Version::TwoY);
+        validate_bcrypt_hash(&bc).unwrap();
+        let creds = [
+            cred(1, CredentialKind::Argon2, argon),
+            cred(2, CredentialKind::Bcrypt, bc),
+        ];
+        let refs: Vec<_> = creds.iter().collect();
+        let v = SecretVerifier::new(2, Duration::from_secs(60));
+        let got = v.verify(&pw, &[], &refs).await.unwrap().unwrap();
+        assert_eq!(got.credential_id(), 1);
+        let got = v.verify(&pw, &[], &refs[1..]).await.unwrap().unwrap();
+        assert_eq!(got.kind(), CredentialKind::Bcrypt);
+        assert!(
+            v.verify(&"wrong".into(), &[], &refs)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn bcrypt_import_rejects_non_bcrypt_strings() {
+        assert!(validate_bcrypt_hash("$argon2id$v=19$...").is_err());
+        assert!(validate_bcrypt_hash("plaintext").is_err());
+    }
+}

@@ -1,0 +1,406 @@
+//! The operator CLI: `mqgate serve | migrate | tenant | device | cred | acl`. Every command takes
+//! `--json` for scripts. Secrets are printed once (new tokens) and read from stdin (passwords).
+
+mod output;
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+
+use crate::acl::Action;
+use crate::admin::{Admin, parse_permission, parse_rule_action};
+use crate::app::App;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::registry::{NewAclRule, Store};
+use output::Out;
+
+/// mqgate: decides who may talk on an MQTT broker.
+#[derive(Debug, Parser)]
+#[command(name = "mqgate", version)]
+pub struct Cli {
+    /// Config file (TOML); also `MQGATE_CONFIG`.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Registry database URL; overrides `MQGATE_DATABASE_URL`.
+    #[arg(long, global = true)]
+    database_url: Option<String>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service (HTTP endpoints for brokers).
+    Serve {
+        /// Listen address; overrides `MQGATE_LISTEN`.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Manage devices.
+    #[command(subcommand)]
+    Device(DeviceCmd),
+    /// Manage device credentials.
+    #[command(subcommand)]
+    Cred(CredCmd),
+    /// Manage and check ACL rules.
+    #[command(subcommand)]
+    Acl(AclCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantCmd {
+    /// Create a tenant.
+    Add { name: String },
+    /// List tenants.
+    List,
+}
+
+#[derive(Debug, clap::Args)]
+struct DeviceRef {
+    /// Tenant name.
+    #[arg(long)]
+    tenant: String,
+    /// MQTT client id.
+    #[arg(long)]
+    client_id: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceCmd {
+    /// Create a device and print its first token (shown once).
+    Add {
+        #[command(flatten)]
+        device: DeviceRef,
+        /// MQTT username the device must present.
+        #[arg(long)]
+        username: Option<String>,
+    },
+    /// Disable a device (denied until enabled).
+    Disable(DeviceRef),
+    /// Enable a device.
+    Enable(DeviceRef),
+    /// Remove a device with its credentials and rules.
+    Remove(DeviceRef),
+    /// List a tenant's devices.
+    List {
+        /// Tenant name.
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CredCmd {
+    /// Issue a new token; old tokens keep working for the grace period, then never again.
+    Rotate {
+        #[command(flatten)]
+        device: DeviceRef,
+        /// How long old tokens stay valid (e.g. 0s, 15m, 24h).
+        #[arg(long, default_value = "0s")]
+        grace: humantime::Duration,
+    },
+    /// Set an operator-chosen password (argon2id), read from stdin's first line.
+    SetPassword(DeviceRef),
+    /// Import a legacy bcrypt hash ($2a$/$2b$/$2y$), read from stdin's first line.
+    ImportBcrypt(DeviceRef),
+}
+
+#[derive(Debug, Subcommand)]
+enum AclCmd {
+    /// Explain the decision for one action on one topic.
+    Check {
+        #[command(flatten)]
+        device: DeviceRef,
+        /// publish or subscribe.
+        #[arg(long)]
+        action: String,
+        /// Topic (publish) or filter (subscribe).
+        #[arg(long)]
+        topic: String,
+    },
+    /// Add a stored rule for a device (--client-id) or the whole tenant.
+    Add {
+        /// Tenant name.
+        #[arg(long)]
+        tenant: String,
+        /// Device the rule is for; omit for a tenant-wide rule.
+        #[arg(long)]
+        client_id: Option<String>,
+        /// allow or deny.
+        #[arg(long)]
+        permission: String,
+        /// publish, subscribe or all.
+        #[arg(long)]
+        action: String,
+        /// Topic filter; may use ${tenant}, ${clientid}, ${username}.
+        #[arg(long)]
+        topic: String,
+    },
+    /// List a tenant's stored rules in evaluation order.
+    List {
+        /// Tenant name.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Remove a stored rule by id.
+    Remove {
+        /// Tenant name.
+        #[arg(long)]
+        tenant: String,
+        /// Rule id (from `acl list`).
+        #[arg(long)]
+        id: i64,
+    },
+    /// Validate the rule files and make the running server reload them.
+    Reload,
+}
+
+impl Cli {
+    /// Runs the parsed command.
+    pub async fn run(self) -> Result<()> {
+        let mut layers = Config::load(self.config.as_deref())?;
+        if let Some(url) = &self.database_url {
+            layers.set("database_url", url.clone(), "--database-url")?;
+        }
+        if let Command::Serve { listen: Some(l) } = &self.command {
+            layers.set("listen", l.clone(), "--listen")?;
+        }
+        let config = layers.build()?;
+        init_tracing(&config.log);
+        let out = Out::new(self.json);
+        match self.command {
+            Command::Serve { .. } => serve(&config).await,
+            Command::Migrate => {
+                store(&config).await?;
+                out.done("migrations applied", json!({ "migrated": true }))
+            }
+            command => {
+                let admin = Admin::new(store(&config).await?, Clock::System);
+                run_admin(command, &admin, &config, &out).await
+            }
+        }
+    }
+}
+
+async fn store(config: &Config) -> Result<Store> {
+    let store = Store::connect(config.database_url())
+        .await
+        .context("opening the registry")?;
+    store.migrate().await.context("applying migrations")?;
+    Ok(store)
+}
+
+async fn serve(config: &Config) -> Result<()> {
+    let app = App::build(config).await?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+        let _ = tx.send(true);
+    });
+    app.run_until_stopped(rx).await;
+    Ok(())
+}
+
+async fn run_admin(command: Command, admin: &Admin, config: &Config, out: &Out) -> Result<()> {
+    match command {
+        Command::Tenant(TenantCmd::Add { name }) => {
+            let t = admin.add_tenant(&name).await?;
+            out.done(&format!("tenant {} created", t.name), json!(t))
+        }
+        Command::Tenant(TenantCmd::List) => {
+            out.list(&admin.list_tenants().await?, |t| t.name.clone())
+        }
+        Command::Device(cmd) => device(cmd, admin, out).await,
+        Command::Cred(cmd) => cred(cmd, admin, out).await,
+        Command::Acl(cmd) => acl(cmd, admin, config, out).await,
+        Command::Serve { .. } | Command::Migrate => unreachable!("handled by Cli::run"),
+    }
+}
+
+async fn device(cmd: DeviceCmd, admin: &Admin, out: &Out) -> Result<()> {
+    match cmd {
+        DeviceCmd::Add {
+            device: d,
+            username,
+        } => {
+            let (dev, token) = admin
+                .add_device(&d.tenant, &d.client_id, username.as_deref())
+                .await?;
+            out.secret(
+                &format!("device {} created in tenant {}", dev.client_id, d.tenant),
+                "token",
+                &token.token,
+                json!({ "device": dev }),
+            )
+        }
+        DeviceCmd::Disable(d) => {
+            admin.set_enabled(&d.tenant, &d.client_id, false).await?;
+            out.done(
+                &format!("device {} disabled", d.client_id),
+                json!({ "client_id": d.client_id, "enabled": false }),
+            )
+        }
+        DeviceCmd::Enable(d) => {
+            admin.set_enabled(&d.tenant, &d.client_id, true).await?;
+            out.done(
+                &format!("device {} enabled", d.client_id),
+                json!({ "client_id": d.client_id, "enabled": true }),
+            )
+        }
+        DeviceCmd::Remove(d) => {
+            admin.remove_device(&d.tenant, &d.client_id).await?;
+            out.done(
+                &format!("device {} removed", d.client_id),
+                json!({ "client_id": d.client_id, "removed": true }),
+            )
+        }
+        DeviceCmd::List { tenant } => out.list(&admin.list_devices(&tenant).await?, |d| {
+            format!(
+                "{}\t{}",
+                d.client_id,
+                if d.enabled { "enabled" } else { "disabled" }
+            )
+        }),
+    }
+}
+
+async fn cred(cmd: CredCmd, admin: &Admin, out: &Out) -> Result<()> {
+    match cmd {
+        CredCmd::Rotate { device: d, grace } => {
+            let (token, until) = admin
+                .rotate(&d.tenant, &d.client_id, Duration::from(grace))
+                .await?;
+            out.secret(
+                &format!(
+                    "new token for {}; old tokens stop working at {until} (Unix seconds)",
+                    d.client_id
+                ),
+                "token",
+                &token.token,
+                json!({ "client_id": d.client_id, "old_tokens_expire_at": until }),
+            )
+        }
+        CredCmd::SetPassword(d) => {
+            let pw = read_stdin_line("password")?;
+            admin.set_password(&d.tenant, &d.client_id, pw).await?;
+            out.done(
+                &format!("password set for {}", d.client_id),
+                json!({ "client_id": d.client_id, "kind": "argon2" }),
+            )
+        }
+        CredCmd::ImportBcrypt(d) => {
+            let hash = read_stdin_line("bcrypt hash")?;
+            admin
+                .import_bcrypt(&d.tenant, &d.client_id, hash.expose_secret())
+                .await?;
+            out.done(
+                &format!("bcrypt hash imported for {}", d.client_id),
+                json!({ "client_id": d.client_id, "kind": "bcrypt" }),
+            )
+        }
+    }
+}
+
+async fn acl(cmd: AclCmd, admin: &Admin, config: &Config, out: &Out) -> Result<()> {
+    match cmd {
+        AclCmd::Check {
+            device: d,
+            action,
+            topic,
+        } => {
+            let action = match action.as_str() {
+                "publish" => Action::Publish,
+                "subscribe" => Action::Subscribe,
+                _ => bail!("--action must be publish or subscribe"),
+            };
+            let files = crate::acl::file::load_dir(&config.acl_rules_dir)?;
+            let decision = admin
+                .check(&d.tenant, &d.client_id, action, &topic, files)
+                .await?;
+            let reason = decision.cause.explain();
+            let verdict = if decision.is_allow() { "allow" } else { "deny" };
+            out.done(
+                &format!("{verdict}: {reason}"),
+                json!({ "result": verdict, "reason": reason, "cause": decision.cause.label() }),
+            )
+        }
+        AclCmd::Add {
+            tenant,
+            client_id,
+            permission,
+            action,
+            topic,
+        } => {
+            let rule = NewAclRule {
+                permission: parse_permission(&permission)
+                    .context("--permission must be allow or deny")?,
+                action: parse_rule_action(&action)
+                    .context("--action must be publish, subscribe or all")?,
+                topic,
+            };
+            let id = admin.add_rule(&tenant, client_id.as_deref(), rule).await?;
+            out.done(&format!("rule {id} added"), json!({ "id": id }))
+        }
+        AclCmd::List { tenant } => out.list(&admin.list_rules(&tenant).await?, |r| {
+            format!(
+                "{}\t{}\t{:?}\t{:?}\t{}",
+                r.id,
+                r.client_id.as_deref().unwrap_or("*"),
+                r.permission,
+                r.action,
+                r.topic
+            )
+        }),
+        AclCmd::Remove { tenant, id } => {
+            admin.remove_rule(&tenant, id).await?;
+            out.done(
+                &format!("rule {id} removed"),
+                json!({ "id": id, "removed": true }),
+            )
+        }
+        AclCmd::Reload => {
+            let n = crate::acl::file::load_dir(&config.acl_rules_dir)?.len();
+            output::post_reload(config).await?;
+            out.done(
+                &format!("{n} file rules valid; server reloaded"),
+                json!({ "rules": n, "reloaded": true }),
+            )
+        }
+    }
+}
+
+fn read_stdin_line(what: &str) -> Result<SecretString> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .with_context(|| format!("reading the {what} from stdin"))?;
+    let line = line.trim_end_matches(['\r', '\n']).to_string();
+    if line.is_empty() {
+        bail!("expected the {what} on stdin's first line");
+    }
+    Ok(line.into())
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

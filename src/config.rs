@@ -1,0 +1,370 @@
+//! Typed configuration: defaults → TOML file → `MQGATE_*` environment → command-line flags.
+//!
+//! Every layer is flattened to `key → string` and parsed once, so a value means the same whatever
+//! layer it came from, and an error names the key and where it came from. Secrets are wrapped and
+//! never printed.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::core::UnknownClient;
+
+/// The shortest internal shared secret accepted.
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// Every key mqgate understands, with its default (`None`: no default).
+const KEYS: &[(&str, Option<&str>)] = &[
+    ("listen", Some("127.0.0.1:8080")),
+    ("database_url", Some("sqlite://mqgate.db?mode=rwc")),
+    ("internal_secret", None),
+    ("unknown_client", Some("deny")),
+    ("acl_rules_dir", Some("acl-rules")),
+    ("cache_ttl", Some("10m")),
+    ("negative_cache_ttl", Some("5s")),
+    ("cache_capacity", Some("1000000")),
+    ("warm_cache", Some("true")),
+    ("password_concurrency", Some("2")),
+    ("password_cache_ttl", Some("10m")),
+    ("emqx_acl_in_authn", Some("true")),
+    ("header_read_timeout", Some("10s")),
+    ("request_timeout", Some("5s")),
+    ("max_body_bytes", Some("16384")),
+    ("log", Some("info")),
+];
+
+/// mqgate's configuration, validated.
+#[derive(Clone)]
+pub struct Config {
+    /// HTTP listen address (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// `postgres://…` or `sqlite://…`.
+    pub database_url: SecretString,
+    /// Bearer secret brokers must send to the internal endpoints (required by `serve`).
+    pub internal_secret: Option<SecretString>,
+    /// Answer for unknown client ids.
+    pub unknown_client: UnknownClient,
+    /// Directory of declarative ACL rule files.
+    pub acl_rules_dir: PathBuf,
+    /// How long a cached device lives without an invalidation (a backstop for lost notifications).
+    pub cache_ttl: Duration,
+    /// How long "no such client id" is remembered.
+    pub negative_cache_ttl: Duration,
+    /// Maximum number of cached devices.
+    pub cache_capacity: u64,
+    /// Load every device into the cache at start-up.
+    pub warm_cache: bool,
+    /// Concurrent argon2/bcrypt verifications.
+    pub password_concurrency: usize,
+    /// How long a verified password is remembered (as a keyed digest).
+    pub password_cache_ttl: Duration,
+    /// Send the device's ACL in EMQX authn answers (EMQX ≥ 5.8).
+    pub emqx_acl_in_authn: bool,
+    /// Time a client has to send request headers.
+    pub header_read_timeout: Duration,
+    /// Time a request may take.
+    pub request_timeout: Duration,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// tracing filter (`info`, `mqgate=debug`, …).
+    pub log: String,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("unknown_client", &self.unknown_client)
+            .field("acl_rules_dir", &self.acl_rules_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A configuration problem, naming the key and where its value came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or is not TOML.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A key nobody knows.
+    #[error("unknown config key `{key}` in {origin}")]
+    UnknownKey {
+        /// The key.
+        key: String,
+        /// Where it came from.
+        origin: String,
+    },
+    /// A value that does not parse.
+    #[error("config key `{key}` (from {origin}): {reason}")]
+    Invalid {
+        /// The key.
+        key: String,
+        /// Where it came from.
+        origin: String,
+        /// What is wrong (never the value itself, which may be secret).
+        reason: String,
+    },
+    /// A required key is missing.
+    #[error("{0}")]
+    Missing(String),
+}
+
+/// Layers of raw values; later layers win.
+#[derive(Debug, Default, Clone)]
+pub struct Layers {
+    values: BTreeMap<String, (String, String)>,
+}
+
+impl Layers {
+    /// Starts from the built-in defaults.
+    pub fn defaults() -> Self {
+        let mut l = Layers::default();
+        for (k, v) in KEYS {
+            if let Some(v) = v {
+                l.values
+                    .insert((*k).into(), ((*v).into(), "default".into()));
+            }
+        }
+        l
+    }
+
+    /// Sets `key` from `origin`, refusing unknown keys.
+    pub fn set(&mut self, key: &str, value: String, origin: &str) -> Result<(), ConfigError> {
+        if !KEYS.iter().any(|(k, _)| *k == key) {
+            return Err(ConfigError::UnknownKey {
+                key: key.into(),
+                origin: origin.into(),
+            });
+        }
+        self.values.insert(key.into(), (value, origin.into()));
+        Ok(())
+    }
+
+    /// Overlays a TOML file of top-level `key = value` pairs.
+    pub fn file(mut self, path: &Path) -> Result<Self, ConfigError> {
+        let err = |reason: String| ConfigError::File {
+            path: path.into(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let origin = path.display().to_string();
+        for (k, v) in table {
+            let v = match v {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                _ => return Err(err(format!("`{k}` must be a string, number or boolean"))),
+            };
+            self.set(&k, v, &origin)?;
+        }
+        Ok(self)
+    }
+
+    /// Overlays `MQGATE_<KEY>` variables (`MQGATE_CONFIG` names the file and is skipped here).
+    pub fn env(
+        mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        for (k, v) in vars {
+            let Some(key) = k.strip_prefix("MQGATE_") else {
+                continue;
+            };
+            if key == "CONFIG" {
+                continue;
+            }
+            self.set(&key.to_ascii_lowercase(), v, &k)?;
+        }
+        Ok(self)
+    }
+
+    /// Parses and validates everything.
+    pub fn build(&self) -> Result<Config, ConfigError> {
+        Ok(Config {
+            listen: self.parse("listen", |s| {
+                s.parse().map_err(|_| "not a socket address".into())
+            })?,
+            database_url: self.parse("database_url", |s| Ok(SecretString::from(s)))?,
+            internal_secret: self.optional("internal_secret", parse_secret)?,
+            unknown_client: self.parse("unknown_client", |s| match s {
+                "deny" => Ok(UnknownClient::Deny),
+                "ignore" => Ok(UnknownClient::Ignore),
+                _ => Err("must be `deny` or `ignore`".into()),
+            })?,
+            acl_rules_dir: self.parse("acl_rules_dir", |s| Ok(PathBuf::from(s)))?,
+            cache_ttl: self.parse("cache_ttl", parse_duration)?,
+            negative_cache_ttl: self.parse("negative_cache_ttl", parse_duration)?,
+            cache_capacity: self.parse("cache_capacity", parse_num)?,
+            warm_cache: self.parse("warm_cache", parse_bool)?,
+            password_concurrency: self.parse("password_concurrency", parse_num)?,
+            password_cache_ttl: self.parse("password_cache_ttl", parse_duration)?,
+            emqx_acl_in_authn: self.parse("emqx_acl_in_authn", parse_bool)?,
+            header_read_timeout: self.parse("header_read_timeout", parse_duration)?,
+            request_timeout: self.parse("request_timeout", parse_duration)?,
+            max_body_bytes: self.parse("max_body_bytes", parse_num)?,
+            log: self.parse("log", |s| Ok(s.to_string()))?,
+        })
+    }
+
+    fn optional<T>(
+        &self,
+        key: &str,
+        f: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.values.get(key) {
+            None => Ok(None),
+            Some((v, origin)) => f(v).map(Some).map_err(|reason| ConfigError::Invalid {
+                key: key.into(),
+                origin: origin.clone(),
+                reason,
+            }),
+        }
+    }
+
+    fn parse<T>(&self, key: &str, f: impl Fn(&str) -> Result<T, String>) -> Result<T, ConfigError> {
+        self.optional(key, f)?
+            .ok_or_else(|| ConfigError::Missing(format!("config key `{key}` is required")))
+    }
+}
+
+impl Config {
+    /// Loads defaults, then the file (`path`, or `MQGATE_CONFIG`), then the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Layers, ConfigError> {
+        let mut layers = Layers::defaults();
+        let env_path = std::env::var_os("MQGATE_CONFIG").map(PathBuf::from);
+        if let Some(p) = path.map(Path::to_path_buf).or(env_path) {
+            layers = layers.file(&p)?;
+        }
+        layers.env(std::env::vars())
+    }
+
+    /// The internal secret, or the error `serve` stops with.
+    pub fn require_internal_secret(&self) -> Result<&SecretString, ConfigError> {
+        self.internal_secret.as_ref().ok_or_else(|| {
+            ConfigError::Missing(format!(
+                "MQGATE_INTERNAL_SECRET is not set: brokers authenticate to mqgate with it \
+                 (at least {MIN_SECRET_LEN} characters; e.g. `openssl rand -hex 32`)"
+            ))
+        })
+    }
+
+    /// The database URL (not a secret to mqgate's own code, but it may embed a password).
+    pub fn database_url(&self) -> &str {
+        self.database_url.expose_secret()
+    }
+}
+
+fn parse_secret(s: &str) -> Result<SecretString, String> {
+    if s.chars().count() < MIN_SECRET_LEN {
+        return Err(format!(
+            "the internal secret must be at least {MIN_SECRET_LEN} characters (e.g. `openssl rand -hex 32`)"
+        ));
+    }
+    Ok(SecretString::from(s))
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("not a duration ({e}); use e.g. 30s, 5m, 24h"))
+}
+
+fn parse_num<T: std::str::FromStr>(s: &str) -> Result<T, String> {
+    s.parse().map_err(|_| "not a whole number".into())
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err("must be true or false".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_build_and_env_overrides_them() {
+        let c = Layers::defaults()
+            .env(env(&[
+                ("MQGATE_LISTEN", "0.0.0.0:9000"),
+                ("MQGATE_CACHE_TTL", "30s"),
+                ("PATH", "/bin"),
+            ]))
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.cache_ttl, Duration::from_secs(30));
+        assert_eq!(c.unknown_client, UnknownClient::Deny);
+        assert!(c.internal_secret.is_none());
+    }
+
+    #[test]
+    fn a_short_internal_secret_is_refused_without_echoing_it() {
+        let err = Layers::defaults()
+            .env(env(&[("MQGATE_INTERNAL_SECRET", "hunter2")]))
+            .unwrap()
+            .build()
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("at least 32 characters"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_their_origin() {
+        let err = Layers::defaults()
+            .env(env(&[("MQGATE_LISTN", "x")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("MQGATE_LISTN"));
+        let err = Layers::defaults()
+            .env(env(&[("MQGATE_UNKNOWN_CLIENT", "maybe")]))
+            .unwrap()
+            .build()
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("MQGATE_UNKNOWN_CLIENT"));
+    }
+
+    #[test]
+    fn a_file_layer_sits_between_defaults_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("mqgate.toml");
+        std::fs::write(
+            &p,
+            "listen = \"127.0.0.1:7000\"\nwarm_cache = false\ncache_ttl = \"1m\"\n",
+        )
+        .unwrap();
+        let c = Layers::defaults()
+            .file(&p)
+            .unwrap()
+            .env(env(&[("MQGATE_CACHE_TTL", "2m")]))
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(c.listen.port(), 7000);
+        assert!(!c.warm_cache);
+        assert_eq!(c.cache_ttl, Duration::from_secs(120));
+    }
+}

@@ -1,0 +1,143 @@
+use super::*;
+use crate::acl::{RuleAction, RuleSource};
+use crate::auth::secret::{SecretVerifier, generate_token};
+use secrecy::SecretString;
+use std::time::Duration;
+
+const NOW: i64 = 1_800_000_000;
+
+fn default_rule() -> Rule {
+    Rule {
+        permission: Permission::Allow,
+        action: RuleAction::All,
+        topic: "${tenant}/${clientid}/#".into(),
+        source: RuleSource::File {
+            file: "default.toml".into(),
+            line: 1,
+        },
+    }
+}
+
+fn device(creds: Vec<CredentialView>) -> DeviceView {
+    DeviceView::new(
+        TenantId(1),
+        "acme".into(),
+        "dev-1".into(),
+        None,
+        true,
+        creds,
+        &[default_rule()],
+    )
+}
+
+fn token_cred(id: i64, digest: String, expires_at: Option<i64>) -> CredentialView {
+    CredentialView {
+        id,
+        kind: CredentialKind::Token,
+        digest,
+        expires_at,
+    }
+}
+
+async fn proof_for(d: &DeviceView, secret: &SecretString) -> Option<VerifiedSecret> {
+    let v = SecretVerifier::new(1, Duration::from_secs(60));
+    v.verify(secret, &d.tokens(), &d.password_candidates(NOW))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_valid_token_is_allowed_and_names_its_credential() {
+    let t = generate_token();
+    let d = device(vec![token_cred(7, t.digest, None)]);
+    let p = proof_for(&d, &t.token).await;
+    let got = decide_connect(&d, p.as_ref(), NOW);
+    assert!(got.is_allow());
+    assert!(matches!(
+        got.cause,
+        Cause::Credential {
+            credential_id: 7,
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn a_rotated_token_works_until_its_grace_ends_then_is_denied_as_expired() {
+    let old = generate_token();
+    let d = device(vec![token_cred(1, old.digest, Some(NOW + 60))]);
+    let p = proof_for(&d, &old.token).await;
+    assert!(decide_connect(&d, p.as_ref(), NOW + 59).is_allow());
+    let late = decide_connect(&d, p.as_ref(), NOW + 60);
+    assert_eq!(
+        late,
+        Decision::deny(Cause::CredentialExpired { credential_id: 1 })
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_secret_is_denied() {
+    let t = generate_token();
+    let d = device(vec![token_cred(1, t.digest, None)]);
+    let p = proof_for(&d, &generate_token().token).await;
+    assert_eq!(
+        decide_connect(&d, p.as_ref(), NOW),
+        Decision::deny(Cause::BadSecret)
+    );
+}
+
+#[test]
+fn unknown_clients_are_denied_by_default_and_ignored_when_configured() {
+    let deny = precheck_connect(None, None, true, UnknownClient::Deny).unwrap_err();
+    assert_eq!(deny, Decision::deny(Cause::UnknownClient));
+    let ignore = precheck_connect(None, None, true, UnknownClient::Ignore).unwrap_err();
+    assert_eq!(ignore.verdict, Verdict::Ignore);
+}
+
+#[test]
+fn a_disabled_device_is_denied_before_any_secret_is_checked() {
+    let mut d = device(vec![]);
+    d.enabled = false;
+    let got = precheck_connect(Some(&d), None, true, UnknownClient::Deny).unwrap_err();
+    assert_eq!(got, Decision::deny(Cause::DeviceDisabled));
+    let got = decide_authz(
+        Some(&d),
+        Action::Publish,
+        "acme/dev-1/x",
+        UnknownClient::Deny,
+    );
+    assert_eq!(got, Decision::deny(Cause::DeviceDisabled));
+}
+
+#[test]
+fn a_bound_username_must_match() {
+    let mut d = device(vec![]);
+    d.username = Some("alice".into());
+    assert!(precheck_connect(Some(&d), Some("alice"), true, UnknownClient::Deny).is_ok());
+    let got = precheck_connect(Some(&d), Some("bob"), true, UnknownClient::Deny).unwrap_err();
+    assert_eq!(got, Decision::deny(Cause::UsernameMismatch));
+    let got = precheck_connect(Some(&d), None, true, UnknownClient::Deny).unwrap_err();
+    assert_eq!(got, Decision::deny(Cause::UsernameMismatch));
+}
+
+#[test]
+fn the_default_rule_allows_the_own_subtree_and_nothing_else() {
+    let d = device(vec![]);
+    let own = decide_authz(
+        Some(&d),
+        Action::Publish,
+        "acme/dev-1/telemetry",
+        UnknownClient::Deny,
+    );
+    assert!(own.is_allow());
+    let other = decide_authz(
+        Some(&d),
+        Action::Publish,
+        "acme/dev-2/telemetry",
+        UnknownClient::Deny,
+    );
+    assert_eq!(other, Decision::deny(Cause::Acl(AclVerdict::NoRule)));
+    assert_eq!(other.cause.explain(), "no rule: deny by default");
+    let wide = decide_authz(Some(&d), Action::Subscribe, "acme/#", UnknownClient::Deny);
+    assert!(!wide.is_allow());
+}

@@ -1,0 +1,188 @@
+//! The one async entry every transport calls: cache → verify → core → audit.
+//!
+//! Transports translate their wire format into a [`ConnectRequest`] or an authorization call and
+//! translate the [`Decision`] back; everything else (fetching the device, verifying secrets off the
+//! async threads, upgrading legacy hashes, recording the outcome) happens here, once.
+
+use std::sync::Arc;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::acl::Action;
+use crate::auth::secret::{self, SecretVerifier, VerifiedSecret};
+use crate::clock::Clock;
+use crate::core::{self, Cause, Decision, DeviceView, UnknownClient};
+use crate::registry::cache::CachedRegistry;
+use crate::registry::{Change, CredentialKind};
+
+/// A CONNECT as any transport sees it. `Debug` never shows the secret.
+#[derive(Debug)]
+pub struct ConnectRequest {
+    /// MQTT client id.
+    pub client_id: String,
+    /// MQTT username, if sent.
+    pub username: Option<String>,
+    /// MQTT password / device token, if sent.
+    pub secret: Option<SecretString>,
+    /// The device's address as the broker saw it.
+    pub peer: Option<String>,
+}
+
+/// A CONNECT decision and the device it concerned (for broker-specific extras).
+#[derive(Debug, Clone)]
+pub struct ConnectOutcome {
+    /// The decision.
+    pub decision: Decision,
+    /// The device, when known.
+    pub device: Option<Arc<DeviceView>>,
+}
+
+/// The gate: shared by every transport.
+pub struct Gate {
+    registry: Arc<CachedRegistry>,
+    verifier: SecretVerifier,
+    clock: Clock,
+    unknown: UnknownClient,
+}
+
+impl Gate {
+    /// Builds the gate.
+    pub fn new(
+        registry: Arc<CachedRegistry>,
+        verifier: SecretVerifier,
+        clock: Clock,
+        unknown: UnknownClient,
+    ) -> Self {
+        Gate {
+            registry,
+            verifier,
+            clock,
+            unknown,
+        }
+    }
+
+    /// The registry behind the gate.
+    pub fn registry(&self) -> &Arc<CachedRegistry> {
+        &self.registry
+    }
+
+    /// Decides a CONNECT.
+    pub async fn connect(&self, req: ConnectRequest) -> ConnectOutcome {
+        let device = match self.registry.device(&req.client_id).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, client_id = %req.client_id, "registry lookup failed");
+                return self.record_connect(&req, None, Decision::deny(Cause::StoreUnavailable));
+            }
+        };
+        let secret = req
+            .secret
+            .as_ref()
+            .filter(|s| !s.expose_secret().is_empty());
+        let checked = core::precheck_connect(
+            device.as_deref(),
+            req.username.as_deref(),
+            secret.is_some(),
+            self.unknown,
+        );
+        let decision = match (checked, secret) {
+            (Err(d), _) => d,
+            (Ok(dev), Some(secret)) => self.verify_and_decide(dev, secret).await,
+            (Ok(_), None) => Decision::deny(Cause::NoSecret),
+        };
+        self.record_connect(&req, device, decision)
+    }
+
+    async fn verify_and_decide(&self, dev: &DeviceView, secret: &SecretString) -> Decision {
+        let now = self.clock.now();
+        let proof = match self
+            .verifier
+            .verify(secret, &dev.tokens(), &dev.password_candidates(now))
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "secret verification interrupted");
+                return Decision::deny(Cause::Interrupted);
+            }
+        };
+        let decision = core::decide_connect(dev, proof.as_ref(), now);
+        if let Some(p) = proof.filter(|p| p.kind() == CredentialKind::Bcrypt && decision.is_allow())
+        {
+            self.upgrade_legacy_hash(dev, p, secret.clone());
+        }
+        decision
+    }
+
+    /// Re-hashes a legacy bcrypt password as argon2id after it verified, in the background.
+    fn upgrade_legacy_hash(&self, dev: &DeviceView, proof: VerifiedSecret, secret: SecretString) {
+        let registry = Arc::clone(&self.registry);
+        let (tenant, client_id) = (dev.tenant, dev.client_id.clone());
+        tokio::spawn(async move {
+            let hashed = tokio::task::spawn_blocking(move || secret::hash_password(&secret)).await;
+            let Ok(Ok(hash)) = hashed else {
+                tracing::warn!(%client_id, "argon2id re-hash of a bcrypt password failed");
+                return;
+            };
+            let store = registry.store();
+            let id = proof.credential_id();
+            match store
+                .replace_credential_digest(tenant, id, CredentialKind::Argon2, &hash)
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(target: "mqgate::audit", event = "credential_upgraded", tenant = tenant.0, %client_id, credential_id = id, "bcrypt hash upgraded to argon2id");
+                    registry
+                        .invalidate(&Change::Device { tenant, client_id })
+                        .await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %client_id, "storing the upgraded hash failed")
+                }
+            }
+        });
+    }
+
+    fn record_connect(
+        &self,
+        req: &ConnectRequest,
+        device: Option<Arc<DeviceView>>,
+        decision: Decision,
+    ) -> ConnectOutcome {
+        tracing::info!(
+            target: "mqgate::audit",
+            event = "connect",
+            client_id = %req.client_id,
+            tenant = device.as_ref().map(|d| d.tenant.0),
+            peer = req.peer.as_deref().unwrap_or(""),
+            verdict = ?decision.verdict,
+            cause = decision.cause.label(),
+            reason = %decision.cause.explain(),
+        );
+        ConnectOutcome { decision, device }
+    }
+
+    /// Decides a PUBLISH or SUBSCRIBE by `client_id` on `topic`.
+    pub async fn authorize(&self, client_id: &str, action: Action, topic: &str) -> Decision {
+        let decision = match self.registry.device(client_id).await {
+            Ok(device) => core::decide_authz(device.as_deref(), action, topic, self.unknown),
+            Err(e) => {
+                tracing::error!(error = %e, %client_id, "registry lookup failed");
+                Decision::deny(Cause::StoreUnavailable)
+            }
+        };
+        if !decision.is_allow() {
+            tracing::info!(
+                target: "mqgate::audit",
+                event = "authorize",
+                %client_id,
+                ?action,
+                topic,
+                verdict = ?decision.verdict,
+                cause = decision.cause.label(),
+                reason = %decision.cause.explain(),
+            );
+        }
+        decision
+    }
+}

@@ -1,0 +1,194 @@
+//! The hot-path view of the registry: a moka cache of compiled [`DeviceView`]s in front of the
+//! [`Store`], with negative entries for unknown client ids and prompt invalidation.
+//!
+//! A load that raced with an invalidation is not kept: every invalidation bumps an epoch, and a
+//! load that saw the epoch move while it read the store drops its entry again after use.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+
+use super::{Change, DeviceRecord, Store, StoreError, StoreResult};
+use crate::acl::{Rule, RuleSource};
+use crate::core::{CredentialView, DeviceView};
+
+type Entry = Option<Arc<DeviceView>>;
+
+/// Cache settings.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheSettings {
+    /// Life of a positive entry without invalidation.
+    pub ttl: Duration,
+    /// Life of a "no such client id" entry.
+    pub negative_ttl: Duration,
+    /// Maximum entries.
+    pub capacity: u64,
+}
+
+struct EntryExpiry(CacheSettings);
+
+impl moka::Expiry<String, Entry> for EntryExpiry {
+    fn expire_after_create(&self, _: &String, v: &Entry, _: Instant) -> Option<Duration> {
+        Some(if v.is_some() {
+            self.0.ttl
+        } else {
+            self.0.negative_ttl
+        })
+    }
+}
+
+/// The store plus its hot-path cache and the file ACL rules every device also gets.
+pub struct CachedRegistry {
+    store: Store,
+    cache: Cache<String, Entry>,
+    file_rules: RwLock<Arc<Vec<Rule>>>,
+    epoch: AtomicU64,
+}
+
+impl CachedRegistry {
+    /// Wraps `store`; `file_rules` are appended after each device's stored rules.
+    pub fn new(store: Store, settings: CacheSettings, file_rules: Vec<Rule>) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(settings.capacity)
+            .expire_after(EntryExpiry(settings))
+            .support_invalidation_closures()
+            .build();
+        CachedRegistry {
+            store,
+            cache,
+            file_rules: RwLock::new(Arc::new(file_rules)),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    /// The underlying store (admin writes go there, then call [`CachedRegistry::invalidate`]).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The device for `client_id`, from the cache or (once, however many ask at once) the store.
+    pub async fn device(&self, client_id: &str) -> StoreResult<Option<Arc<DeviceView>>> {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let got = self
+            .cache
+            .try_get_with_by_ref(client_id, self.load(client_id))
+            .await
+            .map_err(unshare)?;
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            self.cache.invalidate(client_id).await;
+        }
+        Ok(got)
+    }
+
+    /// Loads a device without caching it (`acl check` and friends).
+    pub async fn load(&self, client_id: &str) -> StoreResult<Entry> {
+        let Some(tenant) = self.store.resolve_client(client_id).await? else {
+            return Ok(None);
+        };
+        let record = self.store.load_device(tenant, client_id).await?;
+        Ok(record.map(|r| Arc::new(self.view(r))))
+    }
+
+    /// Forgets what `change` made stale.
+    pub async fn invalidate(&self, change: &Change) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        match change {
+            Change::Device { client_id, .. } => self.cache.invalidate(client_id).await,
+            Change::Tenant(t) => {
+                let t = *t;
+                let dropped = self
+                    .cache
+                    .invalidate_entries_if(move |_, v| v.as_ref().is_some_and(|d| d.tenant == t));
+                if dropped.is_err() {
+                    self.cache.invalidate_all();
+                }
+            }
+            Change::Resync => self.cache.invalidate_all(),
+        }
+    }
+
+    /// Replaces the file rules (start-up, `acl reload`) and drops every compiled view.
+    pub async fn set_file_rules(&self, rules: Vec<Rule>) {
+        *self.file_rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rules);
+        self.invalidate(&Change::Resync).await;
+    }
+
+    /// Loads every device of every tenant into the cache; returns how many.
+    pub async fn warm(&self) -> StoreResult<usize> {
+        let mut n = 0;
+        for tenant in self.store.list_tenants().await? {
+            for record in self.store.load_tenant_devices(tenant.id).await? {
+                let key = record.device.client_id.clone();
+                self.cache
+                    .insert(key, Some(Arc::new(self.view(record))))
+                    .await;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Applies changes announced by the store (other replicas, other processes) until it closes.
+    pub fn spawn_change_listener(self: &Arc<Self>, mut rx: tokio::sync::mpsc::Receiver<Change>) {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            while let Some(change) = rx.recv().await {
+                tracing::debug!(?change, "registry change");
+                me.invalidate(&change).await;
+            }
+        });
+    }
+
+    /// Number of cached entries (approximate; for metrics and tests).
+    pub fn cached_entries(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    fn view(&self, r: DeviceRecord) -> DeviceView {
+        let files = self
+            .file_rules
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let rules: Vec<Rule> = r
+            .rules
+            .iter()
+            .map(|s| Rule {
+                permission: s.permission,
+                action: s.action,
+                topic: s.topic.clone(),
+                source: match s.client_id {
+                    Some(_) => RuleSource::Device { id: s.id },
+                    None => RuleSource::Tenant { id: s.id },
+                },
+            })
+            .chain(files.iter().cloned())
+            .collect();
+        let creds = r
+            .credentials
+            .into_iter()
+            .map(|c| CredentialView {
+                id: c.id,
+                kind: c.kind,
+                digest: c.digest,
+                expires_at: c.expires_at,
+            })
+            .collect();
+        let d = r.device;
+        DeviceView::new(
+            d.tenant_id,
+            r.tenant_name,
+            d.client_id,
+            d.username,
+            d.enabled,
+            creds,
+            &rules,
+        )
+    }
+}
+
+fn unshare(e: Arc<StoreError>) -> StoreError {
+    Arc::try_unwrap(e).unwrap_or_else(|e| StoreError::Invalid(format!("shared load failed: {e}")))
+}

@@ -2,6 +2,7 @@
 //! the admin API) call these; each validates its input, writes, and records an audit line.
 //! Secrets are generated or hashed here and returned once; only digests reach the store.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -12,8 +13,8 @@ use crate::clock::Clock;
 use crate::core::{self, Decision, UnknownClient};
 use crate::registry::cache::{CacheSettings, CachedRegistry};
 use crate::registry::{
-    CredentialKind, Device, NewAclRule, NewCredential, NewDevice, Store, StoreError, StoredAclRule,
-    Tenant, TenantId,
+    Change, CredentialKind, Device, NewAclRule, NewCredential, NewDevice, Store, StoreError,
+    StoredAclRule, Tenant, TenantId,
 };
 
 /// Why an operator action failed. Never carries a secret.
@@ -37,6 +38,7 @@ pub enum AdminError {
 pub struct Admin {
     store: Store,
     clock: Clock,
+    registry: Option<Arc<CachedRegistry>>,
 }
 
 fn audit(action: &str, tenant: &str, subject: &str) {
@@ -73,7 +75,31 @@ fn valid_client_id(id: &str) -> Result<(), AdminError> {
 impl Admin {
     /// Admin over `store`, with `clock` for timestamps.
     pub fn new(store: Store, clock: Clock) -> Self {
-        Admin { store, clock }
+        Admin {
+            store,
+            clock,
+            registry: None,
+        }
+    }
+
+    /// Also invalidates `registry` in-process after each write (other processes learn through
+    /// the store's change feed).
+    pub fn with_registry(mut self, registry: Arc<CachedRegistry>) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    async fn changed(&self, tenant: TenantId, client_id: Option<&str>) {
+        if let Some(r) = &self.registry {
+            let change = match client_id {
+                Some(c) => Change::Device {
+                    tenant,
+                    client_id: c.into(),
+                },
+                None => Change::Tenant(tenant),
+            };
+            r.invalidate(&change).await;
+        }
     }
 
     /// The tenant called `name`.
@@ -126,6 +152,7 @@ impl Admin {
         self.store
             .add_credential(t.id, client_id, &cred, now)
             .await?;
+        self.changed(t.id, Some(client_id)).await;
         audit("device.add", tenant, client_id);
         Ok((device, token))
     }
@@ -141,6 +168,7 @@ impl Admin {
         self.store
             .set_device_enabled(t.id, client_id, enabled)
             .await?;
+        self.changed(t.id, Some(client_id)).await;
         audit(
             if enabled {
                 "device.enable"
@@ -157,6 +185,7 @@ impl Admin {
     pub async fn remove_device(&self, tenant: &str, client_id: &str) -> Result<(), AdminError> {
         let t = self.tenant(tenant).await?;
         self.store.remove_device(t.id, client_id).await?;
+        self.changed(t.id, Some(client_id)).await;
         audit("device.remove", tenant, client_id);
         Ok(())
     }
@@ -190,6 +219,7 @@ impl Admin {
         self.store
             .add_credential(t.id, client_id, &cred, now)
             .await?;
+        self.changed(t.id, Some(client_id)).await;
         audit("cred.rotate", tenant, client_id);
         Ok((token, until))
     }
@@ -260,6 +290,7 @@ impl Admin {
         self.store
             .add_credential(t.id, client_id, &cred, now)
             .await?;
+        self.changed(t.id, Some(client_id)).await;
         audit(action, tenant, client_id);
         Ok(())
     }
@@ -278,6 +309,7 @@ impl Admin {
             .store
             .add_acl_rule(t.id, client_id, &rule, self.clock.now())
             .await?;
+        self.changed(t.id, client_id).await;
         audit("acl.add", tenant, client_id.unwrap_or("*"));
         Ok(id)
     }
@@ -291,7 +323,8 @@ impl Admin {
     /// `mqgate acl remove`.
     pub async fn remove_rule(&self, tenant: &str, rule_id: i64) -> Result<(), AdminError> {
         let t = self.tenant(tenant).await?;
-        self.store.remove_acl_rule(t.id, rule_id).await?;
+        let owner = self.store.remove_acl_rule(t.id, rule_id).await?;
+        self.changed(t.id, owner.as_deref()).await;
         audit("acl.remove", tenant, &rule_id.to_string());
         Ok(())
     }

@@ -54,8 +54,18 @@ impl App {
 
     /// Builds with a given clock (tests move time by hand).
     pub async fn build_with_clock(config: &Config, clock: Clock) -> Result<App, StartError> {
-        let secret = config.require_internal_secret()?.clone();
+        config.require_internal_secret()?;
         let store = Store::connect(config.database_url()).await?;
+        Self::build_with(config, store, clock).await
+    }
+
+    /// Builds over an already-connected `store` (migrated here).
+    pub async fn build_with(
+        config: &Config,
+        store: Store,
+        clock: Clock,
+    ) -> Result<App, StartError> {
+        let secret = config.require_internal_secret()?.clone();
         store.migrate().await?;
         let file_rules = crate::acl::file::load_dir(&config.acl_rules_dir)?;
         let registry = Arc::new(CachedRegistry::new(

@@ -9,6 +9,7 @@ pub mod cache;
 pub mod model;
 pub mod pg;
 pub mod sqlite;
+mod sqlite_changes;
 
 pub use model::*;
 
@@ -194,15 +195,15 @@ impl Store {
 }
 
 impl Store {
-    /// Changes made by any replica (PostgreSQL LISTEN/NOTIFY). `None` for SQLite, whose only writer
-    /// is this process (it invalidates in-process). After a lost listener connection the stream
-    /// yields [`Change::Resync`] since notifications may have been missed.
+    /// Changes made by any process: PostgreSQL LISTEN/NOTIFY across replicas, a polled trigger-fed
+    /// table for SQLite (the CLI writes the same file from another process). When changes may
+    /// have been missed (lost connection, outage) the stream yields [`Change::Resync`].
     pub async fn subscribe_changes(
         &self,
     ) -> StoreResult<Option<tokio::sync::mpsc::Receiver<Change>>> {
         match self {
             Store::Postgres(s) => s.subscribe_changes().await.map(Some),
-            Store::Sqlite(_) => Ok(None),
+            Store::Sqlite(s) => sqlite_changes::subscribe(s.pool().clone()).await.map(Some),
         }
     }
 }

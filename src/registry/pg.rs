@@ -9,6 +9,10 @@ pub struct PgStore {
 
 #[allow(unused_variables)]
 impl PgStore {
+    /// Wraps an existing pool (tests).
+    pub fn from_pool(pool: sqlx::PgPool) -> Self {
+        PgStore { pool }
+    }
     pub(crate) async fn connect(url: &str) -> StoreResult<Self> {
         todo!()
     }

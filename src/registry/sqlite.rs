@@ -9,6 +9,14 @@ pub struct SqliteStore {
 
 #[allow(unused_variables)]
 impl SqliteStore {
+    pub(crate) fn pool(&self) -> &sqlx::SqlitePool {
+        &self.pool
+    }
+
+    /// Wraps an existing pool (tests).
+    pub fn from_pool(pool: sqlx::SqlitePool) -> Self {
+        SqliteStore { pool }
+    }
     pub(crate) async fn connect(url: &str) -> StoreResult<Self> {
         todo!()
     }

@@ -1,0 +1,476 @@
+//! EMQX's HTTP authn/authz contract, driven over real HTTP against both stores.
+
+use std::time::Duration;
+
+use crate::both_stores;
+use crate::helpers::{SECRET, TestApp};
+use mqgate::registry::Store;
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn a_device_with_its_token_is_allowed_with_tenant_attrs_and_acl(store: Store) {
+    let app = TestApp::start(store).await;
+    let token = app.device("acme", "dev-1").await;
+    let v = app.authn("dev-1", "dev-1", &token).await;
+    assert_eq!(v["result"], "allow");
+    assert_eq!(v["is_superuser"], false);
+    assert_eq!(v["client_attrs"]["tenant"], "acme");
+    assert!(
+        v.get("expire_at").is_none(),
+        "a token without expiry sends no expire_at"
+    );
+    let acl = v["acl"].as_array().expect("acl list");
+    assert_eq!(
+        acl[0],
+        json!({"permission": "allow", "action": "all", "topic": "acme/dev-1/#"})
+    );
+    assert_eq!(
+        acl.last().unwrap(),
+        &json!({"permission": "deny", "action": "all", "topic": "#"})
+    );
+}
+both_stores!(
+    token_allowed,
+    a_device_with_its_token_is_allowed_with_tenant_attrs_and_acl
+);
+
+async fn wrong_secrets_missing_secrets_and_other_devices_tokens_are_denied(store: Store) {
+    let app = TestApp::start(store).await;
+    let token = app.device("acme", "dev-1").await;
+    let other = app.device("acme", "dev-2").await;
+    assert_eq!(
+        app.authn("dev-1", "", "mqg_not-the-token").await["result"],
+        "deny"
+    );
+    assert_eq!(app.authn("dev-1", "", "").await["result"], "deny");
+    assert_eq!(app.authn("dev-1", "", &other).await["result"], "deny");
+    let deny = app.authn("dev-1", "", &format!("{token}x")).await;
+    assert_eq!(deny, json!({"result": "deny", "is_superuser": false}));
+}
+both_stores!(
+    wrong_secret_denied,
+    wrong_secrets_missing_secrets_and_other_devices_tokens_are_denied
+);
+
+async fn unknown_clients_are_denied_by_default(store: Store) {
+    let app = TestApp::start(store).await;
+    assert_eq!(app.authn("ghost", "", "mqg_x").await["result"], "deny");
+    assert_eq!(app.authz("ghost", "publish", "a/b").await, "deny");
+}
+both_stores!(unknown_denied, unknown_clients_are_denied_by_default);
+
+async fn unknown_clients_are_ignored_when_configured(store: Store) {
+    let app = TestApp::start_with(store, |l| {
+        l.set("unknown_client", "ignore".into(), "test").unwrap()
+    })
+    .await;
+    assert_eq!(app.authn("ghost", "", "mqg_x").await["result"], "ignore");
+    assert_eq!(app.authz("ghost", "publish", "a/b").await, "ignore");
+}
+both_stores!(unknown_ignored, unknown_clients_are_ignored_when_configured);
+
+async fn a_disabled_device_is_denied_at_once_and_allowed_again_when_enabled(store: Store) {
+    let app = TestApp::start(store).await;
+    let token = app.device("acme", "dev-1").await;
+    assert_eq!(app.authn("dev-1", "", &token).await["result"], "allow");
+    app.admin.set_enabled("acme", "dev-1", false).await.unwrap();
+    assert_eq!(app.authn("dev-1", "", &token).await["result"], "deny");
+    assert_eq!(app.authz("dev-1", "publish", "acme/dev-1/t").await, "deny");
+    app.admin.set_enabled("acme", "dev-1", true).await.unwrap();
+    assert_eq!(app.authn("dev-1", "", &token).await["result"], "allow");
+}
+both_stores!(
+    disable_enable,
+    a_disabled_device_is_denied_at_once_and_allowed_again_when_enabled
+);
+
+async fn a_removed_device_is_denied(store: Store) {
+    let app = TestApp::start(store).await;
+    let token = app.device("acme", "dev-1").await;
+    assert_eq!(app.authn("dev-1", "", &token).await["result"], "allow");
+    app.admin.remove_device("acme", "dev-1").await.unwrap();
+    assert_eq!(app.authn("dev-1", "", &token).await["result"], "deny");
+}
+both_stores!(remove_denies, a_removed_device_is_denied);
+
+async fn a_rotated_token_keeps_working_through_its_grace_then_never_again(store: Store) {
+    let app = TestApp::start(store).await;
+    let old = app.device("acme", "dev-1").await;
+    let (new, until) = app
+        .admin
+        .rotate("acme", "dev-1", Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let new = new.token.expose_secret().to_string();
+    let v = app.authn("dev-1", "", &old).await;
+    assert_eq!(v["result"], "allow");
+    assert_eq!(
+        v["expire_at"],
+        json!(until),
+        "EMQX is told when the old token stops"
+    );
+    assert_eq!(app.authn("dev-1", "", &new).await["result"], "allow");
+    app.clock.advance(3600);
+    assert_eq!(app.authn("dev-1", "", &old).await["result"], "deny");
+    assert_eq!(app.authn("dev-1", "", &new).await["result"], "allow");
+    app.clock.advance(365 * 86400);
+    assert_eq!(app.authn("dev-1", "", &old).await["result"], "deny");
+}
+both_stores!(
+    rotation_grace,
+    a_rotated_token_keeps_working_through_its_grace_then_never_again
+);
+
+async fn rotation_without_grace_revokes_the_old_token_at_once(store: Store) {
+    let app = TestApp::start(store).await;
+    let old = app.device("acme", "dev-1").await;
+    let (new, _) = app
+        .admin
+        .rotate("acme", "dev-1", Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(app.authn("dev-1", "", &old).await["result"], "deny");
+    assert_eq!(
+        app.authn("dev-1", "", new.token.expose_secret()).await["result"],
+        "allow"
+    );
+}
+both_stores!(
+    rotation_now,
+    rotation_without_grace_revokes_the_old_token_at_once
+);
+
+async fn an_operator_password_is_accepted_and_a_new_one_replaces_it(store: Store) {
+    let app = TestApp::start(store).await;
+    app.device("acme", "dev-1").await;
+    app.admin
+        .set_password("acme", "dev-1", "first-password".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        app.authn("dev-1", "", "first-password").await["result"],
+        "allow"
+    );
+    assert_eq!(
+        app.authn("dev-1", "", "first-passwor").await["result"],
+        "deny"
+    );
+    app.admin
+        .set_password("acme", "dev-1", "second-password".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        app.authn("dev-1", "", "first-password").await["result"],
+        "deny"
+    );
+    assert_eq!(
+        app.authn("dev-1", "", "second-password").await["result"],
+        "allow"
+    );
+}
+both_stores!(
+    password,
+    an_operator_password_is_accepted_and_a_new_one_replaces_it
+);
+
+async fn a_legacy_bcrypt_hash_is_accepted_and_upgraded_to_argon2id(store: Store) {
+    let app = TestApp::start(store.clone()).await;
+    app.device("acme", "dev-1").await;
+    let hash = bcrypt::hash_with_salt("legacy-pass", 4, [9u8; 16])
+        .unwrap()
+        .format_for_version(bcrypt::Version::TwoA);
+    app.admin
+        .import_bcrypt("acme", "dev-1", &hash)
+        .await
+        .unwrap();
+    assert_eq!(app.authn("dev-1", "", "wrong-pass").await["result"], "deny");
+    assert_eq!(
+        app.authn("dev-1", "", "legacy-pass").await["result"],
+        "allow"
+    );
+    let tenant = app.admin.tenant_id("acme").await.unwrap();
+    let mut upgraded = false;
+    for _ in 0..100 {
+        let rec = store.load_device(tenant, "dev-1").await.unwrap().unwrap();
+        let kinds: Vec<_> = rec
+            .credentials
+            .iter()
+            .filter(|c| c.expires_at.is_none())
+            .map(|c| c.kind.as_str())
+            .collect();
+        if kinds.contains(&"argon2") && !kinds.contains(&"bcrypt") {
+            upgraded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(upgraded, "the bcrypt credential was re-hashed as argon2id");
+    assert_eq!(
+        app.authn("dev-1", "", "legacy-pass").await["result"],
+        "allow"
+    );
+    assert_eq!(app.authn("dev-1", "", "wrong-pass").await["result"], "deny");
+}
+both_stores!(
+    bcrypt_upgrade,
+    a_legacy_bcrypt_hash_is_accepted_and_upgraded_to_argon2id
+);
+
+async fn authz_follows_the_default_rule_and_mqtt_matching(store: Store) {
+    let app = TestApp::start(store).await;
+    app.device("acme", "dev-1").await;
+    assert_eq!(
+        app.authz("dev-1", "publish", "acme/dev-1/telemetry").await,
+        "allow"
+    );
+    assert_eq!(
+        app.authz("dev-1", "subscribe", "acme/dev-1/cmd/#").await,
+        "allow"
+    );
+    assert_eq!(
+        app.authz("dev-1", "subscribe", "$share/g/acme/dev-1/cmd/+")
+            .await,
+        "allow"
+    );
+    assert_eq!(
+        app.authz("dev-1", "publish", "acme/dev-2/telemetry").await,
+        "deny"
+    );
+    assert_eq!(app.authz("dev-1", "subscribe", "acme/#").await, "deny");
+    assert_eq!(app.authz("dev-1", "subscribe", "#").await, "deny");
+    assert_eq!(
+        app.authz("dev-1", "publish", "acme/dev-1/#").await,
+        "deny",
+        "not a topic name"
+    );
+}
+both_stores!(
+    authz_default,
+    authz_follows_the_default_rule_and_mqtt_matching
+);
+
+async fn stored_rules_come_before_file_rules_and_device_rules_before_tenant_rules(store: Store) {
+    use mqgate::acl::{Permission, RuleAction};
+    use mqgate::registry::NewAclRule;
+    let app = TestApp::start(store).await;
+    app.device("acme", "dev-1").await;
+    let rule = |permission, topic: &str| NewAclRule {
+        permission,
+        action: RuleAction::Publish,
+        topic: topic.into(),
+    };
+    app.admin
+        .add_rule("acme", None, rule(Permission::Deny, "acme/+/secret"))
+        .await
+        .unwrap();
+    app.admin
+        .add_rule("acme", None, rule(Permission::Allow, "shared/${tenant}/#"))
+        .await
+        .unwrap();
+    app.admin
+        .add_rule(
+            "acme",
+            Some("dev-1"),
+            rule(Permission::Allow, "acme/dev-1/secret"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        app.authz("dev-1", "publish", "acme/dev-1/secret").await,
+        "allow",
+        "device rule first"
+    );
+    assert_eq!(
+        app.authz("dev-1", "publish", "shared/acme/x").await,
+        "allow"
+    );
+    app.device("acme", "dev-2").await;
+    assert_eq!(
+        app.authz("dev-2", "publish", "acme/dev-2/secret").await,
+        "deny",
+        "tenant rule before file rule"
+    );
+    assert_eq!(
+        app.authz("dev-2", "publish", "acme/dev-2/other").await,
+        "allow"
+    );
+}
+both_stores!(
+    rule_precedence,
+    stored_rules_come_before_file_rules_and_device_rules_before_tenant_rules
+);
+
+async fn tenants_never_see_each_others_devices(store: Store) {
+    let app = TestApp::start(store).await;
+    let a = app.device("acme", "dev-a").await;
+    app.device("globex", "dev-g").await;
+    assert_eq!(app.authz("dev-g", "publish", "acme/dev-a/t").await, "deny");
+    assert!(
+        app.admin
+            .set_enabled("globex", "dev-a", false)
+            .await
+            .is_err()
+    );
+    assert!(app.admin.remove_device("globex", "dev-a").await.is_err());
+    assert!(
+        app.admin
+            .rotate("globex", "dev-a", Duration::ZERO)
+            .await
+            .is_err()
+    );
+    assert_eq!(app.authn("dev-a", "", &a).await["result"], "allow");
+    assert!(
+        app.admin.add_device("globex", "dev-a", None).await.is_err(),
+        "client ids are global"
+    );
+}
+both_stores!(tenant_isolation, tenants_never_see_each_others_devices);
+
+async fn bad_input_gets_a_clear_json_error(store: Store) {
+    let app = TestApp::start(store).await;
+    let send = |body: Vec<u8>| {
+        app.http
+            .post(format!("{}/v1/emqx/authz", app.base))
+            .bearer_auth(SECRET)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let r = send(b"{not json".to_vec()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(
+        r.json::<Value>().await.unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains("JSON")
+    );
+    let r = send(br#"{"clientid":"d","action":"publish"}"#.to_vec())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"],
+        "missing field `topic`"
+    );
+    let r = send(br#"{"clientid":"d","topic":"a","action":"delete"}"#.to_vec())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let big = format!(
+        r#"{{"clientid":"d","topic":"a","action":"publish","pad":"{}"}}"#,
+        "x".repeat(17 * 1024)
+    );
+    let r = send(big.into_bytes()).await.unwrap();
+    assert_eq!(r.status(), 413);
+    let (status, _, v) = app
+        .post("/v1/emqx/authn", &json!({"username": "u", "password": "p"}))
+        .await;
+    assert_eq!(
+        (status, v),
+        (400, json!({"error": "missing field `clientid`"}))
+    );
+    let (status, _, v) = app
+        .post(
+            "/v1/emqx/authn",
+            &json!({"clientid": "d", "password": {"x": "hunter2"}}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        !v.to_string().contains("hunter2"),
+        "errors never echo input"
+    );
+}
+both_stores!(bad_input, bad_input_gets_a_clear_json_error);
+
+async fn the_internal_endpoints_require_the_shared_secret(store: Store) {
+    let app = TestApp::start(store).await;
+    let token = app.device("acme", "dev-1").await;
+    let body = json!({"clientid": "dev-1", "password": token});
+    for auth in [
+        None,
+        Some("Bearer wrong-secret-wrong-secret-wrong-secret"),
+        Some(SECRET),
+        Some("Basic abc"),
+    ] {
+        let mut r = app
+            .http
+            .post(format!("{}/v1/emqx/authn", app.base))
+            .json(&body);
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status(), 401, "{auth:?}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap(),
+            json!({"error": "unauthorized"})
+        );
+    }
+    let health = app
+        .http
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = app
+        .http
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(ready.json::<Value>().await.unwrap()["store"], "ok");
+}
+both_stores!(
+    shared_secret,
+    the_internal_endpoints_require_the_shared_secret
+);
+
+async fn pipelined_requests_are_answered_in_order(store: Store) {
+    let app = TestApp::start(store).await;
+    app.device("acme", "dev-1").await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut wire = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..60 {
+        let (topic, want) = if i % 3 == 0 {
+            ("acme/dev-2/x", "deny")
+        } else {
+            ("acme/dev-1/x", "allow")
+        };
+        let body = json!({"clientid": "dev-1", "topic": topic, "action": "publish", "qos": "0", "retain": "false"}).to_string();
+        wire.extend_from_slice(format!(
+            "POST /v1/emqx/authz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SECRET}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ).as_bytes());
+        expected.push(want);
+    }
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(&wire).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut text = String::new();
+    while got.len() < expected.len() {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "connection closed after {} answers", got.len());
+        text.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+        got = text
+            .match_indices("\"result\":\"")
+            .map(|(i, _)| {
+                if text[i + 10..].starts_with("allow") {
+                    "allow"
+                } else {
+                    "deny"
+                }
+            })
+            .collect();
+    }
+    assert_eq!(got, expected);
+}
+both_stores!(pipelining, pipelined_requests_are_answered_in_order);

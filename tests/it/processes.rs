@@ -1,0 +1,548 @@
+//! The real `mqgate` binary: CLI against a store, `serve` processes sharing one database, start-up
+//! checks, and logs that never contain a secret.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::helpers::SECRET;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mqgate");
+
+fn mqgate(db: &str) -> Command {
+    let mut c = Command::new(BIN);
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("MQGATE_DATABASE_URL", db)
+        .env(
+            "MQGATE_ACL_RULES_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/acl-rules"),
+        )
+        .env("MQGATE_INTERNAL_SECRET", SECRET)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    c
+}
+
+/// Runs a CLI command; returns (success, stdout, stderr).
+async fn cli(db: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut c = mqgate(db);
+    c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if stdin.is_some() {
+        c.stdin(Stdio::piped());
+    }
+    let mut child = c.spawn().unwrap();
+    if let Some(input) = stdin {
+        use tokio::io::AsyncWriteExt;
+        let mut i = child.stdin.take().unwrap();
+        i.write_all(input.as_bytes()).await.unwrap();
+    }
+    let out = child.wait_with_output().await.unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn cli_json(db: &str, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let (ok, out, err) = cli(db, &all, None).await;
+    assert!(ok, "mqgate {args:?} failed: {err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// A running `mqgate serve`; its stderr is collected for inspection.
+struct Server {
+    base: String,
+    child: Child,
+    log: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Server {
+    async fn start(db: &str, extra_env: &[(&str, &str)]) -> Server {
+        let mut c = mqgate(db);
+        c.args(["serve", "--listen", "127.0.0.1:0"])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null());
+        for (k, v) in extra_env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(l)) = lines.next_line().await {
+                let _ = tx.send(l);
+            }
+        });
+        let mut seen = Vec::new();
+        let addr = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let l = rx
+                    .recv()
+                    .await
+                    .unwrap_or_else(|| panic!("server exited: {seen:?}"));
+                if let Some(a) = l
+                    .split("addr=")
+                    .nth(1)
+                    .filter(|_| l.contains("mqgate listening"))
+                {
+                    return a.split_whitespace().next().unwrap().to_string();
+                }
+                seen.push(l);
+            }
+        })
+        .await
+        .expect("server did not report its address");
+        Server {
+            base: format!("http://{addr}"),
+            child,
+            log: rx,
+        }
+    }
+
+    async fn authn(&self, client_id: &str, password: &str) -> String {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/emqx/authn", self.base))
+            .bearer_auth(SECRET)
+            .json(&json!({"clientid": client_id, "username": "", "password": password, "peerhost": "10.1.1.1"}))
+            .send()
+            .await
+            .unwrap();
+        r.json::<Value>().await.unwrap()["result"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Polls until `client_id` gets `want` (bounded: failing means the change never arrived).
+    async fn eventually(&self, client_id: &str, password: &str, want: &str) {
+        for _ in 0..100 {
+            if self.authn(client_id, password).await == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{} never answered {want} for {client_id}", self.base);
+    }
+
+    async fn stop(mut self) -> String {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        let mut all = String::new();
+        while let Ok(l) = self.log.try_recv() {
+            all.push_str(&l);
+            all.push('\n');
+        }
+        all
+    }
+}
+
+fn sqlite_url(dir: &tempfile::TempDir) -> String {
+    format!("sqlite://{}?mode=rwc", dir.path().join("reg.db").display())
+}
+
+/// The URL of the database `pool` is connected to (a fresh one per test).
+async fn pg_url(pool: &sqlx::PgPool) -> String {
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let base = std::env::var("DATABASE_URL").unwrap();
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    format!("{prefix}/{name}")
+}
+
+#[sqlx::test(migrations = false)]
+async fn two_mqgate_processes_on_one_postgres_see_each_others_revocations(pool: sqlx::PgPool) {
+    let db = pg_url(&pool).await;
+    cli_json(&db, &["tenant", "add", "acme"]).await;
+    let dev = cli_json(
+        &db,
+        &["device", "add", "--tenant", "acme", "--client-id", "dev-1"],
+    )
+    .await;
+    let token = dev["token"].as_str().unwrap().to_string();
+    let a = Server::start(&db, &[]).await;
+    let b = Server::start(&db, &[]).await;
+    assert_eq!(a.authn("dev-1", &token).await, "allow");
+    assert_eq!(b.authn("dev-1", &token).await, "allow");
+    cli_json(
+        &db,
+        &[
+            "device",
+            "disable",
+            "--tenant",
+            "acme",
+            "--client-id",
+            "dev-1",
+        ],
+    )
+    .await;
+    a.eventually("dev-1", &token, "deny").await;
+    b.eventually("dev-1", &token, "deny").await;
+    cli_json(
+        &db,
+        &[
+            "device",
+            "enable",
+            "--tenant",
+            "acme",
+            "--client-id",
+            "dev-1",
+        ],
+    )
+    .await;
+    a.eventually("dev-1", &token, "allow").await;
+    let rotated = cli_json(
+        &db,
+        &["cred", "rotate", "--tenant", "acme", "--client-id", "dev-1"],
+    )
+    .await;
+    b.eventually("dev-1", &token, "deny").await;
+    assert_eq!(
+        b.authn("dev-1", rotated["token"].as_str().unwrap()).await,
+        "allow"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_cli_change_reaches_a_running_sqlite_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_url(&dir);
+    cli_json(&db, &["tenant", "add", "acme"]).await;
+    let dev = cli_json(
+        &db,
+        &["device", "add", "--tenant", "acme", "--client-id", "dev-1"],
+    )
+    .await;
+    let token = dev["token"].as_str().unwrap().to_string();
+    let s = Server::start(&db, &[]).await;
+    assert_eq!(s.authn("dev-1", &token).await, "allow");
+    cli_json(
+        &db,
+        &[
+            "device",
+            "disable",
+            "--tenant",
+            "acme",
+            "--client-id",
+            "dev-1",
+        ],
+    )
+    .await;
+    s.eventually("dev-1", &token, "deny").await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_cli_manages_the_registry_and_explains_acl_decisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_url(&dir);
+    assert_eq!(
+        cli_json(&db, &["tenant", "add", "acme"]).await["name"],
+        "acme"
+    );
+    let (ok, _, err) = cli(&db, &["tenant", "add", "acme"], None).await;
+    assert!(!ok && err.contains("already exists"), "{err}");
+    let dev = cli_json(
+        &db,
+        &[
+            "device",
+            "add",
+            "--tenant",
+            "acme",
+            "--client-id",
+            "dev-1",
+            "--username",
+            "u1",
+        ],
+    )
+    .await;
+    assert!(dev["token"].as_str().unwrap().starts_with("mqg_"));
+    assert_eq!(dev["device"]["username"], "u1");
+    let (ok, _, err) = cli(
+        &db,
+        &["device", "add", "--tenant", "nope", "--client-id", "x"],
+        None,
+    )
+    .await;
+    assert!(!ok && err.contains("tenant `nope` not found"), "{err}");
+
+    let own = cli_json(
+        &db,
+        &[
+            "acl",
+            "check",
+            "--tenant",
+            "acme",
+            "--client-id",
+            "dev-1",
+            "--action",
+            "publish",
+            "--topic",
+            "acme/dev-1/t",
+        ],
+    )
+    .await;
+    assert_eq!(own["result"], "allow");
+    assert!(
+        own["reason"].as_str().unwrap().contains("default.toml"),
+        "{own}"
+    );
+    let other = cli_json(
+        &db,
+        &[
+            "acl",
+            "check",
+            "--tenant",
+            "acme",
+            "--client-id",
+            "dev-1",
+            "--action",
+            "subscribe",
+            "--topic",
+            "acme/#",
+        ],
+    )
+    .await;
+    assert_eq!(
+        other,
+        json!({"result": "deny", "reason": "no rule: deny by default", "cause": "acl_no_rule"})
+    );
+    let (ok, out, _) = cli(
+        &db,
+        &[
+            "acl",
+            "check",
+            "--tenant",
+            "acme",
+            "--client-id",
+            "dev-1",
+            "--action",
+            "publish",
+            "--topic",
+            "x/y",
+        ],
+        None,
+    )
+    .await;
+    assert!(ok);
+    assert_eq!(out.trim(), "deny: no rule: deny by default");
+
+    let added = cli_json(
+        &db,
+        &[
+            "acl",
+            "add",
+            "--tenant",
+            "acme",
+            "--client-id",
+            "dev-1",
+            "--permission",
+            "allow",
+            "--action",
+            "publish",
+            "--topic",
+            "fleet/${clientid}",
+        ],
+    )
+    .await;
+    let now = cli_json(
+        &db,
+        &[
+            "acl",
+            "check",
+            "--tenant",
+            "acme",
+            "--client-id",
+            "dev-1",
+            "--action",
+            "publish",
+            "--topic",
+            "fleet/dev-1",
+        ],
+    )
+    .await;
+    assert_eq!(now["result"], "allow");
+    assert!(
+        now["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("device rule {}", added["id"])),
+        "{now}"
+    );
+    let (ok, _, err) = cli(
+        &db,
+        &[
+            "acl",
+            "add",
+            "--tenant",
+            "acme",
+            "--permission",
+            "allow",
+            "--action",
+            "publish",
+            "--topic",
+            "a/#/b",
+        ],
+        None,
+    )
+    .await;
+    assert!(!ok && err.contains("topic"), "{err}");
+
+    let rot = cli_json(
+        &db,
+        &[
+            "cred",
+            "rotate",
+            "--tenant",
+            "acme",
+            "--client-id",
+            "dev-1",
+            "--grace",
+            "24h",
+        ],
+    )
+    .await;
+    assert!(rot["token"].as_str().unwrap().starts_with("mqg_"));
+    assert!(rot["old_tokens_expire_at"].as_i64().unwrap() > 0);
+    let (ok, _, _) = cli(
+        &db,
+        &[
+            "cred",
+            "set-password",
+            "--tenant",
+            "acme",
+            "--client-id",
+            "dev-1",
+        ],
+        Some("a-long-password\n"),
+    )
+    .await;
+    assert!(ok);
+    let (ok, _, err) = cli(
+        &db,
+        &[
+            "cred",
+            "import-bcrypt",
+            "--tenant",
+            "acme",
+            "--client-id",
+            "dev-1",
+        ],
+        Some("not-a-hash\n"),
+    )
+    .await;
+    assert!(!ok && err.contains("bcrypt"), "{err}");
+    let list = cli_json(&db, &["device", "list", "--tenant", "acme"]).await;
+    assert_eq!(list[0]["client_id"], "dev-1");
+    cli_json(
+        &db,
+        &[
+            "device",
+            "remove",
+            "--tenant",
+            "acme",
+            "--client-id",
+            "dev-1",
+        ],
+    )
+    .await;
+    assert_eq!(
+        cli_json(&db, &["device", "list", "--tenant", "acme"]).await,
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn serve_refuses_to_start_without_a_long_enough_internal_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_url(&dir);
+    let mut c = mqgate(&db);
+    c.env("MQGATE_INTERNAL_SECRET", "short-secret")
+        .args(["serve", "--listen", "127.0.0.1:0"]);
+    let out = c.output().await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("at least 32 characters"), "{err}");
+    assert!(
+        !err.contains("short-secret"),
+        "the secret is not echoed: {err}"
+    );
+    let mut c = mqgate(&db);
+    c.env_remove("MQGATE_INTERNAL_SECRET")
+        .args(["serve", "--listen", "127.0.0.1:0"]);
+    let out = c.output().await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MQGATE_INTERNAL_SECRET is not set"));
+}
+
+#[tokio::test]
+async fn logs_never_contain_tokens_passwords_or_the_internal_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_url(&dir);
+    cli_json(&db, &["tenant", "add", "acme"]).await;
+    let dev = cli_json(
+        &db,
+        &["device", "add", "--tenant", "acme", "--client-id", "dev-1"],
+    )
+    .await;
+    let token = dev["token"].as_str().unwrap().to_string();
+    let planted = "planted-password-7f3a9c";
+    let (ok, _, cli_err) = cli(
+        &db,
+        &[
+            "cred",
+            "set-password",
+            "--tenant",
+            "acme",
+            "--client-id",
+            "dev-1",
+        ],
+        Some(&format!("{planted}\n")),
+    )
+    .await;
+    assert!(ok);
+    let s = Server::start(&db, &[("MQGATE_LOG", "trace")]).await;
+    assert_eq!(s.authn("dev-1", &token).await, "allow");
+    assert_eq!(s.authn("dev-1", planted).await, "allow");
+    assert_eq!(s.authn("dev-1", "planted-wrong-guess-1").await, "deny");
+    let _ = reqwest::Client::new()
+        .post(format!("{}/v1/emqx/authn", s.base))
+        .bearer_auth("wrong-bearer-secret-0000000000000")
+        .body("{}")
+        .send()
+        .await;
+    let log = s.stop().await + &cli_err;
+    assert!(
+        log.contains("event=\"connect\"") || log.contains("connect"),
+        "audit lines are logged: {log}"
+    );
+    for secret in [
+        token.as_str(),
+        planted,
+        "planted-wrong-guess-1",
+        SECRET,
+        "wrong-bearer-secret",
+    ] {
+        assert!(!log.contains(secret), "log leaks a secret");
+    }
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let mut f = tokio::fs::File::open(entry.unwrap().path()).await.unwrap();
+        f.read_to_end(&mut bytes).await.unwrap();
+    }
+    let db_text = String::from_utf8_lossy(&bytes);
+    assert!(
+        !db_text.contains(&token) && !db_text.contains(planted),
+        "only digests are stored"
+    );
+}

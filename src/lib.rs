@@ -8,6 +8,7 @@
 //! - [`gate`]: the one async entry every transport calls (cache → verify → core → audit).
 //! - [`acl`]: topic ACL rules, placeholder expansion, MQTT topic matching, rule files.
 //! - [`auth`]: the security kernel — token/password hashing and the one constant-time compare.
+//! - [`limit`]: rate buckets and the brute-force guard (pure, time passed in).
 //! - [`registry`]: the device store (PostgreSQL / SQLite), its cache and change notification.
 //! - [`config`]: typed configuration (defaults → file → env → flags).
 //! - [`cli`]: the operator command line.
@@ -25,4 +26,5 @@ pub mod config;
 pub mod core;
 pub mod gate;
 pub mod http;
+pub mod limit;
 pub mod registry;

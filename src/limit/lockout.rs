@@ -1,0 +1,366 @@
+//! Brute-force protection: failed authentications counted per client id and per source address,
+//! with lockouts that cannot be turned against the device they protect. Pure: time is passed in.
+//!
+//! Why a lockout is not a denial-of-service lever: a client id's lockout applies only to
+//! *unfamiliar* addresses. An address becomes familiar for a client id when that client id logs in
+//! successfully from it; the real device, connecting from its usual address, is never refused by a
+//! lockout that strangers caused. Strangers' failures still count (so guessing from new addresses
+//! stops after `max_failures`), and a per-address limit slows one address guessing across many
+//! client ids. Where a device and an attacker share one address (a NAT), the per-address limit
+//! can still refuse both; that is the accepted edge of this design.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::Serialize;
+
+/// Thresholds and durations (milliseconds).
+#[derive(Debug, Clone, Copy)]
+pub struct LockoutPolicy {
+    /// Failures of one client id (from unfamiliar addresses) that lock it.
+    pub max_failures: u32,
+    /// Window in which those failures count.
+    pub window_ms: i64,
+    /// How long a client id stays locked for unfamiliar addresses.
+    pub lockout_ms: i64,
+    /// Failures from one address, across client ids, that lock the address.
+    pub ip_max_failures: u32,
+    /// How long an address stays locked.
+    pub ip_lockout_ms: i64,
+    /// How long a successful address stays familiar.
+    pub familiar_ms: i64,
+}
+
+impl Default for LockoutPolicy {
+    fn default() -> Self {
+        LockoutPolicy {
+            max_failures: 5,
+            window_ms: 15 * 60_000,
+            lockout_ms: 15 * 60_000,
+            ip_max_failures: 20,
+            ip_lockout_ms: 15 * 60_000,
+            familiar_ms: 30 * 86_400_000,
+        }
+    }
+}
+
+/// Why a CONNECT is refused before its secret is looked at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "scope", rename_all = "snake_case")]
+pub enum Locked {
+    /// The client id is locked for unfamiliar addresses.
+    ClientId {
+        /// Unix ms when it ends.
+        until_ms: i64,
+    },
+    /// The source address is locked.
+    Address {
+        /// Unix ms when it ends.
+        until_ms: i64,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Counter {
+    failures: VecDeque<i64>,
+    locked_until: i64,
+}
+
+impl Counter {
+    /// Records a failure; returns true when it locks.
+    fn fail(&mut self, now: i64, max: u32, window: i64, lockout: i64) -> bool {
+        while self.failures.front().is_some_and(|t| *t <= now - window) {
+            self.failures.pop_front();
+        }
+        self.failures.push_back(now);
+        if self.failures.len() >= max as usize && self.locked_until <= now {
+            self.locked_until = now + lockout;
+            self.failures.clear();
+            return true;
+        }
+        false
+    }
+
+    fn is_idle(&self, now: i64, window: i64) -> bool {
+        self.locked_until <= now && self.failures.back().is_none_or(|t| *t <= now - window)
+    }
+}
+
+#[derive(Debug, Default)]
+struct ClientState {
+    counter: Counter,
+    /// Address → last successful login (Unix ms).
+    familiar: HashMap<String, i64>,
+}
+
+/// A current lockout, for `mqgate lockout list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LockoutEntry {
+    /// `client_id` or `address`.
+    pub kind: &'static str,
+    /// The client id or address.
+    pub key: String,
+    /// Unix ms when it ends.
+    pub until_ms: i64,
+}
+
+/// Failure counters and lockouts for every client id and address seen failing.
+#[derive(Debug, Default)]
+pub struct FailureGuard {
+    policy: LockoutPolicy,
+    clients: HashMap<String, ClientState>,
+    addresses: HashMap<String, Counter>,
+}
+
+/// At most this many familiar addresses are kept per client id (oldest dropped).
+const FAMILIAR_MAX: usize = 8;
+
+impl FailureGuard {
+    /// A guard with `policy`.
+    pub fn new(policy: LockoutPolicy) -> Self {
+        FailureGuard {
+            policy,
+            ..Default::default()
+        }
+    }
+
+    /// Whether a CONNECT of `client_id` from `peer` must be refused now, whatever its secret.
+    pub fn check(&self, client_id: &str, peer: &str, now: i64) -> Option<Locked> {
+        if let Some(c) = self.addresses.get(peer).filter(|c| c.locked_until > now) {
+            return Some(Locked::Address {
+                until_ms: c.locked_until,
+            });
+        }
+        let state = self.clients.get(client_id)?;
+        let familiar = state
+            .familiar
+            .get(peer)
+            .is_some_and(|t| *t > now - self.policy.familiar_ms);
+        (state.counter.locked_until > now && !familiar).then_some(Locked::ClientId {
+            until_ms: state.counter.locked_until,
+        })
+    }
+
+    /// Records a failed authentication; returns the lockout it caused, if any.
+    pub fn record_failure(&mut self, client_id: &str, peer: &str, now: i64) -> Option<Locked> {
+        let p = self.policy;
+        let addr = self.addresses.entry(peer.to_string()).or_default();
+        let addr_locked = addr.fail(now, p.ip_max_failures, p.window_ms, p.ip_lockout_ms);
+        let state = self.clients.entry(client_id.to_string()).or_default();
+        let familiar = state
+            .familiar
+            .get(peer)
+            .is_some_and(|t| *t > now - p.familiar_ms);
+        let client_locked = !familiar
+            && state
+                .counter
+                .fail(now, p.max_failures, p.window_ms, p.lockout_ms);
+        if client_locked {
+            Some(Locked::ClientId {
+                until_ms: state.counter.locked_until,
+            })
+        } else if addr_locked {
+            Some(Locked::Address {
+                until_ms: now + p.ip_lockout_ms,
+            })
+        } else {
+            None
+        }
+    }
+
+    /// Records a successful authentication: `peer` becomes familiar for `client_id`. Successes
+    /// never count against anyone.
+    pub fn record_success(&mut self, client_id: &str, peer: &str, now: i64) {
+        let state = self.clients.entry(client_id.to_string()).or_default();
+        state.familiar.insert(peer.to_string(), now);
+        if state.familiar.len() > FAMILIAR_MAX
+            && let Some(oldest) = state
+                .familiar
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(k, _)| k.clone())
+        {
+            state.familiar.remove(&oldest);
+        }
+    }
+
+    /// Current lockouts.
+    pub fn list(&self, now: i64) -> Vec<LockoutEntry> {
+        let clients = self
+            .clients
+            .iter()
+            .filter(|(_, s)| s.counter.locked_until > now)
+            .map(|(k, s)| LockoutEntry {
+                kind: "client_id",
+                key: k.clone(),
+                until_ms: s.counter.locked_until,
+            });
+        let addrs = self
+            .addresses
+            .iter()
+            .filter(|(_, c)| c.locked_until > now)
+            .map(|(k, c)| LockoutEntry {
+                kind: "address",
+                key: k.clone(),
+                until_ms: c.locked_until,
+            });
+        let mut all: Vec<_> = clients.chain(addrs).collect();
+        all.sort_by(|a, b| (a.kind, &a.key).cmp(&(b.kind, &b.key)));
+        all
+    }
+
+    /// Clears the lockout and failure count of a client id or address; returns whether one existed.
+    pub fn clear(&mut self, key: &str) -> bool {
+        let mut found = false;
+        if let Some(s) = self.clients.get_mut(key) {
+            found |= s.counter.locked_until > 0 || !s.counter.failures.is_empty();
+            s.counter = Counter::default();
+        }
+        found |= self.addresses.remove(key).is_some();
+        found
+    }
+
+    /// Forgets state that no longer matters (call periodically to bound memory).
+    pub fn sweep(&mut self, now: i64) {
+        let p = self.policy;
+        self.addresses.retain(|_, c| !c.is_idle(now, p.window_ms));
+        self.clients.retain(|_, s| {
+            s.familiar.retain(|_, t| *t > now - p.familiar_ms);
+            !(s.counter.is_idle(now, p.window_ms) && s.familiar.is_empty())
+        });
+    }
+
+    /// Number of tracked client ids and addresses (for tests and metrics).
+    pub fn tracked(&self) -> (usize, usize) {
+        (self.clients.len(), self.addresses.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_800_000_000_000;
+    const MIN: i64 = 60_000;
+
+    fn guard() -> FailureGuard {
+        FailureGuard::new(LockoutPolicy::default())
+    }
+
+    #[test]
+    fn five_failures_within_fifteen_minutes_lock_the_client_id() {
+        let mut g = guard();
+        for i in 0..4 {
+            assert_eq!(g.record_failure("dev", "1.1.1.1", T0 + i * MIN), None);
+            assert_eq!(g.check("dev", "1.1.1.1", T0 + i * MIN), None);
+        }
+        let locked = g.record_failure("dev", "1.1.1.1", T0 + 4 * MIN);
+        assert_eq!(
+            locked,
+            Some(Locked::ClientId {
+                until_ms: T0 + 19 * MIN
+            })
+        );
+        assert!(g.check("dev", "1.1.1.1", T0 + 5 * MIN).is_some());
+        assert!(
+            g.check("dev", "2.2.2.2", T0 + 5 * MIN).is_some(),
+            "any unfamiliar address"
+        );
+        assert_eq!(
+            g.check("dev", "1.1.1.1", T0 + 19 * MIN),
+            None,
+            "the lockout ends"
+        );
+    }
+
+    #[test]
+    fn failures_spread_wider_than_the_window_never_lock() {
+        let mut g = guard();
+        for i in 0..20 {
+            assert_eq!(g.record_failure("dev", "1.1.1.1", T0 + i * 4 * MIN), None);
+        }
+        assert_eq!(g.check("dev", "1.1.1.1", T0 + 80 * MIN), None);
+    }
+
+    #[test]
+    fn a_stranger_failing_on_a_client_id_does_not_lock_out_the_device_at_its_usual_address() {
+        let mut g = guard();
+        g.record_success("dev", "10.0.0.5", T0);
+        for i in 0..10 {
+            g.record_failure("dev", "203.0.113.9", T0 + MIN + i);
+        }
+        assert!(
+            g.check("dev", "203.0.113.9", T0 + 2 * MIN).is_some(),
+            "the stranger is locked out"
+        );
+        assert!(
+            g.check("dev", "198.51.100.1", T0 + 2 * MIN).is_some(),
+            "so is any other stranger"
+        );
+        assert_eq!(
+            g.check("dev", "10.0.0.5", T0 + 2 * MIN),
+            None,
+            "the device is not"
+        );
+    }
+
+    #[test]
+    fn one_address_guessing_across_many_client_ids_is_locked() {
+        let mut g = guard();
+        let mut locked = None;
+        for i in 0..20 {
+            locked = g.record_failure(&format!("dev-{i}"), "203.0.113.9", T0 + i);
+        }
+        assert_eq!(
+            locked,
+            Some(Locked::Address {
+                until_ms: T0 + 19 + 15 * MIN
+            })
+        );
+        assert!(matches!(
+            g.check("dev-99", "203.0.113.9", T0 + MIN),
+            Some(Locked::Address { .. })
+        ));
+        assert_eq!(g.check("dev-99", "198.51.100.1", T0 + MIN), None);
+    }
+
+    #[test]
+    fn successes_are_never_penalised() {
+        let mut g = guard();
+        for i in 0..100 {
+            g.record_success("dev", "1.1.1.1", T0 + i);
+        }
+        assert_eq!(g.check("dev", "1.1.1.1", T0 + 100), None);
+        assert!(g.list(T0 + 100).is_empty());
+    }
+
+    #[test]
+    fn operators_can_list_and_clear_lockouts() {
+        let mut g = guard();
+        for i in 0..5 {
+            g.record_failure("dev", "1.1.1.1", T0 + i);
+        }
+        let listed = g.list(T0 + 10);
+        assert_eq!(
+            listed,
+            vec![LockoutEntry {
+                kind: "client_id",
+                key: "dev".into(),
+                until_ms: T0 + 4 + 15 * MIN
+            }]
+        );
+        assert!(g.clear("dev"));
+        assert_eq!(g.check("dev", "1.1.1.1", T0 + 11), None);
+        assert!(!g.clear("nobody"));
+    }
+
+    #[test]
+    fn sweeping_forgets_idle_state_but_keeps_familiar_addresses() {
+        let mut g = guard();
+        g.record_failure("a", "1.1.1.1", T0);
+        g.record_success("b", "2.2.2.2", T0);
+        g.sweep(T0 + 16 * MIN);
+        assert_eq!(g.tracked(), (1, 0));
+        g.sweep(T0 + 31 * 86_400_000);
+        assert_eq!(g.tracked(), (0, 0));
+    }
+}

@@ -1,0 +1,5 @@
+//! Rate buckets (ingestion limits) and the brute-force guard. The algorithms are pure and take
+//! `now`; the gate owns their state.
+
+pub mod bucket;
+pub mod lockout;

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use crate::auth::secret::SecretVerifier;
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
-use crate::gate::Gate;
+use crate::gate::{Gate, GateOptions};
 use crate::http::{self, HttpState, ServerLimits};
 use crate::registry::cache::{CacheSettings, CachedRegistry};
 use crate::registry::{Store, StoreError};
@@ -85,7 +85,12 @@ impl App {
             tracing::info!(devices = n, "cache warmed");
         }
         let verifier = SecretVerifier::new(config.password_concurrency, config.password_cache_ttl);
-        let gate = Arc::new(Gate::new(registry, verifier, clock, config.unknown_client));
+        let options = GateOptions {
+            unknown: config.unknown_client,
+            lockout: config.lockout,
+        };
+        let gate = Arc::new(Gate::new(registry, verifier, clock, options));
+        spawn_sweeper(&gate);
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -132,4 +137,19 @@ impl App {
         tracing::info!(addr = %self.addr, "mqgate listening");
         http::serve(self.listener, self.router, self.limits, shutdown).await;
     }
+}
+
+/// Forgets idle brute-force state once a minute, for as long as the gate lives.
+fn spawn_sweeper(gate: &Arc<Gate>) {
+    let gate = Arc::downgrade(gate);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            match gate.upgrade() {
+                Some(g) => g.sweep(),
+                None => return,
+            }
+        }
+    });
 }

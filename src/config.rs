@@ -12,6 +12,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::core::UnknownClient;
+use crate::limit::lockout::LockoutPolicy;
 
 /// The shortest internal shared secret accepted.
 pub const MIN_SECRET_LEN: usize = 32;
@@ -34,6 +35,12 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("request_timeout", Some("5s")),
     ("max_body_bytes", Some("16384")),
     ("log", Some("info")),
+    ("lockout_max_failures", Some("5")),
+    ("lockout_window", Some("15m")),
+    ("lockout_duration", Some("15m")),
+    ("lockout_ip_max_failures", Some("20")),
+    ("lockout_ip_duration", Some("15m")),
+    ("lockout_familiar_for", Some("30days")),
 ];
 
 /// mqgate's configuration, validated.
@@ -71,6 +78,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// tracing filter (`info`, `mqgate=debug`, …).
     pub log: String,
+    /// Brute-force thresholds.
+    pub lockout: LockoutPolicy,
 }
 
 impl std::fmt::Debug for Config {
@@ -212,6 +221,14 @@ impl Layers {
             request_timeout: self.parse("request_timeout", parse_duration)?,
             max_body_bytes: self.parse("max_body_bytes", parse_num)?,
             log: self.parse("log", |s| Ok(s.to_string()))?,
+            lockout: LockoutPolicy {
+                max_failures: self.parse("lockout_max_failures", parse_positive)?,
+                window_ms: self.parse("lockout_window", parse_ms)?,
+                lockout_ms: self.parse("lockout_duration", parse_ms)?,
+                ip_max_failures: self.parse("lockout_ip_max_failures", parse_positive)?,
+                ip_lockout_ms: self.parse("lockout_ip_duration", parse_ms)?,
+                familiar_ms: self.parse("lockout_familiar_for", parse_ms)?,
+            },
         })
     }
 
@@ -277,6 +294,17 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         return Ok(Duration::from_secs(secs));
     }
     humantime::parse_duration(s).map_err(|e| format!("not a duration ({e}); use e.g. 30s, 5m, 24h"))
+}
+
+fn parse_ms(s: &str) -> Result<i64, String> {
+    parse_duration(s).map(|d| d.as_millis().min(i64::MAX as u128) as i64)
+}
+
+fn parse_positive(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("must be a whole number above 0".into()),
+    }
 }
 
 fn parse_num<T: std::str::FromStr>(s: &str) -> Result<T, String> {

@@ -4,14 +4,15 @@
 //! translate the [`Decision`] back; everything else (fetching the device, verifying secrets off the
 //! async threads, upgrading legacy hashes, recording the outcome) happens here, once.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::acl::Action;
 use crate::auth::secret::{self, SecretVerifier, VerifiedSecret};
 use crate::clock::Clock;
-use crate::core::{self, Cause, Decision, DeviceView, UnknownClient};
+use crate::core::{self, Cause, Decision, DeviceView, UnknownClient, Verdict};
+use crate::limit::lockout::{FailureGuard, LockoutEntry, LockoutPolicy};
 use crate::registry::cache::CachedRegistry;
 use crate::registry::{Change, CredentialKind};
 
@@ -37,12 +38,22 @@ pub struct ConnectOutcome {
     pub device: Option<Arc<DeviceView>>,
 }
 
+/// Policy knobs of the gate.
+#[derive(Debug, Clone, Copy)]
+pub struct GateOptions {
+    /// Answer for unknown client ids.
+    pub unknown: UnknownClient,
+    /// Brute-force thresholds.
+    pub lockout: LockoutPolicy,
+}
+
 /// The gate: shared by every transport.
 pub struct Gate {
     registry: Arc<CachedRegistry>,
     verifier: SecretVerifier,
     clock: Clock,
     unknown: UnknownClient,
+    guard: Mutex<FailureGuard>,
 }
 
 impl Gate {
@@ -51,14 +62,36 @@ impl Gate {
         registry: Arc<CachedRegistry>,
         verifier: SecretVerifier,
         clock: Clock,
-        unknown: UnknownClient,
+        options: GateOptions,
     ) -> Self {
         Gate {
             registry,
             verifier,
             clock,
-            unknown,
+            unknown: options.unknown,
+            guard: Mutex::new(FailureGuard::new(options.lockout)),
         }
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, FailureGuard> {
+        self.guard.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Current lockouts (`mqgate lockout list`).
+    pub fn lockouts(&self) -> Vec<LockoutEntry> {
+        self.guard().list(self.clock.now_ms())
+    }
+
+    /// Clears a client id's or address's lockout (`mqgate lockout clear`).
+    pub fn clear_lockout(&self, key: &str) -> bool {
+        let cleared = self.guard().clear(key);
+        tracing::info!(target: "mqgate::audit", event = "admin", action = "lockout.clear", subject = key, cleared);
+        cleared
+    }
+
+    /// Forgets idle brute-force state (called periodically).
+    pub fn sweep(&self) {
+        self.guard().sweep(self.clock.now_ms());
     }
 
     /// The registry behind the gate.
@@ -68,6 +101,13 @@ impl Gate {
 
     /// Decides a CONNECT.
     pub async fn connect(&self, req: ConnectRequest) -> ConnectOutcome {
+        let peer = req.peer.as_deref().unwrap_or("unknown");
+        if let Some(locked) = self
+            .guard()
+            .check(&req.client_id, peer, self.clock.now_ms())
+        {
+            return self.record_connect(&req, None, Decision::deny(Cause::LockedOut(locked)));
+        }
         let device = match self.registry.device(&req.client_id).await {
             Ok(d) => d,
             Err(e) => {
@@ -90,6 +130,7 @@ impl Gate {
             (Ok(dev), Some(secret)) => self.verify_and_decide(dev, secret).await,
             (Ok(_), None) => Decision::deny(Cause::NoSecret),
         };
+        self.count(&req.client_id, peer, &decision);
         self.record_connect(&req, device, decision)
     }
 
@@ -141,6 +182,19 @@ impl Gate {
                 }
             }
         });
+    }
+
+    /// Feeds the brute-force guard: successes make the address familiar, failures count.
+    fn count(&self, client_id: &str, peer: &str, decision: &Decision) {
+        let now = self.clock.now_ms();
+        if decision.is_allow() {
+            self.guard().record_success(client_id, peer, now);
+        } else if decision.verdict == Verdict::Deny && decision.cause.is_auth_failure() {
+            let locked = self.guard().record_failure(client_id, peer, now);
+            if let Some(locked) = locked {
+                tracing::warn!(target: "mqgate::audit", event = "lockout", %client_id, peer, ?locked, "too many failed authentications");
+            }
+        }
     }
 
     fn record_connect(

@@ -59,6 +59,20 @@ enum Command {
     /// Manage and check ACL rules.
     #[command(subcommand)]
     Acl(AclCmd),
+    /// List or clear brute-force lockouts on the running server.
+    #[command(subcommand)]
+    Lockout(LockoutCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum LockoutCmd {
+    /// Current lockouts (client ids and source addresses).
+    List,
+    /// Clear the lockout of a client id or address.
+    Clear {
+        /// Client id or address.
+        key: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -228,6 +242,7 @@ async fn run_admin(command: Command, admin: &Admin, config: &Config, out: &Out) 
         Command::Device(cmd) => device(cmd, admin, out).await,
         Command::Cred(cmd) => cred(cmd, admin, out).await,
         Command::Acl(cmd) => acl(cmd, admin, config, out).await,
+        Command::Lockout(cmd) => lockout(cmd, config, out).await,
         Command::Serve { .. } | Command::Migrate => unreachable!("handled by Cli::run"),
     }
 }
@@ -375,10 +390,45 @@ async fn acl(cmd: AclCmd, admin: &Admin, config: &Config, out: &Out) -> Result<(
         }
         AclCmd::Reload => {
             let n = crate::acl::file::load_dir(&config.acl_rules_dir)?.len();
-            output::post_reload(config).await?;
+            output::ops_call(config, "POST", "/v1/ops/acl-reload", None).await?;
             out.done(
                 &format!("{n} file rules valid; server reloaded"),
                 json!({ "rules": n, "reloaded": true }),
+            )
+        }
+    }
+}
+
+async fn lockout(cmd: LockoutCmd, config: &Config, out: &Out) -> Result<()> {
+    match cmd {
+        LockoutCmd::List => {
+            let v = output::ops_call(config, "GET", "/v1/ops/lockouts", None).await?;
+            let items = v["lockouts"].as_array().cloned().unwrap_or_default();
+            out.list(&items, |l| {
+                format!(
+                    "{}\t{}\tuntil {} (Unix ms)",
+                    l["kind"].as_str().unwrap_or(""),
+                    l["key"].as_str().unwrap_or(""),
+                    l["until_ms"]
+                )
+            })
+        }
+        LockoutCmd::Clear { key } => {
+            let v = output::ops_call(
+                config,
+                "POST",
+                "/v1/ops/lockouts/clear",
+                Some(json!({ "key": key })),
+            )
+            .await?;
+            let cleared = v["cleared"].as_bool().unwrap_or(false);
+            out.done(
+                &if cleared {
+                    format!("lockout of {key} cleared")
+                } else {
+                    format!("{key} was not locked out")
+                },
+                v,
             )
         }
     }

@@ -60,8 +60,14 @@ impl Out {
     }
 }
 
-/// Asks the server at `config.listen` to reload its rule files.
-pub async fn post_reload(config: &Config) -> Result<()> {
+/// Calls the running server's guarded ops endpoint `path` (at `config.listen`) and returns its
+/// JSON answer; a non-200 answer is an error carrying the server's message.
+pub async fn ops_call(
+    config: &Config,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value> {
     let secret = config.require_internal_secret()?;
     let mut addr = config.listen;
     if addr.ip().is_unspecified() {
@@ -69,18 +75,20 @@ pub async fn post_reload(config: &Config) -> Result<()> {
     }
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
-        .with_context(|| format!("no mqgate server answering on {addr}"))?;
+        .with_context(|| format!("no mqgate server answering on {addr} (set MQGATE_LISTEN)"))?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
     let req = format!(
-        "POST /v1/ops/acl-reload HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        secret.expose_secret()
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        secret.expose_secret(),
+        body.len()
     );
     s.write_all(req.as_bytes()).await?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).await?;
     let status = resp.split_whitespace().nth(1).unwrap_or("");
+    let text = resp.split("\r\n\r\n").nth(1).unwrap_or("").trim();
     if status != "200" {
-        let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").trim();
-        bail!("server refused the reload (HTTP {status}): {body}");
+        bail!("server answered HTTP {status}: {text}");
     }
-    Ok(())
+    serde_json::from_str(text).context("server answer is not JSON")
 }

@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use crate::acl::{AclVerdict, RuleSource};
+use crate::limit::lockout::Locked;
 use crate::registry::CredentialKind;
 
 /// The broker-facing answer.
@@ -50,9 +51,23 @@ pub enum Cause {
     StoreUnavailable,
     /// Verification could not finish (shutdown); nothing was decided on the merits.
     Interrupted,
+    /// Too many failed authentications: refused whatever the secret.
+    LockedOut(Locked),
 }
 
 impl Cause {
+    /// Whether a deny for this cause counts as a failed authentication (brute-force guard).
+    pub fn is_auth_failure(&self) -> bool {
+        matches!(
+            self,
+            Cause::UnknownClient
+                | Cause::UsernameMismatch
+                | Cause::NoSecret
+                | Cause::BadSecret
+                | Cause::CredentialExpired { .. }
+        )
+    }
+
     /// A short stable label for metrics and audit.
     pub fn label(&self) -> &'static str {
         match self {
@@ -68,6 +83,7 @@ impl Cause {
             Cause::Acl(AclVerdict::InvalidTopic) => "invalid_topic",
             Cause::StoreUnavailable => "store_unavailable",
             Cause::Interrupted => "interrupted",
+            Cause::LockedOut(_) => "locked_out",
         }
     }
 
@@ -103,6 +119,12 @@ impl Cause {
             Cause::Acl(AclVerdict::InvalidTopic) => "invalid topic or filter".into(),
             Cause::StoreUnavailable => "registry unavailable and device not cached".into(),
             Cause::Interrupted => "verification interrupted".into(),
+            Cause::LockedOut(Locked::ClientId { until_ms }) => {
+                format!("client id locked out for unfamiliar addresses until {until_ms} (Unix ms)")
+            }
+            Cause::LockedOut(Locked::Address { until_ms }) => {
+                format!("source address locked out until {until_ms} (Unix ms)")
+            }
         }
     }
 }

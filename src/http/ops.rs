@@ -1,5 +1,5 @@
 //! Operational endpoints: `/healthz` (public), `/readyz` (store reachability, public), and the
-//! guarded `/v1/ops/acl-reload` that `mqgate acl reload` calls.
+//! guarded `/v1/ops/*` calls of `mqgate acl reload` and `mqgate lockout list|clear`.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -21,7 +21,10 @@ pub fn public_routes() -> Router<HttpState> {
 
 /// Routes behind the internal secret.
 pub fn internal_routes() -> Router<HttpState> {
-    Router::new().route("/v1/ops/acl-reload", post(acl_reload))
+    Router::new()
+        .route("/v1/ops/acl-reload", post(acl_reload))
+        .route("/v1/ops/lockouts", get(lockouts))
+        .route("/v1/ops/lockouts/clear", post(clear_lockout))
 }
 
 async fn readyz(State(s): State<HttpState>) -> (StatusCode, Json<Value>) {
@@ -47,4 +50,21 @@ async fn acl_reload(State(s): State<HttpState>) -> Result<Json<Value>, ApiError>
     s.gate.registry().set_file_rules(rules).await;
     tracing::info!(target: "mqgate::audit", event = "acl_reload", rules = n, "file ACL rules reloaded");
     Ok(Json(json!({ "reloaded": n })))
+}
+
+async fn lockouts(State(s): State<HttpState>) -> Json<Value> {
+    Json(json!({ "lockouts": s.gate.lockouts() }))
+}
+
+async fn clear_lockout(
+    State(s): State<HttpState>,
+    body: axum::body::Body,
+) -> Result<Json<Value>, ApiError> {
+    let body = super::read_json(body, s.max_body_bytes).await?;
+    let key = body
+        .get("key")
+        .and_then(Value::as_str)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| ApiError::BadRequest("missing field `key`".into()))?;
+    Ok(Json(json!({ "cleared": s.gate.clear_lockout(key) })))
 }

@@ -120,14 +120,39 @@ impl TestApp {
 
     /// An EMQX authn call as EMQX renders it (every placeholder a string, undefined ones `""`).
     pub async fn authn(&self, client_id: &str, username: &str, password: &str) -> Value {
+        self.authn_from("10.0.0.7", client_id, username, password)
+            .await
+    }
+
+    /// An EMQX authn call for a device at `peer`.
+    pub async fn authn_from(
+        &self,
+        peer: &str,
+        client_id: &str,
+        username: &str,
+        password: &str,
+    ) -> Value {
         let body = json!({
             "clientid": client_id, "username": username, "password": password,
-            "peerhost": "10.0.0.7", "cert_subject": "", "cert_common_name": "", "cert_pem": ""
+            "peerhost": peer, "cert_subject": "", "cert_common_name": "", "cert_pem": ""
         });
         let (status, ctype, v) = self.post("/v1/emqx/authn", &body).await;
         assert_eq!(status, 200, "{v}");
         assert!(ctype.starts_with("application/json"), "{ctype}");
         v
+    }
+
+    /// GETs a guarded ops path.
+    pub async fn get(&self, path: &str) -> Value {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(SECRET)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
     }
 
     /// An EMQX authz call; returns the `result`.

@@ -2,5 +2,6 @@
 
 mod helpers;
 
+mod brute_force;
 mod emqx_http;
 mod processes;

@@ -1,0 +1,110 @@
+//! Brute-force protection over EMQX's authn endpoint: lockouts by client id and by address, and
+//! why a stranger cannot lock a device out.
+
+use crate::both_stores;
+use crate::helpers::TestApp;
+use mqgate::registry::Store;
+use serde_json::json;
+
+const DEVICE_AT: &str = "10.0.0.7";
+const STRANGER: &str = "203.0.113.9";
+
+async fn five_failures_lock_a_client_id_even_against_the_right_secret(store: Store) {
+    let app = TestApp::start(store).await;
+    let token = app.device("acme", "dev-1").await;
+    for _ in 0..5 {
+        assert_eq!(
+            app.authn_from(STRANGER, "dev-1", "", "mqg_guess").await["result"],
+            "deny"
+        );
+    }
+    assert_eq!(
+        app.authn_from(STRANGER, "dev-1", "", &token).await["result"],
+        "deny",
+        "locked: the right secret does not help"
+    );
+    let listed = app.get("/v1/ops/lockouts").await;
+    assert_eq!(listed["lockouts"][0]["key"], "dev-1");
+    assert_eq!(listed["lockouts"][0]["kind"], "client_id");
+    app.clock.advance(15 * 60);
+    assert_eq!(
+        app.authn_from(STRANGER, "dev-1", "", &token).await["result"],
+        "allow",
+        "the lockout ends"
+    );
+}
+both_stores!(
+    client_lockout,
+    five_failures_lock_a_client_id_even_against_the_right_secret
+);
+
+async fn a_stranger_cannot_lock_the_device_out_of_its_usual_address(store: Store) {
+    let app = TestApp::start(store).await;
+    let token = app.device("acme", "dev-1").await;
+    assert_eq!(
+        app.authn_from(DEVICE_AT, "dev-1", "", &token).await["result"],
+        "allow"
+    );
+    for _ in 0..10 {
+        app.authn_from(STRANGER, "dev-1", "", "mqg_guess").await;
+    }
+    assert_eq!(
+        app.authn_from(STRANGER, "dev-1", "", &token).await["result"],
+        "deny"
+    );
+    assert_eq!(
+        app.authn_from("198.51.100.1", "dev-1", "", &token).await["result"],
+        "deny"
+    );
+    assert_eq!(
+        app.authn_from(DEVICE_AT, "dev-1", "", &token).await["result"],
+        "allow",
+        "the device at its usual address is not locked out"
+    );
+}
+both_stores!(
+    no_dos_lever,
+    a_stranger_cannot_lock_the_device_out_of_its_usual_address
+);
+
+async fn one_address_guessing_across_client_ids_is_locked_and_operators_can_clear_it(store: Store) {
+    let app = TestApp::start(store).await;
+    let token = app.device("acme", "dev-1").await;
+    for i in 0..20 {
+        app.authn_from(STRANGER, &format!("guess-{i}"), "", "mqg_guess")
+            .await;
+    }
+    assert_eq!(
+        app.authn_from(STRANGER, "dev-1", "", &token).await["result"],
+        "deny"
+    );
+    assert_eq!(
+        app.authn_from(DEVICE_AT, "dev-1", "", &token).await["result"],
+        "allow"
+    );
+    let (status, _, v) = app
+        .post("/v1/ops/lockouts/clear", &json!({"key": STRANGER}))
+        .await;
+    assert_eq!((status, v), (200, json!({"cleared": true})));
+    assert_eq!(
+        app.authn_from(STRANGER, "dev-1", "", &token).await["result"],
+        "allow"
+    );
+}
+both_stores!(
+    address_lockout,
+    one_address_guessing_across_client_ids_is_locked_and_operators_can_clear_it
+);
+
+async fn successful_logins_are_never_penalised(store: Store) {
+    let app = TestApp::start(store).await;
+    let token = app.device("acme", "dev-1").await;
+    for _ in 0..50 {
+        assert_eq!(
+            app.authn_from(STRANGER, "dev-1", "", &token).await["result"],
+            "allow"
+        );
+    }
+    assert_eq!(app.get("/v1/ops/lockouts").await, json!({"lockouts": []}));
+}
+both_stores!(successes_free, successful_logins_are_never_penalised);

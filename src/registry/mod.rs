@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod model;
 pub mod pg;
+mod rows;
 pub mod sqlite;
 mod sqlite_changes;
 

@@ -1,63 +1,222 @@
-//! SQLite store: the embedded default for a single box.
+//! SQLite store: the embedded default for a single box. Runtime-checked queries (sqlx checks
+//! macros against one database per crate, and that is PostgreSQL); the shared contract tests prove
+//! it behaves exactly like the PostgreSQL store. Every device-level query is scoped by tenant.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
+use sqlx::{Row, SqlitePool};
+
+use super::rows::{self, RuleRow};
 use super::*;
 
 /// SQLite-backed store.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
-    pool: sqlx::SqlitePool,
+    pool: SqlitePool,
 }
 
-#[allow(unused_variables)]
+macro_rules! device_cols {
+    () => {
+        "id, tenant_id, client_id, username, enabled, created_at"
+    };
+}
+
+/// Restricts a bulk load to one client id when `?2` is not NULL.
+macro_rules! only {
+    () => {
+        "(?2 IS NULL OR d.client_id = ?2)"
+    };
+}
+
+fn device(r: &SqliteRow) -> Result<Device, sqlx::Error> {
+    Ok(Device {
+        id: r.try_get("id")?,
+        tenant_id: TenantId(r.try_get("tenant_id")?),
+        client_id: r.try_get("client_id")?,
+        username: r.try_get("username")?,
+        enabled: r.try_get("enabled")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn tenant(r: &SqliteRow) -> Result<Tenant, sqlx::Error> {
+    Ok(Tenant {
+        id: TenantId(r.try_get("id")?),
+        name: r.try_get("name")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn credential(r: &SqliteRow) -> StoreResult<(i64, Credential)> {
+    let kind: String = r.try_get("kind")?;
+    Ok((
+        r.try_get("device_id")?,
+        Credential {
+            id: r.try_get("id")?,
+            kind: rows::kind(&kind)?,
+            digest: r.try_get("digest")?,
+            created_at: r.try_get("created_at")?,
+            expires_at: r.try_get("expires_at")?,
+        },
+    ))
+}
+
+fn rule(r: &SqliteRow) -> StoreResult<StoredAclRule> {
+    RuleRow {
+        id: r.try_get("id")?,
+        device_id: r.try_get("device_id")?,
+        client_id: r.try_get("client_id")?,
+        permission: r.try_get("permission")?,
+        action: r.try_get("action")?,
+        topic: r.try_get("topic")?,
+    }
+    .into_stored()
+}
+
 impl SqliteStore {
-    pub(crate) fn pool(&self) -> &sqlx::SqlitePool {
+    pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 
     /// Wraps an existing pool (tests).
-    pub fn from_pool(pool: sqlx::SqlitePool) -> Self {
+    pub fn from_pool(pool: SqlitePool) -> Self {
         SqliteStore { pool }
     }
+
     pub(crate) async fn connect(url: &str) -> StoreResult<Self> {
-        todo!()
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await?;
+        Ok(SqliteStore { pool })
     }
+
     pub(crate) async fn migrate(&self) -> StoreResult<()> {
-        let _ = &self.pool;
-        todo!()
+        sqlx::migrate!("migrations/sqlite").run(&self.pool).await?;
+        Ok(())
     }
+
     pub(crate) async fn ping(&self) -> StoreResult<()> {
-        todo!()
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
     }
+
     pub(crate) async fn create_tenant(&self, name: &str, now: i64) -> StoreResult<Tenant> {
-        todo!()
+        let r = sqlx::query(
+            "INSERT INTO tenants (name, created_at) VALUES (?, ?) RETURNING id, name, created_at",
+        )
+        .bind(name)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| rows::conflict(e, || format!("tenant {name}")))?;
+        Ok(tenant(&r)?)
     }
+
     pub(crate) async fn tenant_by_name(&self, name: &str) -> StoreResult<Option<Tenant>> {
-        todo!()
+        let r = sqlx::query("SELECT id, name, created_at FROM tenants WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(r.as_ref().map(tenant).transpose()?)
     }
+
     pub(crate) async fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
-        todo!()
+        let rs = sqlx::query("SELECT id, name, created_at FROM tenants ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rs.iter().map(tenant).collect::<Result<_, _>>()?)
     }
+
     pub(crate) async fn create_device(
         &self,
         t: TenantId,
         d: &NewDevice,
         now: i64,
     ) -> StoreResult<Device> {
-        todo!()
+        let conflict = || format!("device {}", d.client_id);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO client_directory (client_id, tenant_id) VALUES (?, ?)")
+            .bind(&d.client_id)
+            .bind(t.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| rows::conflict(e, conflict))?;
+        let sql = concat!(
+            "INSERT INTO devices (tenant_id, client_id, username, enabled, created_at) VALUES (?, ?, ?, 1, ?) RETURNING ",
+            device_cols!()
+        );
+        let r = sqlx::query(sql)
+            .bind(t.0)
+            .bind(&d.client_id)
+            .bind(&d.username)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| rows::conflict(e, conflict))?;
+        tx.commit().await?;
+        Ok(device(&r)?)
     }
+
+    async fn device_id(&self, t: TenantId, client_id: &str) -> StoreResult<i64> {
+        sqlx::query_scalar("SELECT id FROM devices WHERE tenant_id = ? AND client_id = ?")
+            .bind(t.0)
+            .bind(client_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| rows::no_device(client_id))
+    }
+
     pub(crate) async fn set_device_enabled(
         &self,
         t: TenantId,
         client_id: &str,
         enabled: bool,
     ) -> StoreResult<()> {
-        todo!()
+        let done =
+            sqlx::query("UPDATE devices SET enabled = ? WHERE tenant_id = ? AND client_id = ?")
+                .bind(enabled)
+                .bind(t.0)
+                .bind(client_id)
+                .execute(&self.pool)
+                .await?;
+        rows::one(done.rows_affected(), client_id)
     }
+
     pub(crate) async fn remove_device(&self, t: TenantId, client_id: &str) -> StoreResult<()> {
-        todo!()
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("DELETE FROM devices WHERE tenant_id = ? AND client_id = ?")
+            .bind(t.0)
+            .bind(client_id)
+            .execute(&mut *tx)
+            .await?;
+        rows::one(done.rows_affected(), client_id)?;
+        sqlx::query("DELETE FROM client_directory WHERE tenant_id = ? AND client_id = ?")
+            .bind(t.0)
+            .bind(client_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
+
     pub(crate) async fn list_devices(&self, t: TenantId) -> StoreResult<Vec<Device>> {
-        todo!()
+        let sql = concat!(
+            "SELECT ",
+            device_cols!(),
+            " FROM devices WHERE tenant_id = ? ORDER BY client_id"
+        );
+        let rs = sqlx::query(sql).bind(t.0).fetch_all(&self.pool).await?;
+        Ok(rs.iter().map(device).collect::<Result<_, _>>()?)
     }
+
     pub(crate) async fn add_credential(
         &self,
         t: TenantId,
@@ -65,8 +224,21 @@ impl SqliteStore {
         c: &NewCredential,
         now: i64,
     ) -> StoreResult<i64> {
-        todo!()
+        let device_id = self.device_id(t, client_id).await?;
+        let id = sqlx::query_scalar(
+            "INSERT INTO credentials (tenant_id, device_id, kind, digest, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(t.0)
+        .bind(device_id)
+        .bind(c.kind.as_str())
+        .bind(&c.digest)
+        .bind(now)
+        .bind(c.expires_at)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(id)
     }
+
     pub(crate) async fn expire_credentials(
         &self,
         t: TenantId,
@@ -74,8 +246,24 @@ impl SqliteStore {
         kinds: &[CredentialKind],
         at: i64,
     ) -> StoreResult<u64> {
-        todo!()
+        let device_id = self.device_id(t, client_id).await?;
+        let mut changed = 0;
+        for kind in kinds {
+            let done = sqlx::query(
+                "UPDATE credentials SET expires_at = ? WHERE tenant_id = ? AND device_id = ? AND kind = ? AND (expires_at IS NULL OR expires_at > ?)",
+            )
+            .bind(at)
+            .bind(t.0)
+            .bind(device_id)
+            .bind(kind.as_str())
+            .bind(at)
+            .execute(&self.pool)
+            .await?;
+            changed += done.rows_affected();
+        }
+        Ok(changed)
     }
+
     pub(crate) async fn replace_credential_digest(
         &self,
         t: TenantId,
@@ -83,21 +271,97 @@ impl SqliteStore {
         kind: CredentialKind,
         digest: &str,
     ) -> StoreResult<()> {
-        todo!()
+        let done = sqlx::query(
+            "UPDATE credentials SET kind = ?, digest = ? WHERE tenant_id = ? AND id = ?",
+        )
+        .bind(kind.as_str())
+        .bind(digest)
+        .bind(t.0)
+        .bind(credential_id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("credential {credential_id}")));
+        }
+        Ok(())
     }
+
     pub(crate) async fn resolve_client(&self, client_id: &str) -> StoreResult<Option<TenantId>> {
-        todo!()
+        let t: Option<i64> =
+            sqlx::query_scalar("SELECT tenant_id FROM client_directory WHERE client_id = ?")
+                .bind(client_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(t.map(TenantId))
     }
+
     pub(crate) async fn load_device(
         &self,
         t: TenantId,
         client_id: &str,
     ) -> StoreResult<Option<DeviceRecord>> {
-        todo!()
+        let mut all = self.load(t, Some(client_id)).await?;
+        Ok(all.pop())
     }
+
     pub(crate) async fn load_tenant_devices(&self, t: TenantId) -> StoreResult<Vec<DeviceRecord>> {
-        todo!()
+        self.load(t, None).await
     }
+
+    /// One device (`Some`) or all of a tenant's, in four queries whatever the count.
+    async fn load(&self, t: TenantId, client_id: Option<&str>) -> StoreResult<Vec<DeviceRecord>> {
+        let name: Option<String> = sqlx::query_scalar("SELECT name FROM tenants WHERE id = ?")
+            .bind(t.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(name) = name else { return Ok(vec![]) };
+        let sql = concat!(
+            "SELECT ",
+            device_cols!(),
+            " FROM devices d WHERE d.tenant_id = ?1 AND ",
+            only!(),
+            " ORDER BY d.client_id"
+        );
+        let devices: Vec<Device> = sqlx::query(sql)
+            .bind(t.0)
+            .bind(client_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(device)
+            .collect::<Result<_, _>>()?;
+        if devices.is_empty() {
+            return Ok(vec![]);
+        }
+        let creds = sqlx::query(concat!(
+            "SELECT c.id, c.device_id, c.kind, c.digest, c.created_at, c.expires_at FROM credentials c JOIN devices d ON d.id = c.device_id \
+             WHERE c.tenant_id = ?1 AND d.tenant_id = ?1 AND ",
+            only!(),
+            " ORDER BY c.id"
+        ))
+        .bind(t.0)
+        .bind(client_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(credential)
+        .collect::<StoreResult<Vec<_>>>()?;
+        let rules = sqlx::query(concat!(
+            "SELECT r.id, r.device_id, d.client_id, r.permission, r.action, r.topic FROM acl_rules r LEFT JOIN devices d ON d.id = r.device_id \
+             WHERE r.tenant_id = ?1 AND (r.device_id IS NULL OR (d.tenant_id = ?1 AND ",
+            only!(),
+            ")) ORDER BY r.id"
+        ))
+        .bind(t.0)
+        .bind(client_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(rule)
+        .collect::<StoreResult<Vec<_>>>()?;
+        Ok(rows::assemble(&name, devices, creds, rules))
+    }
+
     pub(crate) async fn add_acl_rule(
         &self,
         t: TenantId,
@@ -105,16 +369,53 @@ impl SqliteStore {
         r: &NewAclRule,
         now: i64,
     ) -> StoreResult<i64> {
-        todo!()
+        let device_id = match client_id {
+            Some(c) => Some(self.device_id(t, c).await?),
+            None => None,
+        };
+        let id = sqlx::query_scalar(
+            "INSERT INTO acl_rules (tenant_id, device_id, permission, action, topic, created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(t.0)
+        .bind(device_id)
+        .bind(rows::permission_str(r.permission))
+        .bind(rows::action_str(r.action))
+        .bind(&r.topic)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(id)
     }
+
     pub(crate) async fn list_acl_rules(&self, t: TenantId) -> StoreResult<Vec<StoredAclRule>> {
-        todo!()
+        let rs = sqlx::query(
+            "SELECT r.id, r.device_id, d.client_id, r.permission, r.action, r.topic FROM acl_rules r LEFT JOIN devices d ON d.id = r.device_id \
+             WHERE r.tenant_id = ? ORDER BY r.device_id IS NULL, d.client_id, r.id",
+        )
+        .bind(t.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rs.iter().map(rule).collect()
     }
+
     pub(crate) async fn remove_acl_rule(
         &self,
         t: TenantId,
         rule_id: i64,
     ) -> StoreResult<Option<String>> {
-        todo!()
+        let owner: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT d.client_id FROM acl_rules r LEFT JOIN devices d ON d.id = r.device_id WHERE r.tenant_id = ? AND r.id = ?",
+        )
+        .bind(t.0)
+        .bind(rule_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let owner = owner.ok_or_else(|| StoreError::NotFound(format!("rule {rule_id}")))?;
+        sqlx::query("DELETE FROM acl_rules WHERE tenant_id = ? AND id = ?")
+            .bind(t.0)
+            .bind(rule_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(owner)
     }
 }

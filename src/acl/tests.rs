@@ -1,0 +1,311 @@
+use proptest::prelude::*;
+use serde_json::Value;
+
+use super::topic::{self, Level};
+use super::*;
+
+fn rule(permission: Permission, action: RuleAction, topic: &str) -> Rule {
+    Rule {
+        permission,
+        action,
+        topic: topic.into(),
+        source: RuleSource::Tenant { id: 1 },
+    }
+}
+
+fn who<'a>(client_id: &'a str, username: Option<&'a str>) -> Identity<'a> {
+    Identity {
+        tenant: "acme",
+        client_id,
+        username,
+    }
+}
+
+fn default_acl(client_id: &str) -> CompiledAcl {
+    let rules = [rule(
+        Permission::Allow,
+        RuleAction::All,
+        "${tenant}/${clientid}/#",
+    )];
+    CompiledAcl::compile(&rules, &who(client_id, None))
+}
+
+fn allowed(acl: &CompiledAcl, action: Action, topic: &str) -> bool {
+    matches!(
+        acl.check(action, topic),
+        AclVerdict::Matched {
+            permission: Permission::Allow,
+            ..
+        }
+    )
+}
+
+#[test]
+fn the_default_rule_confines_a_device_to_its_subtree() {
+    let acl = default_acl("dev-1");
+    assert!(allowed(&acl, Action::Publish, "acme/dev-1/telemetry"));
+    assert!(allowed(&acl, Action::Subscribe, "acme/dev-1/#"));
+    assert!(allowed(
+        &acl,
+        Action::Subscribe,
+        "$share/g/acme/dev-1/cmd/+"
+    ));
+    assert!(!allowed(&acl, Action::Publish, "acme/dev-2/telemetry"));
+    assert!(!allowed(&acl, Action::Subscribe, "acme/+/telemetry"));
+    assert!(!allowed(&acl, Action::Subscribe, "#"));
+    assert_eq!(acl.check(Action::Publish, "acme/other"), AclVerdict::NoRule);
+    assert_eq!(
+        acl.check(Action::Publish, "acme/dev-1/+"),
+        AclVerdict::InvalidTopic
+    );
+    assert_eq!(
+        acl.check(Action::Subscribe, "acme/#/x"),
+        AclVerdict::InvalidTopic
+    );
+    assert_eq!(
+        acl.check(Action::Subscribe, "$share//acme/dev-1/x"),
+        AclVerdict::InvalidTopic
+    );
+}
+
+#[test]
+fn hostile_identities_never_widen_their_acl() {
+    for client_id in ["+", "#", "a/b", "", "a\0b", "acme/+", "#/x"] {
+        let acl = default_acl(client_id);
+        for t in ["acme/other/x", "acme/x", "acme/a/b/x", "acme/+/x"] {
+            assert!(
+                !allowed(&acl, Action::Publish, t),
+                "{client_id:?} reached {t}"
+            );
+        }
+        assert!(!allowed(&acl, Action::Subscribe, "acme/#"), "{client_id:?}");
+        assert_eq!(
+            acl.to_emqx().unwrap().len(),
+            1,
+            "a never-matching rule is not emitted"
+        );
+    }
+    let rules = [rule(Permission::Allow, RuleAction::All, "u/${username}/#")];
+    let acl = CompiledAcl::compile(&rules, &who("d", None));
+    assert_eq!(
+        acl.check(Action::Publish, "u//x"),
+        AclVerdict::NoRule,
+        "no username, no match"
+    );
+}
+
+#[test]
+fn first_matching_rule_wins_and_names_itself() {
+    let rules = [
+        rule(
+            Permission::Deny,
+            RuleAction::Publish,
+            "acme/${clientid}/secret",
+        ),
+        rule(Permission::Allow, RuleAction::All, "acme/${clientid}/#"),
+    ];
+    let acl = CompiledAcl::compile(&rules, &who("d", None));
+    assert!(matches!(
+        acl.check(Action::Publish, "acme/d/secret"),
+        AclVerdict::Matched {
+            permission: Permission::Deny,
+            index: 0,
+            ..
+        }
+    ));
+    assert!(matches!(
+        acl.check(Action::Subscribe, "acme/d/secret"),
+        AclVerdict::Matched {
+            permission: Permission::Allow,
+            index: 1,
+            ..
+        }
+    ));
+    assert!(matches!(
+        acl.check(Action::Publish, "acme/d/other"),
+        AclVerdict::Matched {
+            permission: Permission::Allow,
+            index: 1,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_subscription_partly_covered_by_a_deny_is_denied() {
+    let rules = [
+        rule(Permission::Deny, RuleAction::All, "acme/d/secret"),
+        rule(Permission::Allow, RuleAction::All, "acme/d/#"),
+    ];
+    let acl = CompiledAcl::compile(&rules, &who("d", None));
+    assert!(!allowed(&acl, Action::Subscribe, "acme/d/#"));
+    assert!(!allowed(&acl, Action::Subscribe, "acme/d/+"));
+    assert!(allowed(&acl, Action::Subscribe, "acme/d/public/#"));
+}
+
+#[test]
+fn the_emqx_list_keeps_order_and_ends_with_deny_all() {
+    let rules = [
+        rule(
+            Permission::Deny,
+            RuleAction::Subscribe,
+            "acme/${clientid}/x",
+        ),
+        rule(
+            Permission::Allow,
+            RuleAction::Publish,
+            "${tenant}/${clientid}/#",
+        ),
+    ];
+    let list = CompiledAcl::compile(&rules, &who("d", None))
+        .to_emqx()
+        .unwrap();
+    assert_eq!(
+        list,
+        vec![
+            serde_json::json!({"permission": "deny", "action": "subscribe", "topic": "acme/d/x"}),
+            serde_json::json!({"permission": "allow", "action": "publish", "topic": "acme/d/#"}),
+            serde_json::json!({"permission": "deny", "action": "all", "topic": "#"}),
+        ]
+    );
+    let odd = CompiledAcl::compile(
+        &[rule(Permission::Allow, RuleAction::All, "${clientid}")],
+        &who("${x}", None),
+    );
+    assert!(
+        odd.to_emqx().is_none(),
+        "EMQX would expand a ${{…}} in the topic"
+    );
+}
+
+// ---- property tests ----
+
+/// A straightforward recursive matcher, written from the spec, to check `topic::matches`.
+fn reference_match(filter: &[&str], topic: &[&str]) -> bool {
+    match (filter.first(), topic.first()) {
+        (Some(&"#"), _) => true,
+        (Some(&"+"), Some(_)) => reference_match(&filter[1..], &topic[1..]),
+        (Some(f), Some(t)) => f == t && reference_match(&filter[1..], &topic[1..]),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+fn spec_match(filter: &str, topic: &str) -> bool {
+    let f: Vec<&str> = filter.split('/').collect();
+    let t: Vec<&str> = topic.split('/').collect();
+    if topic.starts_with('$') && matches!(f[0], "+" | "#") {
+        return false;
+    }
+    reference_match(&f, &t)
+}
+
+fn level() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("a".to_string()),
+        Just("b".to_string()),
+        Just("".to_string()),
+        Just("$s".to_string())
+    ]
+}
+
+fn topic_name() -> impl Strategy<Value = String> {
+    prop::collection::vec(level(), 1..5)
+        .prop_map(|l| l.join("/"))
+        .prop_filter("a topic name is not empty", |t| !t.is_empty())
+}
+
+fn filter() -> impl Strategy<Value = String> {
+    (
+        prop::collection::vec(prop_oneof![3 => level(), 1 => Just("+".to_string())], 1..5),
+        any::<bool>(),
+    )
+        .prop_map(|(mut l, hash)| {
+            if hash {
+                l.push("#".into());
+            }
+            l.join("/")
+        })
+        .prop_filter("a filter is not empty", |f| !f.is_empty())
+}
+
+fn rules() -> impl Strategy<Value = Vec<Rule>> {
+    let perm = prop_oneof![Just(Permission::Allow), Just(Permission::Deny)];
+    let act = prop_oneof![
+        Just(RuleAction::Publish),
+        Just(RuleAction::Subscribe),
+        Just(RuleAction::All)
+    ];
+    prop::collection::vec((perm, act, filter()), 0..6)
+        .prop_map(|v| v.into_iter().map(|(p, a, t)| rule(p, a, &t)).collect())
+}
+
+/// EMQX's evaluation of an authn `acl` list for a publish, written from its documented semantics:
+/// first match wins; `+` one level, `#` the rest (parent included); leading wildcards skip `$`.
+fn emqx_publish(list: &[Value], topic: &str) -> &'static str {
+    for r in list {
+        let action = r["action"].as_str().unwrap();
+        if action == "subscribe" {
+            continue;
+        }
+        if spec_match(r["topic"].as_str().unwrap(), topic) {
+            return if r["permission"] == "allow" {
+                "allow"
+            } else {
+                "deny"
+            };
+        }
+    }
+    "nomatch"
+}
+
+fn levels(f: &str) -> Vec<Level> {
+    topic::parse_filter(f).unwrap()
+}
+
+proptest! {
+    #[test]
+    fn matching_agrees_with_the_spec(f in filter(), t in topic_name()) {
+        prop_assert_eq!(topic::matches(&levels(&f), &t), spec_match(&f, &t));
+    }
+
+    #[test]
+    fn covers_is_sound_and_intersects_is_complete(r in filter(), f in filter(), ts in prop::collection::vec(topic_name(), 1..40)) {
+        let (rl, fl) = (levels(&r), levels(&f));
+        for t in &ts {
+            if topic::covers(&rl, &fl) && spec_match(&f, t) {
+                prop_assert!(spec_match(&r, t), "{} covers {} but not {}", r, f, t);
+            }
+            if spec_match(&f, t) && spec_match(&r, t) {
+                prop_assert!(topic::intersects(&rl, &fl), "{} and {} share {}", r, f, t);
+            }
+        }
+    }
+
+    #[test]
+    fn an_allowed_subscription_only_reaches_allowed_topics(rs in rules(), f in filter(), ts in prop::collection::vec(topic_name(), 1..40)) {
+        let rs: Vec<Rule> = rs.into_iter().map(|mut r| { r.action = RuleAction::All; r }).collect();
+        let acl = CompiledAcl::compile(&rs, &who("d", None));
+        if allowed(&acl, Action::Subscribe, &f) {
+            for t in ts.iter().filter(|t| spec_match(&f, t)) {
+                prop_assert!(allowed(&acl, Action::Publish, t), "sub {} allowed but {} is not", f, t);
+            }
+        }
+    }
+
+    #[test]
+    fn the_emqx_list_agrees_with_the_authz_answer(rs in rules(), ts in prop::collection::vec(topic_name(), 1..40)) {
+        let acl = CompiledAcl::compile(&rs, &who("d", None));
+        let list = acl.to_emqx().unwrap();
+        for r in &list {
+            prop_assert!(matches!(r["permission"].as_str(), Some("allow" | "deny")));
+            prop_assert!(matches!(r["action"].as_str(), Some("publish" | "subscribe" | "all")));
+            prop_assert!(topic::parse_filter(r["topic"].as_str().unwrap()).is_some());
+        }
+        for t in &ts {
+            let ours = if allowed(&acl, Action::Publish, t) { "allow" } else { "deny" };
+            let theirs = match emqx_publish(&list, t) { "nomatch" => "deny", v => v };
+            prop_assert_eq!(ours, theirs, "topic {}", t);
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Row plumbing shared by both stores: column encodings, error mapping, and assembling
+//! `DeviceRecord`s from the rows of a bulk load.
+
+use std::collections::HashMap;
+
+use super::*;
+
+/// Parses a `kind` column.
+pub(crate) fn kind(s: &str) -> StoreResult<CredentialKind> {
+    CredentialKind::parse(s)
+        .ok_or_else(|| StoreError::Invalid(format!("unknown credential kind {s:?}")))
+}
+
+/// The `permission` column value.
+pub(crate) fn permission_str(p: Permission) -> &'static str {
+    match p {
+        Permission::Allow => "allow",
+        Permission::Deny => "deny",
+    }
+}
+
+/// The `action` column value.
+pub(crate) fn action_str(a: RuleAction) -> &'static str {
+    match a {
+        RuleAction::Publish => "publish",
+        RuleAction::Subscribe => "subscribe",
+        RuleAction::All => "all",
+    }
+}
+
+/// Maps a unique violation to `Conflict(what())`, anything else to `Db`.
+pub(crate) fn conflict(e: sqlx::Error, what: impl FnOnce() -> String) -> StoreError {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(what()),
+        _ => StoreError::Db(e),
+    }
+}
+
+/// The error for a device that is not in this tenant.
+pub(crate) fn no_device(client_id: &str) -> StoreError {
+    StoreError::NotFound(format!("device {client_id}"))
+}
+
+/// `Ok` when exactly one row changed, else `NotFound` for the device.
+pub(crate) fn one(affected: u64, client_id: &str) -> StoreResult<()> {
+    if affected == 0 {
+        Err(no_device(client_id))
+    } else {
+        Ok(())
+    }
+}
+
+/// An `acl_rules` row joined with its device's client id.
+pub(crate) struct RuleRow {
+    pub id: i64,
+    pub device_id: Option<i64>,
+    pub client_id: Option<String>,
+    pub permission: String,
+    pub action: String,
+    pub topic: String,
+}
+
+impl RuleRow {
+    pub(crate) fn into_stored(self) -> StoreResult<StoredAclRule> {
+        let permission = match self.permission.as_str() {
+            "allow" => Permission::Allow,
+            "deny" => Permission::Deny,
+            p => return Err(StoreError::Invalid(format!("unknown permission {p:?}"))),
+        };
+        let action = match self.action.as_str() {
+            "publish" => RuleAction::Publish,
+            "subscribe" => RuleAction::Subscribe,
+            "all" => RuleAction::All,
+            a => return Err(StoreError::Invalid(format!("unknown action {a:?}"))),
+        };
+        let client_id = self.device_id.and(self.client_id);
+        Ok(StoredAclRule {
+            id: self.id,
+            client_id,
+            permission,
+            action,
+            topic: self.topic,
+        })
+    }
+}
+
+/// Builds one record per device from bulk rows: credentials by device id (rows in id order), and
+/// rules with the device's own first, then the tenant-wide ones (each in id order).
+pub(crate) fn assemble(
+    tenant_name: &str,
+    devices: Vec<Device>,
+    creds: Vec<(i64, Credential)>,
+    rules: Vec<StoredAclRule>,
+) -> Vec<DeviceRecord> {
+    let mut by_device: HashMap<i64, Vec<Credential>> = HashMap::new();
+    for (device_id, c) in creds {
+        by_device.entry(device_id).or_default().push(c);
+    }
+    let (tenant_rules, device_rules): (Vec<_>, Vec<_>) =
+        rules.into_iter().partition(|r| r.client_id.is_none());
+    let mut rules_of: HashMap<String, Vec<StoredAclRule>> = HashMap::new();
+    for r in device_rules {
+        rules_of
+            .entry(r.client_id.clone().unwrap_or_default())
+            .or_default()
+            .push(r);
+    }
+    devices
+        .into_iter()
+        .map(|device| {
+            let mut rules = rules_of.remove(&device.client_id).unwrap_or_default();
+            rules.extend(tenant_rules.iter().cloned());
+            DeviceRecord {
+                tenant_name: tenant_name.to_string(),
+                credentials: by_device.remove(&device.id).unwrap_or_default(),
+                rules,
+                device,
+            }
+        })
+        .collect()
+}

@@ -1,59 +1,257 @@
-//! PostgreSQL store: compile-checked queries, row-level security, LISTEN/NOTIFY.
+//! PostgreSQL store: compile-checked queries (offline data in `.sqlx/`), row-level security as a
+//! second tenant fence, and LISTEN/NOTIFY so every replica hears of every change.
+//!
+//! Every tenant-scoped statement runs in a transaction that first sets `mqgate.tenant_id`
+//! (transaction-local); the tables' policies then hide every other tenant's rows even from a query
+//! that forgot its `WHERE tenant_id = …` (it never does: that clause is the first fence). Writes
+//! announce themselves with `pg_notify` inside the same transaction, so a change and its
+//! notification commit together.
+
+use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio::sync::mpsc;
+
+use super::rows::{self, RuleRow};
 use super::*;
+
+/// The NOTIFY channel.
+const CHANNEL: &str = "mqgate_registry";
 
 /// PostgreSQL-backed store.
 #[derive(Clone, Debug)]
 pub struct PgStore {
-    pool: sqlx::PgPool,
+    pool: PgPool,
 }
 
-#[allow(unused_variables)]
+type Tx = Transaction<'static, Postgres>;
+
+fn device_payload(t: TenantId, client_id: &str) -> String {
+    format!("d:{}:{client_id}", t.0)
+}
+
+/// Parses a notification payload back into a change.
+fn parse_payload(p: &str) -> Option<Change> {
+    let mut parts = p.splitn(3, ':');
+    match (
+        parts.next()?,
+        parts.next()?.parse().ok().map(TenantId)?,
+        parts.next(),
+    ) {
+        ("d", tenant, Some(client_id)) => Some(Change::Device {
+            tenant,
+            client_id: client_id.to_string(),
+        }),
+        ("t", tenant, None) => Some(Change::Tenant(tenant)),
+        _ => None,
+    }
+}
+
 impl PgStore {
     /// Wraps an existing pool (tests).
-    pub fn from_pool(pool: sqlx::PgPool) -> Self {
+    pub fn from_pool(pool: PgPool) -> Self {
         PgStore { pool }
     }
+
     pub(crate) async fn connect(url: &str) -> StoreResult<Self> {
-        todo!()
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .connect(url)
+            .await?;
+        Ok(PgStore { pool })
     }
+
     pub(crate) async fn migrate(&self) -> StoreResult<()> {
-        let _ = &self.pool;
-        todo!()
+        sqlx::migrate!("migrations/postgres")
+            .run(&self.pool)
+            .await?;
+        Ok(())
     }
+
     pub(crate) async fn ping(&self) -> StoreResult<()> {
-        todo!()
+        sqlx::query!("SELECT 1 AS one")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(())
     }
+
+    /// Begins a transaction fenced to tenant `t`.
+    async fn scoped(&self, t: TenantId) -> StoreResult<Tx> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query!(
+            "SELECT set_config('mqgate.tenant_id', $1, true)",
+            t.0.to_string()
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        Ok(tx)
+    }
+
+    async fn notify(tx: &mut Tx, payload: &str) -> StoreResult<()> {
+        sqlx::query!("SELECT pg_notify($1, $2)", CHANNEL, payload)
+            .fetch_one(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn device_id(tx: &mut Tx, t: TenantId, client_id: &str) -> StoreResult<i64> {
+        sqlx::query_scalar!(
+            "SELECT id FROM devices WHERE tenant_id = $1 AND client_id = $2",
+            t.0,
+            client_id
+        )
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| rows::no_device(client_id))
+    }
+
     pub(crate) async fn create_tenant(&self, name: &str, now: i64) -> StoreResult<Tenant> {
-        todo!()
+        let r = sqlx::query!(
+            "INSERT INTO tenants (name, created_at) VALUES ($1, $2) RETURNING id, name, created_at",
+            name,
+            now
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| rows::conflict(e, || format!("tenant {name}")))?;
+        Ok(Tenant {
+            id: TenantId(r.id),
+            name: r.name,
+            created_at: r.created_at,
+        })
     }
+
     pub(crate) async fn tenant_by_name(&self, name: &str) -> StoreResult<Option<Tenant>> {
-        todo!()
+        let r = sqlx::query!(
+            "SELECT id, name, created_at FROM tenants WHERE name = $1",
+            name
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(r.map(|r| Tenant {
+            id: TenantId(r.id),
+            name: r.name,
+            created_at: r.created_at,
+        }))
     }
+
     pub(crate) async fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
-        todo!()
+        let rs = sqlx::query!("SELECT id, name, created_at FROM tenants ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rs
+            .into_iter()
+            .map(|r| Tenant {
+                id: TenantId(r.id),
+                name: r.name,
+                created_at: r.created_at,
+            })
+            .collect())
     }
+
     pub(crate) async fn create_device(
         &self,
         t: TenantId,
         d: &NewDevice,
         now: i64,
     ) -> StoreResult<Device> {
-        todo!()
+        let conflict = || format!("device {}", d.client_id);
+        let mut tx = self.scoped(t).await?;
+        sqlx::query!(
+            "INSERT INTO client_directory (client_id, tenant_id) VALUES ($1, $2)",
+            d.client_id,
+            t.0
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| rows::conflict(e, conflict))?;
+        let r = sqlx::query!(
+            "INSERT INTO devices (tenant_id, client_id, username, enabled, created_at) VALUES ($1, $2, $3, TRUE, $4) \
+             RETURNING id, tenant_id, client_id, username, enabled, created_at",
+            t.0,
+            d.client_id,
+            d.username,
+            now
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| rows::conflict(e, conflict))?;
+        Self::notify(&mut tx, &device_payload(t, &d.client_id)).await?;
+        tx.commit().await?;
+        Ok(Device {
+            id: r.id,
+            tenant_id: TenantId(r.tenant_id),
+            client_id: r.client_id,
+            username: r.username,
+            enabled: r.enabled,
+            created_at: r.created_at,
+        })
     }
+
     pub(crate) async fn set_device_enabled(
         &self,
         t: TenantId,
         client_id: &str,
         enabled: bool,
     ) -> StoreResult<()> {
-        todo!()
+        let mut tx = self.scoped(t).await?;
+        let done = sqlx::query!(
+            "UPDATE devices SET enabled = $3 WHERE tenant_id = $1 AND client_id = $2",
+            t.0,
+            client_id,
+            enabled
+        )
+        .execute(&mut *tx)
+        .await?;
+        rows::one(done.rows_affected(), client_id)?;
+        Self::notify(&mut tx, &device_payload(t, client_id)).await?;
+        tx.commit().await?;
+        Ok(())
     }
+
     pub(crate) async fn remove_device(&self, t: TenantId, client_id: &str) -> StoreResult<()> {
-        todo!()
+        let mut tx = self.scoped(t).await?;
+        let done = sqlx::query!(
+            "DELETE FROM devices WHERE tenant_id = $1 AND client_id = $2",
+            t.0,
+            client_id
+        )
+        .execute(&mut *tx)
+        .await?;
+        rows::one(done.rows_affected(), client_id)?;
+        sqlx::query!(
+            "DELETE FROM client_directory WHERE tenant_id = $1 AND client_id = $2",
+            t.0,
+            client_id
+        )
+        .execute(&mut *tx)
+        .await?;
+        Self::notify(&mut tx, &device_payload(t, client_id)).await?;
+        tx.commit().await?;
+        Ok(())
     }
+
     pub(crate) async fn list_devices(&self, t: TenantId) -> StoreResult<Vec<Device>> {
-        todo!()
+        let mut tx = self.scoped(t).await?;
+        let rs = sqlx::query!(
+            "SELECT id, tenant_id, client_id, username, enabled, created_at FROM devices WHERE tenant_id = $1 ORDER BY client_id",
+            t.0
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rs
+            .into_iter()
+            .map(|r| Device {
+                id: r.id,
+                tenant_id: TenantId(r.tenant_id),
+                client_id: r.client_id,
+                username: r.username,
+                enabled: r.enabled,
+                created_at: r.created_at,
+            })
+            .collect())
     }
+
     pub(crate) async fn add_credential(
         &self,
         t: TenantId,
@@ -61,8 +259,24 @@ impl PgStore {
         c: &NewCredential,
         now: i64,
     ) -> StoreResult<i64> {
-        todo!()
+        let mut tx = self.scoped(t).await?;
+        let device_id = Self::device_id(&mut tx, t, client_id).await?;
+        let id = sqlx::query_scalar!(
+            "INSERT INTO credentials (tenant_id, device_id, kind, digest, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            t.0,
+            device_id,
+            c.kind.as_str(),
+            c.digest,
+            now,
+            c.expires_at
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        Self::notify(&mut tx, &device_payload(t, client_id)).await?;
+        tx.commit().await?;
+        Ok(id)
     }
+
     pub(crate) async fn expire_credentials(
         &self,
         t: TenantId,
@@ -70,8 +284,24 @@ impl PgStore {
         kinds: &[CredentialKind],
         at: i64,
     ) -> StoreResult<u64> {
-        todo!()
+        let mut tx = self.scoped(t).await?;
+        let device_id = Self::device_id(&mut tx, t, client_id).await?;
+        let kinds: Vec<String> = kinds.iter().map(|k| k.as_str().to_string()).collect();
+        let done = sqlx::query!(
+            "UPDATE credentials SET expires_at = $4 WHERE tenant_id = $1 AND device_id = $2 AND kind = ANY($3) \
+             AND (expires_at IS NULL OR expires_at > $4)",
+            t.0,
+            device_id,
+            &kinds,
+            at
+        )
+        .execute(&mut *tx)
+        .await?;
+        Self::notify(&mut tx, &device_payload(t, client_id)).await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
     }
+
     pub(crate) async fn replace_credential_digest(
         &self,
         t: TenantId,
@@ -79,21 +309,118 @@ impl PgStore {
         kind: CredentialKind,
         digest: &str,
     ) -> StoreResult<()> {
-        todo!()
+        let mut tx = self.scoped(t).await?;
+        let owner = sqlx::query_scalar!(
+            "UPDATE credentials c SET kind = $3, digest = $4 FROM devices d \
+             WHERE c.tenant_id = $1 AND c.id = $2 AND d.tenant_id = $1 AND d.id = c.device_id RETURNING d.client_id",
+            t.0,
+            credential_id,
+            kind.as_str(),
+            digest
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("credential {credential_id}")))?;
+        Self::notify(&mut tx, &device_payload(t, &owner)).await?;
+        tx.commit().await?;
+        Ok(())
     }
+
     pub(crate) async fn resolve_client(&self, client_id: &str) -> StoreResult<Option<TenantId>> {
-        todo!()
+        let t = sqlx::query_scalar!(
+            "SELECT tenant_id FROM client_directory WHERE client_id = $1",
+            client_id
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(t.map(TenantId))
     }
+
     pub(crate) async fn load_device(
         &self,
         t: TenantId,
         client_id: &str,
     ) -> StoreResult<Option<DeviceRecord>> {
-        todo!()
+        Ok(self.load(t, Some(client_id)).await?.pop())
     }
+
     pub(crate) async fn load_tenant_devices(&self, t: TenantId) -> StoreResult<Vec<DeviceRecord>> {
-        todo!()
+        self.load(t, None).await
     }
+
+    /// One device (`Some`) or all of a tenant's, in a fixed number of queries whatever the count.
+    async fn load(&self, t: TenantId, only: Option<&str>) -> StoreResult<Vec<DeviceRecord>> {
+        let mut tx = self.scoped(t).await?;
+        let Some(name) = sqlx::query_scalar!("SELECT name FROM tenants WHERE id = $1", t.0)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(vec![]);
+        };
+        let devices: Vec<Device> = sqlx::query!(
+            "SELECT id, tenant_id, client_id, username, enabled, created_at FROM devices \
+             WHERE tenant_id = $1 AND ($2::TEXT IS NULL OR client_id = $2) ORDER BY client_id",
+            t.0,
+            only
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|r| Device {
+            id: r.id,
+            tenant_id: TenantId(r.tenant_id),
+            client_id: r.client_id,
+            username: r.username,
+            enabled: r.enabled,
+            created_at: r.created_at,
+        })
+        .collect();
+        if devices.is_empty() {
+            return Ok(vec![]);
+        }
+        let creds = sqlx::query!(
+            "SELECT c.id, c.device_id, c.kind, c.digest, c.created_at, c.expires_at FROM credentials c \
+             JOIN devices d ON d.id = c.device_id \
+             WHERE c.tenant_id = $1 AND d.tenant_id = $1 AND ($2::TEXT IS NULL OR d.client_id = $2) ORDER BY c.id",
+            t.0,
+            only
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok((
+                r.device_id,
+                Credential {
+                    id: r.id,
+                    kind: rows::kind(&r.kind)?,
+                    digest: r.digest,
+                    created_at: r.created_at,
+                    expires_at: r.expires_at,
+                },
+            ))
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+        let rules = sqlx::query!(
+            r#"SELECT r.id, r.device_id, d.client_id AS "client_id?", r.permission, r.action, r.topic FROM acl_rules r
+             LEFT JOIN devices d ON d.id = r.device_id
+             WHERE r.tenant_id = $1 AND (r.device_id IS NULL OR (d.tenant_id = $1 AND ($2::TEXT IS NULL OR d.client_id = $2)))
+             ORDER BY r.id"#,
+            t.0,
+            only
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|r| {
+            RuleRow { id: r.id, device_id: r.device_id, client_id: r.client_id, permission: r.permission, action: r.action, topic: r.topic }
+                .into_stored()
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+        tx.commit().await?;
+        Ok(rows::assemble(&name, devices, creds, rules))
+    }
+
     pub(crate) async fn add_acl_rule(
         &self,
         t: TenantId,
@@ -101,21 +428,130 @@ impl PgStore {
         r: &NewAclRule,
         now: i64,
     ) -> StoreResult<i64> {
-        todo!()
+        let mut tx = self.scoped(t).await?;
+        let device_id = match client_id {
+            Some(c) => Some(Self::device_id(&mut tx, t, c).await?),
+            None => None,
+        };
+        let id = sqlx::query_scalar!(
+            "INSERT INTO acl_rules (tenant_id, device_id, permission, action, topic, created_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            t.0,
+            device_id,
+            rows::permission_str(r.permission),
+            rows::action_str(r.action),
+            r.topic,
+            now
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let payload = match client_id {
+            Some(c) => device_payload(t, c),
+            None => format!("t:{}", t.0),
+        };
+        Self::notify(&mut tx, &payload).await?;
+        tx.commit().await?;
+        Ok(id)
     }
+
     pub(crate) async fn list_acl_rules(&self, t: TenantId) -> StoreResult<Vec<StoredAclRule>> {
-        todo!()
+        let mut tx = self.scoped(t).await?;
+        let rs = sqlx::query!(
+            r#"SELECT r.id, r.device_id, d.client_id AS "client_id?", r.permission, r.action, r.topic FROM acl_rules r
+             LEFT JOIN devices d ON d.id = r.device_id
+             WHERE r.tenant_id = $1 ORDER BY r.device_id IS NULL, d.client_id, r.id"#,
+            t.0
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rs.into_iter()
+            .map(|r| {
+                RuleRow {
+                    id: r.id,
+                    device_id: r.device_id,
+                    client_id: r.client_id,
+                    permission: r.permission,
+                    action: r.action,
+                    topic: r.topic,
+                }
+                .into_stored()
+            })
+            .collect()
     }
+
     pub(crate) async fn remove_acl_rule(
         &self,
         t: TenantId,
         rule_id: i64,
     ) -> StoreResult<Option<String>> {
-        todo!()
+        let mut tx = self.scoped(t).await?;
+        let owner = sqlx::query!(
+            r#"DELETE FROM acl_rules r WHERE r.tenant_id = $1 AND r.id = $2
+               RETURNING (SELECT d.client_id FROM devices d WHERE d.id = r.device_id AND d.tenant_id = $1) AS "client_id?""#,
+            t.0,
+            rule_id
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("rule {rule_id}")))?
+        .client_id;
+        let payload = match &owner {
+            Some(c) => device_payload(t, c),
+            None => format!("t:{}", t.0),
+        };
+        Self::notify(&mut tx, &payload).await?;
+        tx.commit().await?;
+        Ok(owner)
     }
-    pub(crate) async fn subscribe_changes(
-        &self,
-    ) -> StoreResult<tokio::sync::mpsc::Receiver<Change>> {
-        todo!()
+
+    pub(crate) async fn subscribe_changes(&self) -> StoreResult<mpsc::Receiver<Change>> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(CHANNEL).await?;
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    n = listener.try_recv() => n,
+                    _ = tx.closed() => return,
+                };
+                let change = match next {
+                    Ok(Some(n)) => match parse_payload(n.payload()) {
+                        Some(c) => c,
+                        None => continue,
+                    },
+                    // The connection dropped; the next call reconnects. Anything sent meanwhile is lost.
+                    Ok(None) => Change::Resync,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "registry change listener failed; retrying");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        Change::Resync
+                    }
+                };
+                if tx.send(change).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notification_payloads_round_trip() {
+        let c = parse_payload(&device_payload(TenantId(7), "a:b:c")).unwrap();
+        assert_eq!(
+            c,
+            Change::Device {
+                tenant: TenantId(7),
+                client_id: "a:b:c".into()
+            }
+        );
+        assert_eq!(parse_payload("t:3"), Some(Change::Tenant(TenantId(3))));
+        assert_eq!(parse_payload("x:1:y"), None);
+        assert_eq!(parse_payload("d:nope:y"), None);
     }
 }

@@ -136,6 +136,7 @@ impl App {
     pub async fn run_until_stopped(self, shutdown: watch::Receiver<bool>) {
         tracing::info!(addr = %self.addr, "mqgate listening");
         http::serve(self.listener, self.router, self.limits, shutdown).await;
+        self.gate.registry().store().close().await;
     }
 }
 

@@ -75,6 +75,11 @@ impl Store {
         dispatch!(self, s => s.migrate().await)
     }
 
+    /// Closes the connections (and with them the change feed), waiting for those in use.
+    pub async fn close(&self) {
+        dispatch!(self, s => s.close().await)
+    }
+
     /// Cheap reachability check for `/readyz`.
     pub async fn ping(&self) -> StoreResult<()> {
         dispatch!(self, s => s.ping().await)

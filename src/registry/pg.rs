@@ -67,6 +67,10 @@ impl PgStore {
         Ok(())
     }
 
+    pub(crate) async fn close(&self) {
+        self.pool.close().await;
+    }
+
     pub(crate) async fn ping(&self) -> StoreResult<()> {
         sqlx::query!("SELECT 1 AS one")
             .fetch_one(&self.pool)
@@ -508,11 +512,14 @@ impl PgStore {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(CHANNEL).await?;
         let (tx, rx) = mpsc::channel(1024);
+        let closed = self.pool.close_event();
         tokio::spawn(async move {
+            tokio::pin!(closed);
             loop {
                 let next = tokio::select! {
                     n = listener.try_recv() => n,
                     _ = tx.closed() => return,
+                    _ = &mut closed => return,
                 };
                 let change = match next {
                     Ok(Some(n)) => match parse_payload(n.payload()) {

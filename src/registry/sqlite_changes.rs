@@ -26,7 +26,7 @@ pub async fn subscribe(pool: SqlitePool) -> StoreResult<mpsc::Receiver<Change>> 
 
 async fn poll(pool: SqlitePool, mut last: i64, tx: mpsc::Sender<Change>) {
     let mut failing = false;
-    while !tx.is_closed() {
+    while !tx.is_closed() && !pool.is_closed() {
         tokio::time::sleep(POLL_INTERVAL).await;
         match fetch(&pool, last).await {
             Ok(rows) => {

@@ -29,7 +29,9 @@ macro_rules! both_stores {
                 let store = mqgate::registry::Store::Postgres(
                     mqgate::registry::pg::PgStore::from_pool(pool),
                 );
-                $body(store).await;
+                $body(store.clone()).await;
+                // Let sqlx drop the test database at once: no server task may still hold it.
+                store.close().await;
             }
             #[tokio::test]
             async fn sqlite() {

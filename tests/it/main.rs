@@ -5,3 +5,4 @@ mod helpers;
 mod brute_force;
 mod emqx_http;
 mod processes;
+mod store_contract;

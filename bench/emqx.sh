@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Benchmarks the EMQX endpoints against a bare hyper server in the same run.
+#   bench/emqx.sh [--duration SECONDS] [--conns N] [--postgres]
+# (a) cached authz path: 10k devices, EMQX-shaped bodies, N connections, mqgate vs bare server;
+# (b) reconnect storm: authn of 100k distinct devices once each, cold cache and warmed at start.
+# SQLite by default; --postgres runs the same on a throwaway PostgreSQL cluster.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=20 CONNS=16 PG=0
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --duration) DURATION=$2; shift 2 ;;
+        --conns) CONNS=$2; shift 2 ;;
+        --postgres) PG=1; shift ;;
+        --inner) shift; break ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+done
+if [[ $PG == 1 && -z "${DATABASE_URL:-}" ]]; then
+    exec scripts/with-postgres.sh "$0" --duration "$DURATION" --conns "$CONNS" --postgres
+fi
+
+cargo build --release --quiet --bin mqgate --example bare_server --example seed --example loadgen
+BIN=target/release
+EX=target/release/examples
+SECRET=bench-internal-secret-0123456789abcdef
+WORK=$(mktemp -d /tmp/mqgate-bench.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+db_url() { # a fresh registry per scenario
+    if [[ $PG == 1 ]]; then
+        psql -q "$DATABASE_URL" -c "CREATE DATABASE $1" >/dev/null
+        echo "${DATABASE_URL%/*}/$1"
+    else
+        echo "sqlite://$WORK/$1.db?mode=rwc"
+    fi
+}
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_up() { for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$1/healthz" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "server on $1 did not come up" >&2; exit 1; }
+start_mqgate() { # db port warm
+    MQGATE_DATABASE_URL=$1 MQGATE_LISTEN=127.0.0.1:$2 MQGATE_INTERNAL_SECRET=$SECRET MQGATE_LOG=warn \
+        MQGATE_WARM_CACHE=$3 "$BIN/mqgate" serve >"$WORK/mqgate-$2.log" 2>&1 &
+    PIDS+=($!)
+}
+load() { "$EX/loadgen" --secret "$SECRET" --tenant bench "$@"; }
+field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p"; }
+
+echo "== seeding (store: $([[ $PG == 1 ]] && echo postgres || echo sqlite))"
+DB10=$(db_url reg10k); DB100=$(db_url reg100k)
+"$EX/seed" "$DB10" bench 10000 "$WORK/d10k.tsv"
+"$EX/seed" "$DB100" bench 100000 "$WORK/d100k.tsv"
+
+echo "== (a) cached authz, $CONNS connections, ${DURATION}s each"
+PB=$(port); "$EX/bare_server" "127.0.0.1:$PB" 2>/dev/null & PIDS+=($!)
+PM=$(port); start_mqgate "$DB10" "$PM" true
+wait_up "$PM"; sleep 0.5
+load --url "http://127.0.0.1:$PM" --kind authz --devices "$WORK/d10k.tsv" --conns "$CONNS" --duration 3 >/dev/null
+load --url "http://127.0.0.1:$PB" --kind authz --devices "$WORK/d10k.tsv" --conns "$CONNS" --duration 3 >/dev/null
+BARE=$(load --url "http://127.0.0.1:$PB" --kind authz --devices "$WORK/d10k.tsv" --conns "$CONNS" --duration "$DURATION")
+MQ=$(load --url "http://127.0.0.1:$PM" --kind authz --devices "$WORK/d10k.tsv" --conns "$CONNS" --duration "$DURATION")
+echo "bare   : $BARE"
+echo "mqgate : $MQ"
+python3 -c "print(f'ratio mqgate/bare = {float(\"$(echo "$MQ" | field rate)\") / float(\"$(echo "$BARE" | field rate)\"):.3f}')"
+kill "${PIDS[@]}" 2>/dev/null || true; PIDS=()
+
+echo "== (b) reconnect storm: 100k distinct devices, authn once each, $CONNS connections"
+P1=$(port); start_mqgate "$DB100" "$P1" false; wait_up "$P1"
+echo "cold cache : $(load --url "http://127.0.0.1:$P1" --kind authn --devices "$WORK/d100k.tsv" --conns "$CONNS" --each)"
+kill "${PIDS[@]}" 2>/dev/null || true; PIDS=()
+P2=$(port); T0=$(date +%s.%N); start_mqgate "$DB100" "$P2" true; wait_up "$P2"; T1=$(date +%s.%N)
+echo "warm start : $(python3 -c "print(f'{$T1-$T0:.2f}')")s from spawn to healthz (100k devices loaded)"
+echo "warm cache : $(load --url "http://127.0.0.1:$P2" --kind authn --devices "$WORK/d100k.tsv" --conns "$CONNS" --each)"

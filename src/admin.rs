@@ -13,8 +13,8 @@ use crate::clock::Clock;
 use crate::core::{self, Decision, UnknownClient};
 use crate::registry::cache::{CacheSettings, CachedRegistry};
 use crate::registry::{
-    Change, CredentialKind, Device, NewAclRule, NewCredential, NewDevice, Store, StoreError,
-    StoredAclRule, Tenant, TenantId,
+    Change, CredentialKind, Device, NewAclRule, NewCredential, NewDevice, Rate, Store, StoreError,
+    StoredAclRule, StoredRateLimit, Tenant, TenantId,
 };
 
 /// Why an operator action failed. Never carries a secret.
@@ -327,6 +327,37 @@ impl Admin {
         self.changed(t.id, owner.as_deref()).await;
         audit("acl.remove", tenant, &rule_id.to_string());
         Ok(())
+    }
+
+    /// `mqgate limits set|clear`: the ingestion limit of a device, or without a client id of the
+    /// tenant; `None` returns it to the configured default.
+    pub async fn set_limit(
+        &self,
+        tenant: &str,
+        client_id: Option<&str>,
+        rate: Option<Rate>,
+    ) -> Result<(), AdminError> {
+        let t = self.tenant(tenant).await?;
+        self.store
+            .set_rate_limit(t.id, client_id, rate, self.clock.now())
+            .await?;
+        self.changed(t.id, client_id).await;
+        audit(
+            if rate.is_some() {
+                "limits.set"
+            } else {
+                "limits.clear"
+            },
+            tenant,
+            client_id.unwrap_or("*"),
+        );
+        Ok(())
+    }
+
+    /// `mqgate limits list`.
+    pub async fn list_limits(&self, tenant: &str) -> Result<Vec<StoredRateLimit>, AdminError> {
+        let t = self.tenant(tenant).await?;
+        Ok(self.store.list_rate_limits(t.id).await?)
     }
 
     /// `mqgate acl check`: what the gate would answer, and why, for a device of `tenant`.

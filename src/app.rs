@@ -88,6 +88,7 @@ impl App {
         let options = GateOptions {
             unknown: config.unknown_client,
             lockout: config.lockout,
+            limits: config.limits,
         };
         let gate = Arc::new(Gate::new(registry, verifier, clock, options));
         spawn_sweeper(&gate);
@@ -140,11 +141,11 @@ impl App {
     }
 }
 
-/// Forgets idle brute-force state once a minute, for as long as the gate lives.
+/// Sweeps the gate's brute-force and bucket state every ten seconds, for as long as it lives.
 fn spawn_sweeper(gate: &Arc<Gate>) {
     let gate = Arc::downgrade(gate);
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
         loop {
             tick.tick().await;
             match gate.upgrade() {

@@ -12,6 +12,8 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::core::UnknownClient;
+use crate::limit::bucket::Rate;
+use crate::limit::ingest::LimitDefaults;
 use crate::limit::lockout::LockoutPolicy;
 
 /// The shortest internal shared secret accepted.
@@ -41,6 +43,11 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("lockout_ip_max_failures", Some("20")),
     ("lockout_ip_duration", Some("15m")),
     ("lockout_familiar_for", Some("30days")),
+    ("device_rate", Some("0")),
+    ("device_burst", Some("0")),
+    ("tenant_rate", Some("0")),
+    ("tenant_burst", Some("0")),
+    ("replicas", Some("1")),
 ];
 
 /// mqgate's configuration, validated.
@@ -80,6 +87,8 @@ pub struct Config {
     pub log: String,
     /// Brute-force thresholds.
     pub lockout: LockoutPolicy,
+    /// Ingestion limit defaults (rate 0: none) and the replica count sharing them.
+    pub limits: LimitDefaults,
 }
 
 impl std::fmt::Debug for Config {
@@ -229,7 +238,32 @@ impl Layers {
                 ip_lockout_ms: self.parse("lockout_ip_duration", parse_ms)?,
                 familiar_ms: self.parse("lockout_familiar_for", parse_ms)?,
             },
+            limits: LimitDefaults {
+                device: self.rate("device_rate", "device_burst")?,
+                tenant: self.rate("tenant_rate", "tenant_burst")?,
+                replicas: self.parse("replicas", parse_positive)?,
+            },
         })
+    }
+
+    /// A rate from `<scope>_rate` (messages/s, 0 = none) and `<scope>_burst` (0 = one second's worth).
+    fn rate(&self, rate_key: &str, burst_key: &str) -> Result<Option<Rate>, ConfigError> {
+        let per_sec: f64 = self.parse(rate_key, |s| {
+            s.parse::<f64>()
+                .ok()
+                .filter(|r| r.is_finite() && *r >= 0.0)
+                .ok_or_else(|| "must be a number of messages per second, 0 for none".to_string())
+        })?;
+        let burst: u32 = self.parse(burst_key, parse_num)?;
+        if per_sec == 0.0 {
+            return Ok(None);
+        }
+        let burst = if burst == 0 {
+            per_sec.ceil().max(1.0) as u32
+        } else {
+            burst
+        };
+        Ok(Rate::new(per_sec, burst))
     }
 
     fn optional<T>(

@@ -12,6 +12,7 @@ use crate::acl::Action;
 use crate::auth::secret::{self, SecretVerifier, VerifiedSecret};
 use crate::clock::Clock;
 use crate::core::{self, Cause, Decision, DeviceView, UnknownClient, Verdict};
+use crate::limit::ingest::{IngestLimiter, LimitDefaults};
 use crate::limit::lockout::{FailureGuard, LockoutEntry, LockoutPolicy};
 use crate::registry::cache::CachedRegistry;
 use crate::registry::{Change, CredentialKind};
@@ -45,6 +46,8 @@ pub struct GateOptions {
     pub unknown: UnknownClient,
     /// Brute-force thresholds.
     pub lockout: LockoutPolicy,
+    /// Ingestion limit defaults.
+    pub limits: LimitDefaults,
 }
 
 /// The gate: shared by every transport.
@@ -54,6 +57,7 @@ pub struct Gate {
     clock: Clock,
     unknown: UnknownClient,
     guard: Mutex<FailureGuard>,
+    limiter: IngestLimiter,
 }
 
 impl Gate {
@@ -70,6 +74,7 @@ impl Gate {
             clock,
             unknown: options.unknown,
             guard: Mutex::new(FailureGuard::new(options.lockout)),
+            limiter: IngestLimiter::new(options.limits),
         }
     }
 
@@ -89,9 +94,23 @@ impl Gate {
         cleared
     }
 
-    /// Forgets idle brute-force state (called periodically).
+    /// Forgets idle brute-force state and full buckets, and records the publishes refused for
+    /// rate since the last sweep, one audit line per tenant (called periodically).
     pub fn sweep(&self) {
-        self.guard().sweep(self.clock.now_ms());
+        let now = self.clock.now_ms();
+        self.guard().sweep(now);
+        self.limiter.sweep(now);
+        for (tenant, refused) in self.limiter.take_refused() {
+            tracing::warn!(target: "mqgate::audit", event = "rate_limited", tenant = tenant.0, refused, "publishes refused by ingestion limits");
+        }
+    }
+
+    /// Whether ingestion limits apply to `device` (then EMQX must ask per publish, so its authn
+    /// answer carries no `acl` list).
+    pub fn limits_apply(&self, device: &DeviceView) -> bool {
+        self.limiter
+            .effective(device.device_rate, device.tenant_rate)
+            != (None, None)
     }
 
     /// The registry behind the gate.
@@ -184,6 +203,18 @@ impl Gate {
         });
     }
 
+    /// Draws an allowed publish from the device's and tenant's buckets.
+    fn draw(&self, dev: &DeviceView, allowed: Decision) -> Decision {
+        let limits = self.limiter.effective(dev.device_rate, dev.tenant_rate);
+        match self
+            .limiter
+            .take(dev.tenant, &dev.client_id, limits, self.clock.now_ms())
+        {
+            Ok(()) => allowed,
+            Err(scope) => Decision::deny(Cause::RateLimited(scope)),
+        }
+    }
+
     /// Feeds the brute-force guard: successes make the address familiar, failures count.
     fn count(&self, client_id: &str, peer: &str, decision: &Decision) {
         let now = self.clock.now_ms();
@@ -219,13 +250,20 @@ impl Gate {
     /// Decides a PUBLISH or SUBSCRIBE by `client_id` on `topic`.
     pub async fn authorize(&self, client_id: &str, action: Action, topic: &str) -> Decision {
         let decision = match self.registry.device(client_id).await {
-            Ok(device) => core::decide_authz(device.as_deref(), action, topic, self.unknown),
+            Ok(device) => {
+                let d = core::decide_authz(device.as_deref(), action, topic, self.unknown);
+                match (device, action) {
+                    (Some(dev), Action::Publish) if d.is_allow() => self.draw(&dev, d),
+                    _ => d,
+                }
+            }
             Err(e) => {
                 tracing::error!(error = %e, %client_id, "registry lookup failed");
                 Decision::deny(Cause::StoreUnavailable)
             }
         };
-        if !decision.is_allow() {
+        // Rate-limit refusals are audited in aggregate by `sweep`, not per message.
+        if !decision.is_allow() && !matches!(decision.cause, Cause::RateLimited(_)) {
             tracing::info!(
                 target: "mqgate::audit",
                 event = "authorize",

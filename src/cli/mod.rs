@@ -17,6 +17,7 @@ use crate::admin::{Admin, parse_permission, parse_rule_action};
 use crate::app::App;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::limit::bucket::Rate;
 use crate::registry::{NewAclRule, Store};
 use output::Out;
 
@@ -62,6 +63,43 @@ enum Command {
     /// List or clear brute-force lockouts on the running server.
     #[command(subcommand)]
     Lockout(LockoutCmd),
+    /// Ingestion limits (publishes per second) of tenants and devices.
+    #[command(subcommand)]
+    Limits(LimitsCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum LimitsCmd {
+    /// Set the limit of a device (--client-id) or of the whole tenant.
+    Set {
+        /// Tenant name.
+        #[arg(long)]
+        tenant: String,
+        /// Device; omit for the tenant's shared limit.
+        #[arg(long)]
+        client_id: Option<String>,
+        /// Sustained publishes per second.
+        #[arg(long)]
+        rate: f64,
+        /// Publishes allowed at once after a quiet period (default: one second's worth).
+        #[arg(long)]
+        burst: Option<u32>,
+    },
+    /// Return a device or tenant to the configured default.
+    Clear {
+        /// Tenant name.
+        #[arg(long)]
+        tenant: String,
+        /// Device; omit for the tenant.
+        #[arg(long)]
+        client_id: Option<String>,
+    },
+    /// List a tenant's limit overrides.
+    List {
+        /// Tenant name.
+        #[arg(long)]
+        tenant: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -243,6 +281,7 @@ async fn run_admin(command: Command, admin: &Admin, config: &Config, out: &Out) 
         Command::Cred(cmd) => cred(cmd, admin, out).await,
         Command::Acl(cmd) => acl(cmd, admin, config, out).await,
         Command::Lockout(cmd) => lockout(cmd, config, out).await,
+        Command::Limits(cmd) => limits(cmd, admin, out).await,
         Command::Serve { .. } | Command::Migrate => unreachable!("handled by Cli::run"),
     }
 }
@@ -396,6 +435,44 @@ async fn acl(cmd: AclCmd, admin: &Admin, config: &Config, out: &Out) -> Result<(
                 json!({ "rules": n, "reloaded": true }),
             )
         }
+    }
+}
+
+async fn limits(cmd: LimitsCmd, admin: &Admin, out: &Out) -> Result<()> {
+    match cmd {
+        LimitsCmd::Set {
+            tenant,
+            client_id,
+            rate,
+            burst,
+        } => {
+            let burst = burst.unwrap_or_else(|| rate.ceil().max(1.0) as u32);
+            let r =
+                Rate::new(rate, burst).context("--rate must be above 0 and --burst at least 1")?;
+            admin
+                .set_limit(&tenant, client_id.as_deref(), Some(r))
+                .await?;
+            let scope = client_id.as_deref().unwrap_or("the tenant");
+            out.done(
+                &format!("{scope}: {rate}/s, burst {burst}"),
+                json!({ "tenant": tenant, "client_id": client_id, "rate": r }),
+            )
+        }
+        LimitsCmd::Clear { tenant, client_id } => {
+            admin.set_limit(&tenant, client_id.as_deref(), None).await?;
+            out.done(
+                "limit cleared: the configured default applies",
+                json!({ "tenant": tenant, "client_id": client_id, "rate": null }),
+            )
+        }
+        LimitsCmd::List { tenant } => out.list(&admin.list_limits(&tenant).await?, |l| {
+            format!(
+                "{}\t{}/s\tburst {}",
+                l.client_id.as_deref().unwrap_or("*"),
+                l.rate.per_sec,
+                l.rate.burst
+            )
+        }),
     }
 }
 

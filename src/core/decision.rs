@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use crate::acl::{AclVerdict, RuleSource};
+use crate::limit::ingest::LimitScope;
 use crate::limit::lockout::Locked;
 use crate::registry::CredentialKind;
 
@@ -53,6 +54,8 @@ pub enum Cause {
     Interrupted,
     /// Too many failed authentications: refused whatever the secret.
     LockedOut(Locked),
+    /// The ACL allowed the publish but an ingestion bucket was empty.
+    RateLimited(LimitScope),
 }
 
 impl Cause {
@@ -84,6 +87,7 @@ impl Cause {
             Cause::StoreUnavailable => "store_unavailable",
             Cause::Interrupted => "interrupted",
             Cause::LockedOut(_) => "locked_out",
+            Cause::RateLimited(_) => "rate_limited",
         }
     }
 
@@ -119,6 +123,12 @@ impl Cause {
             Cause::Acl(AclVerdict::InvalidTopic) => "invalid topic or filter".into(),
             Cause::StoreUnavailable => "registry unavailable and device not cached".into(),
             Cause::Interrupted => "verification interrupted".into(),
+            Cause::RateLimited(LimitScope::Device) => {
+                "rate limited: the device's bucket is empty".into()
+            }
+            Cause::RateLimited(LimitScope::Tenant) => {
+                "rate limited: the tenant's bucket is empty".into()
+            }
             Cause::LockedOut(Locked::ClientId { until_ms }) => {
                 format!("client id locked out for unfamiliar addresses until {until_ms} (Unix ms)")
             }

@@ -7,6 +7,7 @@ pub use decision::{Cause, Decision, Verdict};
 
 use crate::acl::{AclVerdict, Action, CompiledAcl, Identity, Permission, Rule};
 use crate::auth::secret::VerifiedSecret;
+use crate::limit::bucket::Rate;
 use crate::registry::{CredentialKind, TenantId};
 
 /// A credential as the hot path sees it (digests only).
@@ -58,6 +59,10 @@ pub struct DeviceView {
     pub acl: CompiledAcl,
     /// The same rules in EMQX's authn `acl` format, if they can be expressed there.
     pub emqx_acl: Option<Vec<serde_json::Value>>,
+    /// The device's ingestion limit override (the configured default applies when `None`).
+    pub device_rate: Option<Rate>,
+    /// The tenant's ingestion limit override (the configured default applies when `None`).
+    pub tenant_rate: Option<Rate>,
 }
 
 impl DeviceView {
@@ -89,6 +94,8 @@ impl DeviceView {
             credentials,
             acl,
             emqx_acl,
+            device_rate: None,
+            tenant_rate: None,
         }
     }
 

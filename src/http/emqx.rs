@@ -71,7 +71,9 @@ async fn authn(
         {
             answer["expire_at"] = json!(at);
         }
-        if let (true, Some(acl)) = (s.emqx_acl_in_authn, &device.emqx_acl) {
+        // With ingestion limits EMQX must ask per publish, so it gets no rules to decide alone.
+        let push_acl = s.emqx_acl_in_authn && !s.gate.limits_apply(device);
+        if let (true, Some(acl)) = (push_acl, &device.emqx_acl) {
             answer["acl"] = Value::Array(acl.clone());
         }
     }

@@ -50,6 +50,11 @@ impl Gcra {
         self.tat_ms = take.0;
     }
 
+    /// Whether the bucket is full again at `now_ms` (its state then equals a fresh one's).
+    pub fn is_full(&self, now_ms: i64) -> bool {
+        self.tat_ms <= now_ms as f64
+    }
+
     /// Takes `cost` cells if they conform.
     pub fn take(&mut self, rate: Rate, now_ms: i64, cost: u32) -> Result<(), u64> {
         let t = self.peek(rate, now_ms, cost)?;

@@ -2,4 +2,5 @@
 //! `now`; the gate owns their state.
 
 pub mod bucket;
+pub mod ingest;
 pub mod lockout;

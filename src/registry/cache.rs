@@ -176,8 +176,9 @@ impl CachedRegistry {
                 expires_at: c.expires_at,
             })
             .collect();
+        let (device_rate, tenant_rate) = (r.device_limit, r.tenant_limit);
         let d = r.device;
-        DeviceView::new(
+        let mut view = DeviceView::new(
             d.tenant_id,
             r.tenant_name,
             d.client_id,
@@ -185,7 +186,10 @@ impl CachedRegistry {
             d.enabled,
             creds,
             &rules,
-        )
+        );
+        view.device_rate = device_rate;
+        view.tenant_rate = tenant_rate;
+        view
     }
 }
 

@@ -194,6 +194,23 @@ impl Store {
         dispatch!(self, s => s.list_acl_rules(t).await)
     }
 
+    /// Sets (or with `None` clears) the ingestion limit of a device or, without a client id, the
+    /// tenant.
+    pub async fn set_rate_limit(
+        &self,
+        t: TenantId,
+        client_id: Option<&str>,
+        limit: Option<Rate>,
+        now: i64,
+    ) -> StoreResult<()> {
+        dispatch!(self, s => s.set_rate_limit(t, client_id, limit, now).await)
+    }
+
+    /// A tenant's ingestion limit overrides (tenant first, then devices by client id).
+    pub async fn list_rate_limits(&self, t: TenantId) -> StoreResult<Vec<StoredRateLimit>> {
+        dispatch!(self, s => s.list_rate_limits(t).await)
+    }
+
     /// Removes a stored rule; returns the client id it belonged to (if a device rule).
     pub async fn remove_acl_rule(&self, t: TenantId, rule_id: i64) -> StoreResult<Option<String>> {
         dispatch!(self, s => s.remove_acl_rule(t, rule_id).await)

@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 pub use crate::acl::{Permission, RuleAction};
+pub use crate::limit::bucket::Rate;
 
 /// A tenant's id; every device-level query is scoped by one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -151,7 +152,7 @@ pub struct StoredAclRule {
 }
 
 /// Everything the hot path needs about one device.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeviceRecord {
     /// The tenant's name (for `${tenant}` and `client_attrs`).
     pub tenant_name: String,
@@ -161,6 +162,19 @@ pub struct DeviceRecord {
     pub credentials: Vec<Credential>,
     /// Device rules then tenant rules, each in ascending id order.
     pub rules: Vec<StoredAclRule>,
+    /// The device's ingestion limit override, if any.
+    pub device_limit: Option<Rate>,
+    /// The tenant's ingestion limit override, if any.
+    pub tenant_limit: Option<Rate>,
+}
+
+/// A stored ingestion limit override.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredRateLimit {
+    /// The device it is for, or `None` for the tenant.
+    pub client_id: Option<String>,
+    /// The rate.
+    pub rate: Rate,
 }
 
 /// A registry change announced between replicas.

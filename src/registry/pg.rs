@@ -25,6 +25,29 @@ pub struct PgStore {
 
 type Tx = Transaction<'static, Postgres>;
 
+/// A `devices` row as the macros return it.
+struct DeviceRow {
+    id: i64,
+    tenant_id: i64,
+    client_id: String,
+    username: Option<String>,
+    enabled: bool,
+    created_at: i64,
+}
+
+impl From<DeviceRow> for Device {
+    fn from(r: DeviceRow) -> Device {
+        Device {
+            id: r.id,
+            tenant_id: TenantId(r.tenant_id),
+            client_id: r.client_id,
+            username: r.username,
+            enabled: r.enabled,
+            created_at: r.created_at,
+        }
+    }
+}
+
 fn device_payload(t: TenantId, client_id: &str) -> String {
     format!("d:{}:{client_id}", t.0)
 }
@@ -168,7 +191,8 @@ impl PgStore {
         .execute(&mut *tx)
         .await
         .map_err(|e| rows::conflict(e, conflict))?;
-        let r = sqlx::query!(
+        let r = sqlx::query_as!(
+            DeviceRow,
             "INSERT INTO devices (tenant_id, client_id, username, enabled, created_at) VALUES ($1, $2, $3, TRUE, $4) \
              RETURNING id, tenant_id, client_id, username, enabled, created_at",
             t.0,
@@ -181,14 +205,7 @@ impl PgStore {
         .map_err(|e| rows::conflict(e, conflict))?;
         Self::notify(&mut tx, &device_payload(t, &d.client_id)).await?;
         tx.commit().await?;
-        Ok(Device {
-            id: r.id,
-            tenant_id: TenantId(r.tenant_id),
-            client_id: r.client_id,
-            username: r.username,
-            enabled: r.enabled,
-            created_at: r.created_at,
-        })
+        Ok(r.into())
     }
 
     pub(crate) async fn set_device_enabled(
@@ -236,24 +253,15 @@ impl PgStore {
 
     pub(crate) async fn list_devices(&self, t: TenantId) -> StoreResult<Vec<Device>> {
         let mut tx = self.scoped(t).await?;
-        let rs = sqlx::query!(
+        let rs = sqlx::query_as!(
+            DeviceRow,
             "SELECT id, tenant_id, client_id, username, enabled, created_at FROM devices WHERE tenant_id = $1 ORDER BY client_id",
             t.0
         )
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(rs
-            .into_iter()
-            .map(|r| Device {
-                id: r.id,
-                tenant_id: TenantId(r.tenant_id),
-                client_id: r.client_id,
-                username: r.username,
-                enabled: r.enabled,
-                created_at: r.created_at,
-            })
-            .collect())
+        Ok(rs.into_iter().map(Device::from).collect())
     }
 
     pub(crate) async fn add_credential(
@@ -352,7 +360,8 @@ impl PgStore {
         self.load(t, None).await
     }
 
-    /// One device (`Some`) or all of a tenant's, in a fixed number of queries whatever the count.
+    /// One device (`Some`) or all of a tenant's, in a fixed number of indexed queries whatever
+    /// the count: children are fetched by `device_id = ANY(ids)`.
     async fn load(&self, t: TenantId, only: Option<&str>) -> StoreResult<Vec<DeviceRecord>> {
         let mut tx = self.scoped(t).await?;
         let Some(name) = sqlx::query_scalar!("SELECT name FROM tenants WHERE id = $1", t.0)
@@ -361,68 +370,138 @@ impl PgStore {
         else {
             return Ok(vec![]);
         };
-        let devices: Vec<Device> = sqlx::query!(
-            "SELECT id, tenant_id, client_id, username, enabled, created_at FROM devices \
-             WHERE tenant_id = $1 AND ($2::TEXT IS NULL OR client_id = $2) ORDER BY client_id",
-            t.0,
-            only
-        )
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|r| Device {
-            id: r.id,
-            tenant_id: TenantId(r.tenant_id),
-            client_id: r.client_id,
-            username: r.username,
-            enabled: r.enabled,
-            created_at: r.created_at,
-        })
-        .collect();
+        let devices = match only {
+            Some(c) => sqlx::query_as!(
+                DeviceRow,
+                "SELECT id, tenant_id, client_id, username, enabled, created_at FROM devices WHERE tenant_id = $1 AND client_id = $2",
+                t.0,
+                c
+            )
+            .fetch_all(&mut *tx)
+            .await?,
+            None => sqlx::query_as!(
+                DeviceRow,
+                "SELECT id, tenant_id, client_id, username, enabled, created_at FROM devices WHERE tenant_id = $1 ORDER BY client_id",
+                t.0
+            )
+            .fetch_all(&mut *tx)
+            .await?,
+        };
         if devices.is_empty() {
             return Ok(vec![]);
         }
+        let ids: Vec<i64> = devices.iter().map(|d| d.id).collect();
         let creds = sqlx::query!(
-            "SELECT c.id, c.device_id, c.kind, c.digest, c.created_at, c.expires_at FROM credentials c \
-             JOIN devices d ON d.id = c.device_id \
-             WHERE c.tenant_id = $1 AND d.tenant_id = $1 AND ($2::TEXT IS NULL OR d.client_id = $2) ORDER BY c.id",
+            "SELECT id, device_id, kind, digest, created_at, expires_at FROM credentials \
+             WHERE tenant_id = $1 AND device_id = ANY($2) ORDER BY id",
             t.0,
-            only
+            &ids
         )
         .fetch_all(&mut *tx)
         .await?
         .into_iter()
         .map(|r| {
-            Ok((
-                r.device_id,
-                Credential {
-                    id: r.id,
-                    kind: rows::kind(&r.kind)?,
-                    digest: r.digest,
-                    created_at: r.created_at,
-                    expires_at: r.expires_at,
-                },
-            ))
+            let c = Credential {
+                id: r.id,
+                kind: rows::kind(&r.kind)?,
+                digest: r.digest,
+                created_at: r.created_at,
+                expires_at: r.expires_at,
+            };
+            Ok((r.device_id, c))
         })
         .collect::<StoreResult<Vec<_>>>()?;
         let rules = sqlx::query!(
-            r#"SELECT r.id, r.device_id, d.client_id AS "client_id?", r.permission, r.action, r.topic FROM acl_rules r
-             LEFT JOIN devices d ON d.id = r.device_id
-             WHERE r.tenant_id = $1 AND (r.device_id IS NULL OR (d.tenant_id = $1 AND ($2::TEXT IS NULL OR d.client_id = $2)))
-             ORDER BY r.id"#,
+            r#"SELECT r.id AS "id!", r.device_id, NULL::TEXT AS "client_id?", r.permission AS "permission!", r.action AS "action!", r.topic AS "topic!"
+               FROM acl_rules r WHERE r.tenant_id = $1 AND r.device_id IS NULL
+               UNION ALL
+               SELECT r.id, r.device_id, d.client_id, r.permission, r.action, r.topic
+               FROM acl_rules r JOIN devices d ON d.id = r.device_id
+               WHERE r.tenant_id = $1 AND d.tenant_id = $1 AND r.device_id = ANY($2)
+               ORDER BY 1"#,
             t.0,
-            only
+            &ids
         )
         .fetch_all(&mut *tx)
         .await?
         .into_iter()
-        .map(|r| {
-            RuleRow { id: r.id, device_id: r.device_id, client_id: r.client_id, permission: r.permission, action: r.action, topic: r.topic }
-                .into_stored()
-        })
+        .map(|r| RuleRow { id: r.id, device_id: r.device_id, client_id: r.client_id, permission: r.permission, action: r.action, topic: r.topic }.into_stored())
+        .collect::<StoreResult<Vec<_>>>()?;
+        let limits = sqlx::query!(
+            r#"SELECT device_id, per_sec AS "per_sec!", burst AS "burst!" FROM rate_limits WHERE tenant_id = $1 AND device_id IS NULL
+               UNION ALL
+               SELECT device_id, per_sec, burst FROM rate_limits WHERE tenant_id = $1 AND device_id = ANY($2)"#,
+            t.0,
+            &ids
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|r| Ok((r.device_id, rows::rate(r.per_sec, i64::from(r.burst))?)))
         .collect::<StoreResult<Vec<_>>>()?;
         tx.commit().await?;
-        Ok(rows::assemble(&name, devices, creds, rules))
+        let devices = devices.into_iter().map(Device::from).collect();
+        Ok(rows::assemble(&name, devices, creds, rules, limits))
+    }
+
+    pub(crate) async fn set_rate_limit(
+        &self,
+        t: TenantId,
+        client_id: Option<&str>,
+        limit: Option<Rate>,
+        now: i64,
+    ) -> StoreResult<()> {
+        let mut tx = self.scoped(t).await?;
+        let device_id = match client_id {
+            Some(c) => Some(Self::device_id(&mut tx, t, c).await?),
+            None => None,
+        };
+        sqlx::query!(
+            "DELETE FROM rate_limits WHERE tenant_id = $1 AND device_id IS NOT DISTINCT FROM $2",
+            t.0,
+            device_id
+        )
+        .execute(&mut *tx)
+        .await?;
+        if let Some(l) = limit {
+            sqlx::query!(
+                "INSERT INTO rate_limits (tenant_id, device_id, per_sec, burst, created_at) VALUES ($1, $2, $3, $4, $5)",
+                t.0,
+                device_id,
+                l.per_sec,
+                i32::try_from(l.burst).unwrap_or(i32::MAX),
+                now
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        let payload = match client_id {
+            Some(c) => device_payload(t, c),
+            None => format!("t:{}", t.0),
+        };
+        Self::notify(&mut tx, &payload).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn list_rate_limits(&self, t: TenantId) -> StoreResult<Vec<StoredRateLimit>> {
+        let mut tx = self.scoped(t).await?;
+        let rs = sqlx::query!(
+            r#"SELECT d.client_id AS "client_id?", l.per_sec, l.burst FROM rate_limits l LEFT JOIN devices d ON d.id = l.device_id
+               WHERE l.tenant_id = $1 ORDER BY l.device_id IS NOT NULL, d.client_id"#,
+            t.0
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rs.into_iter()
+            .map(|r| {
+                Ok(StoredRateLimit {
+                    client_id: r.client_id,
+                    rate: rows::rate(r.per_sec, i64::from(r.burst))?,
+                })
+            })
+            .collect()
     }
 
     pub(crate) async fn add_acl_rule(

@@ -28,6 +28,14 @@ pub(crate) fn action_str(a: RuleAction) -> &'static str {
     }
 }
 
+/// A stored rate, checked again on the way out.
+pub(crate) fn rate(per_sec: f64, burst: i64) -> StoreResult<Rate> {
+    u32::try_from(burst)
+        .ok()
+        .and_then(|b| Rate::new(per_sec, b))
+        .ok_or_else(|| StoreError::Invalid("stored rate limit out of range".into()))
+}
+
 /// Maps a unique violation to `Conflict(what())`, anything else to `Db`.
 pub(crate) fn conflict(e: sqlx::Error, what: impl FnOnce() -> String) -> StoreError {
     match &e {
@@ -91,7 +99,13 @@ pub(crate) fn assemble(
     devices: Vec<Device>,
     creds: Vec<(i64, Credential)>,
     rules: Vec<StoredAclRule>,
+    limits: Vec<(Option<i64>, Rate)>,
 ) -> Vec<DeviceRecord> {
+    let tenant_limit = limits.iter().find(|(d, _)| d.is_none()).map(|(_, r)| *r);
+    let device_limits: HashMap<i64, Rate> = limits
+        .into_iter()
+        .filter_map(|(d, r)| Some((d?, r)))
+        .collect();
     let mut by_device: HashMap<i64, Vec<Credential>> = HashMap::new();
     for (device_id, c) in creds {
         by_device.entry(device_id).or_default().push(c);
@@ -112,6 +126,8 @@ pub(crate) fn assemble(
             rules.extend(tenant_rules.iter().cloned());
             DeviceRecord {
                 tenant_name: tenant_name.to_string(),
+                device_limit: device_limits.get(&device.id).copied(),
+                tenant_limit,
                 credentials: by_device.remove(&device.id).unwrap_or_default(),
                 rules,
                 device,

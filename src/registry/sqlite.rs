@@ -23,13 +23,6 @@ macro_rules! device_cols {
     };
 }
 
-/// Restricts a bulk load to one client id when `?2` is not NULL.
-macro_rules! only {
-    () => {
-        "(?2 IS NULL OR d.client_id = ?2)"
-    };
-}
-
 fn device(r: &SqliteRow) -> Result<Device, sqlx::Error> {
     Ok(Device {
         id: r.try_get("id")?,
@@ -60,6 +53,13 @@ fn credential(r: &SqliteRow) -> StoreResult<(i64, Credential)> {
             created_at: r.try_get("created_at")?,
             expires_at: r.try_get("expires_at")?,
         },
+    ))
+}
+
+fn limit(r: &SqliteRow) -> StoreResult<(Option<i64>, Rate)> {
+    Ok((
+        r.try_get("device_id")?,
+        rows::rate(r.try_get("per_sec")?, r.try_get("burst")?)?,
     ))
 }
 
@@ -312,58 +312,141 @@ impl SqliteStore {
         self.load(t, None).await
     }
 
-    /// One device (`Some`) or all of a tenant's, in four queries whatever the count.
-    async fn load(&self, t: TenantId, client_id: Option<&str>) -> StoreResult<Vec<DeviceRecord>> {
+    /// One device (`Some`) or all of a tenant's, in five indexed queries whatever the count.
+    async fn load(&self, t: TenantId, one: Option<&str>) -> StoreResult<Vec<DeviceRecord>> {
         let name: Option<String> = sqlx::query_scalar("SELECT name FROM tenants WHERE id = ?")
             .bind(t.0)
             .fetch_optional(&self.pool)
             .await?;
         let Some(name) = name else { return Ok(vec![]) };
-        let sql = concat!(
-            "SELECT ",
-            device_cols!(),
-            " FROM devices d WHERE d.tenant_id = ?1 AND ",
-            only!(),
-            " ORDER BY d.client_id"
-        );
-        let devices: Vec<Device> = sqlx::query(sql)
+        let q = match one {
+            Some(c) => sqlx::query(concat!(
+                "SELECT ",
+                device_cols!(),
+                " FROM devices WHERE tenant_id = ? AND client_id = ?"
+            ))
             .bind(t.0)
-            .bind(client_id)
+            .bind(c),
+            None => sqlx::query(concat!(
+                "SELECT ",
+                device_cols!(),
+                " FROM devices WHERE tenant_id = ? ORDER BY client_id"
+            ))
+            .bind(t.0),
+        };
+        let devices: Vec<Device> = q
             .fetch_all(&self.pool)
             .await?
             .iter()
             .map(device)
             .collect::<Result<_, _>>()?;
-        if devices.is_empty() {
-            return Ok(vec![]);
+        let one_id = match (one, devices.first()) {
+            (_, None) => return Ok(vec![]),
+            (Some(_), Some(d)) => Some(d.id),
+            (None, Some(_)) => None,
+        };
+        let creds = self
+            .scoped_rows(
+                t,
+                one_id,
+                "SELECT id, device_id, kind, digest, created_at, expires_at FROM credentials WHERE tenant_id = ?1 AND device_id = ?2 ORDER BY id",
+                "SELECT id, device_id, kind, digest, created_at, expires_at FROM credentials WHERE tenant_id = ?1 ORDER BY id",
+            )
+            .await?
+            .iter()
+            .map(credential)
+            .collect::<StoreResult<Vec<_>>>()?;
+        let rules = self
+            .scoped_rows(
+                t,
+                one_id,
+                "SELECT r.id, r.device_id, NULL AS client_id, r.permission, r.action, r.topic FROM acl_rules r WHERE r.tenant_id = ?1 AND r.device_id IS NULL \
+                 UNION ALL SELECT r.id, r.device_id, d.client_id, r.permission, r.action, r.topic FROM acl_rules r JOIN devices d ON d.id = r.device_id \
+                 WHERE r.tenant_id = ?1 AND r.device_id = ?2 ORDER BY 1",
+                "SELECT r.id, r.device_id, d.client_id, r.permission, r.action, r.topic FROM acl_rules r LEFT JOIN devices d ON d.id = r.device_id \
+                 WHERE r.tenant_id = ?1 ORDER BY r.id",
+            )
+            .await?
+            .iter()
+            .map(rule)
+            .collect::<StoreResult<Vec<_>>>()?;
+        let limits = self
+            .scoped_rows(
+                t,
+                one_id,
+                "SELECT device_id, per_sec, burst FROM rate_limits WHERE tenant_id = ?1 AND (device_id IS NULL) \
+                 UNION ALL SELECT device_id, per_sec, burst FROM rate_limits WHERE tenant_id = ?1 AND device_id = ?2",
+                "SELECT device_id, per_sec, burst FROM rate_limits WHERE tenant_id = ?1",
+            )
+            .await?
+            .iter()
+            .map(limit)
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(rows::assemble(&name, devices, creds, rules, limits))
+    }
+
+    /// Runs `for_one` (binding the device id as `?2`) or `for_all`, both scoped to tenant `?1`.
+    async fn scoped_rows(
+        &self,
+        t: TenantId,
+        one: Option<i64>,
+        for_one: &'static str,
+        for_all: &'static str,
+    ) -> StoreResult<Vec<SqliteRow>> {
+        let q = match one {
+            Some(id) => sqlx::query(for_one).bind(t.0).bind(id),
+            None => sqlx::query(for_all).bind(t.0),
+        };
+        Ok(q.fetch_all(&self.pool).await?)
+    }
+
+    pub(crate) async fn set_rate_limit(
+        &self,
+        t: TenantId,
+        client_id: Option<&str>,
+        limit: Option<Rate>,
+        now: i64,
+    ) -> StoreResult<()> {
+        let device_id = match client_id {
+            Some(c) => Some(self.device_id(t, c).await?),
+            None => None,
+        };
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM rate_limits WHERE tenant_id = ? AND device_id IS ?")
+            .bind(t.0)
+            .bind(device_id)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(l) = limit {
+            sqlx::query("INSERT INTO rate_limits (tenant_id, device_id, per_sec, burst, created_at) VALUES (?, ?, ?, ?, ?)")
+                .bind(t.0)
+                .bind(device_id)
+                .bind(l.per_sec)
+                .bind(i64::from(l.burst))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
         }
-        let creds = sqlx::query(concat!(
-            "SELECT c.id, c.device_id, c.kind, c.digest, c.created_at, c.expires_at FROM credentials c JOIN devices d ON d.id = c.device_id \
-             WHERE c.tenant_id = ?1 AND d.tenant_id = ?1 AND ",
-            only!(),
-            " ORDER BY c.id"
-        ))
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn list_rate_limits(&self, t: TenantId) -> StoreResult<Vec<StoredRateLimit>> {
+        let rs = sqlx::query(
+            "SELECT d.client_id, l.per_sec, l.burst FROM rate_limits l LEFT JOIN devices d ON d.id = l.device_id \
+             WHERE l.tenant_id = ? ORDER BY l.device_id IS NOT NULL, d.client_id",
+        )
         .bind(t.0)
-        .bind(client_id)
         .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(credential)
-        .collect::<StoreResult<Vec<_>>>()?;
-        let rules = sqlx::query(concat!(
-            "SELECT r.id, r.device_id, d.client_id, r.permission, r.action, r.topic FROM acl_rules r LEFT JOIN devices d ON d.id = r.device_id \
-             WHERE r.tenant_id = ?1 AND (r.device_id IS NULL OR (d.tenant_id = ?1 AND ",
-            only!(),
-            ")) ORDER BY r.id"
-        ))
-        .bind(t.0)
-        .bind(client_id)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(rule)
-        .collect::<StoreResult<Vec<_>>>()?;
-        Ok(rows::assemble(&name, devices, creds, rules))
+        .await?;
+        rs.iter()
+            .map(|r| {
+                Ok(StoredRateLimit {
+                    client_id: r.try_get("client_id")?,
+                    rate: rows::rate(r.try_get("per_sec")?, r.try_get("burst")?)?,
+                })
+            })
+            .collect()
     }
 
     pub(crate) async fn add_acl_rule(

@@ -474,3 +474,34 @@ async fn pipelined_requests_are_answered_in_order(store: Store) {
     assert_eq!(got, expected);
 }
 both_stores!(pipelining, pipelined_requests_are_answered_in_order);
+
+async fn cached_devices_keep_their_answer_while_the_store_is_down_and_unknown_ones_are_denied(
+    store: Store,
+) {
+    let app = TestApp::start(store.clone()).await;
+    let token = app.device("acme", "dev-1").await;
+    assert_eq!(app.authn("dev-1", "", &token).await["result"], "allow");
+    store.close().await;
+    assert_eq!(
+        app.authn("dev-1", "", &token).await["result"],
+        "allow",
+        "served from the cache"
+    );
+    assert_eq!(app.authz("dev-1", "publish", "acme/dev-1/t").await, "allow");
+    assert_eq!(
+        app.authn("dev-2", "", &token).await["result"],
+        "deny",
+        "not cached: denied"
+    );
+    let ready = app
+        .http
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+}
+both_stores!(
+    store_down,
+    cached_devices_keep_their_answer_while_the_store_is_down_and_unknown_ones_are_denied
+);

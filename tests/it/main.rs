@@ -5,4 +5,5 @@ mod helpers;
 mod brute_force;
 mod emqx_http;
 mod processes;
+mod rate_limits;
 mod store_contract;

@@ -442,6 +442,45 @@ async fn the_cli_manages_the_registry_and_explains_acl_decisions() {
     )
     .await;
     assert!(!ok && err.contains("bcrypt"), "{err}");
+    let set = cli_json(
+        &db,
+        &[
+            "limits",
+            "set",
+            "--tenant",
+            "acme",
+            "--client-id",
+            "dev-1",
+            "--rate",
+            "5",
+            "--burst",
+            "10",
+        ],
+    )
+    .await;
+    assert_eq!(set["rate"], json!({"per_sec": 5.0, "burst": 10}));
+    cli_json(&db, &["limits", "set", "--tenant", "acme", "--rate", "50"]).await;
+    let limits = cli_json(&db, &["limits", "list", "--tenant", "acme"]).await;
+    assert_eq!(
+        limits,
+        json!([{"client_id": null, "rate": {"per_sec": 50.0, "burst": 50}}, {"client_id": "dev-1", "rate": {"per_sec": 5.0, "burst": 10}}])
+    );
+    let (ok, _, err) = cli(
+        &db,
+        &["limits", "set", "--tenant", "acme", "--rate", "0"],
+        None,
+    )
+    .await;
+    assert!(!ok && err.contains("--rate"), "{err}");
+    cli_json(&db, &["limits", "clear", "--tenant", "acme"]).await;
+    assert_eq!(
+        cli_json(&db, &["limits", "list", "--tenant", "acme"])
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     let list = cli_json(&db, &["device", "list", "--tenant", "acme"]).await;
     assert_eq!(list[0]["client_id"], "dev-1");
     cli_json(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::auth::secret::SecretVerifier;
+use crate::auth::secret::{SecretVerifier, SharedSecret};
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::gate::{Gate, GateOptions};
@@ -66,6 +66,19 @@ impl App {
         clock: Clock,
     ) -> Result<App, StartError> {
         let secret = config.require_internal_secret()?.clone();
+        // Bind first: brokers connecting during migration and warm-up wait in the accept queue
+        // instead of being refused.
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         store.migrate().await?;
         let file_rules = crate::acl::file::load_dir(&config.acl_rules_dir)?;
         let registry = Arc::new(CachedRegistry::new(
@@ -84,7 +97,11 @@ impl App {
             let n = registry.warm().await?;
             tracing::info!(devices = n, "cache warmed");
         }
-        let verifier = SecretVerifier::new(config.password_concurrency, config.password_cache_ttl);
+        let verifier = SecretVerifier::new(
+            config.password_concurrency,
+            config.password_cache_ttl,
+            config.request_timeout,
+        );
         let options = GateOptions {
             unknown: config.unknown_client,
             lockout: config.lockout,
@@ -92,24 +109,12 @@ impl App {
         };
         let gate = Arc::new(Gate::new(registry, verifier, clock, options));
         spawn_sweeper(&gate);
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
         let limits = ServerLimits {
             header_read_timeout: config.header_read_timeout,
-            request_timeout: config.request_timeout,
         };
         let state = HttpState {
             gate: Arc::clone(&gate),
-            internal_secret: Arc::new(secret),
+            internal_secret: SharedSecret::new(&secret),
             max_body_bytes: config.max_body_bytes,
             emqx_acl_in_authn: config.emqx_acl_in_authn,
             acl_rules_dir: Arc::new(config.acl_rules_dir.clone()),
@@ -117,7 +122,7 @@ impl App {
         Ok(App {
             listener,
             addr,
-            router: http::router(state, limits),
+            router: http::router(state),
             limits,
             gate,
         })

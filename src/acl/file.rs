@@ -89,6 +89,7 @@ pub fn parse_file(name: &str, text: &str) -> Result<Vec<Rule>, AclFileError> {
         .enumerate()
         .filter(|(_, l)| l.trim() == "[[rule]]")
         .map(|(i, _)| i + 1);
+    let file: std::sync::Arc<str> = name.into();
     parsed
         .rule
         .into_iter()
@@ -104,7 +105,7 @@ pub fn parse_file(name: &str, text: &str) -> Result<Vec<Rule>, AclFileError> {
                 action: r.action,
                 topic: r.topic,
                 source: RuleSource::File {
-                    file: name.into(),
+                    file: file.clone(),
                     line,
                 },
             })

@@ -59,8 +59,8 @@ pub enum RuleSource {
     },
     /// A rule from a file under `acl-rules/` (`line` is 1-based, of the rule's `[[rule]]` header).
     File {
-        /// File name under `acl-rules/`.
-        file: String,
+        /// File name under `acl-rules/` (shared: every decision names it without copying).
+        file: std::sync::Arc<str>,
         /// 1-based line of the rule's `[[rule]]` header.
         line: usize,
     },

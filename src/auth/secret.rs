@@ -30,11 +30,21 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
 
-/// Compares a presented shared secret to the configured one without leaking either's length.
-pub fn shared_secret_matches(presented: &str, expected: &SecretString) -> bool {
-    let a = Sha256::digest(presented.as_bytes());
-    let b = Sha256::digest(expected.expose_secret().as_bytes());
-    ct_eq(&a, &b)
+/// The internal shared secret brokers present, kept as its SHA-256 so a check hashes only the
+/// presented value and compares digests (which also hides the secret's length).
+#[derive(Clone)]
+pub struct SharedSecret([u8; 32]);
+
+impl SharedSecret {
+    /// Wraps the configured secret.
+    pub fn new(secret: &SecretString) -> Self {
+        SharedSecret(Sha256::digest(secret.expose_secret().as_bytes()).into())
+    }
+
+    /// Whether `presented` is the secret, compared in constant time.
+    pub fn matches(&self, presented: &str) -> bool {
+        ct_eq(&Sha256::digest(presented.as_bytes()), &self.0)
+    }
 }
 
 /// A freshly generated device token: shown once, then only its digest is kept.
@@ -98,8 +108,8 @@ pub enum SecretError {
     /// Not a `$2a$/$2b$/$2y$` bcrypt hash of 60 characters.
     #[error("not a bcrypt hash ($2a$, $2b$ or $2y$, 60 characters)")]
     BadBcrypt,
-    /// The blocking pool went away (shutdown).
-    #[error("password verification was interrupted")]
+    /// The blocking pool went away (shutdown), or the verification queue took too long.
+    #[error("password verification was interrupted or timed out")]
     Interrupted,
 }
 
@@ -127,17 +137,20 @@ impl VerifiedSecret {
 #[derive(Clone)]
 pub struct SecretVerifier {
     slow_lane: Arc<tokio::sync::Semaphore>,
+    slow_timeout: Duration,
     remembered: moka::future::Cache<[u8; 32], ()>,
     process_key: Arc<[u8; 32]>,
 }
 
 impl SecretVerifier {
-    /// `concurrency` bounds simultaneous argon2/bcrypt verifies; successes are remembered for `ttl`.
-    pub fn new(concurrency: usize, ttl: Duration) -> Self {
+    /// `concurrency` bounds simultaneous argon2/bcrypt verifies, each of which (queueing included)
+    /// may take `timeout`; successes are remembered for `ttl`.
+    pub fn new(concurrency: usize, ttl: Duration, timeout: Duration) -> Self {
         let mut key = [0u8; 32];
         rand::rng().fill_bytes(&mut key);
         SecretVerifier {
             slow_lane: Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))),
+            slow_timeout: timeout,
             remembered: moka::future::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(ttl)
@@ -177,15 +190,19 @@ impl SecretVerifier {
         if self.remembered.contains_key(&memo) {
             return Ok(true);
         }
-        let _permit = self
-            .slow_lane
-            .acquire()
-            .await
-            .map_err(|_| SecretError::Interrupted)?;
         let (pw, kind, hash) = (presented.clone(), cred.kind, cred.digest.clone());
-        let ok = tokio::task::spawn_blocking(move || slow_verify(&pw, kind, &hash))
+        let lane = Arc::clone(&self.slow_lane);
+        let verify = async move {
+            let _permit = lane.acquire_owned().await.ok()?;
+            tokio::task::spawn_blocking(move || slow_verify(&pw, kind, &hash))
+                .await
+                .ok()
+        };
+        let ok = tokio::time::timeout(self.slow_timeout, verify)
             .await
-            .map_err(|_| SecretError::Interrupted)?;
+            .ok()
+            .flatten()
+            .ok_or(SecretError::Interrupted)?;
         if ok {
             self.remembered.insert(memo, ()).await;
         }
@@ -263,13 +280,10 @@ mod tests {
 
     #[test]
     fn shared_secret_compare_rejects_prefixes_and_accepts_equal() {
-        let s: SecretString = "0123456789abcdef0123456789abcdef".into();
-        assert!(shared_secret_matches(
-            "0123456789abcdef0123456789abcdef",
-            &s
-        ));
-        assert!(!shared_secret_matches("0123456789abcdef", &s));
-        assert!(!shared_secret_matches("", &s));
+        let s = SharedSecret::new(&"0123456789abcdef0123456789abcdef".into());
+        assert!(s.matches("0123456789abcdef0123456789abcdef"));
+        assert!(!s.matches("0123456789abcdef"));
+        assert!(!s.matches(""));
     }
 
     #[tokio::test]
@@ -286,7 +300,7 @@ mod tests {
             cred(2, CredentialKind::Bcrypt, bc),
         ];
         let refs: Vec<_> = creds.iter().collect();
-        let v = SecretVerifier::new(2, Duration::from_secs(60));
+        let v = SecretVerifier::new(2, Duration::from_secs(60), Duration::from_secs(30));
         let got = v.verify(&pw, &[], &refs).await.unwrap().unwrap();
         assert_eq!(got.credential_id(), 1);
         let got = v.verify(&pw, &[], &refs[1..]).await.unwrap().unwrap();

@@ -40,7 +40,7 @@ fn token_cred(id: i64, digest: String, expires_at: Option<i64>) -> CredentialVie
 }
 
 async fn proof_for(d: &DeviceView, secret: &SecretString) -> Option<VerifiedSecret> {
-    let v = SecretVerifier::new(1, Duration::from_secs(60));
+    let v = SecretVerifier::new(1, Duration::from_secs(60), Duration::from_secs(30));
     v.verify(secret, &d.tokens(), &d.password_candidates(NOW))
         .await
         .unwrap()

@@ -1,16 +1,22 @@
 //! EMQX 5 HTTP authentication and authorization (`POST /v1/emqx/authn`, `POST /v1/emqx/authz`).
 //!
 //! EMQX renders every placeholder as a JSON string (`"qos":"1"`) and undefined ones as `""`, so
-//! fields are read leniently: strings, numbers and booleans alike. Answers are always HTTP 200 with
-//! `Content-Type: application/json` and `{"result": "allow" | "deny" | "ignore", …}`, the only shape
-//! EMQX takes as a decision (anything else counts as "ignore" there).
+//! fields are read leniently: strings, numbers and booleans alike, `""` and null as absent.
+//! Answers are always HTTP 200 with `Content-Type: application/json` and
+//! `{"result": "allow" | "deny" | "ignore", …}`, the only shape EMQX takes as a decision (anything
+//! else counts as "ignore" there).
+
+use std::borrow::Cow;
 
 use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use serde_json::{Value, json};
+use serde::Deserialize;
+use serde_json::json;
 
-use super::{ApiError, HttpState, read_json};
+use super::{ApiError, HttpState, Internal, parse_json, read_body};
 use crate::acl::Action;
 use crate::core::{Cause, Verdict};
 use crate::gate::ConnectRequest;
@@ -22,43 +28,93 @@ pub fn routes() -> Router<HttpState> {
         .route("/v1/emqx/authz", post(authz))
 }
 
-/// A field as a string, whatever JSON scalar EMQX rendered it as; `""` and null count as absent.
-fn field(body: &Value, name: &str) -> Option<String> {
-    match body.get(name)? {
-        Value::String(s) if s.is_empty() => None,
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
+/// A JSON scalar read as text, however EMQX rendered it; `""` and null read as absent.
+#[derive(Debug, Default)]
+struct Text<'a>(Option<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Option<Cow<'de, str>>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok((!v.is_empty()).then_some(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok((!v.is_empty()).then(|| Cow::Owned(v.to_string())))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Some(Cow::Owned(v.to_string())))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Some(Cow::Owned(v.to_string())))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Some(Cow::Owned(v.to_string())))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(Some(Cow::Borrowed(if v { "true" } else { "false" })))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+        }
+        d.deserialize_any(V).map(Text)
     }
 }
 
-fn required(body: &Value, name: &str) -> Result<String, ApiError> {
-    field(body, name).ok_or_else(|| ApiError::BadRequest(format!("missing field `{name}`")))
+impl<'a> Text<'a> {
+    fn get(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+
+    fn required(&self, name: &str) -> Result<&str, ApiError> {
+        self.get()
+            .ok_or_else(|| ApiError::BadRequest(format!("missing field `{name}`")))
+    }
 }
 
-fn kind_of(body: &Value, name: &str) -> Result<(), ApiError> {
-    match body.get(name) {
-        None | Some(Value::String(_) | Value::Number(_) | Value::Bool(_) | Value::Null) => Ok(()),
-        Some(_) => Err(ApiError::BadRequest(format!(
-            "field `{name}` must be a string"
-        ))),
-    }
+/// EMQX authn placeholders mqgate reads (others, e.g. `cert_pem`, are accepted and ignored here).
+#[derive(Deserialize)]
+struct AuthnBody<'a> {
+    #[serde(borrow, default)]
+    clientid: Text<'a>,
+    #[serde(borrow, default)]
+    username: Text<'a>,
+    #[serde(borrow, default)]
+    password: Text<'a>,
+    #[serde(borrow, default)]
+    peerhost: Text<'a>,
+}
+
+/// EMQX authz placeholders mqgate reads.
+#[derive(Deserialize)]
+struct AuthzBody<'a> {
+    #[serde(borrow, default)]
+    clientid: Text<'a>,
+    #[serde(borrow, default)]
+    topic: Text<'a>,
+    #[serde(borrow, default)]
+    action: Text<'a>,
+    #[serde(borrow, default)]
+    access: Text<'a>,
 }
 
 async fn authn(
+    _: Internal,
     State(s): State<HttpState>,
     body: axum::body::Body,
-) -> Result<Json<Value>, ApiError> {
-    let body = read_json(body, s.max_body_bytes).await?;
-    for f in ["clientid", "username", "password", "peerhost"] {
-        kind_of(&body, f)?;
-    }
+) -> Result<Response, ApiError> {
+    let bytes = read_body(body, s.max_body_bytes).await?;
+    let b: AuthnBody = parse_json(&bytes)?;
     let req = ConnectRequest {
-        client_id: required(&body, "clientid")?,
-        username: field(&body, "username"),
-        secret: field(&body, "password").map(Into::into),
-        peer: field(&body, "peerhost"),
+        client_id: b.clientid.required("clientid")?.to_string(),
+        username: b.username.get().map(str::to_string),
+        secret: b.password.get().map(|p| p.to_string().into()),
+        peer: b.peerhost.get().map(str::to_string),
     };
     let outcome = s.gate.connect(req).await;
     let mut answer = json!({ "result": verdict(outcome.decision.verdict), "is_superuser": false });
@@ -74,33 +130,34 @@ async fn authn(
         // With ingestion limits EMQX must ask per publish, so it gets no rules to decide alone.
         let push_acl = s.emqx_acl_in_authn && !s.gate.limits_apply(device);
         if let (true, Some(acl)) = (push_acl, &device.emqx_acl) {
-            answer["acl"] = Value::Array(acl.clone());
+            answer["acl"] = serde_json::Value::Array(acl.clone());
         }
     }
-    Ok(Json(answer))
+    Ok(Json(answer).into_response())
 }
 
 async fn authz(
+    _: Internal,
     State(s): State<HttpState>,
     body: axum::body::Body,
-) -> Result<Json<Value>, ApiError> {
-    let body = read_json(body, s.max_body_bytes).await?;
-    for f in ["clientid", "topic", "action", "access"] {
-        kind_of(&body, f)?;
-    }
-    let client_id = required(&body, "clientid")?;
-    let topic = required(&body, "topic")?;
-    let action = action(&body)?;
-    let decision = s.gate.authorize(&client_id, action, &topic).await;
-    Ok(Json(json!({ "result": verdict(decision.verdict) })))
+) -> Result<Response, ApiError> {
+    let bytes = read_body(body, s.max_body_bytes).await?;
+    let b: AuthzBody = parse_json(&bytes)?;
+    let client_id = b.clientid.required("clientid")?;
+    let topic = b.topic.required("topic")?;
+    let action = action(&b)?;
+    let decision = s.gate.authorize(client_id, action, topic).await;
+    let body = match decision.verdict {
+        Verdict::Allow => r#"{"result":"allow"}"#,
+        Verdict::Deny => r#"{"result":"deny"}"#,
+        Verdict::Ignore => r#"{"result":"ignore"}"#,
+    };
+    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// `action` (`publish`/`subscribe`), or EMQX's legacy `access` (`1` subscribe, `2` publish).
-fn action(body: &Value) -> Result<Action, ApiError> {
-    match (
-        field(body, "action").as_deref(),
-        field(body, "access").as_deref(),
-    ) {
+fn action(b: &AuthzBody) -> Result<Action, ApiError> {
+    match (b.action.get(), b.access.get()) {
         (Some("publish" | "pub"), _) | (None, Some("2")) => Ok(Action::Publish),
         (Some("subscribe" | "sub"), _) | (None, Some("1")) => Ok(Action::Subscribe),
         (None, None) => Err(ApiError::BadRequest("missing field `action`".into())),

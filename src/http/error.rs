@@ -20,9 +20,6 @@ pub enum ApiError {
     /// No such endpoint.
     #[error("not found")]
     NotFound,
-    /// The request took longer than the configured limit.
-    #[error("request timed out")]
-    Timeout,
     /// Something broke inside; details are in the log only.
     #[error("internal error")]
     Internal,
@@ -35,7 +32,6 @@ impl IntoResponse for ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (

@@ -7,7 +7,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use super::{ApiError, HttpState};
+use super::{ApiError, HttpState, Internal};
 
 /// Routes anyone may call.
 pub fn public_routes() -> Router<HttpState> {
@@ -43,7 +43,7 @@ async fn readyz(State(s): State<HttpState>) -> (StatusCode, Json<Value>) {
     }
 }
 
-async fn acl_reload(State(s): State<HttpState>) -> Result<Json<Value>, ApiError> {
+async fn acl_reload(_: Internal, State(s): State<HttpState>) -> Result<Json<Value>, ApiError> {
     let rules = crate::acl::file::load_dir(&s.acl_rules_dir)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let n = rules.len();
@@ -52,19 +52,26 @@ async fn acl_reload(State(s): State<HttpState>) -> Result<Json<Value>, ApiError>
     Ok(Json(json!({ "reloaded": n })))
 }
 
-async fn lockouts(State(s): State<HttpState>) -> Json<Value> {
+async fn lockouts(_: Internal, State(s): State<HttpState>) -> Json<Value> {
     Json(json!({ "lockouts": s.gate.lockouts() }))
 }
 
+#[derive(serde::Deserialize)]
+struct ClearBody {
+    #[serde(default)]
+    key: String,
+}
+
 async fn clear_lockout(
+    _: Internal,
     State(s): State<HttpState>,
     body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
-    let body = super::read_json(body, s.max_body_bytes).await?;
-    let key = body
-        .get("key")
-        .and_then(Value::as_str)
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| ApiError::BadRequest("missing field `key`".into()))?;
+    let bytes = super::read_body(body, s.max_body_bytes).await?;
+    let ClearBody { key } = super::parse_json(&bytes)?;
+    let key = key.as_str();
+    if key.is_empty() {
+        return Err(ApiError::BadRequest("missing field `key`".into()));
+    }
     Ok(Json(json!({ "cleared": s.gate.clear_lockout(key) })))
 }

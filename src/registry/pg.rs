@@ -591,25 +591,30 @@ impl PgStore {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(CHANNEL).await?;
         let (tx, rx) = mpsc::channel(1024);
-        let closed = self.pool.close_event();
+        let pool = self.pool.clone();
         tokio::spawn(async move {
+            let closed = pool.close_event();
             tokio::pin!(closed);
             loop {
                 let next = tokio::select! {
-                    n = listener.try_recv() => n,
-                    _ = tx.closed() => return,
+                    biased;
                     _ = &mut closed => return,
+                    _ = tx.closed() => return,
+                    n = listener.try_recv() => n,
                 };
                 let change = match next {
                     Ok(Some(n)) => match parse_payload(n.payload()) {
                         Some(c) => c,
                         None => continue,
                     },
-                    // The connection dropped; the next call reconnects. Anything sent meanwhile is lost.
-                    Ok(None) => Change::Resync,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "registry change listener failed; retrying");
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    // The connection dropped (the next `try_recv` reconnects), so changes may have
+                    // been missed. Flushing the cache while the database is down would turn its
+                    // outage into ours: wait until it answers again, then resynchronise.
+                    Ok(None) | Err(_) => {
+                        tracing::warn!("registry change listener lost its connection");
+                        if !wait_for(&pool).await {
+                            return;
+                        }
                         Change::Resync
                     }
                 };
@@ -619,6 +624,19 @@ impl PgStore {
             }
         });
         Ok(rx)
+    }
+}
+
+/// Waits until the database answers again; false when the pool was closed meanwhile.
+async fn wait_for(pool: &PgPool) -> bool {
+    loop {
+        if pool.is_closed() {
+            return false;
+        }
+        if sqlx::query("SELECT 1").execute(pool).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
 

@@ -7,18 +7,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=20 CONNS=16 PG=0
+DURATION=20 CONNS=16 PG=0 STORM=1
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --duration) DURATION=$2; shift 2 ;;
         --conns) CONNS=$2; shift 2 ;;
         --postgres) PG=1; shift ;;
+        --skip-storm) STORM=0; shift ;;
         --inner) shift; break ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
 if [[ $PG == 1 && -z "${DATABASE_URL:-}" ]]; then
-    exec scripts/with-postgres.sh "$0" --duration "$DURATION" --conns "$CONNS" --postgres
+    extra=(); [[ $STORM == 0 ]] && extra=(--skip-storm)
+    exec scripts/with-postgres.sh "$0" --duration "$DURATION" --conns "$CONNS" --postgres "${extra[@]}"
 fi
 
 cargo build --release --quiet --bin mqgate --example bare_server --example seed --example loadgen
@@ -40,9 +42,10 @@ db_url() { # a fresh registry per scenario
 }
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wait_up() { for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$1/healthz" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "server on $1 did not come up" >&2; exit 1; }
-start_mqgate() { # db port warm
+start_mqgate() { # db port warm [device_rate tenant_rate]
     MQGATE_DATABASE_URL=$1 MQGATE_LISTEN=127.0.0.1:$2 MQGATE_INTERNAL_SECRET=$SECRET MQGATE_LOG=warn \
-        MQGATE_WARM_CACHE=$3 "$BIN/mqgate" serve >"$WORK/mqgate-$2.log" 2>&1 &
+        MQGATE_WARM_CACHE=$3 MQGATE_DEVICE_RATE=${4:-0} MQGATE_TENANT_RATE=${5:-0} \
+        "$BIN/mqgate" serve >"$WORK/mqgate-$2.log" 2>&1 &
     PIDS+=($!)
 }
 load() { "$EX/loadgen" --secret "$SECRET" --tenant bench "$@"; }
@@ -51,20 +54,23 @@ field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p"; }
 echo "== seeding (store: $([[ $PG == 1 ]] && echo postgres || echo sqlite))"
 DB10=$(db_url reg10k); DB100=$(db_url reg100k)
 "$EX/seed" "$DB10" bench 10000 "$WORK/d10k.tsv"
-"$EX/seed" "$DB100" bench 100000 "$WORK/d100k.tsv"
+[[ $STORM == 1 ]] && "$EX/seed" "$DB100" bench 100000 "$WORK/d100k.tsv"
 
 echo "== (a) cached authz, $CONNS connections, ${DURATION}s each"
 PB=$(port); "$EX/bare_server" "127.0.0.1:$PB" 2>/dev/null & PIDS+=($!)
 PM=$(port); start_mqgate "$DB10" "$PM" true
-wait_up "$PM"; sleep 0.5
-load --url "http://127.0.0.1:$PM" --kind authz --devices "$WORK/d10k.tsv" --conns "$CONNS" --duration 3 >/dev/null
-load --url "http://127.0.0.1:$PB" --kind authz --devices "$WORK/d10k.tsv" --conns "$CONNS" --duration 3 >/dev/null
-BARE=$(load --url "http://127.0.0.1:$PB" --kind authz --devices "$WORK/d10k.tsv" --conns "$CONNS" --duration "$DURATION")
-MQ=$(load --url "http://127.0.0.1:$PM" --kind authz --devices "$WORK/d10k.tsv" --conns "$CONNS" --duration "$DURATION")
-echo "bare   : $BARE"
-echo "mqgate : $MQ"
-python3 -c "print(f'ratio mqgate/bare = {float(\"$(echo "$MQ" | field rate)\") / float(\"$(echo "$BARE" | field rate)\"):.3f}')"
+PL=$(port); start_mqgate "$DB10" "$PL" true 1000000 1000000000
+wait_up "$PM"; wait_up "$PL"; sleep 0.5
+authz() { load --url "http://127.0.0.1:$1" --kind authz --devices "$WORK/d10k.tsv" --conns "$CONNS" --duration "$2"; }
+for p in "$PM" "$PB" "$PL"; do authz "$p" 3 >/dev/null; done
+BARE=$(authz "$PB" "$DURATION"); MQ=$(authz "$PM" "$DURATION"); LIM=$(authz "$PL" "$DURATION")
+echo "bare            : $BARE"
+echo "mqgate          : $MQ"
+echo "mqgate+buckets  : $LIM"
+ratio() { python3 -c "print(f'{float(\"$(echo "$1" | field rate)\") / float(\"$(echo "$2" | field rate)\"):.3f}')"; }
+echo "ratio mqgate/bare = $(ratio "$MQ" "$BARE");  buckets cost = rate ratio (mqgate+buckets)/mqgate = $(ratio "$LIM" "$MQ")"
 kill "${PIDS[@]}" 2>/dev/null || true; PIDS=()
+[[ $STORM == 1 ]] || exit 0
 
 echo "== (b) reconnect storm: 100k distinct devices, authn once each, $CONNS connections"
 P1=$(port); start_mqgate "$DB100" "$P1" false; wait_up "$P1"

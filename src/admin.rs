@@ -8,6 +8,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use crate::acl::{Action, Permission, RuleAction};
+use crate::audit::{AuditEvent, AuditRecord};
 use crate::auth::secret::{self, NewToken, SecretError};
 use crate::clock::Clock;
 use crate::core::{self, Decision, UnknownClient};
@@ -39,10 +40,6 @@ pub struct Admin {
     store: Store,
     clock: Clock,
     registry: Option<Arc<CachedRegistry>>,
-}
-
-fn audit(action: &str, tenant: &str, subject: &str) {
-    tracing::info!(target: "mqgate::audit", event = "admin", action, tenant, subject);
 }
 
 /// Tenant names appear in topics (`${tenant}`), so they are restricted to safe characters.
@@ -89,6 +86,20 @@ impl Admin {
         self
     }
 
+    /// Appends an admin action to the audit chain (and the log).
+    async fn audit(&self, action: &str, tenant: TenantId, subject: &str) -> Result<(), AdminError> {
+        tracing::info!(target: "mqgate::audit", event = "admin", action, tenant = tenant.0, subject);
+        let record = AuditRecord {
+            at_ms: self.clock.now_ms(),
+            tenant: Some(tenant.0),
+            event: AuditEvent::Admin {
+                action: action.into(),
+                subject: subject.into(),
+            },
+        };
+        Ok(self.store.append_audit(&[record]).await?)
+    }
+
     async fn changed(&self, tenant: TenantId, client_id: Option<&str>) {
         if let Some(r) = &self.registry {
             let change = match client_id {
@@ -100,6 +111,11 @@ impl Admin {
             };
             r.invalidate(&change).await;
         }
+    }
+
+    /// The store it acts on.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The tenant called `name`.
@@ -114,7 +130,7 @@ impl Admin {
     pub async fn add_tenant(&self, name: &str) -> Result<Tenant, AdminError> {
         valid_tenant_name(name)?;
         let t = self.store.create_tenant(name, self.clock.now()).await?;
-        audit("tenant.add", name, name);
+        self.audit("tenant.add", t.id, name).await?;
         Ok(t)
     }
 
@@ -153,7 +169,7 @@ impl Admin {
             .add_credential(t.id, client_id, &cred, now)
             .await?;
         self.changed(t.id, Some(client_id)).await;
-        audit("device.add", tenant, client_id);
+        self.audit("device.add", t.id, client_id).await?;
         Ok((device, token))
     }
 
@@ -169,15 +185,16 @@ impl Admin {
             .set_device_enabled(t.id, client_id, enabled)
             .await?;
         self.changed(t.id, Some(client_id)).await;
-        audit(
+        self.audit(
             if enabled {
                 "device.enable"
             } else {
                 "device.disable"
             },
-            tenant,
+            t.id,
             client_id,
-        );
+        )
+        .await?;
         Ok(())
     }
 
@@ -186,7 +203,7 @@ impl Admin {
         let t = self.tenant(tenant).await?;
         self.store.remove_device(t.id, client_id).await?;
         self.changed(t.id, Some(client_id)).await;
-        audit("device.remove", tenant, client_id);
+        self.audit("device.remove", t.id, client_id).await?;
         Ok(())
     }
 
@@ -220,7 +237,7 @@ impl Admin {
             .add_credential(t.id, client_id, &cred, now)
             .await?;
         self.changed(t.id, Some(client_id)).await;
-        audit("cred.rotate", tenant, client_id);
+        self.audit("cred.rotate", t.id, client_id).await?;
         Ok((token, until))
     }
 
@@ -291,7 +308,7 @@ impl Admin {
             .add_credential(t.id, client_id, &cred, now)
             .await?;
         self.changed(t.id, Some(client_id)).await;
-        audit(action, tenant, client_id);
+        self.audit(action, t.id, client_id).await?;
         Ok(())
     }
 
@@ -310,7 +327,8 @@ impl Admin {
             .add_acl_rule(t.id, client_id, &rule, self.clock.now())
             .await?;
         self.changed(t.id, client_id).await;
-        audit("acl.add", tenant, client_id.unwrap_or("*"));
+        self.audit("acl.add", t.id, client_id.unwrap_or("*"))
+            .await?;
         Ok(id)
     }
 
@@ -325,7 +343,7 @@ impl Admin {
         let t = self.tenant(tenant).await?;
         let owner = self.store.remove_acl_rule(t.id, rule_id).await?;
         self.changed(t.id, owner.as_deref()).await;
-        audit("acl.remove", tenant, &rule_id.to_string());
+        self.audit("acl.remove", t.id, &rule_id.to_string()).await?;
         Ok(())
     }
 
@@ -342,15 +360,16 @@ impl Admin {
             .set_rate_limit(t.id, client_id, rate, self.clock.now())
             .await?;
         self.changed(t.id, client_id).await;
-        audit(
+        self.audit(
             if rate.is_some() {
                 "limits.set"
             } else {
                 "limits.clear"
             },
-            tenant,
+            t.id,
             client_id.unwrap_or("*"),
-        );
+        )
+        .await?;
         Ok(())
     }
 

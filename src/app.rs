@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::audit::sink::AuditSink;
 use crate::auth::secret::{SecretVerifier, SharedSecret};
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
@@ -107,7 +108,8 @@ impl App {
             lockout: config.lockout,
             limits: config.limits,
         };
-        let gate = Arc::new(Gate::new(registry, verifier, clock, options));
+        let sink = AuditSink::spawn(store.clone());
+        let gate = Arc::new(Gate::new(registry, verifier, clock, options).with_audit(sink));
         spawn_sweeper(&gate);
         let limits = ServerLimits {
             header_read_timeout: config.header_read_timeout,

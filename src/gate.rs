@@ -9,11 +9,13 @@ use std::sync::{Arc, Mutex};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::acl::Action;
+use crate::audit::sink::AuditSink;
+use crate::audit::{AuditEvent, AuditRecord};
 use crate::auth::secret::{self, SecretVerifier, VerifiedSecret};
 use crate::clock::Clock;
 use crate::core::{self, Cause, Decision, DeviceView, UnknownClient, Verdict};
 use crate::limit::ingest::{IngestLimiter, LimitDefaults};
-use crate::limit::lockout::{FailureGuard, LockoutEntry, LockoutPolicy};
+use crate::limit::lockout::{FailureGuard, Locked, LockoutEntry, LockoutPolicy};
 use crate::registry::cache::CachedRegistry;
 use crate::registry::{Change, CredentialKind};
 
@@ -58,6 +60,7 @@ pub struct Gate {
     unknown: UnknownClient,
     guard: Mutex<FailureGuard>,
     limiter: IngestLimiter,
+    audit: Option<Arc<AuditSink>>,
 }
 
 impl Gate {
@@ -75,6 +78,23 @@ impl Gate {
             unknown: options.unknown,
             guard: Mutex::new(FailureGuard::new(options.lockout)),
             limiter: IngestLimiter::new(options.limits),
+            audit: None,
+        }
+    }
+
+    /// Records outcomes in the audit chain through `sink`.
+    pub fn with_audit(mut self, sink: Arc<AuditSink>) -> Self {
+        self.audit = Some(sink);
+        self
+    }
+
+    fn audit(&self, tenant: Option<i64>, event: AuditEvent) {
+        if let Some(sink) = &self.audit {
+            sink.record(AuditRecord {
+                at_ms: self.clock.now_ms(),
+                tenant,
+                event,
+            });
         }
     }
 
@@ -102,6 +122,7 @@ impl Gate {
         self.limiter.sweep(now);
         for (tenant, refused) in self.limiter.take_refused() {
             tracing::warn!(target: "mqgate::audit", event = "rate_limited", tenant = tenant.0, refused, "publishes refused by ingestion limits");
+            self.audit(Some(tenant.0), AuditEvent::RateLimited { refused });
         }
     }
 
@@ -224,6 +245,16 @@ impl Gate {
             let locked = self.guard().record_failure(client_id, peer, now);
             if let Some(locked) = locked {
                 tracing::warn!(target: "mqgate::audit", event = "lockout", %client_id, peer, ?locked, "too many failed authentications");
+                let scope = match locked {
+                    Locked::ClientId { .. } => "client_id",
+                    Locked::Address { .. } => "address",
+                };
+                let event = AuditEvent::Lockout {
+                    client_id: client_id.into(),
+                    peer: peer.into(),
+                    scope,
+                };
+                self.audit(None, event);
             }
         }
     }
@@ -243,6 +274,16 @@ impl Gate {
             verdict = ?decision.verdict,
             cause = decision.cause.label(),
             reason = %decision.cause.explain(),
+        );
+        self.audit(
+            device.as_ref().map(|d| d.tenant.0),
+            AuditEvent::Connect {
+                client_id: req.client_id.clone(),
+                peer: req.peer.clone().unwrap_or_default(),
+                verdict: verdict_name(decision.verdict),
+                cause: decision.cause.label(),
+                reason: decision.cause.explain(),
+            },
         );
         ConnectOutcome { decision, device }
     }
@@ -264,6 +305,17 @@ impl Gate {
         };
         // Rate-limit refusals are audited in aggregate by `sweep`, not per message.
         if !decision.is_allow() && !matches!(decision.cause, Cause::RateLimited(_)) {
+            let event = AuditEvent::Denied {
+                client_id: client_id.into(),
+                action: match action {
+                    Action::Publish => "publish",
+                    Action::Subscribe => "subscribe",
+                },
+                topic: topic.into(),
+                cause: decision.cause.label(),
+                reason: decision.cause.explain(),
+            };
+            self.audit(None, event);
             tracing::info!(
                 target: "mqgate::audit",
                 event = "authorize",
@@ -276,5 +328,13 @@ impl Gate {
             );
         }
         decision
+    }
+}
+
+fn verdict_name(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Allow => "allow",
+        Verdict::Deny => "deny",
+        Verdict::Ignore => "ignore",
     }
 }

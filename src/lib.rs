@@ -3,6 +3,7 @@
 //! Map of the modules (see `ARCHITECTURE.md` in the shared docs):
 //! - [`admin`]: operator actions (tenants, devices, credentials, rules), used by the CLI.
 //! - [`app`]: builds (binds, migrates, warms) and runs the service.
+//! - [`audit`]: typed audit events, the hash chain, and the buffered writer.
 //! - [`core`]: the pure decision core — requests in, `Decision` (verdict + cause) out.
 //! - [`http`]: the HTTP server, shared guards and limits, and the broker dialects (EMQX).
 //! - [`gate`]: the one async entry every transport calls (cache → verify → core → audit).
@@ -19,6 +20,7 @@
 pub mod acl;
 pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod clock;

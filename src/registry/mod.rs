@@ -80,6 +80,28 @@ impl Store {
         dispatch!(self, s => s.close().await)
     }
 
+    /// Whether [`Store::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Store::Postgres(s) => s.is_closed(),
+            Store::Sqlite(s) => s.pool().is_closed(),
+        }
+    }
+
+    /// Appends audit records to the hash chain, in order, in one transaction.
+    pub async fn append_audit(&self, records: &[crate::audit::AuditRecord]) -> StoreResult<()> {
+        dispatch!(self, s => s.append_audit(records).await)
+    }
+
+    /// Audit entries with id above `after`, oldest first, at most `limit`.
+    pub async fn list_audit(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<crate::audit::chain::StoredAudit>> {
+        dispatch!(self, s => s.list_audit(after, limit).await)
+    }
+
     /// Cheap reachability check for `/readyz`.
     pub async fn ping(&self) -> StoreResult<()> {
         dispatch!(self, s => s.ping().await)

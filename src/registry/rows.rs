@@ -135,3 +135,36 @@ pub(crate) fn assemble(
         })
         .collect()
 }
+
+/// An audit row ready to insert, linked onto the chain.
+pub(crate) struct ChainedRow {
+    pub at: i64,
+    pub tenant: Option<i64>,
+    pub kind: &'static str,
+    pub detail: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// Links `records` onto the chain after `prev`.
+pub(crate) fn chain_rows(
+    mut prev: String,
+    records: &[crate::audit::AuditRecord],
+) -> Vec<ChainedRow> {
+    records
+        .iter()
+        .map(|r| {
+            let (kind, detail) = r.encode();
+            let hash = crate::audit::chain::link(&prev, r.at_ms, r.tenant, kind, &detail);
+            let prev_hash = std::mem::replace(&mut prev, hash.clone());
+            ChainedRow {
+                at: r.at_ms,
+                tenant: r.tenant,
+                kind,
+                detail,
+                prev_hash,
+                hash,
+            }
+        })
+        .collect()
+}

@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod audit;
 mod brute_force;
 mod emqx_http;
 mod processes;

@@ -585,3 +585,50 @@ async fn logs_never_contain_tokens_passwords_or_the_internal_secret() {
         "only digests are stored"
     );
 }
+
+#[tokio::test]
+async fn audit_verify_finds_an_edited_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_url(&dir);
+    cli_json(&db, &["tenant", "add", "acme"]).await;
+    cli_json(
+        &db,
+        &["device", "add", "--tenant", "acme", "--client-id", "dev-1"],
+    )
+    .await;
+    cli_json(
+        &db,
+        &[
+            "device",
+            "disable",
+            "--tenant",
+            "acme",
+            "--client-id",
+            "dev-1",
+        ],
+    )
+    .await;
+    assert_eq!(
+        cli_json(&db, &["audit", "verify"]).await,
+        json!({"entries": 3, "intact": true})
+    );
+    let tail = cli_json(&db, &["audit", "tail", "--limit", "1"]).await;
+    assert!(
+        tail[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("device.disable"),
+        "{tail}"
+    );
+    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    sqlx::query(
+        "UPDATE audit_events SET detail = replace(detail, 'device.add', 'device.nop') WHERE id = 2",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let (ok, _, err) = cli(&db, &["audit", "verify"], None).await;
+    assert!(!ok);
+    assert!(err.contains("broken at entry 2"), "{err}");
+}

@@ -100,6 +100,23 @@ impl Admin {
         Ok(self.store.append_audit(&[record]).await?)
     }
 
+    /// A new token for the device; only its digest is stored.
+    async fn issue_token(
+        &self,
+        t: TenantId,
+        client_id: &str,
+        now: i64,
+    ) -> Result<NewToken, AdminError> {
+        let token = secret::generate_token();
+        let cred = NewCredential {
+            kind: CredentialKind::Token,
+            digest: token.digest.clone(),
+            expires_at: None,
+        };
+        self.store.add_credential(t, client_id, &cred, now).await?;
+        Ok(token)
+    }
+
     async fn changed(&self, tenant: TenantId, client_id: Option<&str>) {
         if let Some(r) = &self.registry {
             let change = match client_id {
@@ -159,15 +176,7 @@ impl Admin {
             username: username.map(Into::into),
         };
         let device = self.store.create_device(t.id, &new, now).await?;
-        let token = secret::generate_token();
-        let cred = NewCredential {
-            kind: CredentialKind::Token,
-            digest: token.digest.clone(),
-            expires_at: None,
-        };
-        self.store
-            .add_credential(t.id, client_id, &cred, now)
-            .await?;
+        let token = self.issue_token(t.id, client_id, now).await?;
         self.changed(t.id, Some(client_id)).await;
         self.audit("device.add", t.id, client_id).await?;
         Ok((device, token))
@@ -227,15 +236,7 @@ impl Admin {
         self.store
             .expire_credentials(t.id, client_id, &[CredentialKind::Token], until)
             .await?;
-        let token = secret::generate_token();
-        let cred = NewCredential {
-            kind: CredentialKind::Token,
-            digest: token.digest.clone(),
-            expires_at: None,
-        };
-        self.store
-            .add_credential(t.id, client_id, &cred, now)
-            .await?;
+        let token = self.issue_token(t.id, client_id, now).await?;
         self.changed(t.id, Some(client_id)).await;
         self.audit("cred.rotate", t.id, client_id).await?;
         Ok((token, until))

@@ -52,6 +52,14 @@ fn device_payload(t: TenantId, client_id: &str) -> String {
     format!("d:{}:{client_id}", t.0)
 }
 
+/// The payload for a change to one device (`Some`) or to the whole tenant.
+fn scope_payload(t: TenantId, client_id: Option<&str>) -> String {
+    match client_id {
+        Some(c) => device_payload(t, c),
+        None => format!("t:{}", t.0),
+    }
+}
+
 /// Parses a notification payload back into a change.
 fn parse_payload(p: &str) -> Option<Change> {
     let mut parts = p.splitn(3, ':');
@@ -544,11 +552,7 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         }
-        let payload = match client_id {
-            Some(c) => device_payload(t, c),
-            None => format!("t:{}", t.0),
-        };
-        Self::notify(&mut tx, &payload).await?;
+        Self::notify(&mut tx, &scope_payload(t, client_id)).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -596,11 +600,7 @@ impl PgStore {
         )
         .fetch_one(&mut *tx)
         .await?;
-        let payload = match client_id {
-            Some(c) => device_payload(t, c),
-            None => format!("t:{}", t.0),
-        };
-        Self::notify(&mut tx, &payload).await?;
+        Self::notify(&mut tx, &scope_payload(t, client_id)).await?;
         tx.commit().await?;
         Ok(id)
     }
@@ -647,11 +647,7 @@ impl PgStore {
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("rule {rule_id}")))?
         .client_id;
-        let payload = match &owner {
-            Some(c) => device_payload(t, c),
-            None => format!("t:{}", t.0),
-        };
-        Self::notify(&mut tx, &payload).await?;
+        Self::notify(&mut tx, &scope_payload(t, owner.as_deref())).await?;
         tx.commit().await?;
         Ok(owner)
     }

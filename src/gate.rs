@@ -16,6 +16,7 @@ use crate::clock::Clock;
 use crate::core::{self, Cause, Decision, DeviceView, UnknownClient, Verdict};
 use crate::limit::ingest::{IngestLimiter, LimitDefaults};
 use crate::limit::lockout::{FailureGuard, Locked, LockoutEntry, LockoutPolicy};
+use crate::metrics::{Kind as MetricKind, Metrics};
 use crate::registry::cache::CachedRegistry;
 use crate::registry::{Change, CredentialKind};
 
@@ -61,6 +62,7 @@ pub struct Gate {
     guard: Mutex<FailureGuard>,
     limiter: IngestLimiter,
     audit: Option<Arc<AuditSink>>,
+    metrics: Metrics,
 }
 
 impl Gate {
@@ -79,7 +81,13 @@ impl Gate {
             guard: Mutex::new(FailureGuard::new(options.lockout)),
             limiter: IngestLimiter::new(options.limits),
             audit: None,
+            metrics: Metrics::default(),
         }
+    }
+
+    /// The decision counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Records outcomes in the audit chain through `sink`.
@@ -232,7 +240,18 @@ impl Gate {
             .take(dev.tenant, &dev.client_id, limits, self.clock.now_ms())
         {
             Ok(()) => allowed,
-            Err(scope) => Decision::deny(Cause::RateLimited(scope)),
+            Err(scope) => {
+                self.metrics.rate_limited(&dev.tenant_name, 1);
+                Decision::deny(Cause::RateLimited(scope))
+            }
+        }
+    }
+
+    fn count_decision(&self, kind: MetricKind, d: &Decision) {
+        if d.is_allow() {
+            self.metrics.allowed(kind);
+        } else {
+            self.metrics.denied(kind, d.cause.label());
         }
     }
 
@@ -275,6 +294,7 @@ impl Gate {
             cause = decision.cause.label(),
             reason = %decision.cause.explain(),
         );
+        self.count_decision(MetricKind::Connect, &decision);
         self.audit(
             device.as_ref().map(|d| d.tenant.0),
             AuditEvent::Connect {
@@ -303,6 +323,7 @@ impl Gate {
                 Decision::deny(Cause::StoreUnavailable)
             }
         };
+        self.count_decision(MetricKind::Authorize, &decision);
         // Rate-limit refusals are audited in aggregate by `sweep`, not per message.
         if !decision.is_allow() && !matches!(decision.cause, Cause::RateLimited(_)) {
             let event = AuditEvent::Denied {

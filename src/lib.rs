@@ -10,6 +10,7 @@
 //! - [`acl`]: topic ACL rules, placeholder expansion, MQTT topic matching, rule files.
 //! - [`auth`]: the security kernel — token/password hashing and the one constant-time compare.
 //! - [`limit`]: rate buckets and the brute-force guard (pure, time passed in).
+//! - [`metrics`]: decision and rate-limit counters for `/metrics`.
 //! - [`registry`]: the device store (PostgreSQL / SQLite), its cache and change notification.
 //! - [`config`]: typed configuration (defaults → file → env → flags).
 //! - [`cli`]: the operator command line.
@@ -29,4 +30,5 @@ pub mod core;
 pub mod gate;
 pub mod http;
 pub mod limit;
+pub mod metrics;
 pub mod registry;

@@ -25,6 +25,7 @@ pub fn internal_routes() -> Router<HttpState> {
         .route("/v1/ops/acl-reload", post(acl_reload))
         .route("/v1/ops/lockouts", get(lockouts))
         .route("/v1/ops/lockouts/clear", post(clear_lockout))
+        .route("/metrics", get(metrics))
 }
 
 async fn readyz(State(s): State<HttpState>) -> (StatusCode, Json<Value>) {
@@ -50,6 +51,16 @@ async fn acl_reload(_: Internal, State(s): State<HttpState>) -> Result<Json<Valu
     s.gate.registry().set_file_rules(rules).await;
     tracing::info!(target: "mqgate::audit", event = "acl_reload", rules = n, "file ACL rules reloaded");
     Ok(Json(json!({ "reloaded": n })))
+}
+
+async fn metrics(_: Internal, State(s): State<HttpState>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        s.gate.metrics().render(),
+    )
 }
 
 async fn lockouts(_: Internal, State(s): State<HttpState>) -> Json<Value> {

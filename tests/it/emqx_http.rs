@@ -507,3 +507,50 @@ both_stores!(
     store_down,
     cached_devices_keep_their_answer_while_the_store_is_down_and_unknown_ones_are_denied
 );
+
+async fn rule_files_reload_on_request_and_a_bad_file_changes_nothing(store: Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let default = concat!(env!("CARGO_MANIFEST_DIR"), "/acl-rules/default.toml");
+    std::fs::copy(default, dir.path().join("00-default.toml")).unwrap();
+    let rules_dir = dir.path().display().to_string();
+    let app = TestApp::start_with(store, |l| {
+        l.set("acl_rules_dir", rules_dir, "test").unwrap()
+    })
+    .await;
+    app.device("acme", "dev-1").await;
+    assert_eq!(
+        app.authz("dev-1", "subscribe", "broadcast/news").await,
+        "deny"
+    );
+    let extra =
+        "[[rule]]\npermission = \"allow\"\naction = \"subscribe\"\ntopic = \"broadcast/#\"\n";
+    std::fs::write(dir.path().join("10-broadcast.toml"), extra).unwrap();
+    assert_eq!(
+        app.authz("dev-1", "subscribe", "broadcast/news").await,
+        "deny",
+        "files are read on reload only"
+    );
+    let (status, _, v) = app.post("/v1/ops/acl-reload", &json!({})).await;
+    assert_eq!((status, v), (200, json!({"reloaded": 2})));
+    assert_eq!(
+        app.authz("dev-1", "subscribe", "broadcast/news").await,
+        "allow"
+    );
+    std::fs::write(
+        dir.path().join("20-bad.toml"),
+        "[[rule]]\npermission = \"perhaps\"\n",
+    )
+    .unwrap();
+    let (status, _, v) = app.post("/v1/ops/acl-reload", &json!({})).await;
+    assert_eq!(status, 400);
+    assert!(v["error"].as_str().unwrap().contains("20-bad.toml"), "{v}");
+    assert_eq!(
+        app.authz("dev-1", "subscribe", "broadcast/news").await,
+        "allow",
+        "the last good rules stay"
+    );
+}
+both_stores!(
+    acl_reload,
+    rule_files_reload_on_request_and_a_bad_file_changes_nothing
+);

@@ -157,6 +157,19 @@ impl TestApp {
         r.json().await.unwrap()
     }
 
+    /// GETs a guarded path as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(SECRET)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    }
+
     /// An EMQX authz call; returns the `result`.
     pub async fn authz(&self, client_id: &str, action: &str, topic: &str) -> String {
         let body = json!({

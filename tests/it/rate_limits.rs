@@ -73,6 +73,12 @@ async fn the_tenant_bucket_is_shared_by_all_its_devices(store: Store) {
         "allow",
         "other tenants are not affected"
     );
+    let metrics = app.get_text("/metrics").await;
+    assert!(
+        metrics.contains("mqgate_rate_limited_total{tenant=\"acme\"} 2\n"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("tenant=\"globex\""), "{metrics}");
 }
 both_stores!(tenant_limit, the_tenant_bucket_is_shared_by_all_its_devices);
 

@@ -1,0 +1,117 @@
+//! Counters for `/metrics` (Prometheus text format). Allows are plain atomics on the hot path;
+//! denies, rarer, are counted by cause; refused publishes by tenant.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The process's counters.
+#[derive(Default)]
+pub struct Metrics {
+    connect_allowed: AtomicU64,
+    authorize_allowed: AtomicU64,
+    denied: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    rate_limited: Mutex<BTreeMap<String, u64>>,
+}
+
+/// Which question a decision answered.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    /// CONNECT.
+    Connect,
+    /// PUBLISH / SUBSCRIBE.
+    Authorize,
+}
+
+impl Metrics {
+    /// Counts an allow.
+    pub fn allowed(&self, kind: Kind) {
+        let c = match kind {
+            Kind::Connect => &self.connect_allowed,
+            Kind::Authorize => &self.authorize_allowed,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a deny (or ignore) by its cause label.
+    pub fn denied(&self, kind: Kind, cause: &'static str) {
+        let kind = match kind {
+            Kind::Connect => "connect",
+            Kind::Authorize => "authorize",
+        };
+        *lock(&self.denied).entry((kind, cause)).or_default() += 1;
+    }
+
+    /// Counts publishes refused by ingestion limits for `tenant`.
+    pub fn rate_limited(&self, tenant: &str, n: u64) {
+        *lock(&self.rate_limited)
+            .entry(tenant.to_string())
+            .or_default() += n;
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP mqgate_decisions_total Decisions by kind, verdict and cause.\n# TYPE mqgate_decisions_total counter\n");
+        for (kind, c) in [
+            ("connect", &self.connect_allowed),
+            ("authorize", &self.authorize_allowed),
+        ] {
+            let n = c.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "mqgate_decisions_total{{kind=\"{kind}\",verdict=\"allow\",cause=\"\"}} {n}"
+            );
+        }
+        for ((kind, cause), n) in lock(&self.denied).iter() {
+            let _ = writeln!(
+                out,
+                "mqgate_decisions_total{{kind=\"{kind}\",verdict=\"deny\",cause=\"{cause}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP mqgate_rate_limited_total Publishes refused by ingestion limits, by tenant.\n# TYPE mqgate_rate_limited_total counter\n");
+        for (tenant, n) in lock(&self.rate_limited).iter() {
+            let _ = writeln!(
+                out,
+                "mqgate_rate_limited_total{{tenant=\"{}\"}} {n}",
+                escape(tenant)
+            );
+        }
+        out
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Escapes a label value (tenant names are restricted, but the format must hold regardless).
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_render_in_prometheus_text_format() {
+        let m = Metrics::default();
+        m.allowed(Kind::Authorize);
+        m.allowed(Kind::Authorize);
+        m.denied(Kind::Connect, "bad_secret");
+        m.rate_limited("acme", 3);
+        m.rate_limited("acme", 2);
+        let text = m.render();
+        assert!(text.contains(
+            "mqgate_decisions_total{kind=\"authorize\",verdict=\"allow\",cause=\"\"} 2\n"
+        ));
+        assert!(text.contains(
+            "mqgate_decisions_total{kind=\"connect\",verdict=\"deny\",cause=\"bad_secret\"} 1\n"
+        ));
+        assert!(text.contains("mqgate_rate_limited_total{tenant=\"acme\"} 5\n"));
+    }
+}

@@ -84,10 +84,7 @@ impl CachedRegistry {
 
     /// Loads a device without caching it (`acl check` and friends).
     pub async fn load(&self, client_id: &str) -> StoreResult<Entry> {
-        let Some(tenant) = self.store.resolve_client(client_id).await? else {
-            return Ok(None);
-        };
-        let record = self.store.load_device(tenant, client_id).await?;
+        let record = self.store.load_client(client_id).await?;
         Ok(record.map(|r| Arc::new(self.view(r))))
     }
 

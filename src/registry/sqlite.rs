@@ -299,6 +299,64 @@ impl SqliteStore {
         Ok(t.map(TenantId))
     }
 
+    /// The hot path's cache fill: the device behind a client id with everything it needs, in two
+    /// queries on one connection (the directory join, then all children in one union).
+    pub(crate) async fn load_client(&self, client_id: &str) -> StoreResult<Option<DeviceRecord>> {
+        let mut conn = self.pool.acquire().await?;
+        let row = sqlx::query(
+            "SELECT d.id, d.tenant_id, d.client_id, d.username, d.enabled, d.created_at, t.name AS tenant_name \
+             FROM client_directory c JOIN devices d ON d.tenant_id = c.tenant_id AND d.client_id = c.client_id \
+             JOIN tenants t ON t.id = d.tenant_id WHERE c.client_id = ?",
+        )
+        .bind(client_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let (dev, name): (Device, String) = (device(&row)?, row.try_get("tenant_name")?);
+        let children = sqlx::query(
+            "SELECT 'c' AS src, id, device_id, kind AS s1, digest AS s2, NULL AS s3, created_at AS n1, expires_at AS n2, NULL AS f1 \
+               FROM credentials WHERE tenant_id = ?1 AND device_id = ?2 \
+             UNION ALL SELECT 'r', id, device_id, permission, action, topic, NULL, NULL, NULL \
+               FROM acl_rules WHERE tenant_id = ?1 AND (device_id = ?2 OR device_id IS NULL) \
+             UNION ALL SELECT 'l', id, device_id, NULL, NULL, NULL, burst, NULL, per_sec \
+               FROM rate_limits WHERE tenant_id = ?1 AND (device_id = ?2 OR device_id IS NULL) \
+             ORDER BY 1, 2",
+        )
+        .bind(dev.tenant_id.0)
+        .bind(dev.id)
+        .fetch_all(&mut *conn)
+        .await?;
+        let (mut creds, mut rules, mut limits) = (vec![], vec![], vec![]);
+        for r in &children {
+            let device_id: Option<i64> = r.try_get("device_id")?;
+            match r.try_get::<&str, _>("src")? {
+                "c" => creds.push((
+                    dev.id,
+                    Credential {
+                        id: r.try_get("id")?,
+                        kind: rows::kind(r.try_get("s1")?)?,
+                        digest: r.try_get("s2")?,
+                        created_at: r.try_get("n1")?,
+                        expires_at: r.try_get("n2")?,
+                    },
+                )),
+                "r" => rules.push(
+                    RuleRow {
+                        id: r.try_get("id")?,
+                        device_id,
+                        client_id: device_id.map(|_| dev.client_id.clone()),
+                        permission: r.try_get("s1")?,
+                        action: r.try_get("s2")?,
+                        topic: r.try_get("s3")?,
+                    }
+                    .into_stored()?,
+                ),
+                _ => limits.push((device_id, rows::rate(r.try_get("f1")?, r.try_get("n1")?)?)),
+            }
+        }
+        Ok(rows::assemble(&name, vec![dev], creds, rules, limits).pop())
+    }
+
     pub(crate) async fn load_device(
         &self,
         t: TenantId,

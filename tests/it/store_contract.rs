@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::both_stores;
 use mqgate::acl::{Permission, RuleAction};
+use mqgate::limit::bucket::Rate;
 use mqgate::registry::{
     Change, CredentialKind, NewAclRule, NewCredential, NewDevice, Store, StoreError,
 };
@@ -326,6 +327,26 @@ async fn rules_load_device_first_then_tenant_and_bulk_load_matches_single(store:
         single.push(s.load_device(a, c).await.unwrap().unwrap());
     }
     assert_eq!(bulk, single);
+    for (c, rec) in ["d1", "d2", "d3"].iter().zip(&single) {
+        assert_eq!(
+            s.load_client(c).await.unwrap().as_ref(),
+            Some(rec),
+            "the cache fill agrees"
+        );
+    }
+    assert_eq!(s.load_client("nobody").await.unwrap(), None);
+    s.set_rate_limit(a, None, Rate::new(5.0, 5), NOW)
+        .await
+        .unwrap();
+    s.set_rate_limit(a, Some("d2"), Rate::new(1.0, 2), NOW)
+        .await
+        .unwrap();
+    let d2 = s.load_client("d2").await.unwrap().unwrap();
+    assert_eq!(
+        (d2.device_limit, d2.tenant_limit),
+        (Rate::new(1.0, 2), Rate::new(5.0, 5))
+    );
+    assert_eq!(Some(d2), s.load_device(a, "d2").await.unwrap());
     assert_eq!(
         s.remove_acl_rule(a, r1).await.unwrap().as_deref(),
         Some("d1")

@@ -187,15 +187,9 @@ impl Store {
     }
 
     /// The device behind a client id, whatever its tenant, with everything the hot path needs:
-    /// the cache fill (the same as `resolve_client` then `load_device`, in fewer round trips).
+    /// the cache fill (the same as `resolve_client` then `load_device`, in one or two round trips).
     pub async fn load_client(&self, client_id: &str) -> StoreResult<Option<DeviceRecord>> {
-        match self {
-            Store::Sqlite(s) => s.load_client(client_id).await,
-            Store::Postgres(s) => match s.resolve_client(client_id).await? {
-                Some(t) => s.load_device(t, client_id).await,
-                None => Ok(None),
-            },
-        }
+        dispatch!(self, s => s.load_client(client_id).await)
     }
 
     /// Everything the hot path needs about one device, or `None`.

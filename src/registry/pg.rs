@@ -356,6 +356,59 @@ impl PgStore {
         Ok(t.map(TenantId))
     }
 
+    /// The hot path's cache fill in one round trip (`mqgate_load_client`, see migration 0004).
+    pub(crate) async fn load_client(&self, client_id: &str) -> StoreResult<Option<DeviceRecord>> {
+        let rows = sqlx::query!("SELECT * FROM mqgate_load_client($1)", client_id)
+            .fetch_all(&self.pool)
+            .await?;
+        let missing = || StoreError::Invalid("incomplete row from mqgate_load_client".into());
+        let Some(d) = rows.iter().find(|r| r.src.as_deref() == Some("d")) else {
+            return Ok(None);
+        };
+        let dev = Device {
+            id: d.id.ok_or_else(missing)?,
+            tenant_id: TenantId(d.t_id.ok_or_else(missing)?),
+            client_id: d.s1.clone().ok_or_else(missing)?,
+            username: d.s2.clone(),
+            enabled: d.b1.ok_or_else(missing)?,
+            created_at: d.n1.ok_or_else(missing)?,
+        };
+        let name = d.s3.clone().ok_or_else(missing)?;
+        let (mut creds, mut rules, mut limits) = (vec![], vec![], vec![]);
+        for r in &rows {
+            let id = r.id.ok_or_else(missing)?;
+            match r.src.as_deref() {
+                Some("c") => creds.push((
+                    dev.id,
+                    Credential {
+                        id,
+                        kind: rows::kind(r.s1.as_deref().ok_or_else(missing)?)?,
+                        digest: r.s2.clone().ok_or_else(missing)?,
+                        created_at: r.n1.ok_or_else(missing)?,
+                        expires_at: r.n2,
+                    },
+                )),
+                Some("r") => rules.push(
+                    RuleRow {
+                        id,
+                        device_id: r.device_id,
+                        client_id: r.device_id.map(|_| dev.client_id.clone()),
+                        permission: r.s1.clone().ok_or_else(missing)?,
+                        action: r.s2.clone().ok_or_else(missing)?,
+                        topic: r.s3.clone().ok_or_else(missing)?,
+                    }
+                    .into_stored()?,
+                ),
+                Some("l") => limits.push((
+                    r.device_id,
+                    rows::rate(r.f1.ok_or_else(missing)?, r.n1.ok_or_else(missing)?)?,
+                )),
+                _ => {}
+            }
+        }
+        Ok(rows::assemble(&name, vec![dev], creds, rules, limits).pop())
+    }
+
     pub(crate) async fn load_device(
         &self,
         t: TenantId,

@@ -168,3 +168,58 @@ pub(crate) fn chain_rows(
         })
         .collect()
 }
+
+/// One row of a one-device cache fill: `src` says what it is (`c` credential, `r` rule, `l` limit)
+/// and the generic columns hold its fields (see `load_client` in either store).
+pub(crate) struct ChildRow {
+    pub src: String,
+    pub id: i64,
+    pub device_id: Option<i64>,
+    pub s1: Option<String>,
+    pub s2: Option<String>,
+    pub s3: Option<String>,
+    pub n1: Option<i64>,
+    pub n2: Option<i64>,
+    pub f1: Option<f64>,
+}
+
+/// Builds the record of `dev` from its fill rows.
+pub(crate) fn from_children(
+    tenant_name: &str,
+    dev: Device,
+    children: Vec<ChildRow>,
+) -> StoreResult<Option<DeviceRecord>> {
+    let missing = || StoreError::Invalid("incomplete row in a cache fill".into());
+    let (mut creds, mut rules, mut limits) = (vec![], vec![], vec![]);
+    for r in children {
+        match r.src.as_str() {
+            "c" => creds.push((
+                dev.id,
+                Credential {
+                    id: r.id,
+                    kind: kind(r.s1.as_deref().ok_or_else(missing)?)?,
+                    digest: r.s2.ok_or_else(missing)?,
+                    created_at: r.n1.ok_or_else(missing)?,
+                    expires_at: r.n2,
+                },
+            )),
+            "r" => rules.push(
+                RuleRow {
+                    id: r.id,
+                    device_id: r.device_id,
+                    client_id: r.device_id.map(|_| dev.client_id.clone()),
+                    permission: r.s1.ok_or_else(missing)?,
+                    action: r.s2.ok_or_else(missing)?,
+                    topic: r.s3.ok_or_else(missing)?,
+                }
+                .into_stored()?,
+            ),
+            "l" => limits.push((
+                r.device_id,
+                rate(r.f1.ok_or_else(missing)?, r.n1.ok_or_else(missing)?)?,
+            )),
+            _ => {}
+        }
+    }
+    Ok(assemble(tenant_name, vec![dev], creds, rules, limits).pop())
+}

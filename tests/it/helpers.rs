@@ -146,15 +146,7 @@ impl TestApp {
 
     /// GETs a guarded ops path.
     pub async fn get(&self, path: &str) -> Value {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(SECRET)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        r.json().await.unwrap()
+        serde_json::from_str(&self.get_text(path).await).unwrap()
     }
 
     /// GETs a guarded path as text.

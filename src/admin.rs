@@ -12,7 +12,7 @@ use crate::audit::{AuditEvent, AuditRecord};
 use crate::auth::secret::{self, NewToken, SecretError};
 use crate::clock::Clock;
 use crate::core::{self, Decision, UnknownClient};
-use crate::registry::cache::{CacheSettings, CachedRegistry};
+use crate::registry::cache::{CachedRegistry, compile_view};
 use crate::registry::{
     Change, CredentialKind, Device, NewAclRule, NewCredential, NewDevice, Rate, Store, StoreError,
     StoredAclRule, StoredRateLimit, Tenant, TenantId,
@@ -390,24 +390,15 @@ impl Admin {
         file_rules: Vec<crate::acl::Rule>,
     ) -> Result<Decision, AdminError> {
         let t = self.tenant(tenant).await?;
-        let registry = CachedRegistry::new(
-            self.store.clone(),
-            CacheSettings {
-                ttl: Duration::ZERO,
-                negative_ttl: Duration::ZERO,
-                capacity: 1,
-            },
-            file_rules,
-        );
-        let device = registry.load(client_id).await?;
-        let device = device.filter(|d| d.tenant == t.id);
+        let record = self.store.load_device(t.id, client_id).await?;
+        let device = record.map(|r| compile_view(r, &file_rules));
         if device.is_none() {
             return Err(
                 StoreError::NotFound(format!("device {client_id} in tenant {tenant}")).into(),
             );
         }
         Ok(core::decide_authz(
-            device.as_deref(),
+            device.as_ref(),
             action,
             topic,
             UnknownClient::Deny,

@@ -149,47 +149,53 @@ impl CachedRegistry {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let rules: Vec<Rule> = r
-            .rules
-            .iter()
-            .map(|s| Rule {
-                permission: s.permission,
-                action: s.action,
-                topic: s.topic.clone(),
-                source: match s.client_id {
-                    Some(_) => RuleSource::Device { id: s.id },
-                    None => RuleSource::Tenant { id: s.id },
-                },
-            })
-            .chain(files.iter().cloned())
-            .collect();
-        let creds = r
-            .credentials
-            .into_iter()
-            .map(|c| CredentialView {
-                id: c.id,
-                kind: c.kind,
-                digest: c.digest,
-                expires_at: c.expires_at,
-            })
-            .collect();
-        let (device_rate, tenant_rate) = (r.device_limit, r.tenant_limit);
-        let d = r.device;
-        let mut view = DeviceView::new(
-            d.tenant_id,
-            r.tenant_name,
-            d.client_id,
-            d.username,
-            d.enabled,
-            creds,
-            &rules,
-        );
-        view.device_rate = device_rate;
-        view.tenant_rate = tenant_rate;
-        view
+        compile_view(r, &files)
     }
 }
 
 fn unshare(e: Arc<StoreError>) -> StoreError {
     Arc::try_unwrap(e).unwrap_or_else(|e| StoreError::Invalid(format!("shared load failed: {e}")))
+}
+
+/// Compiles a stored record into the hot path's view: its stored rules (device, then tenant) followed
+/// by `file_rules`, placeholders expanded; credentials as digests; limit overrides.
+pub fn compile_view(r: DeviceRecord, file_rules: &[Rule]) -> DeviceView {
+    let rules: Vec<Rule> = r
+        .rules
+        .iter()
+        .map(|s| Rule {
+            permission: s.permission,
+            action: s.action,
+            topic: s.topic.clone(),
+            source: match s.client_id {
+                Some(_) => RuleSource::Device { id: s.id },
+                None => RuleSource::Tenant { id: s.id },
+            },
+        })
+        .chain(file_rules.iter().cloned())
+        .collect();
+    let creds = r
+        .credentials
+        .into_iter()
+        .map(|c| CredentialView {
+            id: c.id,
+            kind: c.kind,
+            digest: c.digest,
+            expires_at: c.expires_at,
+        })
+        .collect();
+    let (device_rate, tenant_rate) = (r.device_limit, r.tenant_limit);
+    let d = r.device;
+    let mut view = DeviceView::new(
+        d.tenant_id,
+        r.tenant_name,
+        d.client_id,
+        d.username,
+        d.enabled,
+        creds,
+        &rules,
+    );
+    view.device_rate = device_rate;
+    view.tenant_rate = tenant_rate;
+    view
 }

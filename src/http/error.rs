@@ -20,9 +20,6 @@ pub enum ApiError {
     /// No such endpoint.
     #[error("not found")]
     NotFound,
-    /// Something broke inside; details are in the log only.
-    #[error("internal error")]
-    Internal,
 }
 
 impl IntoResponse for ApiError {
@@ -32,7 +29,6 @@ impl IntoResponse for ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (
             status,

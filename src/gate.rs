@@ -96,6 +96,16 @@ impl Gate {
         self
     }
 
+    /// Records an operator action taken through the server (rule reload, lockout clear).
+    pub fn record_admin(&self, action: &str, subject: &str) {
+        tracing::info!(target: "mqgate::audit", event = "admin", action, subject);
+        let event = AuditEvent::Admin {
+            action: action.into(),
+            subject: subject.into(),
+        };
+        self.audit(None, event);
+    }
+
     fn audit(&self, tenant: Option<i64>, event: AuditEvent) {
         if let Some(sink) = &self.audit {
             sink.record(AuditRecord {
@@ -118,7 +128,7 @@ impl Gate {
     /// Clears a client id's or address's lockout (`mqgate lockout clear`).
     pub fn clear_lockout(&self, key: &str) -> bool {
         let cleared = self.guard().clear(key);
-        tracing::info!(target: "mqgate::audit", event = "admin", action = "lockout.clear", subject = key, cleared);
+        self.record_admin("lockout.clear", key);
         cleared
     }
 

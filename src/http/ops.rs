@@ -49,7 +49,8 @@ async fn acl_reload(_: Internal, State(s): State<HttpState>) -> Result<Json<Valu
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let n = rules.len();
     s.gate.registry().set_file_rules(rules).await;
-    tracing::info!(target: "mqgate::audit", event = "acl_reload", rules = n, "file ACL rules reloaded");
+    s.gate
+        .record_admin("acl.reload", &format!("{n} file rules"));
     Ok(Json(json!({ "reloaded": n })))
 }
 

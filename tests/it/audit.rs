@@ -27,7 +27,9 @@ async fn auth_outcomes_and_admin_actions_are_chained_in_the_store(store: Store) 
     app.authn("dev-1", "", "mqg_wrong").await;
     app.authz("dev-1", "publish", "acme/dev-2/x").await;
     app.admin.set_enabled("acme", "dev-1", false).await.unwrap();
-    let all = entries(&store, 6).await;
+    let (status, _, _) = app.post("/v1/ops/acl-reload", &serde_json::json!({})).await;
+    assert_eq!(status, 200);
+    let all = entries(&store, 7).await;
     chain::verify(&all, chain::GENESIS.into()).expect("the chain verifies");
     let kinds: Vec<&str> = all.iter().map(|e| e.kind.as_str()).collect();
     for k in ["admin", "connect", "denied"] {
@@ -45,6 +47,10 @@ async fn auth_outcomes_and_admin_actions_are_chained_in_the_store(store: Store) 
             .any(|d| d.contains(r#""cause":"bad_secret""#))
     );
     assert!(all.iter().any(|e| e.detail.contains("device.disable")));
+    assert!(
+        all.iter().any(|e| e.detail.contains("acl.reload")),
+        "operator actions through the server too"
+    );
     assert!(
         all.iter()
             .all(|e| !e.detail.contains(&token) && !e.detail.contains("mqg_wrong")),

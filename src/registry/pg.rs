@@ -124,10 +124,13 @@ impl PgStore {
         Ok(tx)
     }
 
-    async fn notify(tx: &mut Tx, payload: &str) -> StoreResult<()> {
+    /// Announces the change on the NOTIFY channel and commits: the notification is delivered
+    /// with the commit, never for a change that rolled back.
+    async fn commit_announcing(mut tx: Tx, payload: &str) -> StoreResult<()> {
         sqlx::query!("SELECT pg_notify($1, $2)", CHANNEL, payload)
-            .fetch_one(&mut **tx)
+            .fetch_one(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -214,8 +217,7 @@ impl PgStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| rows::conflict(e, conflict))?;
-        Self::notify(&mut tx, &device_payload(t, &d.client_id)).await?;
-        tx.commit().await?;
+        Self::commit_announcing(tx, &device_payload(t, &d.client_id)).await?;
         Ok(r.into())
     }
 
@@ -235,8 +237,7 @@ impl PgStore {
         .execute(&mut *tx)
         .await?;
         rows::one(done.rows_affected(), client_id)?;
-        Self::notify(&mut tx, &device_payload(t, client_id)).await?;
-        tx.commit().await?;
+        Self::commit_announcing(tx, &device_payload(t, client_id)).await?;
         Ok(())
     }
 
@@ -257,8 +258,7 @@ impl PgStore {
         )
         .execute(&mut *tx)
         .await?;
-        Self::notify(&mut tx, &device_payload(t, client_id)).await?;
-        tx.commit().await?;
+        Self::commit_announcing(tx, &device_payload(t, client_id)).await?;
         Ok(())
     }
 
@@ -295,8 +295,7 @@ impl PgStore {
         )
         .fetch_one(&mut *tx)
         .await?;
-        Self::notify(&mut tx, &device_payload(t, client_id)).await?;
-        tx.commit().await?;
+        Self::commit_announcing(tx, &device_payload(t, client_id)).await?;
         Ok(id)
     }
 
@@ -320,8 +319,7 @@ impl PgStore {
         )
         .execute(&mut *tx)
         .await?;
-        Self::notify(&mut tx, &device_payload(t, client_id)).await?;
-        tx.commit().await?;
+        Self::commit_announcing(tx, &device_payload(t, client_id)).await?;
         Ok(done.rows_affected())
     }
 
@@ -344,8 +342,7 @@ impl PgStore {
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("credential {credential_id}")))?;
-        Self::notify(&mut tx, &device_payload(t, &owner)).await?;
-        tx.commit().await?;
+        Self::commit_announcing(tx, &device_payload(t, &owner)).await?;
         Ok(())
     }
 
@@ -380,8 +377,7 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         }
-        Self::notify(&mut tx, &scope_payload(t, client_id)).await?;
-        tx.commit().await?;
+        Self::commit_announcing(tx, &scope_payload(t, client_id)).await?;
         Ok(())
     }
 
@@ -428,8 +424,7 @@ impl PgStore {
         )
         .fetch_one(&mut *tx)
         .await?;
-        Self::notify(&mut tx, &scope_payload(t, client_id)).await?;
-        tx.commit().await?;
+        Self::commit_announcing(tx, &scope_payload(t, client_id)).await?;
         Ok(id)
     }
 
@@ -475,8 +470,7 @@ impl PgStore {
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("rule {rule_id}")))?
         .client_id;
-        Self::notify(&mut tx, &scope_payload(t, owner.as_deref())).await?;
-        tx.commit().await?;
+        Self::commit_announcing(tx, &scope_payload(t, owner.as_deref())).await?;
         Ok(owner)
     }
 

@@ -271,7 +271,8 @@ impl Gate {
         if decision.is_allow() {
             self.guard().record_success(client_id, peer, now);
         } else if decision.verdict == Verdict::Deny && decision.cause.is_auth_failure() {
-            let locked = self.guard().record_failure(client_id, peer, now);
+            let known = (decision.cause != Cause::UnknownClient).then_some(client_id);
+            let locked = self.guard().record_failure(known, peer, now);
             if let Some(locked) = locked {
                 tracing::warn!(target: "mqgate::audit", event = "lockout", %client_id, peer, ?locked, "too many failed authentications");
                 let scope = match locked {

@@ -114,6 +114,21 @@ pub struct FailureGuard {
 /// At most this many familiar addresses are kept per client id (oldest dropped).
 const FAMILIAR_MAX: usize = 8;
 
+/// At most this many client ids, and as many addresses, are tracked: past that, new ones are not
+/// counted until `sweep` frees room (memory stays bounded under a spray of new addresses).
+const TRACKED_MAX: usize = 1_000_000;
+
+/// The entry for `key`, created if there is room.
+fn slot<'a, V: Default>(map: &'a mut HashMap<String, V>, key: &str) -> Option<&'a mut V> {
+    if !map.contains_key(key) {
+        if map.len() >= TRACKED_MAX {
+            return None;
+        }
+        map.insert(key.to_string(), V::default());
+    }
+    map.get_mut(key)
+}
+
 impl FailureGuard {
     /// A guard with `policy`.
     pub fn new(policy: LockoutPolicy) -> Self {
@@ -140,21 +155,31 @@ impl FailureGuard {
         })
     }
 
-    /// Records a failed authentication; returns the lockout it caused, if any.
-    pub fn record_failure(&mut self, client_id: &str, peer: &str, now: i64) -> Option<Locked> {
+    /// Records a failed authentication; returns the lockout it caused, if any. `client_id` is
+    /// `None` for a client id the registry does not know: that failure counts against the address
+    /// only, so a spray of invented client ids cannot grow the table of client ids.
+    pub fn record_failure(
+        &mut self,
+        client_id: Option<&str>,
+        peer: &str,
+        now: i64,
+    ) -> Option<Locked> {
         let p = self.policy;
-        let addr = self.addresses.entry(peer.to_string()).or_default();
-        let addr_locked = addr.fail(now, p.ip_max_failures, p.window_ms, p.ip_lockout_ms);
-        let state = self.clients.entry(client_id.to_string()).or_default();
-        let familiar = state
-            .familiar
-            .get(peer)
-            .is_some_and(|t| *t > now - p.familiar_ms);
-        let client_locked = !familiar
-            && state
-                .counter
-                .fail(now, p.max_failures, p.window_ms, p.lockout_ms);
-        if client_locked {
+        let addr_locked = slot(&mut self.addresses, peer)
+            .is_some_and(|a| a.fail(now, p.ip_max_failures, p.window_ms, p.ip_lockout_ms));
+        let state = client_id.and_then(|c| slot(&mut self.clients, c));
+        let client_locked = state.is_some_and(|state| {
+            let familiar = state
+                .familiar
+                .get(peer)
+                .is_some_and(|t| *t > now - p.familiar_ms);
+            !familiar
+                && state
+                    .counter
+                    .fail(now, p.max_failures, p.window_ms, p.lockout_ms)
+        });
+        let state = client_id.and_then(|c| self.clients.get(c));
+        if let (true, Some(state)) = (client_locked, state) {
             Some(Locked::ClientId {
                 until_ms: state.counter.locked_until,
             })
@@ -170,7 +195,9 @@ impl FailureGuard {
     /// Records a successful authentication: `peer` becomes familiar for `client_id`. Successes
     /// never count against anyone.
     pub fn record_success(&mut self, client_id: &str, peer: &str, now: i64) {
-        let state = self.clients.entry(client_id.to_string()).or_default();
+        let Some(state) = slot(&mut self.clients, client_id) else {
+            return;
+        };
         state.familiar.insert(peer.to_string(), now);
         if state.familiar.len() > FAMILIAR_MAX
             && let Some(oldest) = state
@@ -250,10 +277,10 @@ mod tests {
     fn five_failures_within_fifteen_minutes_lock_the_client_id() {
         let mut g = guard();
         for i in 0..4 {
-            assert_eq!(g.record_failure("dev", "1.1.1.1", T0 + i * MIN), None);
+            assert_eq!(g.record_failure(Some("dev"), "1.1.1.1", T0 + i * MIN), None);
             assert_eq!(g.check("dev", "1.1.1.1", T0 + i * MIN), None);
         }
-        let locked = g.record_failure("dev", "1.1.1.1", T0 + 4 * MIN);
+        let locked = g.record_failure(Some("dev"), "1.1.1.1", T0 + 4 * MIN);
         assert_eq!(
             locked,
             Some(Locked::ClientId {
@@ -276,7 +303,10 @@ mod tests {
     fn failures_spread_wider_than_the_window_never_lock() {
         let mut g = guard();
         for i in 0..20 {
-            assert_eq!(g.record_failure("dev", "1.1.1.1", T0 + i * 4 * MIN), None);
+            assert_eq!(
+                g.record_failure(Some("dev"), "1.1.1.1", T0 + i * 4 * MIN),
+                None
+            );
         }
         assert_eq!(g.check("dev", "1.1.1.1", T0 + 80 * MIN), None);
     }
@@ -286,7 +316,7 @@ mod tests {
         let mut g = guard();
         g.record_success("dev", "10.0.0.5", T0);
         for i in 0..10 {
-            g.record_failure("dev", "203.0.113.9", T0 + MIN + i);
+            g.record_failure(Some("dev"), "203.0.113.9", T0 + MIN + i);
         }
         assert!(
             g.check("dev", "203.0.113.9", T0 + 2 * MIN).is_some(),
@@ -308,7 +338,7 @@ mod tests {
         let mut g = guard();
         let mut locked = None;
         for i in 0..20 {
-            locked = g.record_failure(&format!("dev-{i}"), "203.0.113.9", T0 + i);
+            locked = g.record_failure(Some(&format!("dev-{i}")), "203.0.113.9", T0 + i);
         }
         assert_eq!(
             locked,
@@ -321,6 +351,19 @@ mod tests {
             Some(Locked::Address { .. })
         ));
         assert_eq!(g.check("dev-99", "198.51.100.1", T0 + MIN), None);
+    }
+
+    #[test]
+    fn unknown_client_ids_count_against_the_address_only() {
+        let mut g = guard();
+        for i in 0..19 {
+            assert_eq!(g.record_failure(None, "203.0.113.9", T0 + i), None);
+        }
+        assert_eq!(g.tracked(), (0, 1), "invented client ids leave no trace");
+        assert!(matches!(
+            g.record_failure(None, "203.0.113.9", T0 + 20),
+            Some(Locked::Address { .. })
+        ));
     }
 
     #[test]
@@ -337,7 +380,7 @@ mod tests {
     fn operators_can_list_and_clear_lockouts() {
         let mut g = guard();
         for i in 0..5 {
-            g.record_failure("dev", "1.1.1.1", T0 + i);
+            g.record_failure(Some("dev"), "1.1.1.1", T0 + i);
         }
         let listed = g.list(T0 + 10);
         assert_eq!(
@@ -356,7 +399,7 @@ mod tests {
     #[test]
     fn sweeping_forgets_idle_state_but_keeps_familiar_addresses() {
         let mut g = guard();
-        g.record_failure("a", "1.1.1.1", T0);
+        g.record_failure(Some("a"), "1.1.1.1", T0);
         g.record_success("b", "2.2.2.2", T0);
         g.sweep(T0 + 16 * MIN);
         assert_eq!(g.tracked(), (1, 0));

@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use moka::future::Cache;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Change, DeviceRecord, Store, StoreError, StoreResult};
 use crate::acl::{Rule, RuleSource};
@@ -42,6 +43,7 @@ impl moka::Expiry<String, Entry> for EntryExpiry {
 /// The store plus its hot-path cache and the file ACL rules every device also gets.
 pub struct CachedRegistry {
     store: Store,
+    batcher: Option<FillBatcher>,
     cache: Cache<String, Entry>,
     file_rules: RwLock<Arc<Vec<Rule>>>,
     epoch: AtomicU64,
@@ -55,8 +57,11 @@ impl CachedRegistry {
             .expire_after(EntryExpiry(settings))
             .support_invalidation_closures()
             .build();
+        let batcher =
+            matches!(store, Store::Postgres(_)).then(|| FillBatcher::spawn(store.clone()));
         CachedRegistry {
             store,
+            batcher,
             cache,
             file_rules: RwLock::new(Arc::new(file_rules)),
             epoch: AtomicU64::new(0),
@@ -84,7 +89,10 @@ impl CachedRegistry {
 
     /// Loads a device without caching it (`acl check` and friends).
     pub async fn load(&self, client_id: &str) -> StoreResult<Entry> {
-        let record = self.store.load_client(client_id).await?;
+        let record = match &self.batcher {
+            Some(b) => b.load(client_id).await?,
+            None => self.store.load_client(client_id).await?,
+        };
         Ok(record.map(|r| Arc::new(self.view(r))))
     }
 
@@ -198,4 +206,50 @@ pub fn compile_view(r: DeviceRecord, file_rules: &[Rule]) -> DeviceView {
     view.device_rate = device_rate;
     view.tenant_rate = tenant_rate;
     view
+}
+
+type FillReply = oneshot::Sender<Result<Option<DeviceRecord>, String>>;
+
+/// Batches concurrent cache misses into one store call: while one batch is being fetched the next
+/// gathers, so a reconnect storm costs a round trip per batch, not per device. Used for
+/// PostgreSQL, where the round trip is the cost.
+struct FillBatcher {
+    tx: mpsc::Sender<(String, FillReply)>,
+}
+
+/// Largest batch in one call.
+const FILL_BATCH: usize = 256;
+
+impl FillBatcher {
+    fn spawn(store: Store) -> Self {
+        let (tx, mut rx) = mpsc::channel::<(String, FillReply)>(4 * FILL_BATCH);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(FILL_BATCH);
+            while rx.recv_many(&mut batch, FILL_BATCH).await > 0 {
+                let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
+                let found = store.load_clients(&ids).await.map_err(|e| e.to_string());
+                for (id, reply) in batch.drain(..) {
+                    let answer = found
+                        .as_ref()
+                        .map(|f| f.get(&id).cloned())
+                        .map_err(Clone::clone);
+                    let _ = reply.send(answer);
+                }
+            }
+        });
+        FillBatcher { tx }
+    }
+
+    async fn load(&self, client_id: &str) -> StoreResult<Option<DeviceRecord>> {
+        let (reply, answer) = oneshot::channel();
+        let gone = || StoreError::Invalid("registry fill task stopped".into());
+        self.tx
+            .send((client_id.to_string(), reply))
+            .await
+            .map_err(|_| gone())?;
+        answer
+            .await
+            .map_err(|_| gone())?
+            .map_err(|e| StoreError::Invalid(format!("registry fill failed: {e}")))
+    }
 }

@@ -192,6 +192,14 @@ impl Store {
         dispatch!(self, s => s.load_client(client_id).await)
     }
 
+    /// [`Store::load_client`] for many client ids at once (unknown ones are absent).
+    pub async fn load_clients(
+        &self,
+        ids: &[String],
+    ) -> StoreResult<std::collections::HashMap<String, DeviceRecord>> {
+        dispatch!(self, s => s.load_clients(ids).await)
+    }
+
     /// Everything the hot path needs about one device, or `None`.
     pub async fn load_device(
         &self,

@@ -335,6 +335,14 @@ async fn rules_load_device_first_then_tenant_and_bulk_load_matches_single(store:
         );
     }
     assert_eq!(s.load_client("nobody").await.unwrap(), None);
+    let ids: Vec<String> = ["d1", "d3", "nobody", "d1"]
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    let many = s.load_clients(&ids).await.unwrap();
+    assert_eq!(many.len(), 2, "unknown ids are absent, repeats collapse");
+    assert_eq!(many.get("d1"), Some(&single[0]));
+    assert_eq!(many.get("d3"), Some(&single[2]));
     s.set_rate_limit(a, None, Rate::new(5.0, 5), NOW)
         .await
         .unwrap();
@@ -357,6 +365,46 @@ async fn rules_load_device_first_then_tenant_and_bulk_load_matches_single(store:
 both_stores!(
     contract_rules,
     rules_load_device_first_then_tenant_and_bulk_load_matches_single
+);
+
+async fn a_batched_fill_spans_tenants_and_keeps_each_to_its_own(store: Store) {
+    let s = migrated(store).await;
+    let a = s.create_tenant("acme", NOW).await.unwrap().id;
+    let b = s.create_tenant("globex", NOW).await.unwrap().id;
+    s.create_device(a, &dev("a1"), NOW).await.unwrap();
+    s.create_device(b, &dev("b1"), NOW).await.unwrap();
+    s.add_credential(b, "b1", &cred(CredentialKind::Token, "tok-b1", None), NOW)
+        .await
+        .unwrap();
+    s.add_acl_rule(a, None, &rule(Permission::Allow, "acme-only"), NOW)
+        .await
+        .unwrap();
+    s.add_acl_rule(b, None, &rule(Permission::Allow, "globex-only"), NOW)
+        .await
+        .unwrap();
+    let ids = vec!["a1".to_string(), "b1".to_string()];
+    let many = s.load_clients(&ids).await.unwrap();
+    assert_eq!(
+        many.get("a1"),
+        s.load_device(a, "a1").await.unwrap().as_ref()
+    );
+    assert_eq!(
+        many.get("b1"),
+        s.load_device(b, "b1").await.unwrap().as_ref()
+    );
+    let a1 = &many["a1"];
+    assert_eq!((a1.tenant_name.as_str(), a1.credentials.len()), ("acme", 0));
+    assert_eq!(
+        a1.rules
+            .iter()
+            .map(|r| r.topic.as_str())
+            .collect::<Vec<_>>(),
+        ["acme-only"]
+    );
+}
+both_stores!(
+    contract_batched_fill,
+    a_batched_fill_spans_tenants_and_keeps_each_to_its_own
 );
 
 async fn every_write_is_announced_on_the_change_feed(store: Store) {

@@ -58,6 +58,21 @@ impl SqliteStore {
         rows::from_children(&name, dev, children)
     }
 
+    /// Cache fills for many client ids. SQLite has no network round trip to save, so this is one
+    /// fill per id (keeping the pool's connections free for concurrent fills).
+    pub(crate) async fn load_clients(
+        &self,
+        ids: &[String],
+    ) -> StoreResult<std::collections::HashMap<String, DeviceRecord>> {
+        let mut out = std::collections::HashMap::with_capacity(ids.len());
+        for id in ids {
+            if let Some(rec) = self.load_client(id).await? {
+                out.insert(id.clone(), rec);
+            }
+        }
+        Ok(out)
+    }
+
     pub(crate) async fn load_device(
         &self,
         t: TenantId,

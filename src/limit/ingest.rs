@@ -95,39 +95,30 @@ impl IngestLimiter {
             tenants,
             refused,
         } = &mut *b;
-        let device_take = match device_rate {
-            Some(rate) => {
-                let bucket = devices.entry_ref(client_id);
-                Some((
-                    bucket.peek(rate, now_ms, 1).map_err(|_| LimitScope::Device),
-                    rate,
-                ))
+        // One lookup per bucket: peek both, and commit both only when both conform.
+        let mut device = device_rate.map(|rate| (devices.entry_ref(client_id), rate));
+        let mut shared = tenant_rate.map(|rate| (tenants.entry(tenant).or_default(), rate));
+        let device_take = device
+            .as_ref()
+            .map(|(g, rate)| g.peek(*rate, now_ms, 1).map_err(|_| LimitScope::Device));
+        let tenant_take = shared
+            .as_ref()
+            .map(|(g, rate)| g.peek(*rate, now_ms, 1).map_err(|_| LimitScope::Tenant));
+        match (device_take, tenant_take) {
+            (Some(Err(scope)), _) | (_, Some(Err(scope))) => {
+                *refused.entry(tenant).or_default() += 1;
+                Err(scope)
             }
-            None => None,
-        };
-        let tenant_take = tenant_rate.map(|rate| {
-            tenants
-                .entry(tenant)
-                .or_default()
-                .peek(rate, now_ms, 1)
-                .map_err(|_| LimitScope::Tenant)
-        });
-        let outcome = match (&device_take, &tenant_take) {
-            (Some((Err(s), _)), _) | (_, Some(Err(s))) => Err(*s),
-            _ => Ok(()),
-        };
-        match outcome {
-            Ok(()) => {
-                if let Some((Ok(t), _)) = device_take {
-                    devices.entry_ref(client_id).commit(t);
+            (d, t) => {
+                if let (Some((g, _)), Some(Ok(take))) = (device.as_mut(), d) {
+                    g.commit(take);
                 }
-                if let Some(Ok(t)) = tenant_take {
-                    tenants.entry(tenant).or_default().commit(t);
+                if let (Some((g, _)), Some(Ok(take))) = (shared.as_mut(), t) {
+                    g.commit(take);
                 }
+                Ok(())
             }
-            Err(_) => *refused.entry(tenant).or_default() += 1,
         }
-        outcome
     }
 
     /// Publishes refused per tenant since the last call (for the aggregated audit line and metric).

@@ -87,7 +87,7 @@ pub fn parse_file(name: &str, text: &str) -> Result<Vec<Rule>, AclFileError> {
     let mut headers = text
         .lines()
         .enumerate()
-        .filter(|(_, l)| l.trim() == "[[rule]]")
+        .filter(|(_, l)| is_rule_header(l))
         .map(|(i, _)| i + 1);
     let file: std::sync::Arc<str> = name.into();
     parsed
@@ -113,6 +113,15 @@ pub fn parse_file(name: &str, text: &str) -> Result<Vec<Rule>, AclFileError> {
         .collect()
 }
 
+/// Whether a line opens a `[[rule]]` table (TOML allows spaces inside the brackets and a trailing
+/// comment: `[[ rule ]]  # note`).
+fn is_rule_header(line: &str) -> bool {
+    let code = line.split('#').next().unwrap_or("");
+    code.chars()
+        .filter(|c| !c.is_whitespace())
+        .eq("[[rule]]".chars())
+}
+
 /// Loads every `*.toml` under `dir` in file-name order. A missing directory is an error: running
 /// without the shipped default would silently deny everything.
 pub fn load_dir(dir: &Path) -> Result<Vec<Rule>, AclFileError> {
@@ -122,9 +131,15 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Rule>, AclFileError> {
     };
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| read_err(dir, e))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .map(|e| e.map(|e| e.path()).map_err(|e| read_err(dir, e)))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .filter(|p| {
+            let hidden = p
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+            !hidden && p.extension().is_some_and(|x| x == "toml") && p.is_file()
+        })
         .collect();
     files.sort();
     let mut rules = Vec::new();
@@ -166,6 +181,20 @@ mod tests {
     }
 
     #[test]
+    fn headers_with_inner_spaces_or_comments_keep_line_numbers_right() {
+        let text = "[[ rule ]]  # first\npermission = \"allow\"\naction = \"all\"\ntopic = \"a\"\n[[rule]]#second\npermission = \"deny\"\naction = \"all\"\ntopic = \"b\"\n";
+        let lines: Vec<_> = parse_file("s.toml", text)
+            .unwrap()
+            .into_iter()
+            .map(|r| match r.source {
+                RuleSource::File { line, .. } => line,
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(lines, [1, 5]);
+    }
+
+    #[test]
     fn bad_files_fail_with_a_clear_message() {
         let bad_perm = "[[rule]]\npermission = \"maybe\"\naction = \"all\"\ntopic = \"a\"\n";
         assert!(
@@ -204,6 +233,11 @@ mod tests {
         std::fs::write(dir.path().join("20-b.toml"), rule("b")).unwrap();
         std::fs::write(dir.path().join("10-a.toml"), rule("a")).unwrap();
         std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+        std::fs::write(
+            dir.path().join(".00-editor-swap.toml"),
+            "not toml at all [[",
+        )
+        .unwrap();
         let topics: Vec<_> = load_dir(dir.path())
             .unwrap()
             .into_iter()

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use crate::acl::{Action, Permission, RuleAction};
+use crate::acl::Action;
 use crate::audit::{AuditEvent, AuditRecord};
 use crate::auth::secret::{self, NewToken, SecretError};
 use crate::clock::Clock;
@@ -408,24 +408,5 @@ impl Admin {
     /// The store's id of a tenant (for tests and tooling).
     pub async fn tenant_id(&self, name: &str) -> Result<TenantId, AdminError> {
         Ok(self.tenant(name).await?.id)
-    }
-}
-
-/// Parses `allow`/`deny`.
-pub fn parse_permission(s: &str) -> Option<Permission> {
-    match s {
-        "allow" => Some(Permission::Allow),
-        "deny" => Some(Permission::Deny),
-        _ => None,
-    }
-}
-
-/// Parses `publish`/`subscribe`/`all`.
-pub fn parse_rule_action(s: &str) -> Option<RuleAction> {
-    match s {
-        "publish" => Some(RuleAction::Publish),
-        "subscribe" => Some(RuleAction::Subscribe),
-        "all" => Some(RuleAction::All),
-        _ => None,
     }
 }

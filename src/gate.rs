@@ -295,6 +295,7 @@ impl Gate {
         device: Option<Arc<DeviceView>>,
         decision: Decision,
     ) -> ConnectOutcome {
+        let reason = decision.cause.explain();
         tracing::info!(
             target: "mqgate::audit",
             event = "connect",
@@ -303,7 +304,7 @@ impl Gate {
             peer = req.peer.as_deref().unwrap_or(""),
             verdict = ?decision.verdict,
             cause = decision.cause.label(),
-            reason = %decision.cause.explain(),
+            reason = %reason,
         );
         self.count_decision(MetricKind::Connect, &decision);
         self.audit(
@@ -311,9 +312,9 @@ impl Gate {
             AuditEvent::Connect {
                 client_id: req.client_id.clone(),
                 peer: req.peer.clone().unwrap_or_default(),
-                verdict: verdict_name(decision.verdict),
+                verdict: decision.verdict.as_str(),
                 cause: decision.cause.label(),
-                reason: decision.cause.explain(),
+                reason,
             },
         );
         ConnectOutcome { decision, device }
@@ -337,17 +338,7 @@ impl Gate {
         self.count_decision(MetricKind::Authorize, &decision);
         // Rate-limit refusals are audited in aggregate by `sweep`, not per message.
         if !decision.is_allow() && !matches!(decision.cause, Cause::RateLimited(_)) {
-            let event = AuditEvent::Denied {
-                client_id: client_id.into(),
-                action: match action {
-                    Action::Publish => "publish",
-                    Action::Subscribe => "subscribe",
-                },
-                topic: topic.into(),
-                cause: decision.cause.label(),
-                reason: decision.cause.explain(),
-            };
-            self.audit(None, event);
+            let reason = decision.cause.explain();
             tracing::info!(
                 target: "mqgate::audit",
                 event = "authorize",
@@ -356,17 +347,17 @@ impl Gate {
                 topic,
                 verdict = ?decision.verdict,
                 cause = decision.cause.label(),
-                reason = %decision.cause.explain(),
+                reason = %reason,
             );
+            let event = AuditEvent::Denied {
+                client_id: client_id.into(),
+                action: action.as_str(),
+                topic: topic.into(),
+                cause: decision.cause.label(),
+                reason,
+            };
+            self.audit(None, event);
         }
         decision
-    }
-}
-
-fn verdict_name(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Allow => "allow",
-        Verdict::Deny => "deny",
-        Verdict::Ignore => "ignore",
     }
 }

@@ -43,6 +43,28 @@ pub enum RuleAction {
     All,
 }
 
+/// The names each enum has on the wire, in the store, in rule files and on the command line:
+/// one table, read both ways.
+macro_rules! names {
+    ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// Its name.
+            pub fn as_str(self) -> &'static str {
+                match self { $($ty::$variant => $name),+ }
+            }
+
+            /// Parses its name.
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($name => Some($ty::$variant),)+ _ => None }
+            }
+        }
+    };
+}
+
+names!(Action { Publish => "publish", Subscribe => "subscribe" });
+names!(Permission { Allow => "allow", Deny => "deny" });
+names!(RuleAction { Publish => "publish", Subscribe => "subscribe", All => "all" });
+
 /// Where a rule came from, so a decision can name it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -242,8 +264,8 @@ impl CompiledAcl {
                 return None;
             }
             list.push(serde_json::json!({
-                "permission": match r.permission { Permission::Allow => "allow", Permission::Deny => "deny" },
-                "action": match r.action { RuleAction::Publish => "publish", RuleAction::Subscribe => "subscribe", RuleAction::All => "all" },
+                "permission": r.permission.as_str(),
+                "action": r.action.as_str(),
                 "topic": r.expanded,
             }));
         }

@@ -13,7 +13,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
 use crate::acl::Action;
-use crate::admin::{Admin, parse_permission, parse_rule_action};
+use crate::acl::{Permission, RuleAction};
+use crate::admin::Admin;
 use crate::app::App;
 use crate::clock::Clock;
 use crate::config::Config;
@@ -393,11 +394,7 @@ async fn acl(cmd: AclCmd, admin: &Admin, config: &Config, out: &Out) -> Result<(
             action,
             topic,
         } => {
-            let action = match action.as_str() {
-                "publish" => Action::Publish,
-                "subscribe" => Action::Subscribe,
-                _ => bail!("--action must be publish or subscribe"),
-            };
+            let action = Action::parse(&action).context("--action must be publish or subscribe")?;
             let files = crate::acl::file::load_dir(&config.acl_rules_dir)?;
             let decision = admin
                 .check(&d.tenant, &d.client_id, action, &topic, files)
@@ -417,9 +414,9 @@ async fn acl(cmd: AclCmd, admin: &Admin, config: &Config, out: &Out) -> Result<(
             topic,
         } => {
             let rule = NewAclRule {
-                permission: parse_permission(&permission)
+                permission: Permission::parse(&permission)
                     .context("--permission must be allow or deny")?,
-                action: parse_rule_action(&action)
+                action: RuleAction::parse(&action)
                     .context("--action must be publish, subscribe or all")?,
                 topic,
             };

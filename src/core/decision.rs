@@ -19,6 +19,17 @@ pub enum Verdict {
     Ignore,
 }
 
+impl Verdict {
+    /// Its name on the wire (`allow`, `deny`, `ignore`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+            Verdict::Ignore => "ignore",
+        }
+    }
+}
+
 /// Why a decision came out as it did; rich enough for `explain`, audit and metrics labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cause {

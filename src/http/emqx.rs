@@ -117,7 +117,7 @@ async fn authn(
         peer: b.peerhost.get().map(str::to_string),
     };
     let outcome = s.gate.connect(req).await;
-    let mut answer = json!({ "result": verdict(outcome.decision.verdict), "is_superuser": false });
+    let mut answer = json!({ "result": outcome.decision.verdict.as_str(), "is_superuser": false });
     if let (Verdict::Allow, Some(device)) = (outcome.decision.verdict, &outcome.device) {
         answer["client_attrs"] = json!({ "tenant": device.tenant_name });
         if let Cause::Credential {
@@ -164,13 +164,5 @@ fn action(b: &AuthzBody) -> Result<Action, ApiError> {
         _ => Err(ApiError::BadRequest(
             "field `action` must be `publish` or `subscribe`".into(),
         )),
-    }
-}
-
-fn verdict(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Allow => "allow",
-        Verdict::Deny => "deny",
-        Verdict::Ignore => "ignore",
     }
 }

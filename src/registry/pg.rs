@@ -417,8 +417,8 @@ impl PgStore {
             "INSERT INTO acl_rules (tenant_id, device_id, permission, action, topic, created_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
             t.0,
             device_id,
-            rows::permission_str(r.permission),
-            rows::action_str(r.action),
+            r.permission.as_str(),
+            r.action.as_str(),
             r.topic,
             now
         )

@@ -11,23 +11,6 @@ pub(crate) fn kind(s: &str) -> StoreResult<CredentialKind> {
         .ok_or_else(|| StoreError::Invalid(format!("unknown credential kind {s:?}")))
 }
 
-/// The `permission` column value.
-pub(crate) fn permission_str(p: Permission) -> &'static str {
-    match p {
-        Permission::Allow => "allow",
-        Permission::Deny => "deny",
-    }
-}
-
-/// The `action` column value.
-pub(crate) fn action_str(a: RuleAction) -> &'static str {
-    match a {
-        RuleAction::Publish => "publish",
-        RuleAction::Subscribe => "subscribe",
-        RuleAction::All => "all",
-    }
-}
-
 /// A stored rate, checked again on the way out.
 pub(crate) fn rate(per_sec: f64, burst: i64) -> StoreResult<Rate> {
     u32::try_from(burst)
@@ -70,17 +53,11 @@ pub(crate) struct RuleRow {
 
 impl RuleRow {
     pub(crate) fn into_stored(self) -> StoreResult<StoredAclRule> {
-        let permission = match self.permission.as_str() {
-            "allow" => Permission::Allow,
-            "deny" => Permission::Deny,
-            p => return Err(StoreError::Invalid(format!("unknown permission {p:?}"))),
-        };
-        let action = match self.action.as_str() {
-            "publish" => RuleAction::Publish,
-            "subscribe" => RuleAction::Subscribe,
-            "all" => RuleAction::All,
-            a => return Err(StoreError::Invalid(format!("unknown action {a:?}"))),
-        };
+        let permission = Permission::parse(&self.permission).ok_or_else(|| {
+            StoreError::Invalid(format!("unknown permission {:?}", self.permission))
+        })?;
+        let action = RuleAction::parse(&self.action)
+            .ok_or_else(|| StoreError::Invalid(format!("unknown action {:?}", self.action)))?;
         let client_id = self.device_id.and(self.client_id);
         Ok(StoredAclRule {
             id: self.id,

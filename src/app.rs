@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use crate::audit::sink::AuditSink;
 use crate::auth::secret::{SecretVerifier, SharedSecret};
+use crate::auth::trust::TrustStore;
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::gate::{Gate, GateOptions};
@@ -108,9 +109,21 @@ impl App {
             lockout: config.lockout,
             limits: config.limits,
         };
+        // One TLS crypto provider for the process (see ARCHITECTURE.md): ring.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let trust = Arc::new(TrustStore::new(
+            config.certs.crl_failure,
+            i64::try_from(config.certs.expiry_warning.as_secs()).unwrap_or(i64::MAX / 2),
+        ));
+        trust.reload(&store).await?;
         let sink = AuditSink::spawn(store.clone());
-        let gate = Arc::new(Gate::new(registry, verifier, clock, options).with_audit(sink));
+        let gate = Arc::new(
+            Gate::new(registry, verifier, clock, options)
+                .with_audit(sink)
+                .with_trust(trust),
+        );
         spawn_sweeper(&gate);
+        crate::cert_upkeep::spawn(&gate, config.certs.clone());
         let limits = ServerLimits {
             header_read_timeout: config.header_read_timeout,
         };

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::auth::trust::CrlFailure;
 use crate::core::UnknownClient;
 use crate::limit::bucket::Rate;
 use crate::limit::ingest::LimitDefaults;
@@ -48,6 +49,12 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("tenant_rate", Some("0")),
     ("tenant_burst", Some("0")),
     ("replicas", Some("1")),
+    ("ca_key_secret", None),
+    ("crl_failure", Some("deny")),
+    ("crl_validity", Some("7d")),
+    ("crl_refresh", Some("1h")),
+    ("crl_dir", Some("certs/crl")),
+    ("cert_expiry_warning", Some("30d")),
 ];
 
 /// mqgate's configuration, validated.
@@ -89,6 +96,42 @@ pub struct Config {
     pub lockout: LockoutPolicy,
     /// Ingestion limit defaults (rate 0: none) and the replica count sharing them.
     pub limits: LimitDefaults,
+    /// Certificate authorities and revocation lists.
+    pub certs: CertConfig,
+}
+
+/// Certificate settings.
+#[derive(Clone)]
+pub struct CertConfig {
+    /// Seals the private keys of mqgate-created CAs in the store (required to create a CA, issue
+    /// certificates and sign CRLs).
+    pub ca_key_secret: Option<SecretString>,
+    /// What happens to certificates of a CA whose CRL is unavailable or stale.
+    pub crl_failure: CrlFailure,
+    /// How long a CRL mqgate signs stays valid (its next-update); `serve` re-signs at half-life.
+    pub crl_validity: Duration,
+    /// How often CRLs of imported CAs are fetched from their URLs (sooner when next-update nears).
+    pub crl_refresh: Duration,
+    /// Where `serve` and `crl publish` write signed CRLs (PEM), one file per CA.
+    pub crl_dir: PathBuf,
+    /// Certificates ending within this are reported (`cert expiring`, metric, log warning).
+    pub expiry_warning: Duration,
+}
+
+impl CertConfig {
+    /// The CA key sealer, or the error CA operations stop with.
+    pub fn sealer(&self) -> Result<crate::auth::cert::KeySealer, ConfigError> {
+        self.ca_key_secret
+            .as_ref()
+            .map(|s| crate::auth::cert::KeySealer::new(s.expose_secret()))
+            .ok_or_else(|| {
+                ConfigError::Missing(format!(
+                    "MQGATE_CA_KEY_SECRET is not set: it seals CA private keys in the store \
+                     (at least {MIN_SECRET_LEN} characters; e.g. `openssl rand -hex 32`; keep it \
+                     apart from the database backups)"
+                ))
+            })
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -243,6 +286,18 @@ impl Layers {
                 tenant: self.rate("tenant_rate", "tenant_burst")?,
                 replicas: self.parse("replicas", parse_positive)?,
             },
+            certs: CertConfig {
+                ca_key_secret: self.optional("ca_key_secret", parse_secret)?,
+                crl_failure: self.parse("crl_failure", |s| match s {
+                    "deny" => Ok(CrlFailure::Deny),
+                    "allow" => Ok(CrlFailure::Allow),
+                    _ => Err("must be `deny` or `allow`".into()),
+                })?,
+                crl_validity: self.parse("crl_validity", parse_positive_duration)?,
+                crl_refresh: self.parse("crl_refresh", parse_positive_duration)?,
+                crl_dir: self.parse("crl_dir", |s| Ok(PathBuf::from(s)))?,
+                expiry_warning: self.parse("cert_expiry_warning", parse_duration)?,
+            },
         })
     }
 
@@ -317,7 +372,7 @@ impl Config {
 fn parse_secret(s: &str) -> Result<SecretString, String> {
     if s.chars().count() < MIN_SECRET_LEN {
         return Err(format!(
-            "the internal secret must be at least {MIN_SECRET_LEN} characters (e.g. `openssl rand -hex 32`)"
+            "the secret must be at least {MIN_SECRET_LEN} characters (e.g. `openssl rand -hex 32`)"
         ));
     }
     Ok(SecretString::from(s))
@@ -328,6 +383,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         return Ok(Duration::from_secs(secs));
     }
     humantime::parse_duration(s).map_err(|e| format!("not a duration ({e}); use e.g. 30s, 5m, 24h"))
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s).and_then(|d| {
+        if d.is_zero() {
+            Err("must be longer than zero".into())
+        } else {
+            Ok(d)
+        }
+    })
 }
 
 fn parse_ms(s: &str) -> Result<i64, String> {

@@ -12,6 +12,7 @@ use crate::acl::Action;
 use crate::audit::sink::AuditSink;
 use crate::audit::{AuditEvent, AuditRecord};
 use crate::auth::secret::{self, SecretVerifier, VerifiedSecret};
+use crate::auth::trust::{CertIdentity, CertRejection, CrlFailure, TrustStore};
 use crate::clock::Clock;
 use crate::core::{self, Cause, Decision, DeviceView, UnknownClient, Verdict};
 use crate::limit::ingest::{IngestLimiter, LimitDefaults};
@@ -20,8 +21,24 @@ use crate::metrics::{Kind as MetricKind, Metrics};
 use crate::registry::cache::CachedRegistry;
 use crate::registry::{Change, CredentialKind};
 
+/// A client certificate as a transport received it.
+#[derive(Debug, Clone)]
+pub enum PresentedCert {
+    /// The certificate itself (DER), e.g. EMQX `${cert_pem}`: mqgate verifies it.
+    Der(Vec<u8>),
+    /// Only its names (EMQX `${cert_common_name}` / `${cert_subject}`): the broker verified it.
+    Names {
+        /// Common name.
+        common_name: Option<String>,
+        /// Subject DN.
+        subject: Option<String>,
+    },
+    /// Verified by mqgate's own TLS listener.
+    Verified(CertIdentity),
+}
+
 /// A CONNECT as any transport sees it. `Debug` never shows the secret.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct ConnectRequest {
     /// MQTT client id.
     pub client_id: String,
@@ -31,6 +48,8 @@ pub struct ConnectRequest {
     pub secret: Option<SecretString>,
     /// The device's address as the broker saw it.
     pub peer: Option<String>,
+    /// The client certificate, when the device connected over TLS with one.
+    pub cert: Option<PresentedCert>,
 }
 
 /// A CONNECT decision and the device it concerned (for broker-specific extras).
@@ -63,6 +82,7 @@ pub struct Gate {
     limiter: IngestLimiter,
     audit: Option<Arc<AuditSink>>,
     metrics: Metrics,
+    trust: Arc<TrustStore>,
 }
 
 impl Gate {
@@ -82,6 +102,7 @@ impl Gate {
             limiter: IngestLimiter::new(options.limits),
             audit: None,
             metrics: Metrics::default(),
+            trust: Arc::new(TrustStore::new(CrlFailure::Deny, 0)),
         }
     }
 
@@ -94,6 +115,22 @@ impl Gate {
     pub fn with_audit(mut self, sink: Arc<AuditSink>) -> Self {
         self.audit = Some(sink);
         self
+    }
+
+    /// Decides certificates against `trust`.
+    pub fn with_trust(mut self, trust: Arc<TrustStore>) -> Self {
+        self.trust = trust;
+        self
+    }
+
+    /// The clock decisions are made with.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// The certificate trust in force.
+    pub fn trust(&self) -> &Arc<TrustStore> {
+        &self.trust
     }
 
     /// Records an operator action taken through the server (rule reload, lockout clear).
@@ -177,19 +214,50 @@ impl Gate {
             .secret
             .as_ref()
             .filter(|s| !s.expose_secret().is_empty());
+        let identity = req.cert.as_ref().map(|c| self.identify(&req.client_id, c));
         let checked = core::precheck_connect(
             device.as_deref(),
             req.username.as_deref(),
-            secret.is_some(),
+            secret.is_some() || identity.is_some(),
             self.unknown,
         );
-        let decision = match (checked, secret) {
-            (Err(d), _) => d,
-            (Ok(dev), Some(secret)) => self.verify_and_decide(dev, secret).await,
-            (Ok(_), None) => Decision::deny(Cause::NoSecret),
+        let decision = match (checked, identity, secret) {
+            (Err(d), _, _) => d,
+            (Ok(_), Some(Err(rejected)), _) => Decision::deny(Cause::CertRejected(rejected)),
+            (Ok(dev), Some(Ok(id)), secret) => match core::check_cert_identity(dev, &id) {
+                Err(d) => d,
+                // Certificate plus secret: both must hold.
+                Ok(()) => match secret {
+                    Some(secret) => self.verify_and_decide(dev, secret).await,
+                    None => core::allow_by_certificate(&id),
+                },
+            },
+            (Ok(dev), None, Some(secret)) => self.verify_and_decide(dev, secret).await,
+            (Ok(_), None, None) => Decision::deny(Cause::NoSecret),
         };
         self.count(&req.client_id, peer, &decision);
         self.record_connect(&req, device, decision)
+    }
+
+    fn identify(
+        &self,
+        client_id: &str,
+        cert: &PresentedCert,
+    ) -> Result<CertIdentity, CertRejection> {
+        let now = self.clock.now();
+        match cert {
+            PresentedCert::Der(der) => self.trust.current().identify(der, &[], now),
+            PresentedCert::Names {
+                common_name,
+                subject,
+            } => self.trust.current().identify_by_names(
+                client_id,
+                common_name.as_deref(),
+                subject.as_deref(),
+                now,
+            ),
+            PresentedCert::Verified(id) => Ok(id.clone()),
+        }
     }
 
     async fn verify_and_decide(&self, dev: &DeviceView, secret: &SecretString) -> Decision {

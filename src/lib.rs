@@ -8,7 +8,9 @@
 //! - [`http`]: the HTTP server, shared guards and limits, and the broker dialects (EMQX).
 //! - [`gate`]: the one async entry every transport calls (cache → verify → core → audit).
 //! - [`acl`]: topic ACL rules, placeholder expansion, MQTT topic matching, rule files.
-//! - [`auth`]: the security kernel — token/password hashing and the one constant-time compare.
+//! - [`auth`]: the security kernel — token/password hashing and the one constant-time compare,
+//!   device certificates, CRLs, and the certificate trust (with the rustls client verifier).
+//! - [`cert_upkeep`]: keeps certificate trust current while serving (reloads, CRL fetch/re-sign).
 //! - [`limit`]: rate buckets and the brute-force guard (pure, time passed in).
 //! - [`metrics`]: decision and rate-limit counters for `/metrics`.
 //! - [`registry`]: the device store (PostgreSQL / SQLite), its cache and change notification.
@@ -23,6 +25,7 @@ pub mod admin;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod cert_upkeep;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -1,3 +1,7 @@
-//! The security kernel: secret hashing and verification (the only place secrets are compared).
+//! The security kernel: secret hashing and verification (the only place secrets are compared),
+//! device certificates, revocation lists and the trust they add up to.
 
+pub mod cert;
+pub mod crl;
 pub mod secret;
+pub mod trust;

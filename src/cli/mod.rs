@@ -1,6 +1,7 @@
-//! The operator CLI: `mqgate serve | migrate | tenant | device | cred | acl`. Every command takes
+//! The operator CLI: `mqgate serve | migrate | tenant | device | cred | acl | ca | cert | crl | …`. Every command takes
 //! `--json` for scripts. Secrets are printed once (new tokens) and read from stdin (passwords).
 
+mod certs;
 mod output;
 
 use std::io::BufRead;
@@ -70,6 +71,15 @@ enum Command {
     /// Inspect and verify the audit trail.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Tenant certificate authorities.
+    #[command(subcommand)]
+    Ca(certs::CaCmd),
+    /// Device certificates.
+    #[command(subcommand)]
+    Cert(certs::CertCmd),
+    /// Certificate revocation lists.
+    #[command(subcommand)]
+    Crl(certs::CrlCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -299,6 +309,9 @@ async fn run_admin(command: Command, admin: &Admin, config: &Config, out: &Out) 
         Command::Lockout(cmd) => lockout(cmd, config, out).await,
         Command::Limits(cmd) => limits(cmd, admin, out).await,
         Command::Audit(cmd) => audit(cmd, admin.store(), out).await,
+        Command::Ca(cmd) => certs::ca(cmd, admin, config, out).await,
+        Command::Cert(cmd) => certs::cert(cmd, admin, config, out).await,
+        Command::Crl(cmd) => certs::crl(cmd, admin, config, out).await,
         Command::Serve { .. } | Command::Migrate => unreachable!("handled by Cli::run"),
     }
 }

@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use crate::acl::{AclVerdict, RuleSource};
+use crate::auth::trust::CertRejection;
 use crate::limit::ingest::LimitScope;
 use crate::limit::lockout::Locked;
 use crate::registry::CredentialKind;
@@ -67,6 +68,15 @@ pub enum Cause {
     LockedOut(Locked),
     /// The ACL allowed the publish but an ingestion bucket was empty.
     RateLimited(LimitScope),
+    /// A client certificate identified the device (no secret needed).
+    Certificate {
+        /// SHA-256 fingerprint, hex.
+        fingerprint: String,
+        /// When it expires (Unix seconds).
+        not_after: i64,
+    },
+    /// The client certificate was refused.
+    CertRejected(CertRejection),
 }
 
 impl Cause {
@@ -79,7 +89,7 @@ impl Cause {
                 | Cause::NoSecret
                 | Cause::BadSecret
                 | Cause::CredentialExpired { .. }
-        )
+        ) || matches!(self, Cause::CertRejected(r) if *r != CertRejection::CrlUnavailable)
     }
 
     /// A short stable label for metrics and audit.
@@ -99,6 +109,8 @@ impl Cause {
             Cause::Interrupted => "interrupted",
             Cause::LockedOut(_) => "locked_out",
             Cause::RateLimited(_) => "rate_limited",
+            Cause::Certificate { .. } => "certificate",
+            Cause::CertRejected(r) => r.label(),
         }
     }
 
@@ -143,6 +155,13 @@ impl Cause {
             Cause::LockedOut(Locked::ClientId { until_ms }) => {
                 format!("client id locked out for unfamiliar addresses until {until_ms} (Unix ms)")
             }
+            Cause::Certificate { fingerprint, .. } => {
+                format!(
+                    "client certificate {}",
+                    &fingerprint[..fingerprint.len().min(16)]
+                )
+            }
+            Cause::CertRejected(r) => r.explain(),
             Cause::LockedOut(Locked::Address { until_ms }) => {
                 format!("source address locked out until {until_ms} (Unix ms)")
             }

@@ -7,6 +7,7 @@ pub use decision::{Cause, Decision, Verdict};
 
 use crate::acl::{AclVerdict, Action, CompiledAcl, Identity, Permission, Rule};
 use crate::auth::secret::VerifiedSecret;
+use crate::auth::trust::{CertIdentity, CertRejection};
 use crate::limit::bucket::Rate;
 use crate::registry::{CredentialKind, TenantId};
 
@@ -171,6 +172,28 @@ pub fn decide_connect(device: &DeviceView, proof: Option<&VerifiedSecret>, now: 
         }),
         None => Decision::deny(Cause::BadSecret),
     }
+}
+
+/// Checks that a certificate identity belongs to the connecting `device`: same tenant, same
+/// client id. `Err` carries the deny.
+pub fn check_cert_identity(device: &DeviceView, id: &CertIdentity) -> Result<(), Decision> {
+    if id.tenant != device.tenant {
+        return Err(Decision::deny(Cause::CertRejected(
+            CertRejection::WrongTenant,
+        )));
+    }
+    if id.client_id != device.client_id {
+        return Err(Decision::deny(Cause::CertRejected(CertRejection::Mismatch)));
+    }
+    Ok(())
+}
+
+/// The allow for a device identified by certificate alone.
+pub fn allow_by_certificate(id: &CertIdentity) -> Decision {
+    Decision::allow(Cause::Certificate {
+        fingerprint: id.fingerprint.clone(),
+        not_after: id.not_after,
+    })
 }
 
 /// Decides a PUBLISH or SUBSCRIBE.

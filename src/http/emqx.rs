@@ -18,8 +18,9 @@ use serde_json::json;
 
 use super::{ApiError, HttpState, Internal, parse_json, read_body};
 use crate::acl::Action;
+use crate::auth::cert;
 use crate::core::{Cause, Verdict};
-use crate::gate::ConnectRequest;
+use crate::gate::{ConnectRequest, PresentedCert};
 
 /// The EMQX routes.
 pub fn routes() -> Router<HttpState> {
@@ -77,9 +78,16 @@ impl<'a> Text<'a> {
     }
 }
 
-/// EMQX authn placeholders mqgate reads (others, e.g. `cert_pem`, are accepted and ignored here).
+/// EMQX authn placeholders mqgate reads (others are accepted and ignored). `cert_pem` is EMQX's
+/// base64 of the client certificate's DER (a PEM block is accepted too).
 #[derive(Deserialize)]
 struct AuthnBody<'a> {
+    #[serde(borrow, default)]
+    cert_pem: Text<'a>,
+    #[serde(borrow, default)]
+    cert_common_name: Text<'a>,
+    #[serde(borrow, default)]
+    cert_subject: Text<'a>,
     #[serde(borrow, default)]
     clientid: Text<'a>,
     #[serde(borrow, default)]
@@ -115,17 +123,19 @@ async fn authn(
         username: b.username.get().map(str::to_string),
         secret: b.password.get().map(|p| p.to_string().into()),
         peer: b.peerhost.get().map(str::to_string),
+        cert: presented_cert(&b),
     };
     let outcome = s.gate.connect(req).await;
     let mut answer = json!({ "result": outcome.decision.verdict.as_str(), "is_superuser": false });
     if let (Verdict::Allow, Some(device)) = (outcome.decision.verdict, &outcome.device) {
         answer["client_attrs"] = json!({ "tenant": device.tenant_name });
-        if let Cause::Credential {
-            expires_at: Some(at),
-            ..
-        } = outcome.decision.cause
-        {
-            answer["expire_at"] = json!(at);
+        match outcome.decision.cause {
+            Cause::Credential {
+                expires_at: Some(at),
+                ..
+            }
+            | Cause::Certificate { not_after: at, .. } => answer["expire_at"] = json!(at),
+            _ => {}
         }
         // With ingestion limits EMQX must ask per publish, so it gets no rules to decide alone.
         let push_acl = s.emqx_acl_in_authn && !s.gate.limits_apply(device);
@@ -134,6 +144,27 @@ async fn authn(
         }
     }
     Ok(Json(answer).into_response())
+}
+
+/// The certificate EMQX forwarded, if any: the certificate itself when `cert_pem` is set,
+/// otherwise its names. EMQX renders an absent placeholder as an empty string.
+/// An undecodable certificate is denied as invalid (never skipped: a 4xx would let EMQX ask the
+/// next authenticator).
+fn presented_cert(b: &AuthnBody) -> Option<PresentedCert> {
+    let set = |t: &Text| t.get().filter(|v| !v.is_empty()).map(str::to_string);
+    if let Some(pem) = set(&b.cert_pem) {
+        return Some(PresentedCert::Der(
+            cert::decode_forwarded(&pem).unwrap_or_default(),
+        ));
+    }
+    let (common_name, subject) = (set(&b.cert_common_name), set(&b.cert_subject));
+    if common_name.is_none() && subject.is_none() {
+        return None;
+    }
+    Some(PresentedCert::Names {
+        common_name,
+        subject,
+    })
 }
 
 async fn authz(

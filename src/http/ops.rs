@@ -60,7 +60,7 @@ async fn metrics(_: Internal, State(s): State<HttpState>) -> impl axum::response
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        s.gate.metrics().render(),
+        s.gate.metrics().render() + &s.gate.trust().render_metrics(s.gate.clock().now()),
     )
 }
 

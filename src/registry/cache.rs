@@ -47,6 +47,7 @@ pub struct CachedRegistry {
     cache: Cache<String, Entry>,
     file_rules: RwLock<Arc<Vec<Rule>>>,
     epoch: AtomicU64,
+    changes: tokio::sync::broadcast::Sender<Change>,
 }
 
 impl CachedRegistry {
@@ -65,6 +66,7 @@ impl CachedRegistry {
             cache,
             file_rules: RwLock::new(Arc::new(file_rules)),
             epoch: AtomicU64::new(0),
+            changes: tokio::sync::broadcast::channel(1024).0,
         }
     }
 
@@ -96,8 +98,19 @@ impl CachedRegistry {
         Ok(record.map(|r| Arc::new(self.view(r))))
     }
 
+    /// Every change this registry applies, after it applied it (for state kept beside the cache:
+    /// certificate trust, live sessions). A receiver that lags gets `Lagged` and should resync.
+    pub fn watch_changes(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
     /// Forgets what `change` made stale.
     pub async fn invalidate(&self, change: &Change) {
+        self.forget(change).await;
+        let _ = self.changes.send(change.clone());
+    }
+
+    async fn forget(&self, change: &Change) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         match change {
             Change::Device { client_id, .. } => self.cache.invalidate(client_id).await,
@@ -111,6 +124,8 @@ impl CachedRegistry {
                 }
             }
             Change::Resync => self.cache.invalidate_all(),
+            // Certificates live in the trust store, not in device views.
+            Change::Certs(_) => {}
         }
     }
 

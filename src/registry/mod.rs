@@ -254,6 +254,56 @@ impl Store {
 }
 
 impl Store {
+    /// Stores a certificate authority for the tenant; `Conflict` if the name or certificate is
+    /// taken.
+    pub async fn create_ca(&self, t: TenantId, ca: &NewCa, now: i64) -> StoreResult<StoredCa> {
+        dispatch!(self, s => s.create_ca(t, ca, now).await)
+    }
+
+    /// The tenant's certificate authorities, by name.
+    pub async fn list_cas(&self, t: TenantId) -> StoreResult<Vec<StoredCa>> {
+        dispatch!(self, s => s.list_cas(t).await)
+    }
+
+    /// Records a CRL accepted for a CA, or why one was refused.
+    pub async fn update_ca_crl(
+        &self,
+        t: TenantId,
+        ca_id: i64,
+        update: CrlUpdate<'_>,
+    ) -> StoreResult<()> {
+        dispatch!(self, s => s.update_ca_crl(t, ca_id, update).await)
+    }
+
+    /// Binds a certificate to a device; `Conflict` if the fingerprint is bound already.
+    pub async fn add_device_cert(
+        &self,
+        t: TenantId,
+        client_id: &str,
+        c: &NewDeviceCert,
+        now: i64,
+    ) -> StoreResult<StoredDeviceCert> {
+        dispatch!(self, s => s.add_device_cert(t, client_id, c, now).await)
+    }
+
+    /// The tenant's device certificates, by client id then validity end.
+    pub async fn list_device_certs(&self, t: TenantId) -> StoreResult<Vec<StoredDeviceCert>> {
+        dispatch!(self, s => s.list_device_certs(t).await)
+    }
+
+    /// Marks a certificate revoked at `at` (kept if already revoked); `NotFound` if the tenant
+    /// has no certificate with that fingerprint.
+    pub async fn revoke_device_cert(
+        &self,
+        t: TenantId,
+        fingerprint: &str,
+        at: i64,
+    ) -> StoreResult<StoredDeviceCert> {
+        dispatch!(self, s => s.revoke_device_cert(t, fingerprint, at).await)
+    }
+}
+
+impl Store {
     /// Changes made by any process: PostgreSQL LISTEN/NOTIFY across replicas, a polled trigger-fed
     /// table for SQLite (the CLI writes the same file from another process). When changes may
     /// have been missed (lost connection, outage) the stream yields [`Change::Resync`].

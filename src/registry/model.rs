@@ -189,6 +189,132 @@ pub enum Change {
     },
     /// Tenant-wide rules changed: every device of the tenant.
     Tenant(TenantId),
+    /// A tenant's certificate authorities, CRLs or device certificates changed.
+    Certs(TenantId),
     /// Notifications may have been lost: drop everything.
     Resync,
+}
+
+/// A tenant's certificate authority as stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredCa {
+    /// Store id.
+    pub id: i64,
+    /// Owning tenant.
+    pub tenant_id: TenantId,
+    /// Name, unique in the tenant.
+    pub name: String,
+    /// CA certificate, DER.
+    pub cert_der: Vec<u8>,
+    /// SHA-256 of the DER, hex.
+    pub fingerprint: String,
+    /// Subject DN.
+    pub subject: String,
+    /// Validity end, Unix seconds.
+    pub not_after: i64,
+    /// Private key sealed under `ca_key_secret`; `None` for an imported CA.
+    pub key_sealed: Option<Vec<u8>>,
+    /// Where its CRL is fetched from, if anywhere.
+    pub crl_url: Option<String>,
+    /// The newest CRL whose signature verified, DER.
+    pub crl_der: Option<Vec<u8>>,
+    /// That CRL's number.
+    pub crl_number: i64,
+    /// That CRL's next-update, Unix seconds.
+    pub crl_next_update: Option<i64>,
+    /// Why the last CRL fetch or import was refused (cleared by the next good one).
+    pub crl_error: Option<String>,
+    /// Creation time, Unix seconds.
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for StoredCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredCa")
+            .field("id", &self.id)
+            .field("tenant_id", &self.tenant_id)
+            .field("name", &self.name)
+            .field("fingerprint", &self.fingerprint)
+            .field("internal", &self.key_sealed.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A CA to store.
+#[derive(Clone)]
+pub struct NewCa {
+    /// Name, unique in the tenant.
+    pub name: String,
+    /// CA certificate, DER.
+    pub cert_der: Vec<u8>,
+    /// SHA-256 of the DER, hex.
+    pub fingerprint: String,
+    /// Subject DN.
+    pub subject: String,
+    /// Validity end, Unix seconds.
+    pub not_after: i64,
+    /// Sealed private key (internal CAs).
+    pub key_sealed: Option<Vec<u8>>,
+    /// CRL URL to fetch from.
+    pub crl_url: Option<String>,
+}
+
+/// A CRL accepted for a CA (signature verified), or the reason one was refused.
+#[derive(Debug, Clone)]
+pub enum CrlUpdate<'a> {
+    /// Store this CRL and clear any error.
+    Accepted {
+        /// DER.
+        der: &'a [u8],
+        /// Its number.
+        number: i64,
+        /// Its next-update.
+        next_update: i64,
+    },
+    /// Keep the CRL held; record why the new one was refused.
+    Refused(&'a str),
+}
+
+/// A certificate bound to a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDeviceCert {
+    /// Store id.
+    pub id: i64,
+    /// Owning tenant.
+    pub tenant_id: TenantId,
+    /// The device's client id.
+    pub client_id: String,
+    /// The issuing CA, when it is one of the tenant's.
+    pub ca_id: Option<i64>,
+    /// SHA-256 of the DER, hex.
+    pub fingerprint: String,
+    /// Serial, normalised hex.
+    pub serial: String,
+    /// Subject DN.
+    pub subject: String,
+    /// Validity start, Unix seconds.
+    pub not_before: i64,
+    /// Validity end, Unix seconds.
+    pub not_after: i64,
+    /// When it was revoked.
+    pub revoked_at: Option<i64>,
+    /// When it was bound.
+    pub created_at: i64,
+}
+
+/// A certificate to bind to a device.
+#[derive(Debug, Clone)]
+pub struct NewDeviceCert {
+    /// The issuing CA, when it is one of the tenant's.
+    pub ca_id: Option<i64>,
+    /// SHA-256 of the DER, hex.
+    pub fingerprint: String,
+    /// Serial, normalised hex.
+    pub serial: String,
+    /// Subject DN.
+    pub subject: String,
+    /// Validity start, Unix seconds.
+    pub not_before: i64,
+    /// Validity end, Unix seconds.
+    pub not_after: i64,
 }

@@ -8,6 +8,7 @@
 //! notification commit together.
 
 mod audit;
+mod certs;
 mod fill;
 
 use sqlx::postgres::{PgListener, PgPoolOptions};
@@ -63,6 +64,11 @@ fn scope_payload(t: TenantId, client_id: Option<&str>) -> String {
     }
 }
 
+/// The payload for a change to a tenant's certificates.
+fn certs_payload(t: TenantId) -> String {
+    format!("c:{}", t.0)
+}
+
 /// Parses a notification payload back into a change.
 fn parse_payload(p: &str) -> Option<Change> {
     let mut parts = p.splitn(3, ':');
@@ -76,6 +82,7 @@ fn parse_payload(p: &str) -> Option<Change> {
             client_id: client_id.to_string(),
         }),
         ("t", tenant, None) => Some(Change::Tenant(tenant)),
+        ("c", tenant, None) => Some(Change::Certs(tenant)),
         _ => None,
     }
 }
@@ -542,6 +549,10 @@ mod tests {
             }
         );
         assert_eq!(parse_payload("t:3"), Some(Change::Tenant(TenantId(3))));
+        assert_eq!(
+            parse_payload(&certs_payload(TenantId(4))),
+            Some(Change::Certs(TenantId(4)))
+        );
         assert_eq!(parse_payload("x:1:y"), None);
         assert_eq!(parse_payload("d:nope:y"), None);
     }

@@ -398,4 +398,5 @@ impl SqliteStore {
 }
 
 mod audit;
+mod certs;
 mod fill;

@@ -56,7 +56,7 @@ async fn poll(pool: SqlitePool, mut last: i64, tx: mpsc::Sender<Change>) {
 
 async fn fetch(pool: &SqlitePool, after: i64) -> Result<Vec<(i64, Change)>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT seq, tenant_id, client_id FROM registry_changes WHERE seq > ? ORDER BY seq LIMIT 1000",
+        "SELECT seq, tenant_id, client_id, certs FROM registry_changes WHERE seq > ? ORDER BY seq LIMIT 1000",
     )
     .bind(after)
     .fetch_all(pool)
@@ -64,7 +64,9 @@ async fn fetch(pool: &SqlitePool, after: i64) -> Result<Vec<(i64, Change)>, sqlx
     rows.iter()
         .map(|r| {
             let tenant = TenantId(r.try_get("tenant_id")?);
+            let certs: i64 = r.try_get("certs")?;
             let change = match r.try_get::<Option<String>, _>("client_id")? {
+                _ if certs != 0 => Change::Certs(tenant),
                 Some(client_id) => Change::Device { tenant, client_id },
                 None => Change::Tenant(tenant),
             };

@@ -69,6 +69,8 @@ pub struct TestApp {
     pub admin: Admin,
     /// The server's (manual) clock.
     pub clock: Clock,
+    /// The server's gate (certificate trust, metrics).
+    pub gate: Arc<mqgate::gate::Gate>,
     _stop: watch::Sender<bool>,
 }
 
@@ -88,7 +90,8 @@ impl TestApp {
             .await
             .unwrap();
         let base = format!("http://{}", app.http_addr());
-        let registry = Arc::clone(app.gate().registry());
+        let gate = app.gate();
+        let registry = Arc::clone(gate.registry());
         let admin = Admin::new(store.clone(), clock.clone()).with_registry(registry);
         let (tx, rx) = watch::channel(false);
         tokio::spawn(app.run_until_stopped(rx));
@@ -97,6 +100,7 @@ impl TestApp {
             http: reqwest::Client::new(),
             admin,
             clock,
+            gate,
             _stop: tx,
         }
     }

@@ -4,6 +4,7 @@ mod helpers;
 
 mod audit;
 mod brute_force;
+mod certs;
 mod emqx_http;
 mod processes;
 mod rate_limits;

@@ -2,6 +2,10 @@
 //! the admin API) call these; each validates its input, writes, and records an audit line.
 //! Secrets are generated or hashed here and returned once; only digests reach the store.
 
+mod certs;
+
+pub use certs::{IssuedCert, PublishedCrl, crl_path, write_atomically};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,7 +62,7 @@ fn valid_tenant_name(name: &str) -> Result<(), AdminError> {
     }
 }
 
-fn valid_client_id(id: &str) -> Result<(), AdminError> {
+pub(crate) fn valid_client_id(id: &str) -> Result<(), AdminError> {
     let ok = !id.is_empty() && id.len() <= 256 && !id.chars().any(|c| c.is_control());
     if ok {
         Ok(())
@@ -115,6 +119,12 @@ impl Admin {
         };
         self.store.add_credential(t, client_id, &cred, now).await?;
         Ok(token)
+    }
+
+    async fn certs_changed(&self, tenant: TenantId) {
+        if let Some(r) = &self.registry {
+            r.invalidate(&Change::Certs(tenant)).await;
+        }
     }
 
     async fn changed(&self, tenant: TenantId, client_id: Option<&str>) {

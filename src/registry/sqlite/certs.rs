@@ -1,0 +1,199 @@
+//! Certificate authorities and device certificates in SQLite (triggers feed the change table).
+
+use super::*;
+
+macro_rules! ca_cols {
+    () => {
+        "id, tenant_id, name, cert_der, fingerprint, subject, not_after, key_sealed, crl_url, crl_der, \
+         crl_number, crl_next_update, crl_error, created_at"
+    };
+}
+
+/// Device certificate columns over `device_certs c JOIN devices d`, followed by `filter`.
+macro_rules! cert_select {
+    ($filter:literal) => {
+        concat!(
+            "SELECT c.id, c.tenant_id, d.client_id, c.ca_id, c.fingerprint, c.serial, c.subject, \
+             c.not_before, c.not_after, c.revoked_at, c.created_at \
+             FROM device_certs c JOIN devices d ON d.id = c.device_id WHERE c.tenant_id = ? AND ",
+            $filter
+        )
+    };
+}
+
+fn ca(r: &SqliteRow) -> Result<StoredCa, sqlx::Error> {
+    Ok(StoredCa {
+        id: r.try_get("id")?,
+        tenant_id: TenantId(r.try_get("tenant_id")?),
+        name: r.try_get("name")?,
+        cert_der: r.try_get("cert_der")?,
+        fingerprint: r.try_get("fingerprint")?,
+        subject: r.try_get("subject")?,
+        not_after: r.try_get("not_after")?,
+        key_sealed: r.try_get("key_sealed")?,
+        crl_url: r.try_get("crl_url")?,
+        crl_der: r.try_get("crl_der")?,
+        crl_number: r.try_get("crl_number")?,
+        crl_next_update: r.try_get("crl_next_update")?,
+        crl_error: r.try_get("crl_error")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn device_cert(r: &SqliteRow) -> Result<StoredDeviceCert, sqlx::Error> {
+    Ok(StoredDeviceCert {
+        id: r.try_get("id")?,
+        tenant_id: TenantId(r.try_get("tenant_id")?),
+        client_id: r.try_get("client_id")?,
+        ca_id: r.try_get("ca_id")?,
+        fingerprint: r.try_get("fingerprint")?,
+        serial: r.try_get("serial")?,
+        subject: r.try_get("subject")?,
+        not_before: r.try_get("not_before")?,
+        not_after: r.try_get("not_after")?,
+        revoked_at: r.try_get("revoked_at")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+impl SqliteStore {
+    pub(crate) async fn create_ca(
+        &self,
+        t: TenantId,
+        c: &NewCa,
+        now: i64,
+    ) -> StoreResult<StoredCa> {
+        let sql = concat!(
+            "INSERT INTO cas (tenant_id, name, cert_der, fingerprint, subject, not_after, key_sealed, crl_url, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING ",
+            ca_cols!()
+        );
+        let r = sqlx::query(sql)
+            .bind(t.0)
+            .bind(&c.name)
+            .bind(&c.cert_der)
+            .bind(&c.fingerprint)
+            .bind(&c.subject)
+            .bind(c.not_after)
+            .bind(&c.key_sealed)
+            .bind(&c.crl_url)
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| rows::conflict(e, || format!("CA {} (or this certificate)", c.name)))?;
+        Ok(ca(&r)?)
+    }
+
+    pub(crate) async fn list_cas(&self, t: TenantId) -> StoreResult<Vec<StoredCa>> {
+        let sql = concat!(
+            "SELECT ",
+            ca_cols!(),
+            " FROM cas WHERE tenant_id = ? ORDER BY name"
+        );
+        let rs = sqlx::query(sql).bind(t.0).fetch_all(&self.pool).await?;
+        Ok(rs.iter().map(ca).collect::<Result<_, _>>()?)
+    }
+
+    pub(crate) async fn update_ca_crl(
+        &self,
+        t: TenantId,
+        ca_id: i64,
+        update: CrlUpdate<'_>,
+    ) -> StoreResult<()> {
+        let done = match update {
+            CrlUpdate::Accepted {
+                der,
+                number,
+                next_update,
+            } => sqlx::query(
+                "UPDATE cas SET crl_der = ?, crl_number = ?, crl_next_update = ?, crl_error = NULL \
+                 WHERE tenant_id = ? AND id = ?",
+            )
+            .bind(der)
+            .bind(number)
+            .bind(next_update)
+            .bind(t.0)
+            .bind(ca_id)
+            .execute(&self.pool)
+            .await?,
+            CrlUpdate::Refused(reason) => {
+                sqlx::query("UPDATE cas SET crl_error = ? WHERE tenant_id = ? AND id = ?")
+                    .bind(reason)
+                    .bind(t.0)
+                    .bind(ca_id)
+                    .execute(&self.pool)
+                    .await?
+            }
+        };
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("CA {ca_id}")));
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn add_device_cert(
+        &self,
+        t: TenantId,
+        client_id: &str,
+        c: &NewDeviceCert,
+        now: i64,
+    ) -> StoreResult<StoredDeviceCert> {
+        let device_id = self.device_id(t, client_id).await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO device_certs (tenant_id, device_id, ca_id, fingerprint, serial, subject, not_before, not_after, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(t.0)
+        .bind(device_id)
+        .bind(c.ca_id)
+        .bind(&c.fingerprint)
+        .bind(&c.serial)
+        .bind(&c.subject)
+        .bind(c.not_before)
+        .bind(c.not_after)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| rows::conflict(e, || format!("certificate {}", c.fingerprint)))?;
+        let r = sqlx::query(cert_select!("c.id = ?"))
+            .bind(t.0)
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(device_cert(&r)?)
+    }
+
+    pub(crate) async fn list_device_certs(
+        &self,
+        t: TenantId,
+    ) -> StoreResult<Vec<StoredDeviceCert>> {
+        let rs = sqlx::query(cert_select!("1 ORDER BY d.client_id, c.not_after, c.id"))
+            .bind(t.0)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rs.iter().map(device_cert).collect::<Result<_, _>>()?)
+    }
+
+    pub(crate) async fn revoke_device_cert(
+        &self,
+        t: TenantId,
+        fingerprint: &str,
+        at: i64,
+    ) -> StoreResult<StoredDeviceCert> {
+        sqlx::query(
+            "UPDATE device_certs SET revoked_at = COALESCE(revoked_at, ?) WHERE tenant_id = ? AND fingerprint = ?",
+        )
+        .bind(at)
+        .bind(t.0)
+        .bind(fingerprint)
+        .execute(&self.pool)
+        .await?;
+        let r = sqlx::query(cert_select!("c.fingerprint = ?"))
+            .bind(t.0)
+            .bind(fingerprint)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("certificate {fingerprint}")))?;
+        Ok(device_cert(&r)?)
+    }
+}

@@ -1,0 +1,565 @@
+//! Device certificates end to end: CAs, certificates and CRLs made with rcgen at test time,
+//! real rustls handshakes against mqgate's client-certificate verifier, and EMQX authn with the
+//! certificate as EMQX forwards it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use mqgate::auth::cert::{self, DeviceCertSpec, Issued, KeySealer};
+use mqgate::auth::crl;
+use mqgate::auth::trust::{CertIdentity, CrlFailure, DeviceCertVerifier, TrustStore};
+use mqgate::config::Layers;
+use mqgate::registry::Store;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use secrecy::ExposeSecret;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::both_stores;
+use crate::helpers::{T0, TestApp};
+
+const CA_SECRET: &str = "test-ca-key-secret-0123456789abcdefghij";
+const DAY: i64 = 86400;
+
+fn with_ca_secret(l: &mut Layers) {
+    l.set("ca_key_secret", CA_SECRET.into(), "test").unwrap();
+}
+
+fn sealer() -> KeySealer {
+    KeySealer::new(CA_SECRET)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A TLS handshake over loopback TCP: a server requiring client certificates through
+/// `verifier`, a client presenting `cert`/`key`. Returns what the server concluded: the verified
+/// identity, or the handshake error.
+async fn handshake(
+    verifier: Arc<DeviceCertVerifier>,
+    cert_der: &[u8],
+    key_pem: &str,
+) -> Result<CertIdentity, String> {
+    let server = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let server_cert = server.cert.der().clone();
+    let server_key =
+        PrivateKeyDer::from_pem_slice(server.signing_key.serialize_pem().as_bytes()).unwrap();
+    let server_cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier.clone())
+        .with_single_cert(vec![server_cert.clone()], server_key)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(server_cert).unwrap();
+    let client_cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![CertificateDer::from(cert_der.to_vec())],
+            PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
+    let server_side = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.map_err(|e| e.to_string())?;
+        let chain = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .unwrap_or_default()
+            .to_vec();
+        tls.write_all(b"ok").await.map_err(|e| e.to_string())?;
+        tls.flush().await.map_err(|e| e.to_string())?;
+        verifier.identity(&chain).map_err(|r| r.explain())
+    });
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_cfg));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    if let Ok(mut tls) = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+    {
+        let mut buf = [0u8; 2];
+        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut buf)).await;
+    }
+    tokio::time::timeout(Duration::from_secs(10), server_side)
+        .await
+        .expect("server side finished")
+        .unwrap()
+}
+
+/// An external CA made here (key in hand), as another PKI would be.
+struct ExternalCa {
+    ca: Issued,
+}
+
+impl ExternalCa {
+    fn new(tenant: &str, name: &str) -> Self {
+        ExternalCa {
+            ca: cert::new_ca(tenant, name, T0, 3650 * DAY).unwrap(),
+        }
+    }
+
+    fn pem(&self) -> String {
+        cert::to_pem("CERTIFICATE", &self.ca.cert_der)
+    }
+
+    fn issue(&self, tenant: &str, client_id: &str, not_before: i64, not_after: i64) -> Issued {
+        let spec = DeviceCertSpec {
+            tenant,
+            client_id,
+            not_before,
+            not_after,
+        };
+        cert::issue_device(&self.ca.cert_der, self.ca.key_pem.expose_secret(), &spec).unwrap()
+    }
+
+    fn crl(&self, revoked: &[&Issued], number: u64, next_update: i64) -> Vec<u8> {
+        let revoked: Vec<crl::Revoked> = revoked
+            .iter()
+            .map(|i| crl::Revoked {
+                serial: cert::parse(&i.cert_der).unwrap().serial,
+                at: T0,
+            })
+            .collect();
+        let der = crl::sign(
+            &self.ca.cert_der,
+            self.ca.key_pem.expose_secret(),
+            &revoked,
+            number,
+            T0,
+            next_update,
+        )
+        .unwrap();
+        cert::to_pem("X509 CRL", &der).into_bytes()
+    }
+}
+
+/// Asserts the handshake was refused for `why` (rustls' name for the certificate error).
+#[track_caller]
+fn refused(result: Result<CertIdentity, String>, why: &str) {
+    match result {
+        Ok(id) => panic!("handshake accepted {id:?}; expected refusal for {why}"),
+        Err(e) => assert!(e.contains(why), "refused for {e:?}, expected {why}"),
+    }
+}
+
+async fn reload(app: &TestApp) {
+    app.gate.trust().reload(app.admin.store()).await.unwrap();
+}
+
+fn verifier(app: &TestApp) -> Arc<DeviceCertVerifier> {
+    Arc::new(DeviceCertVerifier::new(
+        Arc::clone(app.gate.trust()),
+        app.clock.clone(),
+    ))
+}
+
+fn b64(der: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(der)
+}
+
+/// EMQX authn with the certificate forwarded as `${cert_pem}` (base64 DER) and no password.
+async fn authn_cert(
+    app: &TestApp,
+    client_id: &str,
+    der: &[u8],
+    password: &str,
+) -> serde_json::Value {
+    let info = cert::parse(der).unwrap();
+    let body = json!({
+        "clientid": client_id, "username": "", "password": password, "peerhost": "10.0.0.9",
+        "cert_pem": b64(der), "cert_common_name": info.common_name, "cert_subject": info.subject,
+    });
+    let (status, _, v) = app.post("/v1/emqx/authn", &body).await;
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+async fn last_connect_cause(app: &TestApp) -> String {
+    tokio::time::sleep(Duration::from_millis(300)).await; // the audit sink flushes in batches
+    let entries = app.admin.store().list_audit(0, 10_000).await.unwrap();
+    let last = entries
+        .iter()
+        .rev()
+        .find(|e| e.kind == "connect")
+        .expect("a connect entry");
+    let detail: serde_json::Value = serde_json::from_str(&last.detail).unwrap();
+    detail["cause"].as_str().unwrap().to_string()
+}
+
+both_stores!(
+    internal_ca_certificates_connect_until_revoked,
+    internal_ca_certificates_connect_until_revoked_body
+);
+async fn internal_ca_certificates_connect_until_revoked_body(store: Store) {
+    let app = TestApp::start_with(store, with_ca_secret).await;
+    let token = app.device("acme", "d1").await;
+    app.device("other", "o1").await;
+    app.admin
+        .ca_init(
+            "acme",
+            "default",
+            Duration::from_secs(3650 * 86400),
+            &sealer(),
+        )
+        .await
+        .unwrap();
+    let issued = app
+        .admin
+        .cert_issue(
+            "acme",
+            "d1",
+            None,
+            Duration::from_secs(30 * 86400),
+            &sealer(),
+        )
+        .await
+        .unwrap();
+    reload(&app).await;
+    let der = &issued.issued.cert_der;
+    let key = issued.issued.key_pem.expose_secret();
+
+    // A real handshake yields the device's identity.
+    let id = handshake(verifier(&app), der, key).await.unwrap();
+    assert_eq!(
+        (id.tenant_name.as_str(), id.client_id.as_str()),
+        ("acme", "d1")
+    );
+    assert_eq!(id.fingerprint, issued.record.fingerprint);
+
+    // EMQX: certificate alone, certificate plus the right token, plus a wrong one.
+    let v = authn_cert(&app, "d1", der, "").await;
+    assert_eq!(v["result"], "allow", "{v}");
+    assert_eq!(v["expire_at"], json!(issued.record.not_after));
+    assert_eq!(authn_cert(&app, "d1", der, &token).await["result"], "allow");
+    assert_eq!(
+        authn_cert(&app, "d1", der, "mqg_wrong").await["result"],
+        "deny"
+    );
+    // The certificate names another device than the connecting client id.
+    app.device("acme", "d2").await;
+    assert_eq!(authn_cert(&app, "d2", der, "").await["result"], "deny");
+    assert_eq!(last_connect_cause(&app).await, "cert_mismatch");
+    // Names only (EMQX without ${cert_pem}): the device holds an active certificate so named.
+    let info = cert::parse(der).unwrap();
+    let names = json!({ "clientid": "d1", "username": "", "password": "", "peerhost": "10.0.0.9",
+        "cert_pem": "", "cert_common_name": "d1", "cert_subject": info.subject });
+    assert_eq!(
+        app.post("/v1/emqx/authn", &names).await.2["result"],
+        "allow"
+    );
+    // Garbage where the certificate should be is a deny, not a pass to the next authenticator.
+    let junk = json!({ "clientid": "d1", "password": "", "cert_pem": "bm90IGEgY2VydA==" });
+    let (status, _, v) = app.post("/v1/emqx/authn", &junk).await;
+    assert_eq!((status, v["result"].as_str()), (200, Some("deny")));
+    assert_eq!(last_connect_cause(&app).await, "cert_invalid");
+
+    // Revoked: refused in the handshake, by EMQX authn (with the reason audited), by name.
+    app.admin
+        .cert_revoke("acme", &issued.record.fingerprint)
+        .await
+        .unwrap();
+    reload(&app).await;
+    refused(handshake(verifier(&app), der, key).await, "Revoked");
+    assert_eq!(authn_cert(&app, "d1", der, "").await["result"], "deny");
+    assert_eq!(last_connect_cause(&app).await, "cert_revoked");
+    assert_eq!(app.post("/v1/emqx/authn", &names).await.2["result"], "deny");
+    // The token still works on its own: revoking a certificate is not disabling the device.
+    assert_eq!(app.authn("d1", "", &token).await["result"], "allow");
+
+    // A certificate from the other tenant's CA does not open this tenant's device.
+    app.admin
+        .ca_init(
+            "other",
+            "default",
+            Duration::from_secs(3650 * 86400),
+            &sealer(),
+        )
+        .await
+        .unwrap();
+    let foreign = app
+        .admin
+        .cert_issue("other", "o1", None, Duration::from_secs(86400), &sealer())
+        .await
+        .unwrap();
+    reload(&app).await;
+    assert_eq!(
+        authn_cert(&app, "d1", &foreign.issued.cert_der, "").await["result"],
+        "deny"
+    );
+    assert_eq!(last_connect_cause(&app).await, "cert_wrong_tenant");
+
+    // Expiry: a day-long certificate, then the clock moves on.
+    let short = app
+        .admin
+        .cert_issue("acme", "d2", None, Duration::from_secs(86400), &sealer())
+        .await
+        .unwrap();
+    reload(&app).await;
+    let short_key = short.issued.key_pem.expose_secret();
+    assert!(
+        handshake(verifier(&app), &short.issued.cert_der, short_key)
+            .await
+            .is_ok()
+    );
+    let expiring = app
+        .admin
+        .cert_expiring(None, Duration::from_secs(7 * 86400))
+        .await
+        .unwrap();
+    assert_eq!(
+        expiring
+            .iter()
+            .map(|(t, c)| (t.as_str(), c.client_id.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("acme", "d2"), ("other", "o1")]
+    );
+    let metrics = app.get_text("/metrics").await;
+    assert!(
+        metrics.contains("mqgate_certificates_expiring{tenant=\"acme\"} 1"),
+        "{metrics}"
+    );
+    app.clock.advance(2 * DAY);
+    refused(
+        handshake(verifier(&app), &short.issued.cert_der, short_key).await,
+        "Expired",
+    );
+    assert_eq!(
+        authn_cert(&app, "d2", &short.issued.cert_der, "").await["result"],
+        "deny"
+    );
+    assert_eq!(last_connect_cause(&app).await, "cert_expired");
+}
+
+both_stores!(
+    external_ca_certificates_follow_their_crl,
+    external_ca_certificates_follow_their_crl_body
+);
+async fn external_ca_certificates_follow_their_crl_body(store: Store) {
+    let app = TestApp::start(store).await;
+    app.device("acme", "e1").await;
+    app.device("acme", "e2").await;
+    app.device("other", "x1").await;
+    let ext = ExternalCa::new("acme", "ext");
+    let ca = app
+        .admin
+        .ca_import(
+            "acme",
+            "ext",
+            ext.pem().as_bytes(),
+            Some("http://127.0.0.1:9/crl.pem"),
+        )
+        .await
+        .unwrap();
+    assert!(ca.key_sealed.is_none());
+    let e1 = ext.issue("acme", "e1", T0 - 60, T0 + 30 * DAY);
+    let e2 = ext.issue("acme", "e2", T0 - 60, T0 + 30 * DAY);
+    reload(&app).await;
+
+    // A CRL is expected (a URL is configured) but none is held: fail closed.
+    refused(
+        handshake(verifier(&app), &e1.cert_der, e1.key_pem.expose_secret()).await,
+        "UnknownRevocationStatus",
+    );
+
+    // A CRL under the CA's name but signed by another key is refused, and nothing in it counts.
+    let impostor = ExternalCa::new("acme", "ext");
+    let forged = impostor.crl(&[], 1, T0 + 7 * DAY);
+    let bad = app
+        .admin
+        .crl_import("acme", "ext", &forged)
+        .await
+        .unwrap_err();
+    assert!(bad.to_string().contains("signature"), "{bad}");
+    let listed = app.admin.ca_list("acme").await.unwrap();
+    assert!(
+        listed[0]
+            .crl_error
+            .as_deref()
+            .unwrap()
+            .contains("signature")
+    );
+    reload(&app).await;
+    assert!(
+        handshake(verifier(&app), &e1.cert_der, e1.key_pem.expose_secret())
+            .await
+            .is_err()
+    );
+
+    // The real CRL, revoking e2.
+    app.admin
+        .crl_import("acme", "ext", &ext.crl(&[&e2], 2, T0 + 7 * DAY))
+        .await
+        .unwrap();
+    reload(&app).await;
+    let id = handshake(verifier(&app), &e1.cert_der, e1.key_pem.expose_secret())
+        .await
+        .unwrap();
+    assert_eq!(
+        (id.client_id.as_str(), id.ca.as_deref()),
+        ("e1", Some("ext"))
+    );
+    refused(
+        handshake(verifier(&app), &e2.cert_der, e2.key_pem.expose_secret()).await,
+        "Revoked",
+    );
+    assert_eq!(
+        authn_cert(&app, "e2", &e2.cert_der, "").await["result"],
+        "deny"
+    );
+    assert_eq!(last_connect_cause(&app).await, "cert_revoked");
+    // An older CRL (number 1) does not replace the current one.
+    let older = ext.crl(&[], 1, T0 + 7 * DAY);
+    assert!(app.admin.crl_import("acme", "ext", &older).await.is_err());
+
+    // Not yet valid; another CA altogether; this CA vouching for another tenant.
+    let early = ext.issue("acme", "e1", T0 + DAY, T0 + 30 * DAY);
+    refused(
+        handshake(
+            verifier(&app),
+            &early.cert_der,
+            early.key_pem.expose_secret(),
+        )
+        .await,
+        "NotValidYet",
+    );
+    let stranger = ExternalCa::new("acme", "stranger").issue("acme", "e1", T0 - 60, T0 + DAY);
+    refused(
+        handshake(
+            verifier(&app),
+            &stranger.cert_der,
+            stranger.key_pem.expose_secret(),
+        )
+        .await,
+        "UnknownIssuer",
+    );
+    let cross = ext.issue("other", "x1", T0 - 60, T0 + DAY);
+    refused(
+        handshake(
+            verifier(&app),
+            &cross.cert_der,
+            cross.key_pem.expose_secret(),
+        )
+        .await,
+        "ApplicationVerificationFailure",
+    );
+    assert_eq!(
+        authn_cert(&app, "x1", &cross.cert_der, "").await["result"],
+        "deny"
+    );
+    assert_eq!(last_connect_cause(&app).await, "cert_wrong_tenant");
+
+    // Past the CRL's next update: refused (fail closed) …
+    app.clock.advance(8 * DAY);
+    refused(
+        handshake(verifier(&app), &e1.cert_der, e1.key_pem.expose_secret()).await,
+        "UnknownRevocationStatus",
+    );
+    assert_eq!(
+        authn_cert(&app, "e1", &e1.cert_der, "").await["result"],
+        "deny"
+    );
+    assert_eq!(last_connect_cause(&app).await, "crl_unavailable");
+    let metrics = app.get_text("/metrics").await;
+    assert!(
+        metrics.contains("mqgate_crl_usable{tenant=\"acme\",ca=\"ext\",state=\"stale\"} 0"),
+        "{metrics}"
+    );
+    // … unless the operator chose to fail open; revoked certificates stay out either way.
+    let open = Arc::new(TrustStore::new(CrlFailure::Allow, 0));
+    open.reload(app.admin.store()).await.unwrap();
+    let lenient = Arc::new(DeviceCertVerifier::new(
+        Arc::clone(&open),
+        app.clock.clone(),
+    ));
+    assert!(
+        handshake(lenient.clone(), &e1.cert_der, e1.key_pem.expose_secret())
+            .await
+            .is_ok()
+    );
+    assert!(
+        handshake(lenient, &e2.cert_der, e2.key_pem.expose_secret())
+            .await
+            .is_err()
+    );
+}
+
+both_stores!(
+    registered_certificates_and_live_reload,
+    registered_certificates_and_live_reload_body
+);
+async fn registered_certificates_and_live_reload_body(store: Store) {
+    let app = TestApp::start(store).await;
+    app.device("acme", "r1").await;
+    // A self-made certificate (no CA mqgate knows), registered by fingerprint.
+    let own = ExternalCa::new("acme", "unknown-pki");
+    let c = own.issue("acme", "r1", T0 - 60, T0 + DAY);
+    assert!(
+        handshake(verifier(&app), &c.cert_der, c.key_pem.expose_secret())
+            .await
+            .is_err()
+    );
+    let pem = cert::to_pem("CERTIFICATE", &c.cert_der);
+    let rec = app
+        .admin
+        .cert_register("acme", "r1", pem.as_bytes())
+        .await
+        .unwrap();
+    // No explicit reload: the change reaches the running server by itself.
+    let mut ok = false;
+    for _ in 0..50 {
+        if handshake(verifier(&app), &c.cert_der, c.key_pem.expose_secret())
+            .await
+            .is_ok()
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "registration never took effect");
+    assert_eq!(
+        authn_cert(&app, "r1", &c.cert_der, "").await["result"],
+        "allow"
+    );
+    // Registering it for another tenant's device, or twice, is refused.
+    assert!(
+        app.admin
+            .cert_register("acme", "r1", pem.as_bytes())
+            .await
+            .is_err()
+    );
+    let bound_elsewhere = own.issue("other", "r1", T0 - 60, T0 + DAY);
+    let pem2 = cert::to_pem("CERTIFICATE", &bound_elsewhere.cert_der);
+    assert!(
+        app.admin
+            .cert_register("acme", "r1", pem2.as_bytes())
+            .await
+            .is_err()
+    );
+    app.admin
+        .cert_revoke("acme", &rec.fingerprint)
+        .await
+        .unwrap();
+    let mut refused = false;
+    for _ in 0..50 {
+        if handshake(verifier(&app), &c.cert_der, c.key_pem.expose_secret())
+            .await
+            .is_err()
+        {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "revocation never took effect");
+}

@@ -11,6 +11,7 @@ use tokio::process::{Child, Command};
 use crate::helpers::SECRET;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqgate");
+const CA_SECRET: &str = "cli-test-ca-key-secret-0123456789abcdef";
 
 fn mqgate(db: &str) -> Command {
     let mut c = Command::new(BIN);
@@ -22,6 +23,7 @@ fn mqgate(db: &str) -> Command {
             concat!(env!("CARGO_MANIFEST_DIR"), "/acl-rules"),
         )
         .env("MQGATE_INTERNAL_SECRET", SECRET)
+        .env("MQGATE_CA_KEY_SECRET", CA_SECRET)
         .stdin(Stdio::null())
         .kill_on_drop(true);
     c
@@ -570,6 +572,7 @@ async fn logs_never_contain_tokens_passwords_or_the_internal_secret() {
         planted,
         "planted-wrong-guess-1",
         SECRET,
+        CA_SECRET,
         "wrong-bearer-secret",
     ] {
         assert!(!log.contains(secret), "log leaks a secret");
@@ -631,4 +634,217 @@ async fn audit_verify_finds_an_edited_entry() {
     let (ok, _, err) = cli(&db, &["audit", "verify"], None).await;
     assert!(!ok);
     assert!(err.contains("broken at entry 2"), "{err}");
+}
+
+#[tokio::test]
+async fn the_cli_runs_a_tenant_ca_issues_revokes_and_publishes_crls() {
+    use mqgate::auth::{cert, crl};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_url(&dir);
+    cli_json(&db, &["tenant", "add", "acme"]).await;
+    cli_json(
+        &db,
+        &["device", "add", "--tenant", "acme", "--client-id", "cam-1"],
+    )
+    .await;
+
+    // Without the sealing secret no CA is made, and the error says what to set.
+    let mut c = mqgate(&db);
+    c.env_remove("MQGATE_CA_KEY_SECRET")
+        .args(["ca", "init", "--tenant", "acme"]);
+    let out = c.output().await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MQGATE_CA_KEY_SECRET"));
+
+    let ca_file = dir.path().join("ca.pem");
+    let ca = cli_json(
+        &db,
+        &[
+            "ca",
+            "init",
+            "--tenant",
+            "acme",
+            "--out",
+            ca_file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(ca["internal"], true);
+    let ca_der = cert::read_certs(&std::fs::read(&ca_file).unwrap())
+        .unwrap()
+        .remove(0);
+    let ca_info = cert::parse(&ca_der).unwrap();
+    assert!(ca_info.is_ca);
+
+    // Issue into a directory: certificate, CA bundle, and a key only its owner can read.
+    let out_dir = dir.path().join("cam-1");
+    let issued = cli_json(
+        &db,
+        &[
+            "cert",
+            "issue",
+            "--tenant",
+            "acme",
+            "--client-id",
+            "cam-1",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let key_path = out_dir.join("cam-1.key.pem");
+    let mode = std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let der = cert::read_certs(&std::fs::read(out_dir.join("cam-1.crt.pem")).unwrap())
+        .unwrap()
+        .remove(0);
+    let info = cert::parse(&der).unwrap();
+    assert_eq!(info.common_name.as_deref(), Some("cam-1"));
+    assert_eq!(info.bound_tenant.as_deref(), Some("acme"));
+    assert_eq!(info.issuer_raw, ca_info.subject_raw);
+    assert_eq!(issued["fingerprint"], info.fingerprint.as_str());
+    // A second issue into the same place never overwrites the key.
+    let (ok, _, err) = cli(
+        &db,
+        &[
+            "cert",
+            "issue",
+            "--tenant",
+            "acme",
+            "--client-id",
+            "cam-1",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert!(!ok && err.contains("never overwritten"), "{err}");
+    // Printed instead: the key appears once, in the output.
+    let printed = cli_json(
+        &db,
+        &[
+            "cert",
+            "issue",
+            "--tenant",
+            "acme",
+            "--client-id",
+            "cam-1",
+            "--validity",
+            "10d",
+        ],
+    )
+    .await;
+    assert!(
+        printed["private_key"]
+            .as_str()
+            .unwrap()
+            .contains("BEGIN PRIVATE KEY")
+    );
+    // An unknown device gets no certificate.
+    let (ok, _, err) = cli(
+        &db,
+        &["cert", "issue", "--tenant", "acme", "--client-id", "ghost"],
+        None,
+    )
+    .await;
+    assert!(!ok && err.contains("not found"), "{err}");
+
+    let soon = cli_json(&db, &["cert", "expiring", "--within", "30d"]).await;
+    assert_eq!(soon.as_array().unwrap().len(), 1, "{soon}");
+    assert_eq!(soon[0]["fingerprint"], printed["fingerprint"]);
+    let all = cli_json(&db, &["cert", "expiring", "--within", "400d"]).await;
+    assert_eq!(all.as_array().unwrap().len(), 3);
+
+    // Revoke one, publish: the signed CRL lists exactly it.
+    let fp = issued["fingerprint"].as_str().unwrap();
+    let revoked = cli_json(
+        &db,
+        &["cert", "revoke", "--tenant", "acme", "--fingerprint", fp],
+    )
+    .await;
+    assert!(revoked["revoked_at"].is_i64());
+    let crl_dir = dir.path().join("crl");
+    let published = cli_json(&db, &["crl", "publish", "--out", crl_dir.to_str().unwrap()]).await;
+    assert_eq!(published[0]["number"], 1);
+    let crl_pem = std::fs::read(crl_dir.join("acme-default.crl.pem")).unwrap();
+    let crl = crl::verify(&crl_pem, &ca_der).unwrap();
+    assert_eq!(crl.revoked.iter().collect::<Vec<_>>(), vec![&info.serial]);
+    assert_eq!(crl.number, 1);
+    let again = cli_json(&db, &["crl", "publish", "--out", crl_dir.to_str().unwrap()]).await;
+    assert_eq!(again[0]["number"], 2);
+    let list = cli_json(&db, &["cert", "list", "--tenant", "acme"]).await;
+    assert_eq!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| !c["revoked_at"].is_null())
+            .count(),
+        1
+    );
+
+    // An external CA: a CRL signed by someone else is refused, loudly, and recorded on the CA.
+    let ext = cert::new_ca("acme", "ext", 1_700_000_000, 3650 * 86400).unwrap();
+    let ext_file = dir.path().join("ext.pem");
+    std::fs::write(&ext_file, cert::to_pem("CERTIFICATE", &ext.cert_der)).unwrap();
+    cli_json(
+        &db,
+        &[
+            "ca",
+            "import",
+            "--tenant",
+            "acme",
+            "--name",
+            "ext",
+            "--file",
+            ext_file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let (ok, _, err) = cli(
+        &db,
+        &[
+            "crl",
+            "import",
+            "--tenant",
+            "acme",
+            "--ca",
+            "ext",
+            "--file",
+            crl_dir.join("acme-default.crl.pem").to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert!(!ok && err.contains("issuer"), "{err}");
+    let cas = cli_json(&db, &["ca", "list", "--tenant", "acme"]).await;
+    let ext_row = cas
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "ext")
+        .unwrap()
+        .clone();
+    assert!(
+        ext_row["crl_error"].as_str().unwrap().contains("issuer"),
+        "{ext_row}"
+    );
+    // A device certificate is not a CA.
+    let (ok, _, err) = cli(
+        &db,
+        &[
+            "ca",
+            "import",
+            "--tenant",
+            "acme",
+            "--name",
+            "bad",
+            "--file",
+            out_dir.join("cam-1.crt.pem").to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert!(!ok && err.contains("not a CA"), "{err}");
 }

@@ -123,19 +123,17 @@ impl Upkeep {
     }
 
     fn fetch_due(&self, ca: &StoredCa, now: i64) -> bool {
-        let refresh = secs(self.config.crl_refresh);
-        let last = self.last_fetch.get(&ca.id).copied();
-        let never = last.is_none();
-        let interval_over = last.is_some_and(|l| now - l >= refresh);
-        // Before next-update, try every tick; a CRL about to go stale is worth the requests.
-        let nearly_stale = ca.crl_next_update.is_none_or(|n| n - now <= refresh)
-            && last.is_none_or(|l| now - l >= TICK.as_secs() as i64);
-        never || interval_over || nearly_stale
+        fetch_due(
+            self.last_fetch.get(&ca.id).copied(),
+            ca.crl_next_update,
+            now,
+            secs(self.config.crl_refresh),
+        )
     }
 
     fn publish_due(&self, ca: &StoredCa, now: i64) -> bool {
-        let half = secs(self.config.crl_validity) / 2;
-        ca.key_sealed.is_some() && ca.crl_next_update.is_none_or(|n| n - now <= half)
+        ca.key_sealed.is_some()
+            && publish_due(ca.crl_next_update, now, secs(self.config.crl_validity))
     }
 
     async fn republish(&mut self, admin: &Admin, t: &Tenant) -> bool {
@@ -192,6 +190,21 @@ impl Upkeep {
     }
 }
 
+/// Whether an imported CA's CRL should be fetched now: never fetched by this server, or the
+/// refresh interval is over, or the held CRL ends within one refresh interval (then every tick
+/// until a fresh one arrives).
+fn fetch_due(last: Option<i64>, next_update: Option<i64>, now: i64, refresh: i64) -> bool {
+    let Some(last) = last else { return true };
+    let interval_over = now - last >= refresh;
+    let nearly_stale = next_update.is_none_or(|n| n - now <= refresh);
+    interval_over || (nearly_stale && now - last >= TICK.as_secs() as i64)
+}
+
+/// Whether an mqgate CA's CRL should be re-signed: none yet, or half its validity is gone.
+fn publish_due(next_update: Option<i64>, now: i64, validity: i64) -> bool {
+    next_update.is_none_or(|n| n - now <= validity / 2)
+}
+
 fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2)
 }
@@ -239,4 +252,39 @@ pub async fn download(url: &str) -> Result<Bytes, String> {
     tokio::time::timeout(FETCH_TIMEOUT, fetch)
         .await
         .map_err(|_| "timed out".to_string())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: i64 = 3600;
+
+    #[test]
+    fn crls_are_fetched_on_schedule_and_before_they_go_stale() {
+        let now = 1_800_000_000;
+        assert!(fetch_due(None, None, now, H), "first round fetches");
+        assert!(!fetch_due(Some(now - 60), Some(now + 7 * 24 * H), now, H));
+        assert!(
+            fetch_due(Some(now - H), Some(now + 7 * 24 * H), now, H),
+            "interval over"
+        );
+        // Next update within the refresh interval: every tick, not every hour.
+        assert!(fetch_due(Some(now - 30), Some(now + 600), now, H));
+        assert!(!fetch_due(Some(now - 10), Some(now + 600), now, H));
+        assert!(
+            fetch_due(Some(now - 30), None, now, H),
+            "no CRL yet: keep trying"
+        );
+    }
+
+    #[test]
+    fn own_crls_are_re_signed_at_half_life() {
+        let now = 1_800_000_000;
+        let week = 7 * 24 * H;
+        assert!(publish_due(None, now, week));
+        assert!(!publish_due(Some(now + week), now, week));
+        assert!(publish_due(Some(now + week / 2), now, week));
+        assert!(publish_due(Some(now - 1), now, week));
+    }
 }

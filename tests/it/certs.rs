@@ -563,3 +563,84 @@ async fn registered_certificates_and_live_reload_body(store: Store) {
     }
     assert!(refused, "revocation never took effect");
 }
+
+/// Serves `files` (path → body) over plain HTTP on loopback, as a CA's CRL distribution point.
+async fn crl_server(files: Vec<(&'static str, Vec<u8>)>) -> String {
+    let mut router = axum::Router::new();
+    for (path, body) in files {
+        router = router.route(
+            path,
+            axum::routing::get(move || async move { body.clone() }),
+        );
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    base
+}
+
+both_stores!(crls_are_fetched_from_their_url, crls_are_fetched_body);
+async fn crls_are_fetched_body(store: Store) {
+    let ext = ExternalCa::new("acme", "ext");
+    let impostor = ExternalCa::new("acme", "ext2");
+    let ext2 = ExternalCa::new("acme", "ext2");
+    let e1 = ext.issue("acme", "e1", T0 - 60, T0 + 30 * DAY);
+    let e2 = ext.issue("acme", "e2", T0 - 60, T0 + 30 * DAY);
+    let f1 = ext2.issue("acme", "f1", T0 - 60, T0 + 30 * DAY);
+    let base = crl_server(vec![
+        ("/ext.crl", ext.crl(&[&e2], 5, T0 + 7 * DAY)),
+        ("/ext2.crl", impostor.crl(&[], 5, T0 + 7 * DAY)),
+    ])
+    .await;
+    // Registered before the server starts: its first round fetches both.
+    store.migrate().await.unwrap();
+    let setup = mqgate::admin::Admin::new(store.clone(), mqgate::clock::Clock::manual(T0));
+    setup.add_tenant("acme").await.unwrap();
+    for d in ["e1", "e2", "f1"] {
+        setup.add_device("acme", d, None).await.unwrap();
+    }
+    let url = format!("{base}/ext.crl");
+    setup
+        .ca_import("acme", "ext", ext.pem().as_bytes(), Some(&url))
+        .await
+        .unwrap();
+    let url2 = format!("{base}/ext2.crl");
+    setup
+        .ca_import("acme", "ext2", ext2.pem().as_bytes(), Some(&url2))
+        .await
+        .unwrap();
+
+    let app = TestApp::start(store).await;
+    let mut fetched = false;
+    for _ in 0..100 {
+        let cas = app.admin.ca_list("acme").await.unwrap();
+        if cas
+            .iter()
+            .all(|c| c.crl_der.is_some() || c.crl_error.is_some())
+        {
+            fetched = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(fetched, "the server never fetched the CRLs");
+    let cas = app.admin.ca_list("acme").await.unwrap();
+    assert_eq!(cas[0].crl_number, 5);
+    assert!(cas[1].crl_der.is_none());
+    assert!(
+        cas[1].crl_error.as_deref().unwrap().contains("signature"),
+        "{:?}",
+        cas[1].crl_error
+    );
+    reload(&app).await;
+    let id = handshake(verifier(&app), &e1.cert_der, e1.key_pem.expose_secret()).await;
+    assert_eq!(id.unwrap().client_id, "e1");
+    refused(
+        handshake(verifier(&app), &e2.cert_der, e2.key_pem.expose_secret()).await,
+        "Revoked",
+    );
+    refused(
+        handshake(verifier(&app), &f1.cert_der, f1.key_pem.expose_secret()).await,
+        "UnknownRevocationStatus",
+    );
+}

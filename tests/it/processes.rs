@@ -830,6 +830,54 @@ async fn the_cli_runs_a_tenant_ca_issues_revokes_and_publishes_crls() {
         ext_row["crl_error"].as_str().unwrap().contains("issuer"),
         "{ext_row}"
     );
+    // The operator scripts under certs/ drive the same binary; openssl agrees with the signature.
+    let script = |name: &str| format!("{}/certs/{name}", env!("CARGO_MANIFEST_DIR"));
+    let scripts_dir = dir.path().join("ops");
+    let run = |args: Vec<String>| {
+        let mut c = Command::new("bash");
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("MQGATE_DATABASE_URL", &db)
+            .env("MQGATE_CA_KEY_SECRET", CA_SECRET)
+            .env("CERTS_MQGATE", BIN)
+            .env("CERTS_DIR", &scripts_dir)
+            .args(args);
+        c
+    };
+    let mut issue = run(vec![
+        script("issue-device.sh"),
+        "acme".into(),
+        "cam-1".into(),
+        "30d".into(),
+    ]);
+    let out = issue.output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(scripts_dir.join("devices/cam-1/cam-1.key.pem").exists());
+    let mut publish = run(vec![
+        script("publish-crl.sh"),
+        dir.path().join("broker").display().to_string(),
+    ]);
+    assert!(publish.output().await.unwrap().status.success());
+    let copied = dir.path().join("broker/acme-default.crl.pem");
+    let mut check = Command::new("bash");
+    check.args([
+        script("check-crl.sh"),
+        copied.display().to_string(),
+        ca_file.display().to_string(),
+    ]);
+    let out = check.output().await.unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.contains("verify OK"), "{said}");
+    assert!(
+        said.to_uppercase().contains(&info.serial.to_uppercase()),
+        "{said}"
+    );
+
     // A device certificate is not a CA.
     let (ok, _, err) = cli(
         &db,

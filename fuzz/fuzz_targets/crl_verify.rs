@@ -7,8 +7,11 @@ use std::sync::LazyLock;
 use libfuzzer_sys::fuzz_target;
 use mqgate::auth::{cert, crl};
 
-static CA: LazyLock<Vec<u8>> =
-    LazyLock::new(|| cert::new_ca("fuzz", "ca", 1_800_000_000, 86_400).unwrap().cert_der);
+static CA: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    cert::new_ca("fuzz", "ca", 1_800_000_000, 86_400)
+        .unwrap()
+        .cert_der
+});
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(c) = crl::verify(data, &CA) {

@@ -29,7 +29,11 @@ static TRUST: LazyLock<TrustStore> = LazyLock::new(|| {
         created_at: 0,
     };
     let store = TrustStore::new(CrlFailure::Deny, 0);
-    store.replace(vec![stored], vec![], [(TenantId(1), "fuzz".to_string())].into());
+    store.replace(
+        vec![stored],
+        vec![],
+        [(TenantId(1), "fuzz".to_string())].into(),
+    );
     store
 });
 

@@ -408,6 +408,26 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn no_input_panics_the_parsers(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048), flip in 0usize..4096) {
+            let _ = parse(&bytes);
+            let _ = read_certs(&bytes);
+            let _ = decode_forwarded(&String::from_utf8_lossy(&bytes));
+            // A real certificate with one byte changed.
+            let mut der = sample_der().to_vec();
+            let i = flip % der.len();
+            der[i] ^= bytes.first().copied().unwrap_or(1) | 1;
+            let _ = parse(&der);
+        }
+    }
+
+    fn sample_der() -> &'static [u8] {
+        static DER: std::sync::LazyLock<Vec<u8>> =
+            std::sync::LazyLock::new(|| new_ca("t", "c", NOW, 60).unwrap().cert_der);
+        &DER
+    }
+
     #[test]
     fn serials_normalise() {
         assert_eq!(serial_hex(&[0, 0x12, 0xab]), "12ab");

@@ -12,7 +12,7 @@
 //! default) refuses every certificate of that CA, `allow` lets them through with a warning.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::WebPkiSupportedAlgorithms;
@@ -173,6 +173,27 @@ pub struct TrustSnapshot {
     by_client: HashMap<String, Vec<String>>,
     names: TenantNames,
     policy: CrlFailure,
+    memo: Mutex<HashMap<[u8; 32], (CertIdentity, i64)>>,
+}
+
+/// Longest an accepted chain is reused without a fresh check, seconds.
+const MEMO_TTL: i64 = 3600;
+/// Remembered chains per snapshot (cleared when full).
+const MEMO_CAPACITY: usize = 500_000;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// SHA-256 over the chain as presented (each certificate length-prefixed).
+fn chain_key(ee: &[u8], intermediates: &[CertificateDer<'_>]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for c in std::iter::once(ee).chain(intermediates.iter().map(|c| c.as_ref())) {
+        h.update((c.len() as u64).to_be_bytes());
+        h.update(c);
+    }
+    h.finalize().into()
 }
 
 impl std::fmt::Debug for TrustSnapshot {
@@ -197,6 +218,7 @@ impl TrustSnapshot {
             by_client: HashMap::new(),
             names: HashMap::new(),
             policy,
+            memo: Mutex::default(),
         }
     }
 
@@ -233,6 +255,7 @@ impl TrustSnapshot {
             by_client,
             names,
             policy,
+            memo: Mutex::default(),
         }
     }
 
@@ -279,12 +302,42 @@ impl TrustSnapshot {
 
     /// Decides whether the certificate `ee` (with any `intermediates` the client sent) identifies
     /// a device at `now` (Unix seconds).
+    ///
+    /// Accepted chains are remembered in this snapshot (which any certificate or CRL change
+    /// replaces) until the certificate ends, its CA's CRL is due, or an hour passes, whichever is
+    /// first: a reconnect storm costs a digest and a lookup per device, not a signature check.
     pub fn identify(
         &self,
         ee: &[u8],
         intermediates: &[CertificateDer<'_>],
         now: i64,
     ) -> Result<CertIdentity, CertRejection> {
+        let key = chain_key(ee, intermediates);
+        if let Some((id, until)) = lock(&self.memo).get(&key)
+            && now < *until
+        {
+            return Ok(id.clone());
+        }
+        let (id, cacheable_until) = self.decide(ee, intermediates, now)?;
+        if let Some(until) = cacheable_until {
+            let until = until.min(id.not_after).min(now.saturating_add(MEMO_TTL));
+            let mut memo = lock(&self.memo);
+            if memo.len() >= MEMO_CAPACITY {
+                memo.clear();
+            }
+            memo.insert(key, (id.clone(), until));
+        }
+        Ok(id)
+    }
+
+    /// [`TrustSnapshot::identify`] without the memo; also says until when an accept may be reused
+    /// (`None`: not at all, e.g. accepted without a usable CRL).
+    fn decide(
+        &self,
+        ee: &[u8],
+        intermediates: &[CertificateDer<'_>],
+        now: i64,
+    ) -> Result<(CertIdentity, Option<i64>), CertRejection> {
         let info = cert::parse(ee).map_err(|e| CertRejection::Invalid(e.to_string()))?;
         let bound = self.by_fingerprint.get(&info.fingerprint);
         if bound.is_some_and(|b| b.revoked_at.is_some()) {
@@ -296,16 +349,17 @@ impl TrustSnapshot {
                 return Err(CertRejection::Untrusted);
             };
             check_validity(info.not_before, info.not_after, now)?;
-            return Ok(CertIdentity {
+            let id = CertIdentity {
                 tenant: b.tenant_id,
                 tenant_name: self.tenant_name(b.tenant_id).unwrap_or_default().into(),
                 client_id: b.client_id.clone(),
                 fingerprint: info.fingerprint,
                 not_after: info.not_after,
                 ca: None,
-            });
+            };
+            return Ok((id, Some(i64::MAX)));
         };
-        self.check_crl(ca, &info, now)?;
+        let cacheable_until = self.check_crl(ca, &info, now)?;
         if info
             .bound_tenant
             .as_ref()
@@ -319,14 +373,15 @@ impl TrustSnapshot {
             (None, Some(cn)) => cn,
             (None, None) => return Err(CertRejection::Invalid("no common name".into())),
         };
-        Ok(CertIdentity {
+        let id = CertIdentity {
             tenant: ca.tenant,
             tenant_name: ca.tenant_name.clone(),
             client_id,
             fingerprint: info.fingerprint,
             not_after: info.not_after,
             ca: Some(ca.name.clone()),
-        })
+        };
+        Ok((id, cacheable_until))
     }
 
     /// The CA whose verifier accepts the chain; `Ok(None)` when no CA's name matches the chain;
@@ -375,13 +430,20 @@ impl TrustSnapshot {
         }
     }
 
-    fn check_crl(&self, ca: &TrustedCa, info: &CertInfo, now: i64) -> Result<(), CertRejection> {
+    /// `Ok(Some(t))`: not revoked, and that holds until `t`; `Ok(None)`: let through without a
+    /// usable CRL (`crl_failure = allow`).
+    fn check_crl(
+        &self,
+        ca: &TrustedCa,
+        info: &CertInfo,
+        now: i64,
+    ) -> Result<Option<i64>, CertRejection> {
         let unavailable = match &ca.crl {
-            CrlState::Internal | CrlState::NotConfigured => return Ok(()),
+            CrlState::Internal | CrlState::NotConfigured => return Ok(Some(i64::MAX)),
             CrlState::Current(crl) if crl.revoked.contains(&info.serial) => {
                 return Err(CertRejection::Revoked);
             }
-            CrlState::Current(crl) if !crl.is_stale(now) => return Ok(()),
+            CrlState::Current(crl) if !crl.is_stale(now) => return Ok(Some(crl.next_update)),
             CrlState::Current(crl) => format!("CRL past its next update ({})", crl.next_update),
             CrlState::Unavailable(why) => why.clone(),
         };
@@ -392,7 +454,7 @@ impl TrustSnapshot {
             }
             CrlFailure::Allow => {
                 tracing::warn!(tenant = %ca.tenant_name, ca = %ca.name, reason = %unavailable, "certificate accepted without a usable CRL (crl_failure = allow)");
-                Ok(())
+                Ok(None)
             }
         }
     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::broker::BrokerSettings;
 use crate::core::UnknownClient;
 use crate::limit::bucket::Rate;
 use crate::limit::ingest::LimitDefaults;
@@ -48,6 +49,11 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("tenant_rate", Some("0")),
     ("tenant_burst", Some("0")),
     ("replicas", Some("1")),
+    ("mqtt_addr", Some("127.0.0.1:1883")),
+    ("mqtt_connect_timeout", Some("10s")),
+    ("mqtt_max_packet_size", Some("1048576")),
+    ("mqtt_max_conns_per_peer", Some("1000")),
+    ("mqtt_max_connections", Some("10000")),
 ];
 
 /// mqgate's configuration, validated.
@@ -89,6 +95,8 @@ pub struct Config {
     pub lockout: LockoutPolicy,
     /// Ingestion limit defaults (rate 0: none) and the replica count sharing them.
     pub limits: LimitDefaults,
+    /// The embedded MQTT broker (`mqtt_addr = "off"` turns it off).
+    pub broker: BrokerSettings,
 }
 
 impl std::fmt::Debug for Config {
@@ -97,6 +105,7 @@ impl std::fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("unknown_client", &self.unknown_client)
             .field("acl_rules_dir", &self.acl_rules_dir)
+            .field("broker", &self.broker)
             .finish_non_exhaustive()
     }
 }
@@ -242,6 +251,27 @@ impl Layers {
                 device: self.rate("device_rate", "device_burst")?,
                 tenant: self.rate("tenant_rate", "tenant_burst")?,
                 replicas: self.parse("replicas", parse_positive)?,
+            },
+            broker: BrokerSettings {
+                addr: self.parse("mqtt_addr", |s| match s {
+                    "off" => Ok(None),
+                    s => s
+                        .parse()
+                        .map(Some)
+                        .map_err(|_| "not a socket address (or `off`)".into()),
+                })?,
+                connect_timeout: self.parse("mqtt_connect_timeout", parse_duration)?,
+                max_packet_size: self.parse("mqtt_max_packet_size", |s| {
+                    match s.parse::<usize>() {
+                        // MQTT's remaining length tops out at 268,435,455.
+                        Ok(n) if (16..=268_435_455).contains(&n) => Ok(n),
+                        _ => Err("must be a number of bytes from 16 to 268435455".into()),
+                    }
+                })?,
+                max_conns_per_peer: self.parse("mqtt_max_conns_per_peer", parse_num)?,
+                max_connections: self.parse("mqtt_max_connections", |s| {
+                    parse_positive(s).map(|n| n as usize)
+                })?,
             },
         })
     }

@@ -360,4 +360,38 @@ impl Gate {
         }
         decision
     }
+
+    /// Re-decides a live session of the embedded broker after a registry change: `Allow` while
+    /// the device is enabled and the credential it connected with still works. A deny is logged
+    /// and audited as a CONNECT-kind decision ("live session ended").
+    pub async fn recheck_session(
+        &self,
+        client_id: &str,
+        peer: &str,
+        credential_id: Option<i64>,
+    ) -> Decision {
+        let device = match self.registry.device(client_id).await {
+            Ok(d) => d,
+            Err(e) => {
+                // Keep the session: an unreachable store is not a revocation.
+                tracing::warn!(error = %e, %client_id, "registry lookup failed on session re-check");
+                return Decision::allow(Cause::StoreUnavailable);
+            }
+        };
+        let decision = core::decide_session(device.as_deref(), credential_id, self.clock.now());
+        if !decision.is_allow() {
+            let reason = format!("live session ended: {}", decision.cause.explain());
+            tracing::info!(target: "mqgate::audit", event = "session_revoked", %client_id, peer, cause = decision.cause.label(), reason = %reason);
+            self.count_decision(MetricKind::Connect, &decision);
+            let event = AuditEvent::Connect {
+                client_id: client_id.into(),
+                peer: peer.into(),
+                verdict: decision.verdict.as_str(),
+                cause: decision.cause.label(),
+                reason,
+            };
+            self.audit(device.as_ref().map(|d| d.tenant.0), event);
+        }
+        decision
+    }
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use moka::future::Cache;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{Change, DeviceRecord, Store, StoreError, StoreResult};
 use crate::acl::{Rule, RuleSource};
@@ -47,7 +47,11 @@ pub struct CachedRegistry {
     cache: Cache<String, Entry>,
     file_rules: RwLock<Arc<Vec<Rule>>>,
     epoch: AtomicU64,
+    changes: broadcast::Sender<Change>,
 }
+
+/// Changes re-published after invalidation, for live sessions (a lagging reader re-checks all).
+const CHANGE_FEED: usize = 1024;
 
 impl CachedRegistry {
     /// Wraps `store`; `file_rules` are appended after each device's stored rules.
@@ -65,6 +69,7 @@ impl CachedRegistry {
             cache,
             file_rules: RwLock::new(Arc::new(file_rules)),
             epoch: AtomicU64::new(0),
+            changes: broadcast::channel(CHANGE_FEED).0,
         }
     }
 
@@ -96,8 +101,20 @@ impl CachedRegistry {
         Ok(record.map(|r| Arc::new(self.view(r))))
     }
 
-    /// Forgets what `change` made stale.
+    /// Every change applied from now on, after the cache forgot what it made stale (the embedded
+    /// broker re-checks live sessions with it).
+    pub fn watch_changes(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    /// Forgets what `change` made stale, then tells [`CachedRegistry::watch_changes`] readers.
     pub async fn invalidate(&self, change: &Change) {
+        self.forget(change).await;
+        // No reader (broker off) is not an error.
+        let _ = self.changes.send(change.clone());
+    }
+
+    async fn forget(&self, change: &Change) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         match change {
             Change::Device { client_id, .. } => self.cache.invalidate(client_id).await,

@@ -53,6 +53,7 @@ pub async fn sqlite_store() -> (Store, tempfile::TempDir) {
 pub fn test_layers() -> Layers {
     let mut l = Layers::defaults();
     l.set("listen", "127.0.0.1:0".into(), "test").unwrap();
+    l.set("mqtt_addr", "127.0.0.1:0".into(), "test").unwrap();
     l.set("internal_secret", SECRET.into(), "test").unwrap();
     let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/acl-rules");
     l.set("acl_rules_dir", rules.into(), "test").unwrap();
@@ -69,6 +70,8 @@ pub struct TestApp {
     pub admin: Admin,
     /// The server's (manual) clock.
     pub clock: Clock,
+    /// The embedded MQTT broker's address (`None` when configured off).
+    pub mqtt: Option<std::net::SocketAddr>,
     _stop: watch::Sender<bool>,
 }
 
@@ -88,6 +91,7 @@ impl TestApp {
             .await
             .unwrap();
         let base = format!("http://{}", app.http_addr());
+        let mqtt = app.mqtt_addr();
         let registry = Arc::clone(app.gate().registry());
         let admin = Admin::new(store.clone(), clock.clone()).with_registry(registry);
         let (tx, rx) = watch::channel(false);
@@ -97,6 +101,7 @@ impl TestApp {
             http: reqwest::Client::new(),
             admin,
             clock,
+            mqtt,
             _stop: tx,
         }
     }

@@ -3,6 +3,7 @@
 mod helpers;
 
 mod audit;
+mod broker;
 mod brute_force;
 mod emqx_http;
 mod processes;

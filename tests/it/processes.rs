@@ -22,6 +22,7 @@ fn mqgate(db: &str) -> Command {
             concat!(env!("CARGO_MANIFEST_DIR"), "/acl-rules"),
         )
         .env("MQGATE_INTERNAL_SECRET", SECRET)
+        .env("MQGATE_MQTT_ADDR", "127.0.0.1:0")
         .stdin(Stdio::null())
         .kill_on_drop(true);
     c

@@ -160,6 +160,7 @@ pub(super) async fn run<S>(
         last_seen: Instant::now(),
         pending_subacks: HashMap::new(),
         refused_qos2: HashSet::new(),
+        subscriptions: HashSet::new(),
     };
     live.run(ctl_rx, registration, slot, admission).await;
 }
@@ -444,6 +445,8 @@ struct Live<S> {
     pending_subacks: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
     /// QoS 2 publishes refused under 3.1.1 (PUBREC sent, PUBREL expected, answered here).
     refused_qos2: HashSet<u16>,
+    /// Filters granted in this connection, re-checked when the registry changes.
+    subscriptions: HashSet<String>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
@@ -499,15 +502,47 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
                     .gate
                     .recheck_session(&self.client_id, &self.peer, self.credential_id)
                     .await;
-                if d.is_allow() {
-                    Ok(())
-                } else {
-                    Err(End::Revoked)
+                if !d.is_allow() {
+                    return Err(End::Revoked);
                 }
+                self.recheck_subscriptions().await
             }
             // The registration holds a sender until the session ends, so this does not happen.
             None => Ok(()),
         }
+    }
+
+    /// Drops (from the router) the subscriptions a changed ACL no longer allows: nothing more is
+    /// delivered through them. MQTT has no way to tell the client; the refusal is audited.
+    async fn recheck_subscriptions(&mut self) -> Result<(), End> {
+        let mut revoked = Vec::new();
+        for filter in &self.subscriptions {
+            let d = self
+                .broker
+                .gate
+                .authorize(&self.client_id, Action::Subscribe, filter)
+                .await;
+            if !d.is_allow() {
+                revoked.push(filter.clone());
+            }
+        }
+        if revoked.is_empty() {
+            return Ok(());
+        }
+        for f in &revoked {
+            self.subscriptions.remove(f);
+            self.broker
+                .gate
+                .metrics()
+                .broker_event("subscription_revoked");
+        }
+        // Packet id 0: the router's UNSUBACK for it is swallowed like every other.
+        let unsubscribe = Unsubscribe {
+            pkid: 0,
+            filters: revoked,
+        };
+        self.send_to_router(vec![Packet::Unsubscribe(unsubscribe, None)])
+            .await
     }
 
     async fn on_read(&mut self, n: std::io::Result<usize>) -> Result<(), End> {
@@ -551,6 +586,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
             Packet::Publish(p, props) => self.on_publish(p, props, to_router, to_client).await?,
             Packet::Subscribe(s, props) => self.on_subscribe(s, props, to_router, to_client).await,
             Packet::Unsubscribe(u, props) => {
+                for f in &u.filters {
+                    self.subscriptions.remove(f);
+                }
                 on_unsubscribe(self.codec, u, props, to_router, to_client)
             }
             Packet::PubRel(r, props) => {
@@ -653,6 +691,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
                 .await;
             if d.is_allow() {
                 slots.push(None);
+                self.subscriptions.insert(filter.path.clone());
                 allowed.push(filter);
             } else {
                 self.broker

@@ -719,3 +719,85 @@ async fn the_broker_can_be_turned_off(store: Store) {
     assert!(app.mqtt.is_none());
 }
 both_stores!(broker_off, the_broker_can_be_turned_off);
+
+/// Polls `/metrics` until `line` is in it (the event it counts happens in a session task).
+async fn metric_reaches(app: &TestApp, line: &str) {
+    tokio::time::timeout(WAIT, async {
+        while !app.get_text("/metrics").await.contains(line) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("metric never showed {line}"));
+}
+
+async fn a_subscription_the_acl_no_longer_allows_stops_delivering(store: Store) {
+    let app = TestApp::start(store).await;
+    let t1 = app.device("acme", "dev-1").await;
+    let t2 = app.device("acme", "dev-2").await;
+    let sub_rule = app
+        .admin
+        .add_rule(
+            "acme",
+            Some("dev-1"),
+            rule(Permission::Allow, RuleAction::Subscribe, "news/#"),
+        )
+        .await
+        .unwrap();
+    app.admin
+        .add_rule(
+            "acme",
+            Some("dev-2"),
+            rule(Permission::Allow, RuleAction::Publish, "news/#"),
+        )
+        .await
+        .unwrap();
+    let (mut reader, _) = V4::connect(addr(&app), "dev-1", &t1).await;
+    reader
+        .client
+        .subscribe("news/#", QoS::AtMostOnce)
+        .await
+        .unwrap();
+    reader
+        .client
+        .subscribe("acme/dev-1/#", QoS::AtMostOnce)
+        .await
+        .unwrap();
+    reader.suback().await;
+    reader.suback().await;
+    let (mut writer, _) = V4::connect(addr(&app), "dev-2", &t2).await;
+    writer
+        .client
+        .publish("news/1", QoS::AtLeastOnce, false, "n")
+        .await
+        .unwrap();
+    assert_eq!(reader.next_publish().await.0, "news/1");
+    app.admin.remove_rule("acme", sub_rule).await.unwrap();
+    metric_reaches(
+        &app,
+        "mqgate_broker_events_total{event=\"subscription_revoked\"} 1",
+    )
+    .await;
+    writer
+        .client
+        .publish("news/2", QoS::AtLeastOnce, false, "n")
+        .await
+        .unwrap();
+    writer
+        .next_matching(|ev| matches!(ev, Ok(Event::Incoming(Packet::PubAck(_)))).then_some(()))
+        .await;
+    reader
+        .client
+        .publish("acme/dev-1/marker", QoS::AtMostOnce, false, "m")
+        .await
+        .unwrap();
+    assert_eq!(
+        reader.next_publish().await.0,
+        "acme/dev-1/marker",
+        "nothing more through the revoked subscription"
+    );
+}
+both_stores!(
+    subscription_revoked,
+    a_subscription_the_acl_no_longer_allows_stops_delivering
+);

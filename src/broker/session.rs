@@ -108,9 +108,19 @@ pub(super) async fn run<S>(
     let admitted = admit(&broker, &hello, peer, tls.as_ref(), slot.is_some()).await;
     let admission = match admitted {
         Ok(a) => a,
-        Err(refusal) => return refuse(&broker, &mut stream, &hello, &refusal).await,
+        Err(refusal) => {
+            let id = &hello.connect.client_id;
+            return refuse(&broker, &mut stream, hello.codec, id, &refusal).await;
+        }
     };
-    let client_id = hello.connect.client_id.clone();
+    // The password is not kept for the session's life.
+    let Hello {
+        codec,
+        connect,
+        will,
+        ..
+    } = hello;
+    let client_id = connect.client_id.clone();
     let (ctl_tx, ctl_rx) = mpsc::channel(4);
     let (registration, previous) =
         broker
@@ -121,24 +131,22 @@ pub(super) async fn run<S>(
     }
     let link = match broker
         .router
-        .attach(&client_id, hello.connect.clean_session)
+        .attach(&client_id, connect.clean_session)
         .await
     {
         Ok(link) => link,
         Err(e) => {
             tracing::warn!(%client_id, error = %e, "router refused an admitted client");
-            return refuse(&broker, &mut stream, &hello, &Refusal::Unavailable).await;
+            let refusal = Refusal::Unavailable;
+            return refuse(&broker, &mut stream, codec, &client_id, &refusal).await;
         }
     };
     let ack = connack(
         ConnectReturnCode::Success,
         link.session_present,
-        (hello.codec.version == Version::V5).then(|| success_properties(max)),
+        (codec.version == Version::V5).then(|| success_properties(max)),
     );
-    if write_packets(&mut stream, hello.codec, [ack])
-        .await
-        .is_err()
-    {
+    if write_packets(&mut stream, codec, [ack]).await.is_err() {
         let mut link = link;
         let _ = link.tx.send(normal_disconnect()).await;
         return;
@@ -149,14 +157,15 @@ pub(super) async fn run<S>(
     let live = Live {
         broker: Arc::clone(&broker),
         stream,
-        codec: hello.codec,
+        codec,
         client_id,
         peer: peer.ip().to_string(),
         credential_id: admission.credential_id,
-        will: hello.will,
+        will,
         link,
         rbuf,
-        keep_alive: keep_alive(hello.connect.keep_alive),
+        wbuf: BytesMut::with_capacity(4096),
+        keep_alive: keep_alive(connect.keep_alive),
         last_seen: Instant::now(),
         pending_subacks: HashMap::new(),
         refused_qos2: HashSet::new(),
@@ -265,18 +274,19 @@ async fn admit(
 async fn refuse<S: AsyncWrite + Unpin>(
     broker: &Broker,
     stream: &mut S,
-    hello: &Hello,
+    codec: Codec,
+    client_id: &str,
     refusal: &Refusal,
 ) {
-    let code = refusal.code(hello.codec.version);
+    let code = refusal.code(codec.version);
     tracing::info!(
-        client_id = %hello.connect.client_id,
+        %client_id,
         refusal = refusal.label(),
         ?code,
         "MQTT CONNECT refused"
     );
     broker.gate.metrics().broker_event("connect_refused");
-    let _ = write_packets(stream, hello.codec, [connack(code, false, None)]).await;
+    let _ = write_packets(stream, codec, [connack(code, false, None)]).await;
     let _ = timeout(Duration::from_secs(1), stream.shutdown()).await;
 }
 
@@ -438,6 +448,7 @@ struct Live<S> {
     will: Option<LastWill>,
     link: Link,
     rbuf: BytesMut,
+    wbuf: BytesMut,
     keep_alive: Option<Duration>,
     last_seen: Instant,
     /// SUBSCRIBEs forwarded without their refused filters: packet id → per filter, `None` for the
@@ -462,6 +473,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
         let timer = tokio::time::sleep(self.keep_alive.unwrap_or(far));
         tokio::pin!(timer);
         let end = loop {
+            // Read in large chunks: a BytesMut left without spare room reads 64 bytes at a time.
+            if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+                self.rbuf.reserve(16 * 1024);
+            }
             let event = tokio::select! {
                 biased;
                 _ = shutdown.changed() => Event::Shutdown,
@@ -491,6 +506,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
         };
         self.finish(end).await;
         drop((registration, slot, admission));
+    }
+
+    /// Writes `packets` to the client through the session's buffer.
+    async fn write(&mut self, packets: Vec<Packet>) -> Result<(), End> {
+        if packets.is_empty() {
+            return Ok(());
+        }
+        for p in packets {
+            if let Err(e) = self.codec.encode(p, &mut self.wbuf) {
+                tracing::warn!(client_id = %self.client_id, error = %e, "could not encode a packet");
+            }
+        }
+        let written = timeout(WRITE_TIMEOUT, self.stream.write_all(&self.wbuf)).await;
+        self.wbuf.clear();
+        match written {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(End::Io),
+        }
     }
 
     async fn on_control(&mut self, control: Option<Control>) -> Result<(), End> {
@@ -572,7 +605,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
             }
         }
         self.send_to_router(to_router).await?;
-        write_packets(&mut self.stream, self.codec, to_client).await?;
+        self.write(to_client).await?;
         ended.map_or(Ok(()), Err)
     }
 
@@ -756,7 +789,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
                 next = ready_now(&mut self.link.rx).await;
             }
         }
-        write_packets(&mut self.stream, self.codec, out).await?;
+        self.write(out).await?;
         if wake {
             self.link.rx.wake().await.map_err(|_| End::RouterGone)?;
         }

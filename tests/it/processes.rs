@@ -132,6 +132,22 @@ impl Server {
         panic!("{} never answered {want} for {client_id}", self.base);
     }
 
+    /// The embedded MQTT broker's address, from its start-up line.
+    async fn mqtt_addr(&mut self) -> std::net::SocketAddr {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let l = self.log.recv().await.expect("server exited");
+                if l.contains("embedded MQTT broker listening")
+                    && let Some(a) = l.split("addr=").nth(1)
+                {
+                    return a.split_whitespace().next().unwrap().parse().unwrap();
+                }
+            }
+        })
+        .await
+        .expect("server did not report its MQTT address")
+    }
+
     async fn stop(mut self) -> String {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
@@ -632,4 +648,46 @@ async fn audit_verify_finds_an_edited_entry() {
     let (ok, _, err) = cli(&db, &["audit", "verify"], None).await;
     assert!(!ok);
     assert!(err.contains("broken at entry 2"), "{err}");
+}
+
+#[tokio::test]
+async fn serve_runs_the_mqtt_broker_and_a_cli_disable_ends_a_live_session() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_url(&dir);
+    cli_json(&db, &["tenant", "add", "acme"]).await;
+    let dev = cli_json(
+        &db,
+        &["device", "add", "--tenant", "acme", "--client-id", "dev-1"],
+    )
+    .await;
+    let token = dev["token"].as_str().unwrap().to_string();
+    let mut s = Server::start(&db, &[]).await;
+    let addr = s.mqtt_addr().await;
+    let mut o = MqttOptions::new("dev-1", addr.ip().to_string(), addr.port());
+    o.set_credentials("dev-1", &token);
+    let (_client, mut el) = AsyncClient::new(o, 8);
+    let wait = Duration::from_secs(30);
+    tokio::time::timeout(wait, async {
+        while !matches!(el.poll().await, Ok(Event::Incoming(Packet::ConnAck(_)))) {}
+    })
+    .await
+    .expect("no CONNACK from mqgate serve");
+    // Another process changes the registry; the change table carries it to the live session.
+    cli_json(
+        &db,
+        &[
+            "device",
+            "disable",
+            "--tenant",
+            "acme",
+            "--client-id",
+            "dev-1",
+        ],
+    )
+    .await;
+    tokio::time::timeout(wait, async { while el.poll().await.is_ok() {} })
+        .await
+        .expect("the disabled device's session was not closed");
+    s.stop().await;
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks the embedded MQTT broker against rumqttd alone and Mosquitto 2.0, in one run.
-#   bench/broker.sh [--duration SECONDS] [--conns N] [--devices N]
+#   bench/broker.sh [--duration SECONDS] [--conns N] [--devices N] [--rounds N]
 # (a) publish throughput: N connections, each subscribed to its own subtree and keeping 32 QoS 1
 #     publishes in flight to it (acks/s; every acked publish must also be delivered);
 # (b) CONNECT rate: N connections looping connect → CONNACK → DISCONNECT over the devices.
@@ -11,12 +11,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=10 CONNS=16 DEVICES=1000
+DURATION=10 CONNS=16 DEVICES=1000 ROUNDS=3
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --duration) DURATION=$2; shift 2 ;;
         --conns) CONNS=$2; shift 2 ;;
         --devices) DEVICES=$2; shift 2 ;;
+        --rounds) ROUNDS=$2; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -69,22 +70,29 @@ CONF
 wait_port "$PM"; wait_port "$PR"; wait_port "$PQ"
 echo "mosquitto: $("$MOSQUITTO" -h 2>/dev/null | head -1)"
 
-echo "== (a) publish throughput: $CONNS connections, QoS 1, window 32, 64-byte payload, ${DURATION}s each"
+# Each measurement runs ROUNDS times, brokers interleaved, and the median round is reported, so
+# a burst of background load hurts all three alike instead of whichever ran at the time.
+median() { python3 -c 'import sys,statistics; v=[l for l in sys.stdin.read().splitlines() if l]; r=sorted(v, key=lambda l: float(l.split("rate=")[1].split()[0])); print(r[len(r)//2])'; }
+measure() { # mode duration -> sets RUM MQG MOS (median lines)
+    local mode=$1 dur=$2 r
+    : >"$WORK/rum" ; : >"$WORK/mqg" ; : >"$WORK/mos"
+    for r in $(seq 1 "$ROUNDS"); do
+        load --addr "127.0.0.1:$PR" --mode "$mode" --duration "$dur" >>"$WORK/rum"
+        load --addr "127.0.0.1:$PM" --mode "$mode" --duration "$dur" >>"$WORK/mqg"
+        load --addr "127.0.0.1:$PQ" --mode "$mode" --duration "$dur" >>"$WORK/mos"
+    done
+    RUM=$(median <"$WORK/rum"); MQG=$(median <"$WORK/mqg"); MOS=$(median <"$WORK/mos")
+    echo "rounds (rate):  rumqttd $(field rate <"$WORK/rum" | tr '\n' ' ')| mqgate $(field rate <"$WORK/mqg" | tr '\n' ' ')| mosquitto $(field rate <"$WORK/mos" | tr '\n' ' ')"
+    echo "rumqttd alone   : $RUM"
+    echo "mqgate          : $MQG"
+    echo "mosquitto       : $MOS"
+    echo "ratio mqgate/rumqttd = $(ratio "$MQG" "$RUM");  mqgate/mosquitto = $(ratio "$MQG" "$MOS")"
+}
+
+echo "== (a) publish throughput: $CONNS connections, QoS 1, window 32, 64-byte payload, ${DURATION}s x $ROUNDS rounds"
 for p in "$PR" "$PM" "$PQ"; do load --addr "127.0.0.1:$p" --mode publish --duration 2 >/dev/null; done
-RUM=$(load --addr "127.0.0.1:$PR" --mode publish --duration "$DURATION")
-MQG=$(load --addr "127.0.0.1:$PM" --mode publish --duration "$DURATION")
-MOS=$(load --addr "127.0.0.1:$PQ" --mode publish --duration "$DURATION")
-echo "rumqttd alone   : $RUM"
-echo "mqgate          : $MQG"
-echo "mosquitto       : $MOS"
-echo "ratio mqgate/rumqttd = $(ratio "$MQG" "$RUM");  mqgate/mosquitto = $(ratio "$MQG" "$MOS")"
+measure publish "$DURATION"
 
 CDUR=$(( DURATION < 5 ? DURATION : 5 ))
-echo "== (b) CONNECT rate: $CONNS connections looping connect/CONNACK/DISCONNECT, ${CDUR}s each"
-RUMC=$(load --addr "127.0.0.1:$PR" --mode connect --duration "$CDUR")
-MQGC=$(load --addr "127.0.0.1:$PM" --mode connect --duration "$CDUR")
-MOSC=$(load --addr "127.0.0.1:$PQ" --mode connect --duration "$CDUR")
-echo "rumqttd alone   : $RUMC"
-echo "mqgate          : $MQGC"
-echo "mosquitto       : $MOSC"
-echo "ratio mqgate/rumqttd = $(ratio "$MQGC" "$RUMC");  mqgate/mosquitto = $(ratio "$MQGC" "$MOSC")"
+echo "== (b) CONNECT rate: $CONNS connections looping connect/CONNACK/DISCONNECT, ${CDUR}s x $ROUNDS rounds"
+measure connect "$CDUR"

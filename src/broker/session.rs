@@ -676,25 +676,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
         self.broker.gate.metrics().broker_event("publish_refused");
         let (qos, pkid) = codec::qos_and_pkid(&publish);
         let v5 = self.codec.version == Version::V5;
+        // 5.0 says why; 3.1.1 has no refusal in PUBACK/PUBREC: the flow completes, the message
+        // is dropped.
+        let limited = matches!(decision.cause, Cause::RateLimited(_));
         match qos {
-            1 => to_client.push(Packet::PubAck(
-                PubAck {
-                    pkid,
-                    reason: if v5 {
-                        PubAckReason::NotAuthorized
-                    } else {
-                        PubAckReason::Success
-                    },
-                },
-                None,
-            )),
+            1 => {
+                let reason = match (v5, limited) {
+                    (false, _) => PubAckReason::Success,
+                    (true, true) => PubAckReason::QuotaExceeded,
+                    (true, false) => PubAckReason::NotAuthorized,
+                };
+                to_client.push(Packet::PubAck(PubAck { pkid, reason }, None));
+            }
             2 => {
-                let reason = if v5 {
-                    PubRecReason::NotAuthorized
-                } else {
-                    // 3.1.1 has no refusal in PUBREC: the flow completes, the message is dropped.
-                    self.refused_qos2.insert(pkid);
-                    PubRecReason::Success
+                let reason = match (v5, limited) {
+                    (false, _) => {
+                        self.refused_qos2.insert(pkid);
+                        PubRecReason::Success
+                    }
+                    (true, true) => PubRecReason::QuotaExceeded,
+                    (true, false) => PubRecReason::NotAuthorized,
                 };
                 to_client.push(Packet::PubRec(PubRec { pkid, reason }, None));
             }

@@ -801,3 +801,44 @@ both_stores!(
     subscription_revoked,
     a_subscription_the_acl_no_longer_allows_stops_delivering
 );
+
+async fn a_rate_limited_publish_gets_quota_exceeded_in_5(store: Store) {
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    use rumqttc::v5::mqttbytes::v5::{Packet as P5, PubAckReason};
+    use rumqttc::v5::{AsyncClient as C5, Event as Ev5, MqttOptions as O5};
+    // One publish of burst, and the manual clock never refills the bucket.
+    let app = TestApp::start_with(store, |l| {
+        l.set("device_rate", "1".into(), "test").unwrap();
+        l.set("device_burst", "1".into(), "test").unwrap();
+    })
+    .await;
+    let token = app.device("acme", "dev-1").await;
+    let a = addr(&app);
+    let mut o = O5::new("dev-1", a.ip().to_string(), a.port());
+    o.set_credentials("dev-1", &token);
+    let (client, mut el) = C5::new(o, 8);
+    for n in 0..2 {
+        client
+            .publish(format!("acme/dev-1/{n}"), Q5::AtLeastOnce, false, "x")
+            .await
+            .unwrap();
+    }
+    let mut reasons = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while reasons.len() < 2 {
+            if let Ev5::Incoming(P5::PubAck(ack)) = el.poll().await.unwrap() {
+                reasons.push(ack.reason);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        reasons,
+        vec![PubAckReason::Success, PubAckReason::QuotaExceeded]
+    );
+}
+both_stores!(
+    rate_limited_v5,
+    a_rate_limited_publish_gets_quota_exceeded_in_5
+);

@@ -152,6 +152,13 @@ pub(super) async fn run<S>(
         return;
     }
     broker.gate.metrics().broker_event("session_opened");
+    // A resumed session brings back its subscriptions inside the router: know them, so that the
+    // re-check below drops those the ACL no longer allows.
+    let subscriptions = if link.session_present {
+        broker.sessions.stored_filters(&client_id)
+    } else {
+        HashSet::new()
+    };
     // A change may have landed between the gate's answer and the registration: look once more.
     let _ = ctl_tx.try_send(Control::Recheck);
     let live = Live {
@@ -169,7 +176,8 @@ pub(super) async fn run<S>(
         last_seen: Instant::now(),
         pending_subacks: HashMap::new(),
         refused_qos2: HashSet::new(),
-        subscriptions: HashSet::new(),
+        subscriptions,
+        clean: connect.clean_session,
     };
     live.run(ctl_rx, registration, slot, admission).await;
 }
@@ -458,6 +466,8 @@ struct Live<S> {
     refused_qos2: HashSet<u16>,
     /// Filters granted in this connection, re-checked when the registry changes.
     subscriptions: HashSet<String>,
+    /// Clean session: the router forgets the session at the end (else it stores it).
+    clean: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
@@ -864,6 +874,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
             packets.push(normal_disconnect());
             let _ = self.send_to_router(packets).await;
         }
+        let stored = (!self.clean).then(|| std::mem::take(&mut self.subscriptions));
+        self.broker.sessions.store_filters(&self.client_id, stored);
         if let End::TakenOver(done) = end {
             let _ = done.send(());
         }

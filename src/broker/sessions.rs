@@ -1,7 +1,7 @@
 //! Who is connected: one live session per client id (a new one takes the old one over), a count
 //! of connections per peer address, and the handles revocation uses to reach live sessions.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +31,9 @@ pub struct Sessions {
     by_client: Mutex<HashMap<String, Entry>>,
     per_peer: Mutex<HashMap<IpAddr, usize>>,
     next_id: AtomicU64,
+    /// Filters of stored (clean session off) sessions, which the router restores on reconnect:
+    /// kept so that they are re-checked against the ACL then.
+    stored_filters: Mutex<HashMap<String, HashSet<String>>>,
 }
 
 /// A live session's place in [`Sessions`]; leaving it (drop) removes the session.
@@ -123,6 +126,23 @@ impl Sessions {
             // A full queue already holds a re-check; a closed one is a session on its way out.
             let _ = control.try_send(Control::Recheck);
         }
+    }
+
+    /// Remembers the filters of a session the router stores (`Some`), or forgets them (`None`).
+    pub fn store_filters(&self, client_id: &str, filters: Option<HashSet<String>>) {
+        let mut map = lock(&self.stored_filters);
+        match filters {
+            Some(f) => map.insert(client_id.to_string(), f),
+            None => map.remove(client_id),
+        };
+    }
+
+    /// The filters of the stored session of `client_id`, if any.
+    pub fn stored_filters(&self, client_id: &str) -> HashSet<String> {
+        lock(&self.stored_filters)
+            .get(client_id)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Number of live sessions.

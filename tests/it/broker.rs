@@ -842,3 +842,69 @@ both_stores!(
     rate_limited_v5,
     a_rate_limited_publish_gets_quota_exceeded_in_5
 );
+
+async fn a_resumed_session_loses_subscriptions_the_acl_dropped_meanwhile(store: Store) {
+    let app = TestApp::start(store).await;
+    let t1 = app.device("acme", "dev-1").await;
+    let t2 = app.device("acme", "dev-2").await;
+    let sub_rule = app
+        .admin
+        .add_rule(
+            "acme",
+            Some("dev-1"),
+            rule(Permission::Allow, RuleAction::Subscribe, "news/#"),
+        )
+        .await
+        .unwrap();
+    app.admin
+        .add_rule(
+            "acme",
+            Some("dev-2"),
+            rule(Permission::Allow, RuleAction::Publish, "news/#"),
+        )
+        .await
+        .unwrap();
+    let mut stored = v4_options(addr(&app), "dev-1", &t1);
+    stored.set_clean_session(false);
+    let (mut first, _) = V4::connect_with(stored.clone()).await;
+    first
+        .client
+        .subscribe("news/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    first.suback().await;
+    first.client.disconnect().await.unwrap();
+    first.closed().await;
+    app.admin.remove_rule("acme", sub_rule).await.unwrap();
+    let (mut resumed, _) = V4::connect_with(stored).await;
+    metric_reaches(
+        &app,
+        "mqgate_broker_events_total{event=\"subscription_revoked\"} 1",
+    )
+    .await;
+    let (mut writer, _) = V4::connect(addr(&app), "dev-2", &t2).await;
+    writer
+        .client
+        .publish("news/late", QoS::AtLeastOnce, false, "n")
+        .await
+        .unwrap();
+    writer
+        .next_matching(|ev| matches!(ev, Ok(Event::Incoming(Packet::PubAck(_)))).then_some(()))
+        .await;
+    resumed
+        .client
+        .subscribe("acme/dev-1/#", QoS::AtMostOnce)
+        .await
+        .unwrap();
+    resumed.suback().await;
+    resumed
+        .client
+        .publish("acme/dev-1/marker", QoS::AtMostOnce, false, "m")
+        .await
+        .unwrap();
+    assert_eq!(resumed.next_publish().await.0, "acme/dev-1/marker");
+}
+both_stores!(
+    resumed_session_rechecked,
+    a_resumed_session_loses_subscriptions_the_acl_dropped_meanwhile
+);

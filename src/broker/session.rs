@@ -33,7 +33,7 @@ use super::router::Link;
 use super::sessions::{Control, PeerSlot, Registration};
 use super::{Broker, TlsIdentity};
 use crate::acl::Action;
-use crate::core::Cause;
+use crate::core::{Cause, DeviceView};
 use crate::gate::ConnectRequest;
 
 /// How long a write to a client may take before the connection is given up.
@@ -54,8 +54,10 @@ struct Hello {
 
 /// What the gate admitted.
 struct Admission {
-    tenant: crate::registry::TenantId,
+    device: Arc<DeviceView>,
     credential_id: Option<i64>,
+    /// The registry's change counter before the gate decided.
+    epoch: u64,
     _capacity: OwnedSemaphorePermit,
 }
 
@@ -125,7 +127,7 @@ pub(super) async fn run<S>(
     let (registration, previous) =
         broker
             .sessions
-            .register(&client_id, admission.tenant, ctl_tx.clone());
+            .register(&client_id, admission.device.tenant, ctl_tx.clone());
     if let Some(previous) = previous {
         take_over(&broker, previous, &client_id).await;
     }
@@ -159,8 +161,11 @@ pub(super) async fn run<S>(
     } else {
         HashSet::new()
     };
-    // A change may have landed between the gate's answer and the registration: look once more.
-    let _ = ctl_tx.try_send(Control::Recheck);
+    // A change may have landed between the gate's answer and the registration, or the resumed
+    // session holds subscriptions: look once more.
+    if broker.gate.registry().epoch() != admission.epoch || !subscriptions.is_empty() {
+        let _ = ctl_tx.try_send(Control::Recheck);
+    }
     let live = Live {
         broker: Arc::clone(&broker),
         stream,
@@ -168,6 +173,7 @@ pub(super) async fn run<S>(
         client_id,
         peer: peer.ip().to_string(),
         credential_id: admission.credential_id,
+        device: Arc::clone(&admission.device),
         will,
         link,
         rbuf,
@@ -243,6 +249,7 @@ async fn admit(
     if tls.is_some_and(|id| id.client_id != client_id) {
         return Err(Refusal::IdentityMismatch);
     }
+    let epoch = broker.gate.registry().epoch();
     let login = hello.login.as_ref();
     let request = ConnectRequest {
         client_id: client_id.to_string(),
@@ -272,8 +279,9 @@ async fn admit(
         _ => None,
     };
     Ok(Admission {
-        tenant: device.tenant,
+        device,
         credential_id,
+        epoch,
         _capacity: capacity,
     })
 }
@@ -453,6 +461,9 @@ struct Live<S> {
     client_id: String,
     peer: String,
     credential_id: Option<i64>,
+    /// The device as last decided (refreshed on every re-check), so that publishes and
+    /// subscriptions are decided without a cache lookup.
+    device: Arc<DeviceView>,
     will: Option<LastWill>,
     link: Link,
     rbuf: BytesMut,
@@ -540,13 +551,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
         match control {
             Some(Control::TakeOver(done)) => Err(End::TakenOver(done)),
             Some(Control::Recheck) => {
-                let d = self
+                let (d, device) = self
                     .broker
                     .gate
                     .recheck_session(&self.client_id, &self.peer, self.credential_id)
                     .await;
                 if !d.is_allow() {
                     return Err(End::Revoked);
+                }
+                if let Some(device) = device {
+                    self.device = device;
                 }
                 self.recheck_subscriptions().await
             }
@@ -563,8 +577,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
             let d = self
                 .broker
                 .gate
-                .authorize(&self.client_id, Action::Subscribe, filter)
-                .await;
+                .authorize_device(&self.device, Action::Subscribe, filter);
             if !d.is_allow() {
                 revoked.push(filter.clone());
             }
@@ -677,8 +690,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
         let decision = self
             .broker
             .gate
-            .authorize(&self.client_id, Action::Publish, topic)
-            .await;
+            .authorize_device(&self.device, Action::Publish, topic);
         if decision.is_allow() {
             to_router.push(Packet::Publish(publish, props));
             return Ok(());
@@ -728,11 +740,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
         let mut slots = Vec::with_capacity(subscribe.filters.len());
         let mut allowed = Vec::with_capacity(subscribe.filters.len());
         for filter in subscribe.filters {
-            let d = self
-                .broker
-                .gate
-                .authorize(&self.client_id, Action::Subscribe, &filter.path)
-                .await;
+            let d =
+                self.broker
+                    .gate
+                    .authorize_device(&self.device, Action::Subscribe, &filter.path);
             if d.is_allow() {
                 slots.push(None);
                 self.subscriptions.insert(filter.path.clone());
@@ -854,15 +865,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
     async fn finish(mut self, end: End) {
         tracing::debug!(client_id = %self.client_id, end = end.label(), "MQTT session ended");
         self.broker.gate.metrics().broker_event(end.label());
-        if let (Version::V5, Some(reason_code)) = (self.codec.version, end.reason()) {
-            let bye = goodbye(reason_code, end.label());
-            let _ = timeout(
-                Duration::from_secs(1),
-                write_packets(&mut self.stream, self.codec, [bye]),
-            )
-            .await;
-        }
-        let _ = timeout(Duration::from_secs(1), self.stream.shutdown()).await;
+        // The router first (will, then leaving), so that a client seeing the close knows its
+        // will is already routed.
         if !matches!(end, End::RouterGone) {
             let mut packets = Vec::new();
             if end.fires_will()
@@ -874,6 +878,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
             packets.push(normal_disconnect());
             let _ = self.send_to_router(packets).await;
         }
+        if let (Version::V5, Some(reason_code)) = (self.codec.version, end.reason()) {
+            let bye = goodbye(reason_code, end.label());
+            let _ = timeout(
+                Duration::from_secs(1),
+                write_packets(&mut self.stream, self.codec, [bye]),
+            )
+            .await;
+        }
+        let _ = timeout(Duration::from_secs(1), self.stream.shutdown()).await;
         let stored = (!self.clean).then(|| std::mem::take(&mut self.subscriptions));
         self.broker.sessions.store_filters(&self.client_id, stored);
         if let End::TakenOver(done) = end {
@@ -885,6 +898,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
     /// device's will is dropped, as Mosquitto does for a will its ACL refuses).
     async fn checked_will(&self, will: LastWill) -> Option<Packet> {
         let topic = std::str::from_utf8(&will.topic).ok()?;
+        // A fresh lookup, not the held view: a revoked device's view is stale by definition.
         let d = self
             .broker
             .gate

@@ -101,6 +101,12 @@ impl CachedRegistry {
         Ok(record.map(|r| Arc::new(self.view(r))))
     }
 
+    /// A counter that moves on every invalidation: a reader that saw it unchanged across some
+    /// work knows no change landed meanwhile.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
     /// Every change applied from now on, after the cache forgot what it made stale (the embedded
     /// broker re-checks live sessions with it).
     pub fn watch_changes(&self) -> broadcast::Receiver<Change> {

@@ -908,3 +908,35 @@ both_stores!(
     resumed_session_rechecked,
     a_resumed_session_loses_subscriptions_the_acl_dropped_meanwhile
 );
+
+async fn a_revoked_devices_will_is_dropped(store: Store) {
+    let app = TestApp::start(store).await;
+    let token = app.device("acme", "dev-1").await;
+    let watch = observer(&app).await;
+    let (mut obs, _) = V4::connect(addr(&app), "observer", &watch).await;
+    obs.client
+        .subscribe("acme/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    obs.suback().await;
+    let mut o = v4_options(addr(&app), "dev-1", &token);
+    o.set_last_will(rumqttc::LastWill::new(
+        "acme/dev-1/status",
+        "gone",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let (mut dev, _) = V4::connect_with(o).await;
+    app.admin.set_enabled("acme", "dev-1", false).await.unwrap();
+    dev.closed().await;
+    obs.client
+        .publish("acme/observer/marker", QoS::AtLeastOnce, false, "m")
+        .await
+        .unwrap();
+    assert_eq!(
+        obs.next_publish().await.0,
+        "acme/observer/marker",
+        "the will of a disabled device must not go out"
+    );
+}
+both_stores!(revoked_will_dropped, a_revoked_devices_will_is_dropped);

@@ -4,6 +4,8 @@
 # targets with tests run. Ends with one summary line over all test binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The embedded broker's tests drive Debian's mosquitto_pub / mosquitto_sub.
+command -v mosquitto_pub >/dev/null 2>&1 || (apt-get update && apt-get install -y mosquitto-clients)
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

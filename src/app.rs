@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use crate::audit::sink::AuditSink;
 use crate::auth::secret::{SecretVerifier, SharedSecret};
 use crate::auth::trust::TrustStore;
+use crate::broker::{Broker, BrokerSettings};
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::gate::{Gate, GateOptions};
@@ -43,6 +44,8 @@ pub enum StartError {
 pub struct App {
     listener: TcpListener,
     addr: SocketAddr,
+    mqtt: Option<(TcpListener, SocketAddr)>,
+    broker: BrokerSettings,
     router: axum::Router,
     limits: ServerLimits,
     gate: Arc<Gate>,
@@ -81,6 +84,10 @@ impl App {
             addr: config.listen,
             source,
         })?;
+        let mqtt = match config.broker.addr {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
         store.migrate().await?;
         let file_rules = crate::acl::file::load_dir(&config.acl_rules_dir)?;
         let registry = Arc::new(CachedRegistry::new(
@@ -137,6 +144,8 @@ impl App {
         Ok(App {
             listener,
             addr,
+            mqtt,
+            broker: config.broker,
             router: http::router(state),
             limits,
             gate,
@@ -148,6 +157,11 @@ impl App {
         self.addr
     }
 
+    /// The MQTT address actually bound (`None` when the embedded broker is off).
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.mqtt.as_ref().map(|(_, a)| *a)
+    }
+
     /// The gate (for in-process transports and tests).
     pub fn gate(&self) -> Arc<Gate> {
         Arc::clone(&self.gate)
@@ -156,9 +170,21 @@ impl App {
     /// Serves until `shutdown` turns true.
     pub async fn run_until_stopped(self, shutdown: watch::Receiver<bool>) {
         tracing::info!(addr = %self.addr, "mqgate listening");
+        if let Some((listener, addr)) = self.mqtt {
+            tracing::info!(%addr, "embedded MQTT broker listening");
+            let broker = Broker::start(Arc::clone(&self.gate), self.broker, shutdown.clone());
+            tokio::spawn(broker.serve(listener));
+        }
         http::serve(self.listener, self.router, self.limits, shutdown).await;
         self.gate.registry().store().close().await;
     }
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let err = |source| StartError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(err)?;
+    let bound = listener.local_addr().map_err(err)?;
+    Ok((listener, bound))
 }
 
 /// Sweeps the gate's brute-force and bucket state every ten seconds, for as long as it lives.

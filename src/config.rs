@@ -12,6 +12,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::auth::trust::CrlFailure;
+use crate::broker::BrokerSettings;
 use crate::core::UnknownClient;
 use crate::limit::bucket::Rate;
 use crate::limit::ingest::LimitDefaults;
@@ -55,6 +56,11 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("crl_refresh", Some("1h")),
     ("crl_dir", Some("certs/crl")),
     ("cert_expiry_warning", Some("30d")),
+    ("mqtt_addr", Some("127.0.0.1:1883")),
+    ("mqtt_connect_timeout", Some("10s")),
+    ("mqtt_max_packet_size", Some("1048576")),
+    ("mqtt_max_conns_per_peer", Some("1000")),
+    ("mqtt_max_connections", Some("10000")),
 ];
 
 /// mqgate's configuration, validated.
@@ -96,6 +102,8 @@ pub struct Config {
     pub lockout: LockoutPolicy,
     /// Ingestion limit defaults (rate 0: none) and the replica count sharing them.
     pub limits: LimitDefaults,
+    /// The embedded MQTT broker (`mqtt_addr = "off"` turns it off).
+    pub broker: BrokerSettings,
     /// Certificate authorities and revocation lists.
     pub certs: CertConfig,
 }
@@ -140,6 +148,7 @@ impl std::fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("unknown_client", &self.unknown_client)
             .field("acl_rules_dir", &self.acl_rules_dir)
+            .field("broker", &self.broker)
             .finish_non_exhaustive()
     }
 }
@@ -272,7 +281,7 @@ impl Layers {
             header_read_timeout: self.parse("header_read_timeout", parse_duration)?,
             request_timeout: self.parse("request_timeout", parse_duration)?,
             max_body_bytes: self.parse("max_body_bytes", parse_num)?,
-            log: self.parse("log", |s| Ok(s.to_string()))?,
+            log: self.parse("log", |s| Ok(quiet_router(s)))?,
             lockout: LockoutPolicy {
                 max_failures: self.parse("lockout_max_failures", parse_positive)?,
                 window_ms: self.parse("lockout_window", parse_ms)?,
@@ -297,6 +306,27 @@ impl Layers {
                 crl_refresh: self.parse("crl_refresh", parse_positive_duration)?,
                 crl_dir: self.parse("crl_dir", |s| Ok(PathBuf::from(s)))?,
                 expiry_warning: self.parse("cert_expiry_warning", parse_duration)?,
+            },
+            broker: BrokerSettings {
+                addr: self.parse("mqtt_addr", |s| match s {
+                    "off" => Ok(None),
+                    s => s
+                        .parse()
+                        .map(Some)
+                        .map_err(|_| "not a socket address (or `off`)".into()),
+                })?,
+                connect_timeout: self.parse("mqtt_connect_timeout", parse_duration)?,
+                max_packet_size: self.parse("mqtt_max_packet_size", |s| {
+                    match s.parse::<usize>() {
+                        // MQTT's remaining length tops out at 268,435,455.
+                        Ok(n) if (16..=268_435_455).contains(&n) => Ok(n),
+                        _ => Err("must be a number of bytes from 16 to 268435455".into()),
+                    }
+                })?,
+                max_conns_per_peer: self.parse("mqtt_max_conns_per_peer", parse_num)?,
+                max_connections: self.parse("mqtt_max_connections", |s| {
+                    parse_positive(s).map(|n| n as usize)
+                })?,
             },
         })
     }
@@ -366,6 +396,17 @@ impl Config {
     /// The database URL (not a secret to mqgate's own code, but it may embed a password).
     pub fn database_url(&self) -> &str {
         self.database_url.expose_secret()
+    }
+}
+
+/// rumqttd's router opens a span per routed packet with the topic formatted into it; with a
+/// subscriber listening at error level that costs a tenth of the broker's throughput. Its logging
+/// is off unless the filter names `rumqttd` itself.
+fn quiet_router(filter: &str) -> String {
+    if filter.contains("rumqttd") {
+        filter.to_string()
+    } else {
+        format!("{filter},rumqttd=off")
     }
 }
 

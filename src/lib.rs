@@ -5,6 +5,7 @@
 //! - [`app`]: builds (binds, migrates, warms) and runs the service.
 //! - [`audit`]: typed audit events, the hash chain, and the buffered writer.
 //! - [`core`]: the pure decision core — requests in, `Decision` (verdict + cause) out.
+//! - [`broker`]: the embedded MQTT broker — mqgate's edge in front of rumqttd's router.
 //! - [`http`]: the HTTP server, shared guards and limits, and the broker dialects (EMQX).
 //! - [`gate`]: the one async entry every transport calls (cache → verify → core → audit).
 //! - [`acl`]: topic ACL rules, placeholder expansion, MQTT topic matching, rule files.
@@ -25,6 +26,7 @@ pub mod admin;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod broker;
 pub mod cert_upkeep;
 pub mod cli;
 pub mod clock;

@@ -13,6 +13,7 @@ pub struct Metrics {
     authorize_allowed: AtomicU64,
     denied: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     rate_limited: Mutex<BTreeMap<String, u64>>,
+    broker: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// Which question a decision answered.
@@ -50,6 +51,11 @@ impl Metrics {
             .or_default() += n;
     }
 
+    /// Counts an embedded-broker event (session opened/ended and why, refusals).
+    pub fn broker_event(&self, event: &'static str) {
+        *lock(&self.broker).entry(event).or_default() += 1;
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -77,6 +83,10 @@ impl Metrics {
                 "mqgate_rate_limited_total{{tenant=\"{}\"}} {n}",
                 escape(tenant)
             );
+        }
+        out.push_str("# HELP mqgate_broker_events_total Embedded broker sessions and refusals, by event.\n# TYPE mqgate_broker_events_total counter\n");
+        for (event, n) in lock(&self.broker).iter() {
+            let _ = writeln!(out, "mqgate_broker_events_total{{event=\"{event}\"}} {n}");
         }
         out
     }

@@ -2,8 +2,10 @@
 //! device and what the client asks, it returns a [`Decision`] that names its cause.
 
 mod decision;
+mod session;
 
 pub use decision::{Cause, Decision, Verdict};
+pub use session::decide_session;
 
 use crate::acl::{AclVerdict, Action, CompiledAcl, Identity, Permission, Rule};
 use crate::auth::secret::VerifiedSecret;

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use moka::future::Cache;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{Change, DeviceRecord, Store, StoreError, StoreResult};
 use crate::acl::{Rule, RuleSource};
@@ -47,8 +47,11 @@ pub struct CachedRegistry {
     cache: Cache<String, Entry>,
     file_rules: RwLock<Arc<Vec<Rule>>>,
     epoch: AtomicU64,
-    changes: tokio::sync::broadcast::Sender<Change>,
+    changes: broadcast::Sender<Change>,
 }
+
+/// Changes re-published after invalidation, for live sessions (a lagging reader re-checks all).
+const CHANGE_FEED: usize = 1024;
 
 impl CachedRegistry {
     /// Wraps `store`; `file_rules` are appended after each device's stored rules.
@@ -66,7 +69,7 @@ impl CachedRegistry {
             cache,
             file_rules: RwLock::new(Arc::new(file_rules)),
             epoch: AtomicU64::new(0),
-            changes: tokio::sync::broadcast::channel(1024).0,
+            changes: broadcast::channel(CHANGE_FEED).0,
         }
     }
 
@@ -98,15 +101,22 @@ impl CachedRegistry {
         Ok(record.map(|r| Arc::new(self.view(r))))
     }
 
-    /// Every change this registry applies, after it applied it (for state kept beside the cache:
-    /// certificate trust, live sessions). A receiver that lags gets `Lagged` and should resync.
-    pub fn watch_changes(&self) -> tokio::sync::broadcast::Receiver<Change> {
+    /// A counter that moves on every invalidation: a reader that saw it unchanged across some
+    /// work knows no change landed meanwhile.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Every change applied from now on, after the cache forgot what it made stale (the embedded
+    /// broker re-checks live sessions with it).
+    pub fn watch_changes(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
     }
 
-    /// Forgets what `change` made stale.
+    /// Forgets what `change` made stale, then tells [`CachedRegistry::watch_changes`] readers.
     pub async fn invalidate(&self, change: &Change) {
         self.forget(change).await;
+        // No reader (broker off) is not an error.
         let _ = self.changes.send(change.clone());
     }
 

@@ -53,6 +53,7 @@ pub async fn sqlite_store() -> (Store, tempfile::TempDir) {
 pub fn test_layers() -> Layers {
     let mut l = Layers::defaults();
     l.set("listen", "127.0.0.1:0".into(), "test").unwrap();
+    l.set("mqtt_addr", "127.0.0.1:0".into(), "test").unwrap();
     l.set("internal_secret", SECRET.into(), "test").unwrap();
     let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/acl-rules");
     l.set("acl_rules_dir", rules.into(), "test").unwrap();
@@ -71,6 +72,8 @@ pub struct TestApp {
     pub clock: Clock,
     /// The server's gate (certificate trust, metrics).
     pub gate: Arc<mqgate::gate::Gate>,
+    /// The embedded MQTT broker's address (`None` when configured off).
+    pub mqtt: Option<std::net::SocketAddr>,
     _stop: watch::Sender<bool>,
 }
 
@@ -91,6 +94,7 @@ impl TestApp {
             .unwrap();
         let base = format!("http://{}", app.http_addr());
         let gate = app.gate();
+        let mqtt = app.mqtt_addr();
         let registry = Arc::clone(gate.registry());
         let admin = Admin::new(store.clone(), clock.clone()).with_registry(registry);
         let (tx, rx) = watch::channel(false);
@@ -101,6 +105,7 @@ impl TestApp {
             admin,
             clock,
             gate,
+            mqtt,
             _stop: tx,
         }
     }

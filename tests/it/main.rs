@@ -3,6 +3,7 @@
 mod helpers;
 
 mod audit;
+mod broker;
 mod brute_force;
 mod certs;
 mod emqx_http;

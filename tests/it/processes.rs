@@ -24,6 +24,7 @@ fn mqgate(db: &str) -> Command {
         )
         .env("MQGATE_INTERNAL_SECRET", SECRET)
         .env("MQGATE_CA_KEY_SECRET", CA_SECRET)
+        .env("MQGATE_MQTT_ADDR", "127.0.0.1:0")
         .stdin(Stdio::null())
         .kill_on_drop(true);
     c
@@ -131,6 +132,22 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("{} never answered {want} for {client_id}", self.base);
+    }
+
+    /// The embedded MQTT broker's address, from its start-up line.
+    async fn mqtt_addr(&mut self) -> std::net::SocketAddr {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let l = self.log.recv().await.expect("server exited");
+                if l.contains("embedded MQTT broker listening")
+                    && let Some(a) = l.split("addr=").nth(1)
+                {
+                    return a.split_whitespace().next().unwrap().parse().unwrap();
+                }
+            }
+        })
+        .await
+        .expect("server did not report its MQTT address")
     }
 
     async fn stop(mut self) -> String {
@@ -895,4 +912,46 @@ async fn the_cli_runs_a_tenant_ca_issues_revokes_and_publishes_crls() {
     )
     .await;
     assert!(!ok && err.contains("not a CA"), "{err}");
+}
+
+#[tokio::test]
+async fn serve_runs_the_mqtt_broker_and_a_cli_disable_ends_a_live_session() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_url(&dir);
+    cli_json(&db, &["tenant", "add", "acme"]).await;
+    let dev = cli_json(
+        &db,
+        &["device", "add", "--tenant", "acme", "--client-id", "dev-1"],
+    )
+    .await;
+    let token = dev["token"].as_str().unwrap().to_string();
+    let mut s = Server::start(&db, &[]).await;
+    let addr = s.mqtt_addr().await;
+    let mut o = MqttOptions::new("dev-1", addr.ip().to_string(), addr.port());
+    o.set_credentials("dev-1", &token);
+    let (_client, mut el) = AsyncClient::new(o, 8);
+    let wait = Duration::from_secs(30);
+    tokio::time::timeout(wait, async {
+        while !matches!(el.poll().await, Ok(Event::Incoming(Packet::ConnAck(_)))) {}
+    })
+    .await
+    .expect("no CONNACK from mqgate serve");
+    // Another process changes the registry; the change table carries it to the live session.
+    cli_json(
+        &db,
+        &[
+            "device",
+            "disable",
+            "--tenant",
+            "acme",
+            "--client-id",
+            "dev-1",
+        ],
+    )
+    .await;
+    tokio::time::timeout(wait, async { while el.poll().await.is_ok() {} })
+        .await
+        .expect("the disabled device's session was not closed");
+    s.stop().await;
 }

@@ -1,0 +1,141 @@
+//! The embedded MQTT broker: mqgate owns the connection edge, rumqttd routes.
+//!
+//! mqgate accepts the sockets, reads CONNECT itself and decides it through the [`Gate`] (with the
+//! peer address, and later a verified TLS identity), checks every SUBSCRIBE filter and PUBLISH
+//! before the router sees it, and attaches admitted clients to rumqttd's router through its public
+//! local-link API ([`router`]). Each connection is its own task; the accept loop never waits on a
+//! client. Registry changes reach live sessions through [`sessions::Sessions::notify`].
+//!
+//! - [`codec`]: version sniffing and guarded framing over rumqttd's protocol codec.
+//! - [`refusal`]: which CONNACK code a refusal gets.
+//! - [`session`]: one connection, from CONNECT to close.
+//! - [`sessions`]: live sessions by client id, connections per address.
+//! - [`router`]: rumqttd's router and link building.
+
+pub mod codec;
+pub mod refusal;
+pub mod router;
+pub mod session;
+pub mod sessions;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, broadcast, watch};
+
+use crate::gate::Gate;
+use crate::registry::Change;
+use router::RouterHandle;
+use sessions::Sessions;
+
+/// The broker's configuration (`mqtt_*` keys).
+#[derive(Debug, Clone, Copy)]
+pub struct BrokerSettings {
+    /// Plain-TCP listener address; `None` (`mqtt_addr = "off"`) turns the broker off.
+    pub addr: Option<SocketAddr>,
+    /// Time a new connection has to send its CONNECT.
+    pub connect_timeout: Duration,
+    /// Largest packet accepted (remaining length, bytes).
+    pub max_packet_size: usize,
+    /// Connections allowed from one address at once (0: no limit).
+    pub max_conns_per_peer: usize,
+    /// Live sessions allowed in all.
+    pub max_connections: usize,
+}
+
+/// A client identity proven by the mTLS listener's handshake: what the certificate verifier
+/// concluded, and the chain it concluded it from (re-checked when certificates or CRLs change, so
+/// a revoked certificate ends its live session). CONNECT must then name the same client id.
+#[derive(Debug, Clone)]
+pub struct TlsIdentity {
+    /// The device the certificate identifies.
+    pub identity: crate::auth::trust::CertIdentity,
+    /// The chain the client presented, end-entity first.
+    pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+}
+
+/// Everything a connection task needs, shared.
+pub struct Broker {
+    pub(crate) gate: Arc<Gate>,
+    pub(crate) router: RouterHandle,
+    pub(crate) sessions: Arc<Sessions>,
+    pub(crate) settings: BrokerSettings,
+    pub(crate) capacity: Arc<Semaphore>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+impl Broker {
+    /// Starts the router and the revocation watch; connections are served by [`Broker::serve`]
+    /// and [`Broker::handle`].
+    pub fn start(
+        gate: Arc<Gate>,
+        settings: BrokerSettings,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<Broker> {
+        let router = RouterHandle::start(settings.max_connections + 1);
+        let changes = gate.registry().watch_changes();
+        let broker = Arc::new(Broker {
+            gate,
+            router,
+            sessions: Arc::new(Sessions::default()),
+            settings,
+            capacity: Arc::new(Semaphore::new(settings.max_connections)),
+            shutdown,
+        });
+        spawn_revocation_watch(&broker, changes);
+        broker
+    }
+
+    /// Number of live sessions.
+    pub fn live_sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Accepts plain-TCP connections on `listener` until shutdown; each gets its own task.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        tokio::spawn(Arc::clone(&self).handle(stream, peer, None));
+                    }
+                    Err(e) => {
+                        // Out of descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "MQTT accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Serves one connection over any byte stream: plain TCP here, TLS from the mTLS listener,
+    /// which passes the identity its verifier proved.
+    pub async fn handle<S>(self: Arc<Self>, stream: S, peer: SocketAddr, tls: Option<TlsIdentity>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        session::run(self, stream, peer, tls).await;
+    }
+}
+
+/// Forwards registry changes to the live sessions they concern, until the registry goes away.
+fn spawn_revocation_watch(broker: &Arc<Broker>, mut changes: broadcast::Receiver<Change>) {
+    let sessions = Arc::clone(&broker.sessions);
+    tokio::spawn(async move {
+        loop {
+            match changes.recv().await {
+                Ok(change) => sessions.notify(&change),
+                // Missed some: every session re-checks.
+                Err(broadcast::error::RecvError::Lagged(_)) => sessions.notify(&Change::Resync),
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+}

@@ -1,0 +1,131 @@
+//! How a refused CONNECT is answered: the gate's cause mapped to a CONNACK code each MQTT version
+//! has. 3.1.1 has five refusal codes; 5.0 has more precise reason codes.
+//!
+//! | refusal | 3.1.1 | 5.0 |
+//! |---|---|---|
+//! | unknown client, wrong/missing/expired secret, username mismatch | 4 bad username or password | 0x86 |
+//! | device disabled, will topic not allowed, TLS identity mismatch | 5 not authorized | 0x87 |
+//! | locked out after failed attempts | 5 not authorized | 0x8A banned |
+//! | too many connections (per address, or the broker's limit) | 3 server unavailable | 0x97 quota exceeded |
+//! | registry unavailable, verification interrupted, router refused | 3 server unavailable | 0x88 server unavailable |
+//! | empty client id, or one with `+ # / $` | 2 identifier rejected | 0x85 |
+//! | enhanced authentication (5.0 AUTH method) | 5 not authorized | 0x8C bad authentication method |
+
+use rumqttd::protocol::ConnectReturnCode as Code;
+
+use super::codec::Version;
+use crate::core::{Cause, Decision};
+
+/// Why mqgate refuses a CONNECT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The gate said no (or "ignore", which the embedded broker has nobody to pass to).
+    Gate(Cause),
+    /// The will's topic is not one the device may publish to.
+    WillNotAllowed,
+    /// A verified TLS identity names another client id.
+    IdentityMismatch,
+    /// Too many connections from this address, or in all.
+    TooManyConnections,
+    /// The routing engine did not take the connection.
+    Unavailable,
+    /// Empty or router-invalid client id.
+    BadClientId,
+    /// 5.0 enhanced authentication, which mqgate does not offer.
+    AuthMethod,
+}
+
+impl Refusal {
+    /// The refusal for a non-allow decision.
+    pub fn from_decision(d: &Decision) -> Self {
+        Refusal::Gate(d.cause.clone())
+    }
+
+    /// A short label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::Gate(c) => c.label(),
+            Refusal::WillNotAllowed => "will_not_allowed",
+            Refusal::IdentityMismatch => "identity_mismatch",
+            Refusal::TooManyConnections => "too_many_connections",
+            Refusal::Unavailable => "unavailable",
+            Refusal::BadClientId => "bad_client_id",
+            Refusal::AuthMethod => "auth_method",
+        }
+    }
+
+    /// The CONNACK code for `version` (only codes that version's writer knows).
+    pub fn code(&self, version: Version) -> Code {
+        use Version::{V4, V5};
+        match (self, version) {
+            (Refusal::Gate(c), _) if is_credential_failure(c) => Code::BadUserNamePassword,
+            (Refusal::Gate(Cause::LockedOut(_)), V5) => Code::Banned,
+            (Refusal::Gate(Cause::StoreUnavailable | Cause::Interrupted), V4) => {
+                Code::ServiceUnavailable
+            }
+            (Refusal::Gate(Cause::StoreUnavailable | Cause::Interrupted), V5) => {
+                Code::ServerUnavailable
+            }
+            (Refusal::TooManyConnections | Refusal::Unavailable, V4) => Code::ServiceUnavailable,
+            (Refusal::TooManyConnections, V5) => Code::QuotaExceeded,
+            (Refusal::Unavailable, V5) => Code::ServerUnavailable,
+            (Refusal::BadClientId, _) => Code::ClientIdentifierNotValid,
+            (Refusal::AuthMethod, V5) => Code::BadAuthenticationMethod,
+            _ => Code::NotAuthorized,
+        }
+    }
+}
+
+fn is_credential_failure(c: &Cause) -> bool {
+    matches!(
+        c,
+        Cause::UnknownClient
+            | Cause::UsernameMismatch
+            | Cause::NoSecret
+            | Cause::BadSecret
+            | Cause::CredentialExpired { .. }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limit::lockout::Locked;
+
+    #[test]
+    fn credential_failures_are_bad_username_or_password_in_both_versions() {
+        for v in [Version::V4, Version::V5] {
+            assert_eq!(
+                Refusal::Gate(Cause::BadSecret).code(v),
+                Code::BadUserNamePassword
+            );
+            assert_eq!(
+                Refusal::Gate(Cause::UnknownClient).code(v),
+                Code::BadUserNamePassword
+            );
+        }
+    }
+
+    #[test]
+    fn authorization_refusals_are_not_authorized_and_lockouts_banned_in_5() {
+        assert_eq!(
+            Refusal::Gate(Cause::DeviceDisabled).code(Version::V4),
+            Code::NotAuthorized
+        );
+        assert_eq!(
+            Refusal::WillNotAllowed.code(Version::V5),
+            Code::NotAuthorized
+        );
+        let locked = Refusal::Gate(Cause::LockedOut(Locked::ClientId { until_ms: 1 }));
+        assert_eq!(locked.code(Version::V4), Code::NotAuthorized);
+        assert_eq!(locked.code(Version::V5), Code::Banned);
+        assert_eq!(
+            Refusal::TooManyConnections.code(Version::V5),
+            Code::QuotaExceeded
+        );
+        assert_eq!(
+            Refusal::TooManyConnections.code(Version::V4),
+            Code::ServiceUnavailable
+        );
+    }
+}

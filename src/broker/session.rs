@@ -1,0 +1,957 @@
+//! One MQTT connection, from CONNECT to close, in its own task.
+//!
+//! CONNECT is read here (bounded in time and size), decided by the gate and answered with a
+//! CONNACK either way. An admitted client is attached to the router; from then on every PUBLISH
+//! and every SUBSCRIBE filter is checked before it is handed to the router, and the router's
+//! answers are written back, with refused filters spliced into SUBACK. The session ends on
+//! DISCONNECT, close, keep-alive expiry, takeover, revocation or shutdown; mqgate then publishes
+//! the will itself (checked again: a revoked device's will is dropped) and detaches from the router.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttd::Notification;
+use rumqttd::local::LinkRx;
+use rumqttd::protocol::{
+    ConnAck, ConnAckProperties, Connect, ConnectProperties, ConnectReturnCode, Disconnect,
+    DisconnectProperties, DisconnectReasonCode, LastWill, Login, Packet, PingResp, PubAck,
+    PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, Publish, PublishProperties, QoS,
+    SubAck, Subscribe, SubscribeProperties, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+    Unsubscribe, UnsubscribeProperties,
+};
+use secrecy::SecretString;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::time::{Instant, timeout};
+
+use super::codec::{self, Codec, FrameError, Version};
+use super::refusal::Refusal;
+use super::router::Link;
+use super::sessions::{Control, PeerSlot, Registration};
+use super::{Broker, TlsIdentity};
+use crate::acl::Action;
+use crate::core::{Cause, DeviceView};
+use crate::gate::{ConnectRequest, PresentedCert};
+
+/// How long a write to a client may take before the connection is given up.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a new session waits for the one it takes over to leave.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(2);
+/// Router notifications handled per wake-up before the socket gets a turn.
+const NOTIFICATION_BATCH: usize = 512;
+
+/// A CONNECT, taken apart.
+struct Hello {
+    codec: Codec,
+    connect: Connect,
+    props: Option<ConnectProperties>,
+    will: Option<LastWill>,
+    login: Option<Login>,
+}
+
+/// What the gate admitted.
+struct Admission {
+    device: Arc<DeviceView>,
+    credential_id: Option<i64>,
+    /// The registry's change counter before the gate decided.
+    epoch: u64,
+    _capacity: OwnedSemaphorePermit,
+}
+
+/// Serves one connection (see the module docs).
+pub(super) async fn run<S>(
+    broker: Arc<Broker>,
+    mut stream: S,
+    peer: SocketAddr,
+    tls: Option<TlsIdentity>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let slot = broker
+        .sessions
+        .peer_slot(peer.ip(), broker.settings.max_conns_per_peer);
+    let mut rbuf = BytesMut::with_capacity(4096);
+    let max = broker.settings.max_packet_size;
+    let hello = match timeout(
+        broker.settings.connect_timeout,
+        read_connect(&mut stream, &mut rbuf, max),
+    )
+    .await
+    {
+        Ok(Ok(hello)) => hello,
+        Ok(Err(FrameError::UnsupportedLevel(level))) => {
+            tracing::debug!(%peer, level, "MQTT CONNECT with an unsupported protocol level");
+            let refuse = Codec::new(Version::V4, max);
+            let _ = write_packets(
+                &mut stream,
+                refuse,
+                [connack(
+                    ConnectReturnCode::RefusedProtocolVersion,
+                    false,
+                    None,
+                )],
+            )
+            .await;
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "MQTT connection closed before CONNECT");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "MQTT CONNECT timed out");
+            broker.gate.metrics().broker_event("connect_timeout");
+            return;
+        }
+    };
+    let admitted = admit(&broker, &hello, peer, tls.as_ref(), slot.is_some()).await;
+    let admission = match admitted {
+        Ok(a) => a,
+        Err(refusal) => {
+            let id = &hello.connect.client_id;
+            return refuse(&broker, &mut stream, hello.codec, id, &refusal).await;
+        }
+    };
+    // The password is not kept for the session's life.
+    let Hello {
+        codec,
+        connect,
+        will,
+        ..
+    } = hello;
+    let client_id = connect.client_id.clone();
+    let (ctl_tx, ctl_rx) = mpsc::channel(4);
+    let (registration, previous) =
+        broker
+            .sessions
+            .register(&client_id, admission.device.tenant, ctl_tx.clone());
+    if let Some(previous) = previous {
+        take_over(&broker, previous, &client_id).await;
+    }
+    let link = match broker
+        .router
+        .attach(&client_id, connect.clean_session)
+        .await
+    {
+        Ok(link) => link,
+        Err(e) => {
+            tracing::warn!(%client_id, error = %e, "router refused an admitted client");
+            let refusal = Refusal::Unavailable;
+            return refuse(&broker, &mut stream, codec, &client_id, &refusal).await;
+        }
+    };
+    let ack = connack(
+        ConnectReturnCode::Success,
+        link.session_present,
+        (codec.version == Version::V5).then(|| success_properties(max)),
+    );
+    if write_packets(&mut stream, codec, [ack]).await.is_err() {
+        let mut link = link;
+        let _ = link.tx.send(normal_disconnect()).await;
+        return;
+    }
+    broker.gate.metrics().broker_event("session_opened");
+    // A resumed session brings back its subscriptions inside the router: know them, so that the
+    // re-check below drops those the ACL no longer allows.
+    let subscriptions = if link.session_present {
+        broker.sessions.stored_filters(&client_id)
+    } else {
+        HashSet::new()
+    };
+    // A change may have landed between the gate's answer and the registration, or the resumed
+    // session holds subscriptions: look once more.
+    if broker.gate.registry().epoch() != admission.epoch || !subscriptions.is_empty() {
+        let _ = ctl_tx.try_send(Control::Recheck);
+    }
+    let live = Live {
+        broker: Arc::clone(&broker),
+        stream,
+        codec,
+        client_id,
+        peer: peer.ip().to_string(),
+        credential_id: admission.credential_id,
+        cert_chain: tls.map(|t| t.chain),
+        device: Arc::clone(&admission.device),
+        will,
+        link,
+        rbuf,
+        wbuf: BytesMut::with_capacity(4096),
+        keep_alive: keep_alive(connect.keep_alive),
+        last_seen: Instant::now(),
+        pending_subacks: HashMap::new(),
+        refused_qos2: HashSet::new(),
+        subscriptions,
+        clean: connect.clean_session,
+    };
+    live.run(ctl_rx, registration, slot, admission).await;
+}
+
+/// Reads bytes until a complete CONNECT is buffered; picks the codec from its protocol level.
+async fn read_connect<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Hello, FrameError> {
+    let mut codec = None;
+    loop {
+        if codec.is_none() {
+            codec = codec::sniff_version(buf, max)?.map(|v| Codec::new(v, max));
+        }
+        if let Some(c) = codec
+            && let Some(packet) = c.decode_connect(buf)?
+        {
+            return match packet {
+                Packet::Connect(connect, props, will, _, login) => Ok(Hello {
+                    codec: c,
+                    connect,
+                    props,
+                    will,
+                    login,
+                }),
+                _ => Err(FrameError::UnexpectedType(0)),
+            };
+        }
+        let n = stream
+            .read_buf(buf)
+            .await
+            .map_err(|e| FrameError::Malformed(e.to_string()))?;
+        if n == 0 {
+            return Err(FrameError::Malformed("closed".into()));
+        }
+    }
+}
+
+/// Runs the CONNECT through the gate and the broker's own limits.
+async fn admit(
+    broker: &Broker,
+    hello: &Hello,
+    peer: SocketAddr,
+    tls: Option<&TlsIdentity>,
+    has_peer_slot: bool,
+) -> Result<Admission, Refusal> {
+    let client_id = hello.connect.client_id.as_str();
+    if !has_peer_slot {
+        return Err(Refusal::TooManyConnections);
+    }
+    // rumqttd's router silently drops links whose id has these characters.
+    if client_id.is_empty() || client_id.contains(['+', '$', '#', '/']) {
+        return Err(Refusal::BadClientId);
+    }
+    if hello
+        .props
+        .as_ref()
+        .is_some_and(|p| p.authentication_method.is_some())
+    {
+        return Err(Refusal::AuthMethod);
+    }
+    if tls.is_some_and(|t| t.identity.client_id != client_id) {
+        return Err(Refusal::IdentityMismatch);
+    }
+    let epoch = broker.gate.registry().epoch();
+    let login = hello.login.as_ref();
+    let request = ConnectRequest {
+        client_id: client_id.to_string(),
+        username: login.map(|l| l.username.clone()).filter(|u| !u.is_empty()),
+        secret: login.map(|l| SecretString::from(l.password.clone())),
+        peer: Some(peer.ip().to_string()),
+        cert: tls.map(|t| PresentedCert::Verified(t.identity.clone())),
+    };
+    let outcome = broker.gate.connect(request).await;
+    let (true, Some(device)) = (outcome.decision.is_allow(), outcome.device) else {
+        return Err(Refusal::from_decision(&outcome.decision));
+    };
+    if let Some(will) = &hello.will {
+        let topic = std::str::from_utf8(&will.topic).map_err(|_| Refusal::WillNotAllowed)?;
+        let d = broker
+            .gate
+            .authorize(client_id, Action::Publish, topic)
+            .await;
+        if !d.is_allow() {
+            return Err(Refusal::WillNotAllowed);
+        }
+    }
+    let capacity = Arc::clone(&broker.capacity)
+        .try_acquire_owned()
+        .map_err(|_| Refusal::TooManyConnections)?;
+    let credential_id = match outcome.decision.cause {
+        Cause::Credential { credential_id, .. } => Some(credential_id),
+        _ => None,
+    };
+    Ok(Admission {
+        device,
+        credential_id,
+        epoch,
+        _capacity: capacity,
+    })
+}
+
+/// Answers a refused CONNECT with its CONNACK code and closes.
+async fn refuse<S: AsyncWrite + Unpin>(
+    broker: &Broker,
+    stream: &mut S,
+    codec: Codec,
+    client_id: &str,
+    refusal: &Refusal,
+) {
+    let code = refusal.code(codec.version);
+    tracing::info!(
+        %client_id,
+        refusal = refusal.label(),
+        ?code,
+        "MQTT CONNECT refused"
+    );
+    broker.gate.metrics().broker_event("connect_refused");
+    let _ = write_packets(stream, codec, [connack(code, false, None)]).await;
+    let _ = timeout(Duration::from_secs(1), stream.shutdown()).await;
+}
+
+/// Tells the live session of the same client id to leave and waits (bounded) until it has.
+async fn take_over(broker: &Broker, previous: mpsc::Sender<Control>, client_id: &str) {
+    let (done_tx, done_rx) = oneshot::channel();
+    if previous.send(Control::TakeOver(done_tx)).await.is_ok() {
+        let _ = timeout(TAKEOVER_WAIT, done_rx).await;
+    }
+    tracing::info!(%client_id, "MQTT session taken over by a new connection");
+    broker.gate.metrics().broker_event("session_taken_over");
+}
+
+fn connack(
+    code: ConnectReturnCode,
+    session_present: bool,
+    props: Option<ConnAckProperties>,
+) -> Packet {
+    Packet::ConnAck(
+        ConnAck {
+            session_present,
+            code,
+        },
+        props,
+    )
+}
+
+/// 5.0 CONNACK properties: the packet limit, and no topic aliases from the client (mqgate must
+/// see every publish's real topic to authorize it).
+fn success_properties(max: usize) -> ConnAckProperties {
+    ConnAckProperties {
+        max_packet_size: u32::try_from(max).ok(),
+        topic_alias_max: Some(0),
+        retain_available: Some(1),
+        ..ConnAckProperties::default()
+    }
+}
+
+/// 1.5 × the client's keep-alive (none when it asked for 0).
+fn keep_alive(secs: u16) -> Option<Duration> {
+    (secs > 0).then(|| Duration::from_millis(u64::from(secs) * 1500))
+}
+
+async fn write_packets<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    codec: Codec,
+    packets: impl IntoIterator<Item = Packet>,
+) -> Result<(), End> {
+    let mut out = BytesMut::new();
+    for p in packets {
+        codec.encode(p, &mut out).map_err(|e| {
+            tracing::warn!(error = %e, "could not encode a packet for a client");
+            End::Io
+        })?;
+    }
+    match timeout(WRITE_TIMEOUT, stream.write_all(&out)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(End::Io),
+    }
+}
+
+/// A 5.0 DISCONNECT with a reason string. Always with properties: rumqttd 0.20's 5.0 writer
+/// frames a reason code without properties one byte short.
+fn goodbye(reason_code: DisconnectReasonCode, why: &str) -> Packet {
+    let props = DisconnectProperties {
+        session_expiry_interval: None,
+        reason_string: Some(why.replace('_', " ")),
+        user_properties: Vec::new(),
+        server_reference: None,
+    };
+    Packet::Disconnect(Disconnect { reason_code }, Some(props))
+}
+
+fn normal_disconnect() -> Packet {
+    Packet::Disconnect(
+        Disconnect {
+            reason_code: DisconnectReasonCode::NormalDisconnection,
+        },
+        None,
+    )
+}
+
+/// Why a live session ended.
+enum End {
+    /// The client sent DISCONNECT (5.0 may ask for its will).
+    ClientDisconnect { with_will: bool },
+    /// The client closed the connection, or a read or write failed.
+    Io,
+    /// Nothing received for 1.5 × keep-alive.
+    KeepAlive,
+    /// A new connection with the same client id.
+    TakenOver(oneshot::Sender<()>),
+    /// The device lost its admission (disabled, removed, credential revoked).
+    Revoked,
+    /// mqgate is shutting down.
+    Shutdown,
+    /// The client broke the protocol.
+    Protocol(DisconnectReasonCode),
+    /// The router dropped the link.
+    RouterGone,
+}
+
+impl End {
+    fn label(&self) -> &'static str {
+        match self {
+            End::ClientDisconnect { .. } => "client_disconnect",
+            End::Io => "closed",
+            End::KeepAlive => "keep_alive_timeout",
+            End::TakenOver(_) => "taken_over",
+            End::Revoked => "revoked",
+            End::Shutdown => "shutdown",
+            End::Protocol(_) => "protocol_error",
+            End::RouterGone => "router_closed",
+        }
+    }
+
+    /// The 5.0 DISCONNECT reason sent before closing, if any.
+    fn reason(&self) -> Option<DisconnectReasonCode> {
+        match self {
+            End::KeepAlive => Some(DisconnectReasonCode::KeepAliveTimeout),
+            End::TakenOver(_) => Some(DisconnectReasonCode::SessionTakenOver),
+            End::Revoked => Some(DisconnectReasonCode::NotAuthorized),
+            End::Shutdown => Some(DisconnectReasonCode::ServerShuttingDown),
+            End::Protocol(code) => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// Whether the will is published (everything but a normal DISCONNECT; not when the router
+    /// is gone, as there is nothing left to publish through).
+    fn fires_will(&self) -> bool {
+        match self {
+            End::ClientDisconnect { with_will } => *with_will,
+            End::RouterGone => false,
+            _ => true,
+        }
+    }
+}
+
+/// What woke the session loop. Lives on the stack for one turn; boxing the notification would
+/// cost an allocation per routed message.
+#[allow(clippy::large_enum_variant)]
+enum Event {
+    Shutdown,
+    Control(Option<Control>),
+    Read(std::io::Result<usize>),
+    Router(Result<Option<Notification>, ()>),
+    KeepAliveTimer,
+}
+
+/// An admitted, attached session.
+struct Live<S> {
+    broker: Arc<Broker>,
+    stream: S,
+    codec: Codec,
+    client_id: String,
+    peer: String,
+    credential_id: Option<i64>,
+    /// The verified client certificate chain of an mTLS session.
+    cert_chain: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+    /// The device as last decided (refreshed on every re-check), so that publishes and
+    /// subscriptions are decided without a cache lookup.
+    device: Arc<DeviceView>,
+    will: Option<LastWill>,
+    link: Link,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    keep_alive: Option<Duration>,
+    last_seen: Instant,
+    /// SUBSCRIBEs forwarded without their refused filters: packet id → per filter, `None` for the
+    /// router's code or the refusal code.
+    pending_subacks: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
+    /// QoS 2 publishes refused under 3.1.1 (PUBREC sent, PUBREL expected, answered here).
+    refused_qos2: HashSet<u16>,
+    /// Filters granted in this connection, re-checked when the registry changes.
+    subscriptions: HashSet<String>,
+    /// Clean session: the router forgets the session at the end (else it stores it).
+    clean: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
+    async fn run(
+        mut self,
+        mut control: mpsc::Receiver<Control>,
+        registration: Registration,
+        slot: Option<PeerSlot>,
+        admission: Admission,
+    ) {
+        let mut shutdown = self.broker.shutdown.clone();
+        let far = Duration::from_secs(365 * 24 * 3600);
+        let timer = tokio::time::sleep(self.keep_alive.unwrap_or(far));
+        tokio::pin!(timer);
+        let end = loop {
+            // Read in large chunks: a BytesMut left without spare room reads 64 bytes at a time.
+            if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+                self.rbuf.reserve(16 * 1024);
+            }
+            let event = tokio::select! {
+                biased;
+                _ = shutdown.changed() => Event::Shutdown,
+                c = control.recv() => Event::Control(c),
+                n = self.stream.read_buf(&mut self.rbuf) => Event::Read(n),
+                r = self.link.rx.next() => Event::Router(r.map_err(drop)),
+                _ = &mut timer => Event::KeepAliveTimer,
+            };
+            let outcome = match event {
+                Event::Shutdown => Err(End::Shutdown),
+                Event::Control(c) => self.on_control(c).await,
+                Event::Read(n) => self.on_read(n).await,
+                Event::Router(r) => self.on_router(r).await,
+                Event::KeepAliveTimer => {
+                    let deadline = self.last_seen + self.keep_alive.unwrap_or(far);
+                    if Instant::now() >= deadline {
+                        Err(End::KeepAlive)
+                    } else {
+                        timer.as_mut().reset(deadline);
+                        Ok(())
+                    }
+                }
+            };
+            if let Err(end) = outcome {
+                break end;
+            }
+        };
+        self.finish(end).await;
+        drop((registration, slot, admission));
+    }
+
+    /// Writes `packets` to the client through the session's buffer.
+    async fn write(&mut self, packets: Vec<Packet>) -> Result<(), End> {
+        if packets.is_empty() {
+            return Ok(());
+        }
+        for p in packets {
+            if let Err(e) = self.codec.encode(p, &mut self.wbuf) {
+                tracing::warn!(client_id = %self.client_id, error = %e, "could not encode a packet");
+            }
+        }
+        let written = timeout(WRITE_TIMEOUT, self.stream.write_all(&self.wbuf)).await;
+        self.wbuf.clear();
+        match written {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(End::Io),
+        }
+    }
+
+    async fn on_control(&mut self, control: Option<Control>) -> Result<(), End> {
+        match control {
+            Some(Control::TakeOver(done)) => Err(End::TakenOver(done)),
+            Some(Control::Recheck) => {
+                let (d, device) = self
+                    .broker
+                    .gate
+                    .recheck_session(
+                        &self.client_id,
+                        &self.peer,
+                        self.credential_id,
+                        self.cert_chain.as_deref(),
+                    )
+                    .await;
+                if !d.is_allow() {
+                    return Err(End::Revoked);
+                }
+                if let Some(device) = device {
+                    self.device = device;
+                }
+                self.recheck_subscriptions().await
+            }
+            // The registration holds a sender until the session ends, so this does not happen.
+            None => Ok(()),
+        }
+    }
+
+    /// Drops (from the router) the subscriptions a changed ACL no longer allows: nothing more is
+    /// delivered through them. MQTT has no way to tell the client; the refusal is audited.
+    async fn recheck_subscriptions(&mut self) -> Result<(), End> {
+        let mut revoked = Vec::new();
+        for filter in &self.subscriptions {
+            let d = self
+                .broker
+                .gate
+                .authorize_device(&self.device, Action::Subscribe, filter);
+            if !d.is_allow() {
+                revoked.push(filter.clone());
+            }
+        }
+        if revoked.is_empty() {
+            return Ok(());
+        }
+        for f in &revoked {
+            self.subscriptions.remove(f);
+            self.broker
+                .gate
+                .metrics()
+                .broker_event("subscription_revoked");
+        }
+        // Packet id 0: the router's UNSUBACK for it is swallowed like every other.
+        let unsubscribe = Unsubscribe {
+            pkid: 0,
+            filters: revoked,
+        };
+        self.send_to_router(vec![Packet::Unsubscribe(unsubscribe, None)])
+            .await
+    }
+
+    async fn on_read(&mut self, n: std::io::Result<usize>) -> Result<(), End> {
+        match n {
+            Ok(0) | Err(_) => return Err(End::Io),
+            Ok(_) => self.last_seen = Instant::now(),
+        }
+        let mut to_router = Vec::new();
+        let mut to_client = Vec::new();
+        let mut ended = None;
+        loop {
+            let packet = match self.codec.decode(&mut self.rbuf) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(client_id = %self.client_id, error = %e, "bad MQTT frame");
+                    ended = Some(End::Protocol(match e {
+                        FrameError::TooLarge(_) => DisconnectReasonCode::PacketTooLarge,
+                        _ => DisconnectReasonCode::MalformedPacket,
+                    }));
+                    break;
+                }
+            };
+            if let Err(end) = self.on_packet(packet, &mut to_router, &mut to_client).await {
+                ended = Some(end);
+                break;
+            }
+        }
+        self.send_to_router(to_router).await?;
+        self.write(to_client).await?;
+        ended.map_or(Ok(()), Err)
+    }
+
+    async fn on_packet(
+        &mut self,
+        packet: Packet,
+        to_router: &mut Vec<Packet>,
+        to_client: &mut Vec<Packet>,
+    ) -> Result<(), End> {
+        match packet {
+            Packet::Publish(p, props) => self.on_publish(p, props, to_router, to_client).await?,
+            Packet::Subscribe(s, props) => self.on_subscribe(s, props, to_router, to_client).await,
+            Packet::Unsubscribe(u, props) => {
+                for f in &u.filters {
+                    self.subscriptions.remove(f);
+                }
+                on_unsubscribe(self.codec, u, props, to_router, to_client)
+            }
+            Packet::PubRel(r, props) => {
+                if self.refused_qos2.remove(&r.pkid) {
+                    to_client.push(Packet::PubComp(
+                        PubComp {
+                            pkid: r.pkid,
+                            reason: PubCompReason::Success,
+                        },
+                        None,
+                    ));
+                } else {
+                    to_router.push(Packet::PubRel(r, props));
+                }
+            }
+            Packet::PingReq(_) => to_client.push(Packet::PingResp(PingResp)),
+            Packet::Disconnect(d, _) => {
+                let with_will = d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
+                return Err(End::ClientDisconnect { with_will });
+            }
+            p @ (Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..)) => {
+                to_router.push(p)
+            }
+            _ => return Err(End::Protocol(DisconnectReasonCode::ProtocolError)),
+        }
+        Ok(())
+    }
+
+    async fn on_publish(
+        &mut self,
+        publish: Publish,
+        props: Option<PublishProperties>,
+        to_router: &mut Vec<Packet>,
+        to_client: &mut Vec<Packet>,
+    ) -> Result<(), End> {
+        // CONNACK allowed no topic aliases: the real topic must be in every publish.
+        if props.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
+            return Err(End::Protocol(DisconnectReasonCode::TopicAliasInvalid));
+        }
+        let Ok(topic) = std::str::from_utf8(&publish.topic) else {
+            return Err(End::Protocol(DisconnectReasonCode::TopicNameInvalid));
+        };
+        let decision = self
+            .broker
+            .gate
+            .authorize_device(&self.device, Action::Publish, topic);
+        if decision.is_allow() {
+            to_router.push(Packet::Publish(publish, props));
+            return Ok(());
+        }
+        self.broker.gate.metrics().broker_event("publish_refused");
+        let (qos, pkid) = codec::qos_and_pkid(&publish);
+        let v5 = self.codec.version == Version::V5;
+        // 5.0 says why; 3.1.1 has no refusal in PUBACK/PUBREC: the flow completes, the message
+        // is dropped.
+        let limited = matches!(decision.cause, Cause::RateLimited(_));
+        match qos {
+            1 => {
+                let reason = match (v5, limited) {
+                    (false, _) => PubAckReason::Success,
+                    (true, true) => PubAckReason::QuotaExceeded,
+                    (true, false) => PubAckReason::NotAuthorized,
+                };
+                to_client.push(Packet::PubAck(PubAck { pkid, reason }, None));
+            }
+            2 => {
+                let reason = match (v5, limited) {
+                    (false, _) => {
+                        self.refused_qos2.insert(pkid);
+                        PubRecReason::Success
+                    }
+                    (true, true) => PubRecReason::QuotaExceeded,
+                    (true, false) => PubRecReason::NotAuthorized,
+                };
+                to_client.push(Packet::PubRec(PubRec { pkid, reason }, None));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn on_subscribe(
+        &mut self,
+        subscribe: Subscribe,
+        props: Option<SubscribeProperties>,
+        to_router: &mut Vec<Packet>,
+        to_client: &mut Vec<Packet>,
+    ) {
+        let refused_code = match self.codec.version {
+            Version::V4 => SubscribeReasonCode::Failure,
+            Version::V5 => SubscribeReasonCode::NotAuthorized,
+        };
+        let mut slots = Vec::with_capacity(subscribe.filters.len());
+        let mut allowed = Vec::with_capacity(subscribe.filters.len());
+        for filter in subscribe.filters {
+            let d =
+                self.broker
+                    .gate
+                    .authorize_device(&self.device, Action::Subscribe, &filter.path);
+            if d.is_allow() {
+                slots.push(None);
+                self.subscriptions.insert(filter.path.clone());
+                allowed.push(filter);
+            } else {
+                self.broker
+                    .gate
+                    .metrics()
+                    .broker_event("subscription_refused");
+                slots.push(Some(refused_code));
+            }
+        }
+        let pkid = subscribe.pkid;
+        if allowed.is_empty() {
+            let return_codes = slots.into_iter().flatten().collect();
+            to_client.push(Packet::SubAck(SubAck { pkid, return_codes }, None));
+            return;
+        }
+        if allowed.len() < slots.len() {
+            self.pending_subacks.insert(pkid, slots);
+        }
+        let filters = allowed;
+        to_router.push(Packet::Subscribe(Subscribe { pkid, filters }, props));
+    }
+
+    /// Hands packets to the router: all but the last straight into the link's buffer, the last
+    /// through `send`, which wakes the router once for the whole batch.
+    async fn send_to_router(&mut self, mut packets: Vec<Packet>) -> Result<(), End> {
+        let Some(last) = packets.pop() else {
+            return Ok(());
+        };
+        if !packets.is_empty() {
+            self.link.tx.buffer().extend(packets);
+        }
+        self.link
+            .tx
+            .send(last)
+            .await
+            .map(|_| ())
+            .map_err(|_| End::RouterGone)
+    }
+
+    async fn on_router(&mut self, first: Result<Option<Notification>, ()>) -> Result<(), End> {
+        let mut out = Vec::new();
+        let mut wake = false;
+        let mut ended = None;
+        let mut next = Some(first);
+        let mut handled = 0;
+        while let Some(n) = next.take() {
+            match n {
+                Ok(Some(n)) => {
+                    if let Err(end) = self.on_notification(n, &mut out, &mut wake) {
+                        ended = Some(end);
+                        break;
+                    }
+                }
+                Ok(None) => {}
+                Err(_) => {
+                    ended = Some(End::RouterGone);
+                    break;
+                }
+            }
+            handled += 1;
+            if handled < NOTIFICATION_BATCH {
+                next = ready_now(&mut self.link.rx).await;
+            }
+        }
+        self.write(out).await?;
+        if wake {
+            self.link.rx.wake().await.map_err(|_| End::RouterGone)?;
+        }
+        ended.map_or(Ok(()), Err)
+    }
+
+    fn on_notification(
+        &mut self,
+        n: Notification,
+        out: &mut Vec<Packet>,
+        wake: &mut bool,
+    ) -> Result<(), End> {
+        if matches!(n, Notification::Unschedule) {
+            *wake = true;
+            return Ok(());
+        }
+        match Option::<Packet>::from(n) {
+            Some(Packet::SubAck(ack, props)) => out.push(Packet::SubAck(self.splice(ack), props)),
+            // Answered by mqgate when the UNSUBSCRIBE came in (rumqttd acks per filter, and
+            // not at all for a filter that was not subscribed).
+            Some(Packet::UnsubAck(..)) | Some(Packet::ConnAck(..)) | None => {}
+            Some(Packet::Disconnect(d, _)) => {
+                out.push(goodbye(d.reason_code, "closed by the router"));
+                return Err(End::RouterGone);
+            }
+            Some(p) => out.push(p),
+        }
+        Ok(())
+    }
+
+    /// The router's SUBACK with the refused filters put back in their places.
+    fn splice(&mut self, ack: SubAck) -> SubAck {
+        let Some(slots) = self.pending_subacks.remove(&ack.pkid) else {
+            return ack;
+        };
+        let mut granted = ack.return_codes.into_iter();
+        let return_codes = slots
+            .into_iter()
+            .map(|slot| {
+                slot.or_else(|| granted.next())
+                    .unwrap_or(SubscribeReasonCode::Unspecified)
+            })
+            .collect();
+        SubAck {
+            pkid: ack.pkid,
+            return_codes,
+        }
+    }
+
+    /// Says goodbye (5.0 reason code), publishes the will when due, leaves the router.
+    async fn finish(mut self, end: End) {
+        tracing::debug!(client_id = %self.client_id, end = end.label(), "MQTT session ended");
+        self.broker.gate.metrics().broker_event(end.label());
+        // The router first (will, then leaving), so that a client seeing the close knows its
+        // will is already routed.
+        if !matches!(end, End::RouterGone) {
+            let mut packets = Vec::new();
+            if end.fires_will()
+                && let Some(will) = self.will.take()
+                && let Some(p) = self.checked_will(will).await
+            {
+                packets.push(p);
+            }
+            packets.push(normal_disconnect());
+            let _ = self.send_to_router(packets).await;
+        }
+        if let (Version::V5, Some(reason_code)) = (self.codec.version, end.reason()) {
+            let bye = goodbye(reason_code, end.label());
+            let _ = timeout(
+                Duration::from_secs(1),
+                write_packets(&mut self.stream, self.codec, [bye]),
+            )
+            .await;
+        }
+        let _ = timeout(Duration::from_secs(1), self.stream.shutdown()).await;
+        let stored = (!self.clean).then(|| std::mem::take(&mut self.subscriptions));
+        self.broker.sessions.store_filters(&self.client_id, stored);
+        if let End::TakenOver(done) = end {
+            let _ = done.send(());
+        }
+    }
+
+    /// The will as a publish, if the device may still publish it (checked again now: a revoked
+    /// device's will is dropped, as Mosquitto does for a will its ACL refuses).
+    async fn checked_will(&self, will: LastWill) -> Option<Packet> {
+        let topic = std::str::from_utf8(&will.topic).ok()?;
+        // A fresh lookup, not the held view: a revoked device's view is stale by definition.
+        let d = self
+            .broker
+            .gate
+            .authorize(&self.client_id, Action::Publish, topic)
+            .await;
+        if !d.is_allow() {
+            tracing::info!(client_id = %self.client_id, topic, "will dropped: no longer allowed");
+            return None;
+        }
+        // QoS 2 would need a PUBREL round the client is no longer there for: QoS 1 at most.
+        let qos = if will.qos == QoS::AtMostOnce { 0 } else { 1 };
+        let publish = codec::publish_with_qos(will.topic, will.message, will.retain, qos, 1);
+        Some(Packet::Publish(publish, None))
+    }
+}
+
+/// UNSUBSCRIBE goes to the router; mqgate answers it at once (one success per filter).
+fn on_unsubscribe(
+    codec: Codec,
+    u: Unsubscribe,
+    props: Option<UnsubscribeProperties>,
+    to_router: &mut Vec<Packet>,
+    to_client: &mut Vec<Packet>,
+) {
+    let reasons = match codec.version {
+        Version::V4 => Vec::new(),
+        Version::V5 => vec![UnsubAckReason::Success; u.filters.len()],
+    };
+    to_client.push(Packet::UnsubAck(
+        UnsubAck {
+            pkid: u.pkid,
+            reasons,
+        },
+        None,
+    ));
+    to_router.push(Packet::Unsubscribe(u, props));
+}
+
+/// The next router notification if one is ready now, without waiting. `LinkRx::next` is
+/// cancel-safe: it either takes a wake-up and its notifications in one poll or nothing.
+async fn ready_now(rx: &mut LinkRx) -> Option<Result<Option<Notification>, ()>> {
+    tokio::select! {
+        biased;
+        n = rx.next() => Some(n.map_err(drop)),
+        _ = std::future::ready(()) => None,
+    }
+}

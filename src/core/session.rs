@@ -1,0 +1,76 @@
+//! Whether a live session is still admitted after the registry changed.
+
+use super::{Cause, Decision, DeviceView};
+
+/// Re-decides an admitted session: the device must still exist and be enabled, and the credential
+/// it connected with (when it connected with one) must still be there and active at `now`.
+pub fn decide_session(
+    device: Option<&DeviceView>,
+    credential_id: Option<i64>,
+    now: i64,
+) -> Decision {
+    let Some(device) = device else {
+        return Decision::deny(Cause::UnknownClient);
+    };
+    if !device.enabled {
+        return Decision::deny(Cause::DeviceDisabled);
+    }
+    let Some(id) = credential_id else {
+        // Admitted without a stored credential (a TLS identity): the device's state decides.
+        return Decision::allow(Cause::Acl(crate::acl::AclVerdict::NoRule));
+    };
+    match device.credentials.iter().find(|c| c.id == id) {
+        Some(c) if c.is_active(now) => Decision::allow(Cause::Credential {
+            credential_id: c.id,
+            kind: c.kind,
+            expires_at: c.expires_at,
+        }),
+        _ => Decision::deny(Cause::CredentialExpired { credential_id: id }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::CredentialView;
+    use crate::registry::{CredentialKind, TenantId};
+
+    fn device(enabled: bool, expires_at: Option<i64>) -> DeviceView {
+        let cred = CredentialView {
+            id: 7,
+            kind: CredentialKind::Token,
+            digest: String::new(),
+            expires_at,
+        };
+        DeviceView::new(
+            TenantId(1),
+            "t".into(),
+            "c".into(),
+            None,
+            enabled,
+            vec![cred],
+            &[],
+        )
+    }
+
+    #[test]
+    fn a_session_stays_while_device_and_credential_hold() {
+        assert!(decide_session(Some(&device(true, None)), Some(7), 100).is_allow());
+    }
+
+    #[test]
+    fn removal_disabling_and_revocation_end_a_session() {
+        assert_eq!(
+            decide_session(None, Some(7), 100).cause,
+            Cause::UnknownClient
+        );
+        assert_eq!(
+            decide_session(Some(&device(false, None)), Some(7), 100).cause,
+            Cause::DeviceDisabled
+        );
+        let revoked = decide_session(Some(&device(true, Some(100))), Some(7), 100);
+        assert_eq!(revoked.cause, Cause::CredentialExpired { credential_id: 7 });
+        let gone = decide_session(Some(&device(true, None)), Some(8), 100);
+        assert!(!gone.is_allow());
+    }
+}

@@ -9,7 +9,8 @@ use tokio::sync::watch;
 
 use crate::audit::sink::AuditSink;
 use crate::auth::secret::{SecretVerifier, SharedSecret};
-use crate::auth::trust::TrustStore;
+use crate::auth::trust::{DeviceCertVerifier, RejectHook, TrustStore};
+use crate::broker::tls::{ClientCerts, TlsSettings};
 use crate::broker::{Broker, BrokerSettings};
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
@@ -38,6 +39,18 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The MQTT TLS listener's certificate or key is unusable.
+    #[error("MQTT TLS listener: {0}")]
+    Tls(#[from] crate::broker::tls::TlsSetupError),
+}
+
+/// The bound TLS listener with its acceptor.
+struct MqttsListener {
+    listener: TcpListener,
+    addr: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    verifier: Arc<DeviceCertVerifier>,
+    handshake_timeout: std::time::Duration,
 }
 
 /// A built, bound, not-yet-serving mqgate.
@@ -45,6 +58,7 @@ pub struct App {
     listener: TcpListener,
     addr: SocketAddr,
     mqtt: Option<(TcpListener, SocketAddr)>,
+    mqtts: Option<MqttsListener>,
     broker: BrokerSettings,
     router: axum::Router,
     limits: ServerLimits,
@@ -131,6 +145,10 @@ impl App {
         );
         spawn_sweeper(&gate);
         crate::cert_upkeep::spawn(&gate, config.certs.clone());
+        let mqtts = match &config.mqtts {
+            Some(t) => Some(mqtts_listener(t, &gate).await?),
+            None => None,
+        };
         let limits = ServerLimits {
             header_read_timeout: config.header_read_timeout,
         };
@@ -145,6 +163,7 @@ impl App {
             listener,
             addr,
             mqtt,
+            mqtts,
             broker: config.broker,
             router: http::router(state),
             limits,
@@ -162,6 +181,11 @@ impl App {
         self.mqtt.as_ref().map(|(_, a)| *a)
     }
 
+    /// The MQTT TLS address actually bound (`None` when `mqtts_addr` is off).
+    pub fn mqtts_addr(&self) -> Option<SocketAddr> {
+        self.mqtts.as_ref().map(|m| m.addr)
+    }
+
     /// The gate (for in-process transports and tests).
     pub fn gate(&self) -> Arc<Gate> {
         Arc::clone(&self.gate)
@@ -170,14 +194,49 @@ impl App {
     /// Serves until `shutdown` turns true.
     pub async fn run_until_stopped(self, shutdown: watch::Receiver<bool>) {
         tracing::info!(addr = %self.addr, "mqgate listening");
-        if let Some((listener, addr)) = self.mqtt {
-            tracing::info!(%addr, "embedded MQTT broker listening");
+        if self.mqtt.is_some() || self.mqtts.is_some() {
             let broker = Broker::start(Arc::clone(&self.gate), self.broker, shutdown.clone());
-            tokio::spawn(broker.serve(listener));
+            if let Some((listener, addr)) = self.mqtt {
+                tracing::info!(%addr, "embedded MQTT broker listening");
+                tokio::spawn(Arc::clone(&broker).serve(listener));
+            }
+            if let Some(m) = self.mqtts {
+                tracing::info!(addr = %m.addr, "embedded MQTT broker listening (TLS)");
+                tokio::spawn(broker.serve_tls(
+                    m.listener,
+                    m.acceptor,
+                    m.verifier,
+                    m.handshake_timeout,
+                ));
+            }
         }
         http::serve(self.listener, self.router, self.limits, shutdown).await;
         self.gate.registry().store().close().await;
     }
+}
+
+/// Binds the TLS listener; its verifier records refused certificates in the audit trail.
+async fn mqtts_listener(t: &TlsSettings, gate: &Arc<Gate>) -> Result<MqttsListener, StartError> {
+    let weak = Arc::downgrade(gate);
+    let hook: RejectHook = Arc::new(move |ee, rejection| {
+        if let Some(g) = weak.upgrade() {
+            g.record_tls_refusal(ee, rejection);
+        }
+    });
+    let verifier = Arc::new(
+        DeviceCertVerifier::new(Arc::clone(gate.trust()), gate.clock().clone())
+            .mandatory(t.client_certs == ClientCerts::Required)
+            .on_reject(hook),
+    );
+    let acceptor = crate::broker::tls::acceptor(t, Arc::clone(&verifier))?;
+    let (listener, addr) = bind(t.addr).await?;
+    Ok(MqttsListener {
+        listener,
+        addr,
+        acceptor,
+        verifier,
+        handshake_timeout: t.handshake_timeout,
+    })
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {

@@ -52,25 +52,29 @@ fn spawn_reloader(gate: &Arc<Gate>) {
     let weak = Arc::downgrade(gate);
     tokio::spawn(async move {
         loop {
-            let reload = match rx.recv().await {
-                Ok(Change::Certs(_) | Change::Resync) => true,
-                Ok(_) => false,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+            let change = match rx.recv().await {
+                Ok(c @ (Change::Certs(_) | Change::Resync)) => c,
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Change::Resync,
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
             let Some(gate) = weak.upgrade() else { return };
-            if reload {
-                reload_trust(gate.trust(), gate.registry().store()).await;
+            if reload_trust(gate.trust(), gate.registry().store()).await {
+                gate.trust().announce(change);
             }
         }
     });
 }
 
-async fn reload_trust(trust: &TrustStore, store: &Store) {
+async fn reload_trust(trust: &TrustStore, store: &Store) -> bool {
     match trust.reload(store).await {
-        Ok(()) => tracing::debug!("certificate trust reloaded"),
+        Ok(()) => {
+            tracing::debug!("certificate trust reloaded");
+            true
+        }
         Err(e) => {
-            tracing::error!(error = %e, "reloading certificate trust failed; the previous trust stays in force")
+            tracing::error!(error = %e, "reloading certificate trust failed; the previous trust stays in force");
+            false
         }
     }
 }
@@ -116,8 +120,8 @@ impl Upkeep {
                 changed |= self.republish(&admin, t).await;
             }
         }
-        if changed {
-            reload_trust(gate.trust(), &store).await;
+        if changed && reload_trust(gate.trust(), &store).await {
+            gate.trust().announce(Change::Resync);
         }
         self.report(gate.trust(), now);
     }

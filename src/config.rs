@@ -13,6 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::auth::trust::CrlFailure;
 use crate::broker::BrokerSettings;
+use crate::broker::tls::{ClientCerts, TlsSettings};
 use crate::core::UnknownClient;
 use crate::limit::bucket::Rate;
 use crate::limit::ingest::LimitDefaults;
@@ -61,6 +62,11 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("mqtt_max_packet_size", Some("1048576")),
     ("mqtt_max_conns_per_peer", Some("1000")),
     ("mqtt_max_connections", Some("10000")),
+    ("mqtts_addr", Some("off")),
+    ("mqtts_cert_file", None),
+    ("mqtts_key_file", None),
+    ("mqtts_client_certs", Some("required")),
+    ("mqtts_handshake_timeout", Some("10s")),
 ];
 
 /// mqgate's configuration, validated.
@@ -104,6 +110,8 @@ pub struct Config {
     pub limits: LimitDefaults,
     /// The embedded MQTT broker (`mqtt_addr = "off"` turns it off).
     pub broker: BrokerSettings,
+    /// The broker's TLS listener (`mqtts_addr`, off by default).
+    pub mqtts: Option<TlsSettings>,
     /// Certificate authorities and revocation lists.
     pub certs: CertConfig,
 }
@@ -328,7 +336,39 @@ impl Layers {
                     parse_positive(s).map(|n| n as usize)
                 })?,
             },
+            mqtts: self.tls_settings()?,
         })
+    }
+
+    /// The TLS listener, when `mqtts_addr` is set; it then needs a certificate and key file.
+    fn tls_settings(&self) -> Result<Option<TlsSettings>, ConfigError> {
+        let addr = self.parse("mqtts_addr", |s| match s {
+            "off" => Ok(None),
+            s => s
+                .parse()
+                .map(Some)
+                .map_err(|_| "not a socket address (or `off`)".into()),
+        })?;
+        let Some(addr) = addr else { return Ok(None) };
+        let file = |key: &str| {
+            self.optional(key, |s| Ok(PathBuf::from(s)))?
+                .ok_or_else(|| {
+                    ConfigError::Missing(format!(
+                        "config key `{key}` is required when `mqtts_addr` is set (PEM file)"
+                    ))
+                })
+        };
+        Ok(Some(TlsSettings {
+            addr,
+            cert_file: file("mqtts_cert_file")?,
+            key_file: file("mqtts_key_file")?,
+            client_certs: self.parse("mqtts_client_certs", |s| match s {
+                "required" => Ok(ClientCerts::Required),
+                "optional" => Ok(ClientCerts::Optional),
+                _ => Err("must be `required` or `optional`".into()),
+            })?,
+            handshake_timeout: self.parse("mqtts_handshake_timeout", parse_positive_duration)?,
+        }))
     }
 
     /// A rate from `<scope>_rate` (messages/s, 0 = none) and `<scope>_burst` (0 = one second's worth).

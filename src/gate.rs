@@ -388,6 +388,27 @@ impl Gate {
         ConnectOutcome { decision, device }
     }
 
+    /// Records a client certificate refused during a TLS handshake (the device never reached
+    /// CONNECT): counted and audited like a refused CONNECT, under the certificate's common name.
+    pub fn record_tls_refusal(&self, end_entity: &[u8], rejection: &CertRejection) {
+        let client_id = crate::auth::cert::parse(end_entity)
+            .ok()
+            .and_then(|i| i.common_name)
+            .unwrap_or_default();
+        let decision = Decision::deny(Cause::CertRejected(rejection.clone()));
+        self.count_decision(MetricKind::Connect, &decision);
+        self.audit(
+            None,
+            AuditEvent::Connect {
+                client_id,
+                peer: String::new(),
+                verdict: decision.verdict.as_str(),
+                cause: decision.cause.label(),
+                reason: format!("TLS handshake refused: {}", rejection.explain()),
+            },
+        );
+    }
+
     /// Decides a PUBLISH or SUBSCRIBE by `client_id` on `topic`.
     pub async fn authorize(&self, client_id: &str, action: Action, topic: &str) -> Decision {
         let decision = match self.registry.device(client_id).await {

@@ -570,6 +570,7 @@ pub struct TrustStore {
     current: RwLock<Arc<TrustSnapshot>>,
     policy: CrlFailure,
     expiry_warning: i64,
+    reloaded: tokio::sync::broadcast::Sender<crate::registry::Change>,
 }
 
 impl TrustStore {
@@ -579,7 +580,19 @@ impl TrustStore {
             current: RwLock::new(Arc::new(TrustSnapshot::empty(policy))),
             policy,
             expiry_warning,
+            reloaded: tokio::sync::broadcast::channel(256).0,
         }
+    }
+
+    /// The changes whose new trust is in force, each sent after its reload (live TLS sessions
+    /// re-check their certificate on these, never against the trust before the change).
+    pub fn watch_reloads(&self) -> tokio::sync::broadcast::Receiver<crate::registry::Change> {
+        self.reloaded.subscribe()
+    }
+
+    /// Announces that the trust reflecting `change` is in force.
+    pub fn announce(&self, change: crate::registry::Change) {
+        let _ = self.reloaded.send(change);
     }
 
     /// The snapshot in force.
@@ -654,12 +667,17 @@ impl TrustStore {
 /// The rustls client-certificate verifier for mqgate's mTLS listener: a handshake completes only
 /// for a certificate [`TrustSnapshot::identify`] accepts at that moment (the snapshot in force,
 /// so a CRL or revocation change applies to the next handshake without a restart).
-#[derive(Debug)]
 pub struct DeviceCertVerifier {
     trust: Arc<TrustStore>,
     clock: Clock,
     algorithms: WebPkiSupportedAlgorithms,
+    mandatory: bool,
+    on_reject: Option<RejectHook>,
 }
+
+/// Called with the end-entity certificate and the reason whenever a handshake is refused (the
+/// server records it in the audit trail).
+pub type RejectHook = Arc<dyn Fn(&[u8], &CertRejection) + Send + Sync>;
 
 impl DeviceCertVerifier {
     /// A verifier over `trust`, reading time from `clock`.
@@ -668,7 +686,22 @@ impl DeviceCertVerifier {
             trust,
             clock,
             algorithms: provider().signature_verification_algorithms,
+            mandatory: true,
+            on_reject: None,
         }
+    }
+
+    /// Whether a client must present a certificate (default: yes). Without one, the connection
+    /// carries no certificate identity and CONNECT must authenticate with a secret.
+    pub fn mandatory(mut self, mandatory: bool) -> Self {
+        self.mandatory = mandatory;
+        self
+    }
+
+    /// Calls `hook` for every refused certificate.
+    pub fn on_reject(mut self, hook: RejectHook) -> Self {
+        self.on_reject = Some(hook);
+        self
     }
 
     /// The identity of a connection's verified peer chain (`ServerConnection::peer_certificates`).
@@ -680,7 +713,19 @@ impl DeviceCertVerifier {
     }
 }
 
+impl std::fmt::Debug for DeviceCertVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceCertVerifier")
+            .field("mandatory", &self.mandatory)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ClientCertVerifier for DeviceCertVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         // Hints would go stale with the snapshot; clients send their certificate without them.
         &[]
@@ -700,6 +745,9 @@ impl ClientCertVerifier for DeviceCertVerifier {
             Ok(_) => Ok(ClientCertVerified::assertion()),
             Err(rejection) => {
                 tracing::info!(target: "mqgate::audit", event = "tls_client_refused", cause = rejection.label(), reason = %rejection.explain());
+                if let Some(hook) = &self.on_reject {
+                    hook(end_entity.as_ref(), &rejection);
+                }
                 Err(rejection.to_rustls())
             }
         }

@@ -11,12 +11,14 @@
 //! - [`session`]: one connection, from CONNECT to close.
 //! - [`sessions`]: live sessions by client id, connections per address.
 //! - [`router`]: rumqttd's router and link building.
+//! - [`tls`]: the mTLS listener (client certificates through the device-certificate verifier).
 
 pub mod codec;
 pub mod refusal;
 pub mod router;
 pub mod session;
 pub mod sessions;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -77,6 +79,7 @@ impl Broker {
     ) -> Arc<Broker> {
         let router = RouterHandle::start(settings.max_connections + 1);
         let changes = gate.registry().watch_changes();
+        let reloads = gate.trust().watch_reloads();
         let broker = Arc::new(Broker {
             gate,
             router,
@@ -85,7 +88,7 @@ impl Broker {
             capacity: Arc::new(Semaphore::new(settings.max_connections)),
             shutdown,
         });
-        spawn_revocation_watch(&broker, changes);
+        spawn_revocation_watch(&broker, changes, reloads);
         broker
     }
 
@@ -126,11 +129,24 @@ impl Broker {
 }
 
 /// Forwards registry changes to the live sessions they concern, until the registry goes away.
-fn spawn_revocation_watch(broker: &Arc<Broker>, mut changes: broadcast::Receiver<Change>) {
+/// Certificate changes come from the trust store once their reload is in force, so a session
+/// never re-checks its certificate against the trust from before the change.
+fn spawn_revocation_watch(
+    broker: &Arc<Broker>,
+    mut changes: broadcast::Receiver<Change>,
+    mut reloads: broadcast::Receiver<Change>,
+) {
     let sessions = Arc::clone(&broker.sessions);
     tokio::spawn(async move {
         loop {
-            match changes.recv().await {
+            let received = tokio::select! {
+                c = changes.recv() => match c {
+                    Ok(Change::Certs(_)) => continue,
+                    other => other,
+                },
+                c = reloads.recv() => c,
+            };
+            match received {
                 Ok(change) => sessions.notify(&change),
                 // Missed some: every session re-checks.
                 Err(broadcast::error::RecvError::Lagged(_)) => sessions.notify(&Change::Resync),

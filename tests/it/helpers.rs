@@ -74,6 +74,8 @@ pub struct TestApp {
     pub gate: Arc<mqgate::gate::Gate>,
     /// The embedded MQTT broker's address (`None` when configured off).
     pub mqtt: Option<std::net::SocketAddr>,
+    /// Its TLS listener's address (`None` unless `mqtts_addr` is set).
+    pub mqtts: Option<std::net::SocketAddr>,
     _stop: watch::Sender<bool>,
 }
 
@@ -95,6 +97,7 @@ impl TestApp {
         let base = format!("http://{}", app.http_addr());
         let gate = app.gate();
         let mqtt = app.mqtt_addr();
+        let mqtts = app.mqtts_addr();
         let registry = Arc::clone(gate.registry());
         let admin = Admin::new(store.clone(), clock.clone()).with_registry(registry);
         let (tx, rx) = watch::channel(false);
@@ -106,6 +109,7 @@ impl TestApp {
             clock,
             gate,
             mqtt,
+            mqtts,
             _stop: tx,
         }
     }

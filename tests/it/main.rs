@@ -4,6 +4,7 @@ mod helpers;
 
 mod audit;
 mod broker;
+mod broker_tls;
 mod brute_force;
 mod certs;
 mod emqx_http;

@@ -13,8 +13,27 @@ pub struct Metrics {
     authorize_allowed: AtomicU64,
     denied: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     rate_limited: Mutex<BTreeMap<String, u64>>,
-    broker: Mutex<BTreeMap<&'static str, u64>>,
+    broker: [AtomicU64; BROKER_EVENTS.len()],
 }
+
+/// The embedded broker's event labels (sessions opened and how they ended, refusals).
+pub const BROKER_EVENTS: [&str; 15] = [
+    "session_opened",
+    "connect_refused",
+    "connect_timeout",
+    "session_taken_over",
+    "publish_refused",
+    "subscription_refused",
+    "subscription_revoked",
+    "client_disconnect",
+    "closed",
+    "keep_alive_timeout",
+    "taken_over",
+    "revoked",
+    "shutdown",
+    "protocol_error",
+    "router_closed",
+];
 
 /// Which question a decision answered.
 #[derive(Debug, Clone, Copy)]
@@ -51,9 +70,15 @@ impl Metrics {
             .or_default() += n;
     }
 
-    /// Counts an embedded-broker event (session opened/ended and why, refusals).
+    /// Counts an embedded-broker event (one of [`BROKER_EVENTS`]; others are not counted).
     pub fn broker_event(&self, event: &'static str) {
-        *lock(&self.broker).entry(event).or_default() += 1;
+        debug_assert!(
+            BROKER_EVENTS.contains(&event),
+            "unknown broker event {event}"
+        );
+        if let Some(i) = BROKER_EVENTS.iter().position(|e| *e == event) {
+            self.broker[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The Prometheus text exposition.
@@ -85,8 +110,11 @@ impl Metrics {
             );
         }
         out.push_str("# HELP mqgate_broker_events_total Embedded broker sessions and refusals, by event.\n# TYPE mqgate_broker_events_total counter\n");
-        for (event, n) in lock(&self.broker).iter() {
-            let _ = writeln!(out, "mqgate_broker_events_total{{event=\"{event}\"}} {n}");
+        for (event, n) in BROKER_EVENTS.iter().zip(&self.broker) {
+            let n = n.load(Ordering::Relaxed);
+            if n > 0 {
+                let _ = writeln!(out, "mqgate_broker_events_total{{event=\"{event}\"}} {n}");
+            }
         }
         out
     }

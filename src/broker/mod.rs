@@ -87,6 +87,7 @@ impl Broker {
             shutdown,
         });
         spawn_revocation_watch(&broker, changes);
+        spawn_shutdown_watch(&broker);
         broker
     }
 
@@ -124,6 +125,20 @@ impl Broker {
     {
         session::run(self, stream, peer, tls).await;
     }
+}
+
+/// Ends every live session when mqgate shuts down (or the shutdown sender goes away).
+fn spawn_shutdown_watch(broker: &Arc<Broker>) {
+    let sessions = Arc::clone(&broker.sessions);
+    let mut shutdown = broker.shutdown.clone();
+    tokio::spawn(async move {
+        while !*shutdown.borrow_and_update() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+        sessions.shutdown_all().await;
+    });
 }
 
 /// Forwards registry changes to the live sessions they concern, until the registry goes away.

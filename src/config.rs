@@ -54,6 +54,7 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("mqtt_max_packet_size", Some("1048576")),
     ("mqtt_max_conns_per_peer", Some("1000")),
     ("mqtt_max_connections", Some("10000")),
+    ("mqtt_threads", Some("1")),
 ];
 
 /// mqgate's configuration, validated.
@@ -272,6 +273,7 @@ impl Layers {
                 max_connections: self.parse("mqtt_max_connections", |s| {
                     parse_positive(s).map(|n| n as usize)
                 })?,
+                threads: self.parse("mqtt_threads", |s| parse_positive(s).map(|n| n as usize))?,
             },
         })
     }

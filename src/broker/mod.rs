@@ -44,6 +44,8 @@ pub struct BrokerSettings {
     pub max_conns_per_peer: usize,
     /// Live sessions allowed in all.
     pub max_connections: usize,
+    /// Threads of the broker's own runtime (1: a single-threaded one, like rumqttd's listener).
+    pub threads: usize,
 }
 
 /// A client identity proven by a TLS handshake (the seam for the mTLS listener): the certificate

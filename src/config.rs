@@ -67,6 +67,7 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("mqtts_key_file", None),
     ("mqtts_client_certs", Some("required")),
     ("mqtts_handshake_timeout", Some("10s")),
+    ("mqtt_threads", Some("1")),
 ];
 
 /// mqgate's configuration, validated.
@@ -335,6 +336,7 @@ impl Layers {
                 max_connections: self.parse("mqtt_max_connections", |s| {
                     parse_positive(s).map(|n| n as usize)
                 })?,
+                threads: self.parse("mqtt_threads", |s| parse_positive(s).map(|n| n as usize))?,
             },
             mqtts: self.tls_settings()?,
         })

@@ -46,6 +46,8 @@ pub struct BrokerSettings {
     pub max_conns_per_peer: usize,
     /// Live sessions allowed in all.
     pub max_connections: usize,
+    /// Threads of the broker's own runtime (1: a single-threaded one, like rumqttd's listener).
+    pub threads: usize,
 }
 
 /// A client identity proven by the mTLS listener's handshake: what the certificate verifier
@@ -89,6 +91,7 @@ impl Broker {
             shutdown,
         });
         spawn_revocation_watch(&broker, changes, reloads);
+        spawn_shutdown_watch(&broker);
         broker
     }
 
@@ -126,6 +129,20 @@ impl Broker {
     {
         session::run(self, stream, peer, tls).await;
     }
+}
+
+/// Ends every live session when mqgate shuts down (or the shutdown sender goes away).
+fn spawn_shutdown_watch(broker: &Arc<Broker>) {
+    let sessions = Arc::clone(&broker.sessions);
+    let mut shutdown = broker.shutdown.clone();
+    tokio::spawn(async move {
+        while !*shutdown.borrow_and_update() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+        sessions.shutdown_all().await;
+    });
 }
 
 /// Forwards registry changes to the live sessions they concern, until the registry goes away.

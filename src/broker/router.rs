@@ -6,6 +6,7 @@
 //! publishes itself after checking it) and the router's CONNACK tells whether a session was resumed.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::Packet;
@@ -32,10 +33,13 @@ pub struct Link {
 /// Why a link could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
-    /// The router refused the link.
+    /// The router refused or did not answer in time.
     #[error("router did not accept the connection: {0}")]
     Refused(String),
 }
+
+/// How long the router may take to acknowledge a new link.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl RouterHandle {
     /// Starts a router for up to `max_connections` links.
@@ -59,12 +63,24 @@ impl RouterHandle {
         }
     }
 
-    /// Attaches `client_id`. The router answers over a blocking channel within microseconds, so
-    /// this waits inline (a hand-off to the blocking pool cost more than the wait). The router
-    /// never answers a client id with `+ $ # /` or one beyond `max_connections`: callers refuse
-    /// those first (see `session::admit`), or this would wait forever.
+    /// Attaches `client_id` (the caller made sure no other link of it is live). The router answers
+    /// over a blocking channel, so this waits on the blocking pool, bounded in time: the broker's
+    /// runtime keeps serving the other connections meanwhile (with one thread, an inline wait
+    /// would stall them all).
     pub async fn attach(&self, client_id: &str, clean: bool) -> Result<Link, AttachError> {
-        let (tx, rx, ack) = (self.attach)(client_id, clean).map_err(AttachError::Refused)?;
+        let attach = Arc::clone(&self.attach);
+        let id = client_id.to_string();
+        let built = tokio::time::timeout(
+            ATTACH_TIMEOUT,
+            tokio::task::spawn_blocking(move || attach(&id, clean)),
+        )
+        .await;
+        let (tx, rx, ack) = match built {
+            Ok(Ok(Ok(link))) => link,
+            Ok(Ok(Err(e))) => return Err(AttachError::Refused(e)),
+            Ok(Err(e)) => return Err(AttachError::Refused(e.to_string())),
+            Err(_) => return Err(AttachError::Refused("timed out".into())),
+        };
         let session_present = match Option::<Packet>::from(ack) {
             Some(Packet::ConnAck(ack, _)) => ack.session_present,
             _ => false,

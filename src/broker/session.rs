@@ -448,7 +448,6 @@ impl End {
 /// cost an allocation per routed message.
 #[allow(clippy::large_enum_variant)]
 enum Event {
-    Shutdown,
     Control(Option<Control>),
     Read(std::io::Result<usize>),
     Router(Result<Option<Notification>, ()>),
@@ -493,7 +492,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
         slot: Option<PeerSlot>,
         admission: Admission,
     ) {
-        let mut shutdown = self.broker.shutdown.clone();
         let far = Duration::from_secs(365 * 24 * 3600);
         let timer = tokio::time::sleep(self.keep_alive.unwrap_or(far));
         tokio::pin!(timer);
@@ -504,14 +502,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
             }
             let event = tokio::select! {
                 biased;
-                _ = shutdown.changed() => Event::Shutdown,
                 c = control.recv() => Event::Control(c),
                 n = self.stream.read_buf(&mut self.rbuf) => Event::Read(n),
                 r = self.link.rx.next() => Event::Router(r.map_err(drop)),
                 _ = &mut timer => Event::KeepAliveTimer,
             };
             let outcome = match event {
-                Event::Shutdown => Err(End::Shutdown),
                 Event::Control(c) => self.on_control(c).await,
                 Event::Read(n) => self.on_read(n).await,
                 Event::Router(r) => self.on_router(r).await,
@@ -554,6 +550,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
     async fn on_control(&mut self, control: Option<Control>) -> Result<(), End> {
         match control {
             Some(Control::TakeOver(done)) => Err(End::TakenOver(done)),
+            Some(Control::Shutdown) => Err(End::Shutdown),
             Some(Control::Recheck) => {
                 let (d, device) = self
                     .broker

@@ -17,6 +17,8 @@ pub enum Control {
     Recheck,
     /// A new connection with the same client id was admitted: leave (MQTT session takeover).
     TakeOver(oneshot::Sender<()>),
+    /// mqgate is shutting down.
+    Shutdown,
 }
 
 struct Entry {
@@ -143,6 +145,18 @@ impl Sessions {
             .get(client_id)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Tells every live session to end (shutdown). Sessions watch their own control channel only,
+    /// so that no lock is shared by all of them on every turn of their loops.
+    pub async fn shutdown_all(&self) {
+        let controls: Vec<mpsc::Sender<Control>> = lock(&self.by_client)
+            .values()
+            .map(|e| e.control.clone())
+            .collect();
+        for control in controls {
+            let _ = control.send(Control::Shutdown).await;
+        }
     }
 
     /// Number of live sessions.

@@ -134,7 +134,7 @@ impl App {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let trust = Arc::new(TrustStore::new(
             config.certs.crl_failure,
-            i64::try_from(config.certs.expiry_warning.as_secs()).unwrap_or(i64::MAX / 2),
+            crate::clock::secs(config.certs.expiry_warning),
         ));
         trust.reload(&store).await?;
         let sink = AuditSink::spawn(store.clone());

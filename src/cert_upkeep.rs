@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use crate::admin::Admin;
 use crate::auth::cert::MAX_DER_BYTES;
 use crate::auth::trust::TrustStore;
+use crate::clock::secs;
 use crate::config::CertConfig;
 use crate::gate::Gate;
 use crate::registry::{Change, CrlUpdate, Store, StoredCa, Tenant};
@@ -207,10 +208,6 @@ fn fetch_due(last: Option<i64>, next_update: Option<i64>, now: i64, refresh: i64
 /// Whether an mqgate CA's CRL should be re-signed: none yet, or half its validity is gone.
 fn publish_due(next_update: Option<i64>, now: i64, validity: i64) -> bool {
     next_update.is_none_or(|n| n - now <= validity / 2)
-}
-
-fn secs(d: Duration) -> i64 {
-    i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2)
 }
 
 async fn fetch_crl(admin: &Admin, t: &Tenant, ca: &StoredCa, url: &str) {

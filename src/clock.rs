@@ -48,6 +48,11 @@ impl Clock {
     }
 }
 
+/// A configured duration as whole Unix seconds (saturating far in the future, never negative).
+pub fn secs(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

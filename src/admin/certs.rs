@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use secrecy::ExposeSecret;
 
-use super::{Admin, AdminError, valid_client_id};
+use super::{Admin, AdminError, valid_client_id, valid_name};
 use crate::auth::cert::{self, CertError, DeviceCertSpec, Issued, KeySealer};
 use crate::auth::crl::{self, CrlError, VerifiedCrl};
+use crate::clock::secs;
 use crate::registry::{
     CrlUpdate, NewCa, NewDeviceCert, StoredCa, StoredDeviceCert, Tenant, TenantId,
 };
@@ -54,22 +55,7 @@ pub struct PublishedCrl {
 }
 
 fn valid_ca_name(name: &str) -> Result<(), AdminError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(AdminError::Invalid(
-            "CA name: use 1-64 of A-Z a-z 0-9 - _ .".into(),
-        ))
-    }
-}
-
-fn secs(d: Duration) -> i64 {
-    i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2)
+    valid_name("CA name", name)
 }
 
 /// The file a CA's CRL is written to under `dir`.
@@ -352,12 +338,12 @@ impl Admin {
         let mut out = Vec::new();
         for t in tenants {
             for c in self.store().list_device_certs(t.id).await? {
-                if c.revoked_at.is_none() && c.not_after < until {
+                if c.expires_before(until) {
                     out.push((t.name.clone(), c));
                 }
             }
         }
-        out.sort_by(|a, b| (a.1.not_after, &a.1.client_id).cmp(&(b.1.not_after, &b.1.client_id)));
+        out.sort_by(|a, b| a.1.expiry_order(&b.1));
         Ok(out)
     }
 

@@ -48,6 +48,11 @@ pub struct Admin {
 
 /// Tenant names appear in topics (`${tenant}`), so they are restricted to safe characters.
 fn valid_tenant_name(name: &str) -> Result<(), AdminError> {
+    valid_name("tenant name", name)
+}
+
+/// Names that appear in topics, URIs and file names (tenants, CAs): 1-64 of A-Z a-z 0-9 - _ .
+pub(crate) fn valid_name(what: &str, name: &str) -> Result<(), AdminError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -56,9 +61,9 @@ fn valid_tenant_name(name: &str) -> Result<(), AdminError> {
     if ok {
         Ok(())
     } else {
-        Err(AdminError::Invalid(
-            "tenant name: use 1-64 of A-Z a-z 0-9 - _ .".into(),
-        ))
+        Err(AdminError::Invalid(format!(
+            "{what}: use 1-64 of A-Z a-z 0-9 - _ ."
+        )))
     }
 }
 

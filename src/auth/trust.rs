@@ -289,9 +289,9 @@ impl TrustSnapshot {
         let mut out: Vec<_> = self
             .by_fingerprint
             .values()
-            .filter(|c| c.revoked_at.is_none() && c.not_after < until)
+            .filter(|c| c.expires_before(until))
             .collect();
-        out.sort_by(|a, b| (a.not_after, &a.client_id).cmp(&(b.not_after, &b.client_id)));
+        out.sort_by(|a, b| a.expiry_order(b));
         out
     }
 

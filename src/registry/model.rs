@@ -302,6 +302,19 @@ pub struct StoredDeviceCert {
     pub created_at: i64,
 }
 
+impl StoredDeviceCert {
+    /// Unrevoked and ending before `until` (already expired included): what `cert expiring`,
+    /// the expiry metric and the warning report.
+    pub fn expires_before(&self, until: i64) -> bool {
+        self.revoked_at.is_none() && self.not_after < until
+    }
+
+    /// Soonest end first, then by client id.
+    pub fn expiry_order(&self, other: &Self) -> std::cmp::Ordering {
+        (self.not_after, &self.client_id).cmp(&(other.not_after, &other.client_id))
+    }
+}
+
 /// A certificate to bind to a device.
 #[derive(Debug, Clone)]
 pub struct NewDeviceCert {

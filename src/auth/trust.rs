@@ -506,10 +506,11 @@ impl TrustSnapshot {
     }
 }
 
-/// DN text compared loosely: attribute order kept, spaces around separators and the case of
-/// attribute names ignored (`CN=a, O=b` = `cn=a,O=b`).
+/// DN text compared loosely: spaces around separators, the case of attribute names and the
+/// order of attributes ignored (`CN=a, O=b` = `o=b,CN=a`): brokers print subjects in either order.
 fn normalise_dn(dn: &str) -> String {
-    dn.split(',')
+    let mut parts: Vec<String> = dn
+        .split(',')
         .map(|part| {
             let part = part.trim();
             match part.split_once('=') {
@@ -517,8 +518,9 @@ fn normalise_dn(dn: &str) -> String {
                 None => part.to_string(),
             }
         })
-        .collect::<Vec<_>>()
-        .join(",")
+        .collect();
+    parts.sort();
+    parts.join(",")
 }
 
 fn check_validity(not_before: i64, not_after: i64, now: i64) -> Result<(), CertRejection> {
@@ -783,6 +785,7 @@ mod tests {
     #[test]
     fn distinguished_names_compare_loosely() {
         assert_eq!(normalise_dn("CN=a, O=b"), normalise_dn("cn=a,O=b"));
-        assert_ne!(normalise_dn("CN=a, O=b"), normalise_dn("O=b, CN=a"));
+        assert_eq!(normalise_dn("CN=a, O=b"), normalise_dn("O=b, CN=a"));
+        assert_ne!(normalise_dn("CN=a, O=b"), normalise_dn("CN=a, O=c"));
     }
 }

@@ -173,6 +173,7 @@ pub(super) async fn run<S>(
         client_id,
         peer: peer.ip().to_string(),
         credential_id: admission.credential_id,
+        cert_not_after: tls.as_ref().map(|t| t.identity.not_after),
         cert_chain: tls.map(|t| t.chain),
         device: Arc::clone(&admission.device),
         will,
@@ -452,6 +453,8 @@ enum Event {
     Read(std::io::Result<usize>),
     Router(Result<Option<Notification>, ()>),
     KeepAliveTimer,
+    /// The credential or certificate the session stands on reached its end.
+    Expiry,
 }
 
 /// An admitted, attached session.
@@ -464,6 +467,8 @@ struct Live<S> {
     credential_id: Option<i64>,
     /// The verified client certificate chain of an mTLS session.
     cert_chain: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+    /// When that certificate ends (Unix seconds).
+    cert_not_after: Option<i64>,
     /// The device as last decided (refreshed on every re-check), so that publishes and
     /// subscriptions are decided without a cache lookup.
     device: Arc<DeviceView>,
@@ -495,6 +500,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
         let far = Duration::from_secs(365 * 24 * 3600);
         let timer = tokio::time::sleep(self.keep_alive.unwrap_or(far));
         tokio::pin!(timer);
+        // A rotation grace period or a certificate can end without any registry change: the
+        // session re-checks itself then.
+        let mut armed_for = self.current_end();
+        let expiry = tokio::time::sleep(self.until(armed_for, far));
+        tokio::pin!(expiry);
         let end = loop {
             // Read in large chunks: a BytesMut left without spare room reads 64 bytes at a time.
             if self.rbuf.capacity() - self.rbuf.len() < 4096 {
@@ -506,7 +516,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
                 n = self.stream.read_buf(&mut self.rbuf) => Event::Read(n),
                 r = self.link.rx.next() => Event::Router(r.map_err(drop)),
                 _ = &mut timer => Event::KeepAliveTimer,
+                _ = &mut expiry => Event::Expiry,
             };
+            let mut rearm = false;
             let outcome = match event {
                 Event::Control(c) => self.on_control(c).await,
                 Event::Read(n) => self.on_read(n).await,
@@ -520,9 +532,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
                         Ok(())
                     }
                 }
+                Event::Expiry => {
+                    rearm = true;
+                    self.on_control(Some(Control::Recheck)).await
+                }
             };
             if let Err(end) = outcome {
                 break end;
+            }
+            let end = self.current_end();
+            if rearm || end != armed_for {
+                armed_for = end;
+                expiry.as_mut().reset(Instant::now() + self.until(end, far));
             }
         };
         self.finish(end).await;
@@ -572,6 +593,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
             }
             // The registration holds a sender until the session ends, so this does not happen.
             None => Ok(()),
+        }
+    }
+
+    /// When the session's footing ends: the connect credential's expiry (as the device view now
+    /// says) or the certificate's end, whichever is first.
+    fn current_end(&self) -> Option<i64> {
+        let credential = self
+            .credential_id
+            .and_then(|id| self.device.credentials.iter().find(|c| c.id == id))
+            .and_then(|c| c.expires_at);
+        match (credential, self.cert_not_after) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Time until `end` by the gate's clock; at least a second, so a session whose re-check
+    /// still allows it is not re-checked in a tight loop.
+    fn until(&self, end: Option<i64>, far: Duration) -> Duration {
+        match end {
+            Some(t) => {
+                let left = t - self.broker.gate.clock().now();
+                Duration::from_secs(u64::try_from(left.max(1)).unwrap_or(1))
+            }
+            None => far,
         }
     }
 

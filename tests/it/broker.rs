@@ -522,6 +522,37 @@ both_stores!(
     revoking_the_credential_or_removing_the_device_ends_live_sessions
 );
 
+async fn a_session_ends_when_its_rotation_grace_runs_out_without_any_change(store: Store) {
+    let app = TestApp::start(store).await;
+    let t1 = app.device("acme", "dev-1").await;
+    let (mut one, _) = V4::connect(addr(&app), "dev-1", &t1).await;
+    // The old token keeps working for one more second: the session stays through the rotation.
+    app.admin
+        .rotate("acme", "dev-1", Duration::from_secs(1))
+        .await
+        .unwrap();
+    one.client
+        .publish("acme/dev-1/still", QoS::AtLeastOnce, false, "y")
+        .await
+        .unwrap();
+    one.next_matching(|ev| match ev {
+        Ok(Event::Incoming(Packet::PubAck(_))) => Some(()),
+        Err(e) => panic!("closed during the grace period: {e}"),
+        _ => None,
+    })
+    .await;
+    // Let every echo of the rotation (NOTIFY, SQLite's polled change table) arrive first, so that
+    // nothing but the passing of time can end the session.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Time passes (the gate's clock); no registry change follows, yet the session ends.
+    app.clock.advance(5);
+    one.closed().await;
+}
+both_stores!(
+    grace_runs_out,
+    a_session_ends_when_its_rotation_grace_runs_out_without_any_change
+);
+
 async fn a_second_connection_with_the_same_client_id_takes_the_session_over(store: Store) {
     let app = TestApp::start(store).await;
     let token = app.device("acme", "dev-1").await;

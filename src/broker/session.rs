@@ -516,7 +516,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
                 n = self.stream.read_buf(&mut self.rbuf) => Event::Read(n),
                 r = self.link.rx.next() => Event::Router(r.map_err(drop)),
                 _ = &mut timer => Event::KeepAliveTimer,
-                _ = &mut expiry => Event::Expiry,
+                // Not polled at all for sessions whose footing has no end (most token sessions).
+                _ = &mut expiry, if armed_for.is_some() => Event::Expiry,
             };
             let mut rearm = false;
             let outcome = match event {

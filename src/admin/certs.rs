@@ -64,6 +64,18 @@ pub fn crl_path(dir: &Path, tenant: &str, ca: &str) -> PathBuf {
 }
 
 impl Admin {
+    /// After a certificate write: tells this process's registry (when wired) and records the
+    /// action in the audit trail.
+    async fn certs_written(
+        &self,
+        action: &str,
+        t: TenantId,
+        subject: &str,
+    ) -> Result<(), AdminError> {
+        self.certs_changed(t).await;
+        self.audit(action, t, subject).await
+    }
+
     async fn find_ca(&self, t: TenantId, name: &str) -> Result<StoredCa, AdminError> {
         self.store()
             .list_cas(t)
@@ -98,8 +110,7 @@ impl Admin {
             crl_url: None,
         };
         let ca = self.store().create_ca(t.id, &new, now).await?;
-        self.certs_changed(t.id).await;
-        self.audit("ca.init", t.id, name).await?;
+        self.certs_written("ca.init", t.id, name).await?;
         Ok(ca)
     }
 
@@ -141,8 +152,7 @@ impl Admin {
             crl_url: crl_url.map(Into::into),
         };
         let ca = self.store().create_ca(t.id, &new, self.clock.now()).await?;
-        self.certs_changed(t.id).await;
-        self.audit("ca.import", t.id, name).await?;
+        self.certs_written("ca.import", t.id, name).await?;
         Ok(ca)
     }
 
@@ -224,8 +234,7 @@ impl Admin {
             .store()
             .add_device_cert(t.id, client_id, &new_device_cert(Some(ca.id), &info), now)
             .await?;
-        self.certs_changed(t.id).await;
-        self.audit(
+        self.certs_written(
             "cert.issue",
             t.id,
             &format!("{client_id} {}", info.fingerprint),
@@ -280,8 +289,7 @@ impl Admin {
                 self.clock.now(),
             )
             .await?;
-        self.certs_changed(t.id).await;
-        self.audit(
+        self.certs_written(
             "cert.register",
             t.id,
             &format!("{client_id} {}", info.fingerprint),
@@ -307,8 +315,7 @@ impl Admin {
             .store()
             .revoke_device_cert(t.id, &fingerprint, self.clock.now())
             .await?;
-        self.certs_changed(t.id).await;
-        self.audit(
+        self.certs_written(
             "cert.revoke",
             t.id,
             &format!("{} {fingerprint}", record.client_id),
@@ -426,8 +433,7 @@ impl Admin {
             }
             None => None,
         };
-        self.certs_changed(t.id).await;
-        self.audit("crl.publish", t.id, &format!("{} #{number}", ca.name))
+        self.certs_written("crl.publish", t.id, &format!("{} #{number}", ca.name))
             .await?;
         Ok(PublishedCrl {
             tenant: t.name.clone(),
@@ -482,8 +488,7 @@ impl Admin {
                         },
                     )
                     .await?;
-                self.certs_changed(t).await;
-                self.audit("crl.import", t, &format!("{} #{}", ca.name, c.number))
+                self.certs_written("crl.import", t, &format!("{} #{}", ca.name, c.number))
                     .await?;
                 Ok(c)
             }

@@ -762,7 +762,9 @@ async fn metric_reaches(app: &TestApp, line: &str) {
     .unwrap_or_else(|_| panic!("metric never showed {line}"));
 }
 
-async fn a_subscription_the_acl_no_longer_allows_stops_delivering(store: Store) {
+/// A server where dev-1 may subscribe to `news/#` (the rule id returned) and dev-2 may publish
+/// there; returns both tokens.
+async fn news_readers(store: Store) -> (TestApp, String, String, i64) {
     let app = TestApp::start(store).await;
     let t1 = app.device("acme", "dev-1").await;
     let t2 = app.device("acme", "dev-2").await;
@@ -783,6 +785,11 @@ async fn a_subscription_the_acl_no_longer_allows_stops_delivering(store: Store) 
         )
         .await
         .unwrap();
+    (app, t1, t2, sub_rule)
+}
+
+async fn a_subscription_the_acl_no_longer_allows_stops_delivering(store: Store) {
+    let (app, t1, t2, sub_rule) = news_readers(store).await;
     let (mut reader, _) = V4::connect(addr(&app), "dev-1", &t1).await;
     reader
         .client
@@ -875,26 +882,7 @@ both_stores!(
 );
 
 async fn a_resumed_session_loses_subscriptions_the_acl_dropped_meanwhile(store: Store) {
-    let app = TestApp::start(store).await;
-    let t1 = app.device("acme", "dev-1").await;
-    let t2 = app.device("acme", "dev-2").await;
-    let sub_rule = app
-        .admin
-        .add_rule(
-            "acme",
-            Some("dev-1"),
-            rule(Permission::Allow, RuleAction::Subscribe, "news/#"),
-        )
-        .await
-        .unwrap();
-    app.admin
-        .add_rule(
-            "acme",
-            Some("dev-2"),
-            rule(Permission::Allow, RuleAction::Publish, "news/#"),
-        )
-        .await
-        .unwrap();
+    let (app, t1, t2, sub_rule) = news_readers(store).await;
     let mut stored = v4_options(addr(&app), "dev-1", &t1);
     stored.set_clean_session(false);
     let (mut first, _) = V4::connect_with(stored.clone()).await;

@@ -204,6 +204,7 @@ impl App {
             );
         }
         http::serve(self.listener, self.router, self.limits, shutdown).await;
+        self.gate.flush_audit().await;
         self.gate.registry().store().close().await;
     }
 }

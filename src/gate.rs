@@ -111,6 +111,13 @@ impl Gate {
         &self.metrics
     }
 
+    /// Writes the audit events queued so far (before the store closes at shutdown).
+    pub async fn flush_audit(&self) {
+        if let Some(sink) = &self.audit {
+            sink.flush().await;
+        }
+    }
+
     /// Records outcomes in the audit chain through `sink`.
     pub fn with_audit(mut self, sink: Arc<AuditSink>) -> Self {
         self.audit = Some(sink);

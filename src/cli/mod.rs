@@ -286,12 +286,29 @@ async fn serve(config: &Config) -> Result<()> {
     let app = App::build(config).await?;
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        stop_signal().await;
         tracing::info!("shutting down");
         let _ = tx.send(true);
     });
     app.run_until_stopped(rx).await;
     Ok(())
+}
+
+/// Ctrl-C, or SIGTERM as service managers and container runtimes send it: either ends `serve`
+/// cleanly (live MQTT sessions closed, queued audit events written).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn run_admin(command: Command, admin: &Admin, config: &Config, out: &Out) -> Result<()> {

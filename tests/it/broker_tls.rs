@@ -166,7 +166,8 @@ async fn raw_connect(
 }
 
 async fn last_connect(app: &TestApp) -> serde_json::Value {
-    tokio::time::sleep(Duration::from_millis(300)).await; // the audit sink writes in batches
+    // The outcome is queued before the client hears it; the writer batches, so write it now.
+    app.gate.flush_audit().await;
     let entries = app.admin.store().list_audit(0, 10_000).await.unwrap();
     let e = entries.iter().rev().find(|e| e.kind == "connect").unwrap();
     serde_json::from_str(&e.detail).unwrap()

@@ -955,3 +955,55 @@ async fn serve_runs_the_mqtt_broker_and_a_cli_disable_ends_a_live_session() {
         .expect("the disabled device's session was not closed");
     s.stop().await;
 }
+
+/// `serve` stopped by SIGTERM (as systemd or a container runtime stops it) right after a CONNECT
+/// decision still writes that decision to the audit trail: the writer's queue is flushed before
+/// the registry closes.
+#[tokio::test]
+async fn sigterm_stops_serve_without_losing_queued_audit_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_url(&dir);
+    cli_json(&db, &["tenant", "add", "acme"]).await;
+    let dev = cli_json(
+        &db,
+        &["device", "add", "--tenant", "acme", "--client-id", "dev-1"],
+    )
+    .await;
+    let token = dev["token"].as_str().unwrap().to_string();
+    let mut s = Server::start(&db, &[]).await;
+    assert_eq!(s.authn("dev-1", &token).await, "allow");
+    assert_eq!(s.authn("dev-1", "mqg_wrong").await, "deny");
+    let pid = s.child.id().expect("serve is running").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), s.child.wait())
+        .await
+        .expect("serve did not stop on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "serve exited with {status}");
+    let tail = cli_json(&db, &["audit", "tail", "--limit", "2"]).await;
+    let details: Vec<&str> = tail
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["detail"].as_str().unwrap())
+        .collect();
+    assert_eq!(details.len(), 2, "{tail}");
+    assert!(
+        details
+            .iter()
+            .any(|d| d.contains(r#""cause":"bad_secret""#)),
+        "{tail}"
+    );
+    assert!(
+        details.iter().all(|d| d.contains(r#""client_id":"dev-1""#)),
+        "{tail}"
+    );
+    assert_eq!(
+        cli_json(&db, &["audit", "verify"]).await["intact"],
+        json!(true)
+    );
+}

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// Rows per INSERT statement (SQLite allows 32,766 parameters per statement).
+const AUDIT_ROWS_PER_INSERT: usize = 1_000;
+
 impl SqliteStore {
     pub(crate) async fn append_audit(
         &self,
@@ -15,16 +18,22 @@ impl SqliteStore {
                 .fetch_optional(&mut *tx)
                 .await?;
         let prev = prev.unwrap_or_else(|| crate::audit::chain::GENESIS.into());
-        for r in rows::chain_rows(prev, records) {
-            sqlx::query("INSERT INTO audit_events (tenant_id, at, kind, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?)")
-                .bind(r.tenant)
-                .bind(r.at)
-                .bind(r.kind)
-                .bind(r.detail)
-                .bind(r.prev_hash)
-                .bind(r.hash)
-                .execute(&mut *tx)
-                .await?;
+        // One statement per chunk (six parameters a row, well under SQLite's limit): a batch is
+        // one round trip to the connection's worker thread, not one per event.
+        let chained = rows::chain_rows(prev, records);
+        for chunk in chained.chunks(AUDIT_ROWS_PER_INSERT) {
+            let mut insert = sqlx::QueryBuilder::new(
+                "INSERT INTO audit_events (tenant_id, at, kind, detail, prev_hash, hash) ",
+            );
+            insert.push_values(chunk, |mut row, r| {
+                row.push_bind(r.tenant)
+                    .push_bind(r.at)
+                    .push_bind(r.kind)
+                    .push_bind(r.detail.as_str())
+                    .push_bind(r.prev_hash.as_str())
+                    .push_bind(r.hash.as_str());
+            });
+            insert.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

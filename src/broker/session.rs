@@ -553,13 +553,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
 
     /// Writes `packets` to the client through the session's buffer.
     async fn write(&mut self, packets: Vec<Packet>) -> Result<(), End> {
-        if packets.is_empty() {
-            return Ok(());
-        }
         for p in packets {
-            if let Err(e) = self.codec.encode(p, &mut self.wbuf) {
-                tracing::warn!(client_id = %self.client_id, error = %e, "could not encode a packet");
-            }
+            self.encode(p);
+        }
+        self.flush().await
+    }
+
+    /// Encodes `packet` into the session's write buffer (sent by [`Live::flush`]).
+    fn encode(&mut self, packet: Packet) {
+        if let Err(e) = self.codec.encode(packet, &mut self.wbuf) {
+            tracing::warn!(client_id = %self.client_id, error = %e, "could not encode a packet");
+        }
+    }
+
+    /// Sends what the write buffer holds.
+    async fn flush(&mut self) -> Result<(), End> {
+        if self.wbuf.is_empty() {
+            return Ok(());
         }
         let written = timeout(WRITE_TIMEOUT, self.stream.write_all(&self.wbuf)).await;
         self.wbuf.clear();
@@ -839,8 +849,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
             .map_err(|_| End::RouterGone)
     }
 
+    /// Writes the router's notifications to the client, encoding each straight into the write
+    /// buffer (a routed publish is moved as little as possible), one write for the whole batch.
     async fn on_router(&mut self, first: Result<Option<Notification>, ()>) -> Result<(), End> {
-        let mut out = Vec::new();
         let mut wake = false;
         let mut ended = None;
         let mut next = Some(first);
@@ -848,7 +859,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
         while let Some(n) = next.take() {
             match n {
                 Ok(Some(n)) => {
-                    if let Err(end) = self.on_notification(n, &mut out, &mut wake) {
+                    if let Err(end) = self.on_notification(n, &mut wake) {
                         ended = Some(end);
                         break;
                     }
@@ -864,33 +875,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
                 next = ready_now(&mut self.link.rx).await;
             }
         }
-        self.write(out).await?;
+        self.flush().await?;
         if wake {
             self.link.rx.wake().await.map_err(|_| End::RouterGone)?;
         }
         ended.map_or(Ok(()), Err)
     }
 
-    fn on_notification(
-        &mut self,
-        n: Notification,
-        out: &mut Vec<Packet>,
-        wake: &mut bool,
-    ) -> Result<(), End> {
+    fn on_notification(&mut self, n: Notification, wake: &mut bool) -> Result<(), End> {
         if matches!(n, Notification::Unschedule) {
             *wake = true;
             return Ok(());
         }
         match Option::<Packet>::from(n) {
-            Some(Packet::SubAck(ack, props)) => out.push(Packet::SubAck(self.splice(ack), props)),
+            Some(Packet::SubAck(ack, props)) => {
+                let ack = self.splice(ack);
+                self.encode(Packet::SubAck(ack, props));
+            }
             // Answered by mqgate when the UNSUBSCRIBE came in (rumqttd acks per filter, and
             // not at all for a filter that was not subscribed).
             Some(Packet::UnsubAck(..)) | Some(Packet::ConnAck(..)) | None => {}
             Some(Packet::Disconnect(d, _)) => {
-                out.push(goodbye(d.reason_code, "closed by the router"));
+                self.encode(goodbye(d.reason_code, "closed by the router"));
                 return Err(End::RouterGone);
             }
-            Some(p) => out.push(p),
+            Some(p) => self.encode(p),
         }
         Ok(())
     }

@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=10 CONNS=16 DEVICES=1000 ROUNDS=3
+DURATION=10 CONNS=16 DEVICES=1000 ROUNDS=5
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --duration) DURATION=$2; shift 2 ;;

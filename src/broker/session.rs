@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use rumqttd::Notification;
-use rumqttd::local::LinkRx;
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, Connect, ConnectProperties, ConnectReturnCode, Disconnect,
     DisconnectProperties, DisconnectReasonCode, LastWill, Login, Packet, PingResp, PubAck,
@@ -853,33 +852,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
     /// buffer (a routed publish is moved as little as possible), one write for the whole batch.
     async fn on_router(&mut self, first: Result<Option<Notification>, ()>) -> Result<(), End> {
         let mut wake = false;
-        let mut ended = None;
-        let mut next = Some(first);
-        let mut handled = 0;
-        while let Some(n) = next.take() {
-            match n {
-                Ok(Some(n)) => {
-                    if let Err(end) = self.on_notification(n, &mut wake) {
-                        ended = Some(end);
-                        break;
-                    }
-                }
-                Ok(None) => {}
-                Err(_) => {
-                    ended = Some(End::RouterGone);
-                    break;
-                }
-            }
+        let mut ended = self.on_routed(first, &mut wake).err();
+        let mut handled = 1;
+        // Then whatever else the router has ready, without waiting.
+        while ended.is_none() && handled < NOTIFICATION_BATCH {
+            let Some(next) = ready_now(self.link.rx.next()) else {
+                break;
+            };
+            ended = self.on_routed(next.map_err(drop), &mut wake).err();
             handled += 1;
-            if handled < NOTIFICATION_BATCH {
-                next = ready_now(&mut self.link.rx).await;
-            }
         }
         self.flush().await?;
         if wake {
             self.link.rx.wake().await.map_err(|_| End::RouterGone)?;
         }
         ended.map_or(Ok(()), Err)
+    }
+
+    fn on_routed(
+        &mut self,
+        n: Result<Option<Notification>, ()>,
+        wake: &mut bool,
+    ) -> Result<(), End> {
+        match n {
+            Ok(Some(n)) => self.on_notification(n, wake),
+            Ok(None) => Ok(()),
+            Err(()) => Err(End::RouterGone),
+        }
     }
 
     fn on_notification(&mut self, n: Notification, wake: &mut bool) -> Result<(), End> {
@@ -999,12 +998,15 @@ fn on_unsubscribe(
     to_router.push(Packet::Unsubscribe(u, props));
 }
 
-/// The next router notification if one is ready now, without waiting. `LinkRx::next` is
-/// cancel-safe: it either takes a wake-up and its notifications in one poll or nothing.
-async fn ready_now(rx: &mut LinkRx) -> Option<Result<Option<Notification>, ()>> {
-    tokio::select! {
-        biased;
-        n = rx.next() => Some(n.map_err(drop)),
-        _ = std::future::ready(()) => None,
+/// The output of `f` if it is ready at once (polled once, without a waker: the caller's own
+/// loop polls again with its waker). Cheaper than a `select!` for draining what the router has
+/// already queued. Used on `LinkRx::next`, which is cancel-safe: one poll either takes a router
+/// wake-up together with its notifications, or nothing.
+fn ready_now<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
     }
 }

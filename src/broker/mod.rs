@@ -12,7 +12,9 @@
 //! - [`sessions`]: live sessions by client id, connections per address.
 //! - [`router`]: rumqttd's router and link building.
 //! - [`tls`]: the mTLS listener (client certificates through the device-certificate verifier).
+//! - [`afterlife`]: 5.0 will delay and session expiry, after a connection has closed.
 
+pub mod afterlife;
 pub mod codec;
 pub mod refusal;
 pub mod router;
@@ -69,6 +71,8 @@ pub struct Broker {
     pub(crate) settings: BrokerSettings,
     pub(crate) capacity: Arc<Semaphore>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// mqgate's own link for delayed wills (attached at the first one).
+    pub(crate) will_link: tokio::sync::Mutex<Option<router::Link>>,
 }
 
 impl Broker {
@@ -79,7 +83,7 @@ impl Broker {
         settings: BrokerSettings,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Broker> {
-        let router = RouterHandle::start(settings.max_connections + 1);
+        let router = RouterHandle::start(settings.max_connections + 16);
         let changes = gate.registry().watch_changes();
         let reloads = gate.trust().watch_reloads();
         let broker = Arc::new(Broker {
@@ -89,6 +93,7 @@ impl Broker {
             settings,
             capacity: Arc::new(Semaphore::new(settings.max_connections)),
             shutdown,
+            will_link: tokio::sync::Mutex::new(None),
         });
         spawn_revocation_watch(&broker, changes, reloads);
         spawn_shutdown_watch(&broker);
@@ -171,4 +176,17 @@ fn spawn_revocation_watch(
             }
         }
     });
+}
+
+/// The output of `f` if it is ready at once (polled once, without a waker: the caller's own
+/// loop polls again with its waker). Cheaper than a `select!` for draining what the router has
+/// already queued. Used on `LinkRx::next`, which is cancel-safe: one poll either takes a router
+/// wake-up together with its notifications, or nothing.
+pub(crate) fn ready_now<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
 }

@@ -16,21 +16,22 @@ use bytes::BytesMut;
 use rumqttd::Notification;
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, Connect, ConnectProperties, ConnectReturnCode, Disconnect,
-    DisconnectProperties, DisconnectReasonCode, LastWill, Login, Packet, PingResp, PubAck,
-    PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, Publish, PublishProperties, QoS,
-    SubAck, Subscribe, SubscribeProperties, SubscribeReasonCode, UnsubAck, UnsubAckReason,
-    Unsubscribe, UnsubscribeProperties,
+    DisconnectProperties, DisconnectReasonCode, Login, Packet, PingResp, PubAck, PubAckReason,
+    PubComp, PubCompReason, PubRec, PubRecReason, Publish, PublishProperties, SubAck, Subscribe,
+    SubscribeProperties, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
+    UnsubscribeProperties,
 };
 use secrecy::SecretString;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::time::{Instant, timeout};
 
+use super::afterlife::{self, Afterlife, Expiry, Will};
 use super::codec::{self, Codec, FrameError, Version};
 use super::refusal::Refusal;
 use super::router::Link;
 use super::sessions::{Control, PeerSlot, Registration};
-use super::{Broker, TlsIdentity};
+use super::{Broker, TlsIdentity, ready_now};
 use crate::acl::Action;
 use crate::core::{Cause, DeviceView};
 use crate::gate::{ConnectRequest, PresentedCert};
@@ -47,7 +48,7 @@ struct Hello {
     codec: Codec,
     connect: Connect,
     props: Option<ConnectProperties>,
-    will: Option<LastWill>,
+    will: Option<Will>,
     login: Option<Login>,
 }
 
@@ -118,23 +119,31 @@ pub(super) async fn run<S>(
     let Hello {
         codec,
         connect,
+        props,
         will,
         ..
     } = hello;
     let client_id = connect.client_id.clone();
+    let clean_start = connect.clean_session;
+    let interval = props.and_then(|p| p.session_expiry_interval);
+    let expiry = Expiry::at_connect(codec.version, clean_start, interval);
     let (ctl_tx, ctl_rx) = mpsc::channel(4);
     let (registration, previous) =
         broker
             .sessions
             .register(&client_id, admission.device.tenant, ctl_tx.clone());
     if let Some(previous) = previous {
-        take_over(&broker, previous, &client_id).await;
+        take_over(&broker, previous, &client_id, !clean_start).await;
     }
-    let link = match broker
-        .router
-        .attach(&client_id, connect.clean_session)
-        .await
-    {
+    // rumqttd's clean flag both discards a stored session at attach and keeps none at detach. A
+    // 5.0 clean start whose session outlives the connection needs the first without the second:
+    // discard first, then attach as a stored session.
+    let outlives = expiry != Expiry::AtClose;
+    if clean_start && outlives {
+        afterlife::expire(&broker, &client_id).await;
+    }
+    let clean = clean_start && !outlives;
+    let link = match broker.router.attach(&client_id, clean).await {
         Ok(link) => link,
         Err(e) => {
             tracing::warn!(%client_id, error = %e, "router refused an admitted client");
@@ -184,7 +193,8 @@ pub(super) async fn run<S>(
         pending_subacks: HashMap::new(),
         refused_qos2: HashSet::new(),
         subscriptions,
-        clean: connect.clean_session,
+        clean,
+        expiry,
     };
     live.run(ctl_rx, registration, slot, admission).await;
 }
@@ -204,11 +214,14 @@ async fn read_connect<S: AsyncRead + Unpin>(
             && let Some(packet) = c.decode_connect(buf)?
         {
             return match packet {
-                Packet::Connect(connect, props, will, _, login) => Ok(Hello {
+                Packet::Connect(connect, props, will, will_props, login) => Ok(Hello {
                     codec: c,
                     connect,
                     props,
-                    will,
+                    will: will.map(|will| Will {
+                        will,
+                        props: will_props,
+                    }),
                     login,
                 }),
                 _ => Err(FrameError::UnexpectedType(0)),
@@ -236,8 +249,12 @@ async fn admit(
     if !has_peer_slot {
         return Err(Refusal::TooManyConnections);
     }
-    // rumqttd's router silently drops links whose id has these characters.
-    if client_id.is_empty() || client_id.contains(['+', '$', '#', '/']) {
+    // rumqttd's router silently drops links whose id has these characters; control characters
+    // are no device's (the registry refuses them) and mark mqgate's own links.
+    if client_id.is_empty()
+        || client_id.contains(['+', '$', '#', '/'])
+        || client_id.chars().any(char::is_control)
+    {
         return Err(Refusal::BadClientId);
     }
     if hello
@@ -264,7 +281,7 @@ async fn admit(
         return Err(Refusal::from_decision(&outcome.decision));
     };
     if let Some(will) = &hello.will {
-        let topic = std::str::from_utf8(&will.topic).map_err(|_| Refusal::WillNotAllowed)?;
+        let topic = std::str::from_utf8(&will.will.topic).map_err(|_| Refusal::WillNotAllowed)?;
         let d = broker
             .gate
             .authorize(client_id, Action::Publish, topic)
@@ -309,9 +326,18 @@ async fn refuse<S: AsyncWrite + Unpin>(
 }
 
 /// Tells the live session of the same client id to leave and waits (bounded) until it has.
-async fn take_over(broker: &Broker, previous: mpsc::Sender<Control>, client_id: &str) {
-    let (done_tx, done_rx) = oneshot::channel();
-    if previous.send(Control::TakeOver(done_tx)).await.is_ok() {
+async fn take_over(
+    broker: &Broker,
+    previous: mpsc::Sender<Control>,
+    client_id: &str,
+    resumes: bool,
+) {
+    let (done, done_rx) = oneshot::channel();
+    if previous
+        .send(Control::TakeOver { done, resumes })
+        .await
+        .is_ok()
+    {
         let _ = timeout(TAKEOVER_WAIT, done_rx).await;
     }
     tracing::info!(%client_id, "MQTT session taken over by a new connection");
@@ -389,14 +415,17 @@ fn normal_disconnect() -> Packet {
 
 /// Why a live session ended.
 enum End {
-    /// The client sent DISCONNECT (5.0 may ask for its will).
-    ClientDisconnect { with_will: bool },
+    /// The client sent DISCONNECT (5.0 may ask for its will, and set a new session expiry).
+    ClientDisconnect {
+        with_will: bool,
+        expiry: Option<u32>,
+    },
     /// The client closed the connection, or a read or write failed.
     Io,
     /// Nothing received for 1.5 × keep-alive.
     KeepAlive,
-    /// A new connection with the same client id.
-    TakenOver(oneshot::Sender<()>),
+    /// A new connection with the same client id (resuming the session or not).
+    TakenOver(oneshot::Sender<()>, bool),
     /// The device lost its admission (disabled, removed, credential revoked).
     Revoked,
     /// mqgate is shutting down.
@@ -413,7 +442,7 @@ impl End {
             End::ClientDisconnect { .. } => "client_disconnect",
             End::Io => "closed",
             End::KeepAlive => "keep_alive_timeout",
-            End::TakenOver(_) => "taken_over",
+            End::TakenOver(..) => "taken_over",
             End::Revoked => "revoked",
             End::Shutdown => "shutdown",
             End::Protocol(_) => "protocol_error",
@@ -425,7 +454,7 @@ impl End {
     fn reason(&self) -> Option<DisconnectReasonCode> {
         match self {
             End::KeepAlive => Some(DisconnectReasonCode::KeepAliveTimeout),
-            End::TakenOver(_) => Some(DisconnectReasonCode::SessionTakenOver),
+            End::TakenOver(..) => Some(DisconnectReasonCode::SessionTakenOver),
             End::Revoked => Some(DisconnectReasonCode::NotAuthorized),
             End::Shutdown => Some(DisconnectReasonCode::ServerShuttingDown),
             End::Protocol(code) => Some(*code),
@@ -437,7 +466,7 @@ impl End {
     /// is gone, as there is nothing left to publish through).
     fn fires_will(&self) -> bool {
         match self {
-            End::ClientDisconnect { with_will } => *with_will,
+            End::ClientDisconnect { with_will, .. } => *with_will,
             End::RouterGone => false,
             _ => true,
         }
@@ -471,7 +500,7 @@ struct Live<S> {
     /// The device as last decided (refreshed on every re-check), so that publishes and
     /// subscriptions are decided without a cache lookup.
     device: Arc<DeviceView>,
-    will: Option<LastWill>,
+    will: Option<Will>,
     link: Link,
     rbuf: BytesMut,
     wbuf: BytesMut,
@@ -484,8 +513,10 @@ struct Live<S> {
     refused_qos2: HashSet<u16>,
     /// Filters granted in this connection, re-checked when the registry changes.
     subscriptions: HashSet<String>,
-    /// Clean session: the router forgets the session at the end (else it stores it).
+    /// Attached clean: the router forgets the session at the end (else it stores it).
     clean: bool,
+    /// How long a stored session outlives the connection.
+    expiry: Expiry,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
@@ -546,8 +577,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
                 expiry.as_mut().reset(Instant::now() + self.until(end, far));
             }
         };
-        self.finish(end).await;
-        drop((registration, slot, admission));
+        let (broker, client_id) = (Arc::clone(&self.broker), self.client_id.clone());
+        let after = self.finish(end).await;
+        drop((slot, admission));
+        // The client id stays held (and the session reachable by a new connection) until a
+        // delayed will and a stored session's expiry are settled.
+        if let Some(after) = after {
+            afterlife::run(broker, client_id, control, registration, after).await;
+        }
     }
 
     /// Writes `packets` to the client through the session's buffer.
@@ -580,7 +617,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
 
     async fn on_control(&mut self, control: Option<Control>) -> Result<(), End> {
         match control {
-            Some(Control::TakeOver(done)) => Err(End::TakenOver(done)),
+            Some(Control::TakeOver { done, resumes }) => Err(End::TakenOver(done, resumes)),
             Some(Control::Shutdown) => Err(End::Shutdown),
             Some(Control::Recheck) => {
                 let (d, device) = self
@@ -723,9 +760,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
                 }
             }
             Packet::PingReq(_) => to_client.push(Packet::PingResp(PingResp)),
-            Packet::Disconnect(d, _) => {
+            Packet::Disconnect(d, props) => {
                 let with_will = d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
-                return Err(End::ClientDisconnect { with_will });
+                let expiry = props.and_then(|p| p.session_expiry_interval);
+                return Err(End::ClientDisconnect { with_will, expiry });
             }
             p @ (Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..)) => {
                 to_router.push(p)
@@ -922,17 +960,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
         }
     }
 
-    /// Says goodbye (5.0 reason code), publishes the will when due, leaves the router.
-    async fn finish(mut self, end: End) {
+    /// Says goodbye (5.0 reason code), publishes the will when due, leaves the router; returns
+    /// what is left for later (a will held back by its delay, a stored session's expiry).
+    async fn finish(mut self, end: End) -> Option<Afterlife> {
         tracing::debug!(client_id = %self.client_id, end = end.label(), "MQTT session ended");
         self.broker.gate.metrics().broker_event(end.label());
+        // 5.0 DISCONNECT may change the expiry (not from 0, which is a protocol error: ignored).
+        if let End::ClientDisconnect {
+            expiry: Some(secs), ..
+        } = end
+            && self.expiry != Expiry::AtClose
+        {
+            self.expiry = Expiry::from_interval(secs);
+        }
+        // The will goes out now, later (5.0 Will Delay Interval), or never: a new connection
+        // resuming the session before the delay has passed cancels it.
+        let (mut now, mut held) = (None, None);
+        if end.fires_will()
+            && let Some(will) = self.will.take()
+        {
+            let due = match end {
+                End::Shutdown | End::TakenOver(_, false) => Duration::ZERO,
+                _ => will.due_after(self.expiry),
+            };
+            if due.is_zero() {
+                now = Some(will);
+            } else if !matches!(end, End::TakenOver(_, true)) {
+                held = Some((will, Instant::now() + due));
+            }
+        }
         // The router first (will, then leaving), so that a client seeing the close knows its
         // will is already routed.
         if !matches!(end, End::RouterGone) {
             let mut packets = Vec::new();
-            if end.fires_will()
-                && let Some(will) = self.will.take()
-                && let Some(p) = self.checked_will(will).await
+            if let Some(will) = now
+                && let Some(p) =
+                    afterlife::checked_will(&self.broker, &self.client_id, will, 1).await
             {
                 packets.push(p);
             }
@@ -948,31 +1011,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
             .await;
         }
         let _ = timeout(Duration::from_secs(1), self.stream.shutdown()).await;
-        let stored = (!self.clean).then(|| std::mem::take(&mut self.subscriptions));
-        self.broker.sessions.store_filters(&self.client_id, stored);
-        if let End::TakenOver(done) = end {
+        let stored = !self.clean;
+        let filters = stored.then(|| std::mem::take(&mut self.subscriptions));
+        self.broker.sessions.store_filters(&self.client_id, filters);
+        // A stored session lasts as long as its expiry says, unless a new connection owns it now.
+        let mut expires = None;
+        if stored && !matches!(end, End::TakenOver(..) | End::RouterGone | End::Shutdown) {
+            match self.expiry.left() {
+                Some(left) if left.is_zero() => {
+                    afterlife::expire(&self.broker, &self.client_id).await
+                }
+                Some(left) => expires = Some(Instant::now() + left),
+                None => {}
+            }
+        }
+        if let End::TakenOver(done, _) = end {
             let _ = done.send(());
         }
-    }
-
-    /// The will as a publish, if the device may still publish it (checked again now: a revoked
-    /// device's will is dropped, as Mosquitto does for a will its ACL refuses).
-    async fn checked_will(&self, will: LastWill) -> Option<Packet> {
-        let topic = std::str::from_utf8(&will.topic).ok()?;
-        // A fresh lookup, not the held view: a revoked device's view is stale by definition.
-        let d = self
-            .broker
-            .gate
-            .authorize(&self.client_id, Action::Publish, topic)
-            .await;
-        if !d.is_allow() {
-            tracing::info!(client_id = %self.client_id, topic, "will dropped: no longer allowed");
-            return None;
-        }
-        // QoS 2 would need a PUBREL round the client is no longer there for: QoS 1 at most.
-        let qos = if will.qos == QoS::AtMostOnce { 0 } else { 1 };
-        let publish = codec::publish_with_qos(will.topic, will.message, will.retain, qos, 1);
-        Some(Packet::Publish(publish, None))
+        (held.is_some() || expires.is_some()).then_some(Afterlife {
+            will: held,
+            expires,
+        })
     }
 }
 
@@ -996,17 +1055,4 @@ fn on_unsubscribe(
         None,
     ));
     to_router.push(Packet::Unsubscribe(u, props));
-}
-
-/// The output of `f` if it is ready at once (polled once, without a waker: the caller's own
-/// loop polls again with its waker). Cheaper than a `select!` for draining what the router has
-/// already queued. Used on `LinkRx::next`, which is cancel-safe: one poll either takes a router
-/// wake-up together with its notifications, or nothing.
-fn ready_now<F: std::future::Future>(f: F) -> Option<F::Output> {
-    let mut f = std::pin::pin!(f);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match f.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(v) => Some(v),
-        std::task::Poll::Pending => None,
-    }
 }

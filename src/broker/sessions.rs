@@ -15,8 +15,15 @@ use crate::registry::{Change, TenantId};
 pub enum Control {
     /// The registry changed: check the device is still admitted.
     Recheck,
-    /// A new connection with the same client id was admitted: leave (MQTT session takeover).
-    TakeOver(oneshot::Sender<()>),
+    /// A new connection with the same client id was admitted: leave (MQTT session takeover),
+    /// then say so through `done`. `resumes`: the new connection continues the session (clean
+    /// start off), so a will still held back by its delay is not sent.
+    TakeOver {
+        /// Told once the old session has left.
+        done: oneshot::Sender<()>,
+        /// Whether the new connection resumes the session.
+        resumes: bool,
+    },
     /// mqgate is shutting down.
     Shutdown,
 }

@@ -17,7 +17,7 @@ pub struct Metrics {
 }
 
 /// The embedded broker's event labels (sessions opened and how they ended, refusals).
-pub const BROKER_EVENTS: [&str; 15] = [
+pub const BROKER_EVENTS: [&str; 17] = [
     "session_opened",
     "connect_refused",
     "connect_timeout",
@@ -33,6 +33,8 @@ pub const BROKER_EVENTS: [&str; 15] = [
     "shutdown",
     "protocol_error",
     "router_closed",
+    "will_delayed",
+    "session_expired",
 ];
 
 /// Which question a decision answered.

@@ -222,8 +222,15 @@ async fn send_will(broker: &Broker, client_id: &str, will: Will) {
     tracing::debug!(%client_id, "delayed will sent");
 }
 
-/// Ends the stored session of `client_id` inside the router: a clean attach discards it.
+/// Ends the stored session of `client_id` because its expiry interval has passed.
 pub async fn expire(broker: &Broker, client_id: &str) {
+    discard(broker, client_id).await;
+    broker.gate.metrics().broker_event("session_expired");
+    tracing::debug!(%client_id, "stored session expired");
+}
+
+/// Discards the stored session of `client_id` inside the router: a clean attach does that.
+pub async fn discard(broker: &Broker, client_id: &str) {
     broker.sessions.store_filters(client_id, None);
     match broker.router.attach(client_id, true).await {
         Ok(mut link) => {
@@ -232,9 +239,8 @@ pub async fn expire(broker: &Broker, client_id: &str) {
             };
             let _ = link.tx.send(Packet::Disconnect(bye, None)).await;
         }
-        Err(e) => tracing::warn!(%client_id, error = %e, "stored session not expired"),
+        Err(e) => tracing::warn!(%client_id, error = %e, "stored session not discarded"),
     }
-    tracing::debug!(%client_id, "stored session expired");
 }
 
 #[cfg(test)]

@@ -140,7 +140,7 @@ pub(super) async fn run<S>(
     // discard first, then attach as a stored session.
     let outlives = expiry != Expiry::AtClose;
     if clean_start && outlives {
-        afterlife::expire(&broker, &client_id).await;
+        afterlife::discard(&broker, &client_id).await;
     }
     let clean = clean_start && !outlives;
     let link = match broker.router.attach(&client_id, clean).await {
@@ -986,6 +986,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
             if due.is_zero() {
                 now = Some(will);
             } else if !matches!(end, End::TakenOver(_, true)) {
+                self.broker.gate.metrics().broker_event("will_delayed");
                 held = Some((will, Instant::now() + due));
             }
         }

@@ -5,6 +5,7 @@ mod helpers;
 mod audit;
 mod broker;
 mod broker_tls;
+mod broker_v5;
 mod brute_force;
 mod certs;
 mod emqx_http;

@@ -6,6 +6,8 @@
 //! answers are written back, with refused filters spliced into SUBACK. The session ends on
 //! DISCONNECT, close, keep-alive expiry, takeover, revocation or shutdown; mqgate then publishes
 //! the will itself (checked again: a revoked device's will is dropped) and detaches from the router.
+//! A 5.0 will held back by its delay, or a stored session with an expiry, is left to
+//! [`afterlife`](super::afterlife), in the same task.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

@@ -3,7 +3,10 @@
 #   bench/broker.sh [--duration SECONDS] [--conns N] [--devices N] [--rounds N]
 # (a) publish throughput: N connections, each subscribed to its own subtree and keeping 32 QoS 1
 #     publishes in flight to it (acks/s; every acked publish must also be delivered);
-# (b) CONNECT rate: N connections looping connect → CONNACK → DISCONNECT over the devices.
+# (b) CONNECT rate: N connections looping connect → CONNACK → DISCONNECT over the devices;
+# (c) the same over mTLS: a full TLS 1.3 handshake with the device's own certificate each time (no
+#     session resumption), no password; mqgate's TLS listener against Mosquitto's
+#     (`require_certificate`, `use_identity_as_username`); rumqttd alone is built without TLS.
 # Brokers: mqgate (token auth + ACL on every CONNECT/SUBSCRIBE/PUBLISH, SQLite registry, warmed),
 # rumqttd 0.20 alone (its own listener, no auth, same router settings), Mosquitto 2.0 with a
 # password file and an ACL file (`pattern readwrite bench/%u/#`), each on a spare port.
@@ -44,15 +47,18 @@ ratio() { python3 -c "print(f'{float(\"$(echo "$1" | field rate)\") / float(\"$(
 
 echo "== seeding $DEVICES devices (SQLite)"
 DB="sqlite://$WORK/reg.db?mode=rwc"
-"$EX/seed" "$DB" bench "$DEVICES" "$WORK/devices.tsv"
+CA_SECRET=bench-ca-key-secret-0123456789abcdef
+MQGATE_CA_KEY_SECRET=$CA_SECRET "$EX/seed" "$DB" bench "$DEVICES" "$WORK/devices.tsv" "$WORK/certs"
 
 echo "== starting brokers"
-PM=$(port); PH=$(port)
+PM=$(port); PH=$(port); PMT=$(port)
 MQGATE_DATABASE_URL=$DB MQGATE_LISTEN=127.0.0.1:$PH MQGATE_MQTT_ADDR=127.0.0.1:$PM \
+    MQGATE_MQTTS_ADDR=127.0.0.1:$PMT MQGATE_MQTTS_CERT_FILE=$WORK/certs/server.pem \
+    MQGATE_MQTTS_KEY_FILE=$WORK/certs/server.key MQGATE_CA_KEY_SECRET=$CA_SECRET \
     MQGATE_INTERNAL_SECRET=$SECRET MQGATE_LOG=warn \
     "$BIN/mqgate" serve >"$WORK/mqgate.log" 2>&1 & PIDS+=($!)
 PR=$(port); "$EX/rumqttd_plain" "127.0.0.1:$PR" >"$WORK/rumqttd.log" 2>&1 & PIDS+=($!)
-PQ=$(port)
+PQ=$(port); PQT=$(port)
 tr '\t' ':' <"$WORK/devices.tsv" >"$WORK/passwd"
 "$MOSQUITTO_PASSWD" -U "$WORK/passwd"
 echo 'pattern readwrite bench/%u/#' >"$WORK/acl"
@@ -65,9 +71,15 @@ acl_file $WORK/acl
 persistence false
 log_dest none
 max_connections -1
+listener $PQT 127.0.0.1
+cafile $WORK/certs/ca.pem
+certfile $WORK/certs/server.pem
+keyfile $WORK/certs/server.key
+require_certificate true
+use_identity_as_username true
 CONF
 "$MOSQUITTO" -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.log" 2>&1 & PIDS+=($!)
-wait_port "$PM"; wait_port "$PR"; wait_port "$PQ"
+wait_port "$PM"; wait_port "$PR"; wait_port "$PQ"; wait_port "$PMT"; wait_port "$PQT"
 echo "mosquitto: $("$MOSQUITTO" -h 2>/dev/null | head -1)"
 
 # Each measurement runs ROUNDS times, brokers interleaved, and the median round is reported, so
@@ -96,3 +108,15 @@ measure publish "$DURATION"
 CDUR=$(( DURATION < 5 ? DURATION : 5 ))
 echo "== (b) CONNECT rate: $CONNS connections looping connect/CONNACK/DISCONNECT, ${CDUR}s x $ROUNDS rounds"
 measure connect "$CDUR"
+
+echo "== (c) CONNECT rate over mTLS: $CONNS connections, full handshake with the device certificate, ${CDUR}s x $ROUNDS rounds"
+: >"$WORK/mqgt"; : >"$WORK/most"
+for r in $(seq 1 "$ROUNDS"); do
+    load --addr "127.0.0.1:$PMT" --mode connect --tls "$WORK/certs" --duration "$CDUR" >>"$WORK/mqgt"
+    load --addr "127.0.0.1:$PQT" --mode connect --tls "$WORK/certs" --duration "$CDUR" >>"$WORK/most"
+done
+MQGT=$(median <"$WORK/mqgt"); MOST=$(median <"$WORK/most")
+echo "rounds (rate):  mqgate $(field rate <"$WORK/mqgt" | tr '\n' ' ')| mosquitto $(field rate <"$WORK/most" | tr '\n' ' ')"
+echo "mqgate (mTLS)   : $MQGT"
+echo "mosquitto (TLS) : $MOST"
+echo "ratio mqgate/mosquitto = $(ratio "$MQGT" "$MOST")"

@@ -11,17 +11,24 @@
 //!   deliveries fall short of acks (e.g. publishes silently refused by an ACL) is an error.
 //! - `connect`: each connection loops TCP connect → CONNECT → CONNACK (must be 0) → DISCONNECT →
 //!   wait for the broker's close, cycling through the devices.
+//! - `--tls DIR` (connect mode): each connection is a full TLS handshake (no resumption) with the
+//!   device's certificate from `DIR/<client-id>.crt` / `.key`, trusting `DIR/server.pem`; the
+//!   CONNECT carries no password (the certificate is the identity).
 //!
 //! Prints one line: `rate=… ` (acks or connects per second) plus details; exits non-zero on errors.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::{Connect, ConnectReturnCode, Login, Packet, Protocol, SubscribeReasonCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 struct Args {
     addr: String,
@@ -32,6 +39,8 @@ struct Args {
     duration: u64,
     window: u16,
     payload: usize,
+    /// Per device (same order as `devices`): its TLS client configuration.
+    tls: Option<Vec<Arc<rustls::ClientConfig>>>,
 }
 
 fn parse_args() -> Args {
@@ -44,7 +53,9 @@ fn parse_args() -> Args {
         duration: 10,
         window: 32,
         payload: 64,
+        tls: None,
     };
+    let mut tls_dir = None;
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut v = || it.next().expect("flag needs a value");
@@ -64,11 +75,48 @@ fn parse_args() -> Args {
             "--duration" => a.duration = v().parse().expect("--duration"),
             "--window" => a.window = v().parse().expect("--window"),
             "--payload" => a.payload = v().parse().expect("--payload"),
+            "--tls" => tls_dir = Some(std::path::PathBuf::from(v())),
             other => panic!("unknown flag {other}"),
         }
     }
     assert!(!a.devices.is_empty(), "--devices with at least one device");
+    if let Some(dir) = tls_dir {
+        a.tls = Some(tls_configs(&dir, &a.devices));
+    }
     a
+}
+
+/// One client configuration per device: its certificate and key, the server's certificate as the
+/// only root, no session resumption (every connection pays the full handshake).
+fn tls_configs(
+    dir: &std::path::Path,
+    devices: &[(String, String)],
+) -> Vec<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(dir.join("server.pem")).expect("server.pem") {
+        roots
+            .add(c.expect("server.pem"))
+            .expect("server certificate");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    devices
+        .iter()
+        .map(|(id, _)| {
+            let chain = CertificateDer::pem_file_iter(dir.join(format!("{id}.crt")))
+                .expect("device certificate")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("device certificate");
+            let key = PrivateKeyDer::from_pem_file(dir.join(format!("{id}.key"))).expect("key");
+            let mut c = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+                .with_safe_default_protocol_versions()
+                .expect("TLS versions")
+                .with_root_certificates(roots.clone())
+                .with_client_auth_cert(chain, key)
+                .expect("client certificate");
+            c.resumption = rustls::client::Resumption::disabled();
+            Arc::new(c)
+        })
+        .collect()
 }
 
 fn encode(p: Packet) -> BytesMut {
@@ -77,7 +125,7 @@ fn encode(p: Packet) -> BytesMut {
     b
 }
 
-fn connect_packet(id: &str, token: &str) -> BytesMut {
+fn connect_packet(id: &str, token: Option<&str>) -> BytesMut {
     encode(Packet::Connect(
         Connect {
             keep_alive: 60,
@@ -87,9 +135,9 @@ fn connect_packet(id: &str, token: &str) -> BytesMut {
         None,
         None,
         None,
-        Some(Login {
+        token.map(|t| Login {
             username: id.into(),
-            password: token.into(),
+            password: t.into(),
         }),
     ))
 }
@@ -132,7 +180,10 @@ fn subscribe_frame(filter: &str) -> BytesMut {
 }
 
 /// Reads until one packet decodes.
-async fn read_packet(s: &mut TcpStream, buf: &mut BytesMut) -> Result<Packet, String> {
+async fn read_packet<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut BytesMut,
+) -> Result<Packet, String> {
     loop {
         match V4.read_mut(buf, 1 << 20) {
             Ok(p) => return Ok(p),
@@ -146,11 +197,37 @@ async fn read_packet(s: &mut TcpStream, buf: &mut BytesMut) -> Result<Packet, St
 }
 
 async fn open(addr: &str, id: &str, token: &str) -> Result<(TcpStream, BytesMut), String> {
-    let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     s.set_nodelay(true).map_err(|e| e.to_string())?;
+    hello(s, id, Some(token)).await
+}
+
+/// A TLS connection with the device's certificate, then a CONNECT without password.
+async fn open_tls(
+    addr: &str,
+    id: &str,
+    config: &Arc<rustls::ClientConfig>,
+) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, BytesMut), String> {
+    let s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    let name = ServerName::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST).into());
+    let tls = TlsConnector::from(Arc::clone(config))
+        .connect(name, s)
+        .await
+        .map_err(|e| format!("TLS handshake of {id}: {e}"))?;
+    hello(tls, id, None).await
+}
+
+/// Sends CONNECT over `s` and reads a successful CONNACK.
+async fn hello<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    id: &str,
+    token: Option<&str>,
+) -> Result<(S, BytesMut), String> {
     s.write_all(&connect_packet(id, token))
         .await
         .map_err(|e| e.to_string())?;
+    s.flush().await.map_err(|e| e.to_string())?;
     let mut buf = BytesMut::with_capacity(64 * 1024);
     match read_packet(&mut s, &mut buf).await? {
         Packet::ConnAck(a, _) if a.code == ConnectReturnCode::Success => Ok((s, buf)),
@@ -230,15 +307,22 @@ async fn connector(a: Arc<Args>, c: usize, deadline: Instant) -> Tally {
     let mut t = Tally::default();
     let mut next = c;
     while Instant::now() < deadline {
-        let (id, token) = &a.devices[next % a.devices.len()];
+        let i = next % a.devices.len();
+        let (id, token) = &a.devices[i];
         next += a.conns;
         let started = Instant::now();
-        match open(&a.addr, id, token).await {
-            Ok((mut s, _)) => {
-                let _ = s.write_all(&[0xE0, 0]).await;
-                // Let the broker close first, so the client side keeps no TIME_WAIT sockets.
-                let mut sink = [0u8; 64];
-                let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut sink)).await;
+        let cycle = match &a.tls {
+            None => match open(&a.addr, id, token).await {
+                Ok((s, _)) => goodbye(s).await,
+                Err(e) => Err(e),
+            },
+            Some(configs) => match open_tls(&a.addr, id, &configs[i]).await {
+                Ok((s, _)) => goodbye(s).await,
+                Err(e) => Err(e),
+            },
+        };
+        match cycle {
+            Ok(()) => {
                 t.done += 1;
                 t.latencies_us.push(started.elapsed().as_micros() as u32);
             }
@@ -249,6 +333,16 @@ async fn connector(a: Arc<Args>, c: usize, deadline: Instant) -> Tally {
         }
     }
     t
+}
+
+/// DISCONNECT, then wait for the broker to close first, so the client side keeps no TIME_WAIT
+/// sockets.
+async fn goodbye<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> Result<(), String> {
+    let _ = s.write_all(&[0xE0, 0]).await;
+    let _ = s.flush().await;
+    let mut sink = [0u8; 64];
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut sink)).await;
+    Ok(())
 }
 
 #[tokio::main]

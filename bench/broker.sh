@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks the embedded MQTT broker against rumqttd alone and Mosquitto 2.0, in one run.
-#   bench/broker.sh [--duration SECONDS] [--conns N] [--devices N] [--rounds N]
+#   bench/broker.sh [--duration SECONDS] [--conns N] [--devices N] [--rounds N] [--no-pin]
 # (a) publish throughput: N connections, each subscribed to its own subtree and keeping 32 QoS 1
 #     publishes in flight to it (acks/s; every acked publish must also be delivered);
 # (b) CONNECT rate: N connections looping connect → CONNACK → DISCONNECT over the devices;
@@ -10,17 +10,21 @@
 # Brokers: mqgate (token auth + ACL on every CONNECT/SUBSCRIBE/PUBLISH, SQLite registry, warmed),
 # rumqttd 0.20 alone (its own listener, no auth, same router settings), Mosquitto 2.0 with a
 # password file and an ACL file (`pattern readwrite bench/%u/#`), each on a spare port.
-# Run it when nothing else is building: load generator and brokers share the machine.
+# Run it when nothing else is building: load generator and brokers share the machine. On two or
+# more CPUs each broker (all its threads) is pinned to CPU 0 and the load generator to CPU 1
+# (`taskset`): every broker gets exactly one core, and the scheduler's placement no longer moves
+# the figures by ±10 % between rounds. `--no-pin` lets them share all CPUs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=10 CONNS=16 DEVICES=1000 ROUNDS=5
+DURATION=10 CONNS=16 DEVICES=1000 ROUNDS=5 PIN=1
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --duration) DURATION=$2; shift 2 ;;
         --conns) CONNS=$2; shift 2 ;;
         --devices) DEVICES=$2; shift 2 ;;
         --rounds) ROUNDS=$2; shift 2 ;;
+        --no-pin) PIN=0; shift ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -41,7 +45,12 @@ trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 600); do python3 -c "import socket; socket.create_connection(('127.0.0.1', $1), 0.2)" 2>/dev/null && return 0; sleep 0.05; done; echo "nothing listening on $1" >&2; exit 1; }
-load() { "$EX/mqttload" --devices "$WORK/devices.tsv" --tenant bench --conns "$CONNS" "$@"; }
+BROKER_CPU=() LOAD_CPU=()
+if [[ $PIN == 1 && $(nproc) -ge 2 ]] && command -v taskset >/dev/null 2>&1; then
+    BROKER_CPU=(taskset -c 0) LOAD_CPU=(taskset -c 1)
+    echo "pinned: brokers on CPU 0, load generator on CPU 1"
+fi
+load() { "${LOAD_CPU[@]}" "$EX/mqttload" --devices "$WORK/devices.tsv" --tenant bench --conns "$CONNS" "$@"; }
 field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p"; }
 ratio() { python3 -c "print(f'{float(\"$(echo "$1" | field rate)\") / float(\"$(echo "$2" | field rate)\"):.3f}')"; }
 
@@ -56,8 +65,8 @@ MQGATE_DATABASE_URL=$DB MQGATE_LISTEN=127.0.0.1:$PH MQGATE_MQTT_ADDR=127.0.0.1:$
     MQGATE_MQTTS_ADDR=127.0.0.1:$PMT MQGATE_MQTTS_CERT_FILE=$WORK/certs/server.pem \
     MQGATE_MQTTS_KEY_FILE=$WORK/certs/server.key MQGATE_CA_KEY_SECRET=$CA_SECRET \
     MQGATE_INTERNAL_SECRET=$SECRET MQGATE_LOG=warn \
-    "$BIN/mqgate" serve >"$WORK/mqgate.log" 2>&1 & PIDS+=($!)
-PR=$(port); "$EX/rumqttd_plain" "127.0.0.1:$PR" >"$WORK/rumqttd.log" 2>&1 & PIDS+=($!)
+    "${BROKER_CPU[@]}" "$BIN/mqgate" serve >"$WORK/mqgate.log" 2>&1 & PIDS+=($!)
+PR=$(port); "${BROKER_CPU[@]}" "$EX/rumqttd_plain" "127.0.0.1:$PR" >"$WORK/rumqttd.log" 2>&1 & PIDS+=($!)
 PQ=$(port); PQT=$(port)
 tr '\t' ':' <"$WORK/devices.tsv" >"$WORK/passwd"
 "$MOSQUITTO_PASSWD" -U "$WORK/passwd"
@@ -78,7 +87,7 @@ keyfile $WORK/certs/server.key
 require_certificate true
 use_identity_as_username true
 CONF
-"$MOSQUITTO" -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.log" 2>&1 & PIDS+=($!)
+"${BROKER_CPU[@]}" "$MOSQUITTO" -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.log" 2>&1 & PIDS+=($!)
 wait_port "$PM"; wait_port "$PR"; wait_port "$PQ"; wait_port "$PMT"; wait_port "$PQT"
 echo "mosquitto: $("$MOSQUITTO" -h 2>/dev/null | head -1)"
 

@@ -197,6 +197,7 @@ pub(super) async fn run<S>(
         subscriptions,
         clean,
         expiry,
+        outbox: Vec::new(),
     };
     live.run(ctl_rx, registration, slot, admission).await;
 }
@@ -519,6 +520,8 @@ struct Live<S> {
     clean: bool,
     /// How long a stored session outlives the connection.
     expiry: Expiry,
+    /// Packets read from the client for the router (emptied on every read, capacity kept).
+    outbox: Vec<Packet>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
@@ -707,7 +710,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
             Ok(0) | Err(_) => return Err(End::Io),
             Ok(_) => self.last_seen = Instant::now(),
         }
-        let mut to_router = Vec::new();
+        // Kept between reads: a burst of publishes does not regrow (and re-copy) a fresh list.
+        let mut to_router = std::mem::take(&mut self.outbox);
         let mut to_client = Vec::new();
         let mut ended = None;
         loop {
@@ -728,7 +732,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
                 break;
             }
         }
-        self.send_to_router(to_router).await?;
+        let routed = self.route(&mut to_router).await;
+        self.outbox = to_router;
+        routed?;
         self.write(to_client).await?;
         ended.map_or(Ok(()), Err)
     }
@@ -874,11 +880,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
     /// Hands packets to the router: all but the last straight into the link's buffer, the last
     /// through `send`, which wakes the router once for the whole batch.
     async fn send_to_router(&mut self, mut packets: Vec<Packet>) -> Result<(), End> {
+        self.route(&mut packets).await
+    }
+
+    /// [`Live::send_to_router`] that leaves `packets` empty, its capacity kept.
+    async fn route(&mut self, packets: &mut Vec<Packet>) -> Result<(), End> {
         let Some(last) = packets.pop() else {
             return Ok(());
         };
         if !packets.is_empty() {
-            self.link.tx.buffer().extend(packets);
+            self.link.tx.buffer().extend(packets.drain(..));
         }
         self.link
             .tx

@@ -154,7 +154,10 @@ impl Broker {
             match verifier.identity(&chain) {
                 Ok(identity) => Some(TlsIdentity { identity, chain }),
                 Err(r) => {
+                    // A resumed TLS session skips the verifier: a certificate revoked since is
+                    // caught here, and audited like a refused handshake.
                     tracing::info!(%peer, cause = r.label(), "TLS client refused after handshake");
+                    self.gate.record_tls_refusal(chain[0].as_ref(), &r);
                     return;
                 }
             }

@@ -126,6 +126,14 @@ async fn raw_connect(
     files: &Files,
     client_id: &str,
 ) -> (tokio_rustls::client::TlsStream<tokio::net::TcpStream>, u8) {
+    let config = client_config(files, client_id);
+    let mut tls = tls_connect(app, &config).await;
+    let code = mqtt_connect(&mut tls, client_id).await.expect("no CONNACK");
+    (tls, code)
+}
+
+/// A client configuration with the device's certificate (it keeps TLS sessions for resumption).
+fn client_config(files: &Files, client_id: &str) -> std::sync::Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(files.path("server.pem")).unwrap() {
         roots.add(c.unwrap()).unwrap();
@@ -143,26 +151,41 @@ async fn raw_connect(
     .with_root_certificates(roots)
     .with_client_auth_cert(chain, key)
     .unwrap();
+    std::sync::Arc::new(config)
+}
+
+async fn tls_connect(
+    app: &TestApp,
+    config: &std::sync::Arc<rustls::ClientConfig>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let tcp = tokio::net::TcpStream::connect(app.mqtts.unwrap())
         .await
         .unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    tokio_rustls::TlsConnector::from(std::sync::Arc::clone(config))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// An MQTT 3.1.1 CONNECT without password; the CONNACK's return code, `None` if the server
+/// closed instead.
+async fn mqtt_connect(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    client_id: &str,
+) -> Option<u8> {
     let id = client_id.as_bytes();
     let mut packet = vec![0x10, (10 + 2 + id.len()) as u8];
     packet.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60]);
     packet.extend_from_slice(&(id.len() as u16).to_be_bytes());
     packet.extend_from_slice(id);
-    tls.write_all(&packet).await.unwrap();
+    tls.write_all(&packet).await.ok()?;
     let mut connack = [0u8; 4];
     tokio::time::timeout(WAIT, tls.read_exact(&mut connack))
         .await
-        .expect("no CONNACK")
-        .unwrap();
+        .expect("neither CONNACK nor close")
+        .ok()?;
     assert_eq!(connack[..2], [0x20, 0x02]);
-    (tls, connack[3])
+    Some(connack[3])
 }
 
 async fn last_connect(app: &TestApp) -> serde_json::Value {
@@ -268,3 +291,66 @@ async fn mtls_body(store: Store) {
     let (ok, text) = publish(&app, &files, "far-1", "other/far-1/up").await;
     assert!(ok, "{text}");
 }
+
+/// The refusals of `client_id`'s certificate in the audit trail.
+async fn tls_refusals(app: &TestApp, client_id: &str) -> usize {
+    app.gate.flush_audit().await;
+    let entries = app.admin.store().list_audit(0, 10_000).await.unwrap();
+    entries
+        .iter()
+        .filter(|e| e.kind == "connect")
+        .map(|e| serde_json::from_str::<serde_json::Value>(&e.detail).unwrap())
+        .filter(|d| d["client_id"] == client_id && d["cause"] == "cert_revoked")
+        .count()
+}
+
+/// A resumed TLS session skips the certificate verifier; a certificate revoked since the session
+/// began must still not get in, and the refusal is audited.
+async fn resumed_body(store: Store) {
+    let files = Files::new();
+    let app = TestApp::start_with(store, |l| files.layers(l)).await;
+    app.device("acme", "cam-1").await;
+    app.admin
+        .ca_init(
+            "acme",
+            "default",
+            Duration::from_secs(3650 * 86400),
+            &KeySealer::new(CA_SECRET),
+        )
+        .await
+        .unwrap();
+    let fp = issue(&app, &files, "acme", "cam-1").await;
+    let config = client_config(&files, "cam-1");
+    let mut first = tls_connect(&app, &config).await;
+    assert_eq!(mqtt_connect(&mut first, "cam-1").await, Some(0));
+    first.write_all(&[0xE0, 0]).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(WAIT, first.read_to_end(&mut rest)).await;
+
+    app.admin.cert_revoke("acme", &fp).await.unwrap();
+    // Wait until the new trust is in force: a fresh handshake is refused.
+    let mut in_force = false;
+    for _ in 0..100 {
+        if !publish(&app, &files, "cam-1", "acme/cam-1/up").await.0 {
+            in_force = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(in_force, "revocation never took effect");
+    let before = tls_refusals(&app, "cam-1").await;
+
+    let mut resumed = tls_connect(&app, &config).await;
+    assert_eq!(
+        resumed.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed),
+        "the test needs a resumed session"
+    );
+    assert_eq!(
+        mqtt_connect(&mut resumed, "cam-1").await,
+        None,
+        "a resumed session with a revoked certificate got a CONNACK"
+    );
+    assert_eq!(tls_refusals(&app, "cam-1").await, before + 1);
+}
+both_stores!(resumed_tls_session_of_a_revoked_certificate, resumed_body);

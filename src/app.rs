@@ -194,16 +194,21 @@ impl App {
     /// Serves until `shutdown` turns true.
     pub async fn run_until_stopped(self, shutdown: watch::Receiver<bool>) {
         tracing::info!(addr = %self.addr, "mqgate listening");
-        if self.mqtt.is_some() || self.mqtts.is_some() {
+        let broker_done = (self.mqtt.is_some() || self.mqtts.is_some()).then(|| {
             spawn_broker(
                 Arc::clone(&self.gate),
                 self.broker,
                 self.mqtt,
                 self.mqtts,
                 shutdown.clone(),
-            );
-        }
+            )
+        });
         http::serve(self.listener, self.router, self.limits, shutdown).await;
+        // Live MQTT sessions say goodbye and send their wills before the registry closes.
+        if let Some(done) = broker_done {
+            let _ =
+                tokio::time::timeout(BROKER_DRAIN + std::time::Duration::from_secs(1), done).await;
+        }
         self.gate.flush_audit().await;
         self.gate.registry().store().close().await;
     }
@@ -237,13 +242,16 @@ async fn mqtts_listener(t: &TlsSettings, gate: &Arc<Gate>) -> Result<MqttsListen
 /// connection tasks), as rumqttd runs its listener: the broker's hot path then hands work only to
 /// the router thread, not across the HTTP side's workers too, which measured 10–20 % of publish
 /// throughput on two cores. Falls back to the main runtime if that runtime cannot be built.
+/// Returns a receiver that completes once the broker has stopped: its listeners closed and its
+/// sessions ended (bounded by [`BROKER_DRAIN`]).
 fn spawn_broker(
     gate: Arc<Gate>,
     settings: BrokerSettings,
     plain: Option<(TcpListener, SocketAddr)>,
     tls: Option<MqttsListener>,
     shutdown: watch::Receiver<bool>,
-) {
+) -> tokio::sync::oneshot::Receiver<()> {
+    let (stopped, done) = tokio::sync::oneshot::channel();
     let runtime = match settings.threads {
         1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -285,13 +293,15 @@ fn spawn_broker(
         for t in tasks {
             let _ = t.await;
         }
+        broker.drain(BROKER_DRAIN).await;
+        let _ = stopped.send(());
     };
     let rt = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             tracing::warn!(error = %e, "MQTT runtime unavailable; sharing the main one");
             tokio::spawn(serve);
-            return;
+            return done;
         }
     };
     let spawned = std::thread::Builder::new()
@@ -300,7 +310,11 @@ fn spawn_broker(
     if let Err(e) = spawned {
         tracing::error!(error = %e, "could not start the MQTT thread");
     }
+    done
 }
+
+/// How long shutdown waits for MQTT sessions to end (DISCONNECT to 5.0 clients, wills out).
+const BROKER_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
     let err = |source| StartError::Bind { addr, source };

@@ -105,6 +105,14 @@ impl Broker {
         self.sessions.len()
     }
 
+    /// Waits (at most `limit`) until every session has ended, after shutdown told them to.
+    pub async fn drain(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.sessions.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Accepts plain-TCP connections on `listener` until shutdown; each gets its own task.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         let mut shutdown = self.shutdown.clone();

@@ -1007,3 +1007,61 @@ async fn sigterm_stops_serve_without_losing_queued_audit_entries() {
         json!(true)
     );
 }
+
+/// SIGTERM ends live MQTT sessions properly before `serve` exits: a 5.0 client is told the
+/// server is shutting down (DISCONNECT 0x8B) instead of seeing its connection cut.
+#[tokio::test]
+async fn sigterm_tells_live_mqtt_5_sessions_the_server_is_shutting_down() {
+    use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, Packet};
+    use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions, StateError};
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_url(&dir);
+    cli_json(&db, &["tenant", "add", "acme"]).await;
+    let dev = cli_json(
+        &db,
+        &["device", "add", "--tenant", "acme", "--client-id", "dev-1"],
+    )
+    .await;
+    let token = dev["token"].as_str().unwrap().to_string();
+    let mut s = Server::start(&db, &[]).await;
+    let addr = s.mqtt_addr().await;
+    let mut o = MqttOptions::new("dev-1", addr.ip().to_string(), addr.port());
+    o.set_credentials("dev-1", &token);
+    let (_client, mut el) = AsyncClient::new(o, 8);
+    let wait = Duration::from_secs(30);
+    tokio::time::timeout(wait, async {
+        while !matches!(el.poll().await, Ok(Event::Incoming(Packet::ConnAck(_)))) {}
+    })
+    .await
+    .expect("no CONNACK from mqgate serve");
+    let pid = s.child.id().expect("serve is running").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let reason = tokio::time::timeout(wait, async {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::Disconnect(d))) => return Some(d.reason_code),
+                Err(ConnectionError::MqttState(StateError::ServerDisconnect {
+                    reason_code,
+                    ..
+                })) => return Some(reason_code),
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("v5 client error: {e:?}");
+                    return None;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the session was neither ended nor closed");
+    assert_eq!(reason, Some(DisconnectReasonCode::ServerShuttingDown));
+    let status = tokio::time::timeout(wait, s.child.wait())
+        .await
+        .expect("serve did not stop on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "serve exited with {status}");
+}

@@ -71,27 +71,22 @@ PQ=$(port); PQT=$(port)
 tr '\t' ':' <"$WORK/devices.tsv" >"$WORK/passwd"
 "$MOSQUITTO_PASSWD" -U "$WORK/passwd"
 echo 'pattern readwrite bench/%u/#' >"$WORK/acl"
-cat >"$WORK/mosquitto.conf" <<CONF
-user root
-listener $PQ 127.0.0.1
+COMMON="user root
 allow_anonymous false
 password_file $WORK/passwd
 acl_file $WORK/acl
 persistence false
 log_dest none
-max_connections -1
+max_connections -1"
+cat >"$WORK/mosquitto.conf" <<CONF
+$COMMON
+listener $PQ 127.0.0.1
 CONF
 # The TLS listener in a second Mosquitto with TCP_NODELAY: with Debian's default (Nagle on) each
 # handshake stalls ~40 ms on delayed ACKs (363/s); plain MQTT is faster with the default (Nagle
 # batches its publishes: 121k vs 79k acks/s), so each phase gets Mosquitto's better setting.
 cat >"$WORK/mosquitto-tls.conf" <<CONF
-user root
-allow_anonymous false
-password_file $WORK/passwd
-acl_file $WORK/acl
-persistence false
-log_dest none
-max_connections -1
+$COMMON
 set_tcp_nodelay true
 listener $PQT 127.0.0.1
 cafile $WORK/certs/ca.pem

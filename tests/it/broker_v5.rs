@@ -151,6 +151,26 @@ async fn metric_reaches(app: &TestApp, line: &str) {
     .unwrap_or_else(|_| panic!("metric never showed {line}"));
 }
 
+/// dev-1's will "gone" on `acme/dev-1/status`, held back `delay` seconds.
+fn delayed_will(delay: u32, user_properties: Vec<(String, String)>) -> LastWill {
+    let props = LastWillProperties {
+        delay_interval: Some(delay),
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties,
+    };
+    LastWill::new(
+        "acme/dev-1/status",
+        "gone",
+        QoS::AtLeastOnce,
+        false,
+        Some(props),
+    )
+}
+
 fn closed(n: usize) -> String {
     format!("mqgate_broker_events_total{{event=\"closed\"}} {n}")
 }
@@ -162,23 +182,8 @@ async fn a_will_waits_for_its_delay_and_a_resumed_session_cancels_it(store: Stor
     let (mut obs, _) = V5::connect(options(addr(&app), "observer", &watch)).await;
     obs.subscribe("acme/#").await;
     let mut o = options(addr(&app), "dev-1", &token);
-    let props = LastWillProperties {
-        delay_interval: Some(1),
-        payload_format_indicator: None,
-        message_expiry_interval: None,
-        content_type: None,
-        response_topic: None,
-        correlation_data: None,
-        user_properties: vec![("why".into(), "lost".into())],
-    };
-    let will = LastWill::new(
-        "acme/dev-1/status",
-        "gone",
-        QoS::AtLeastOnce,
-        false,
-        Some(props),
-    );
-    o.set_last_will(will)
+    let user = vec![("why".to_string(), "lost".to_string())];
+    o.set_last_will(delayed_will(1, user))
         .set_clean_start(false)
         .set_session_expiry_interval(Some(60));
 
@@ -226,23 +231,7 @@ async fn a_new_connection_with_clean_start_ends_the_session_and_sends_the_held_w
     let (mut obs, _) = V5::connect(options(addr(&app), "observer", &watch)).await;
     obs.subscribe("acme/#").await;
     let mut o = options(addr(&app), "dev-1", &token);
-    let props = LastWillProperties {
-        delay_interval: Some(3600),
-        payload_format_indicator: None,
-        message_expiry_interval: None,
-        content_type: None,
-        response_topic: None,
-        correlation_data: None,
-        user_properties: Vec::new(),
-    };
-    let will = LastWill::new(
-        "acme/dev-1/status",
-        "gone",
-        QoS::AtLeastOnce,
-        false,
-        Some(props),
-    );
-    o.set_last_will(will)
+    o.set_last_will(delayed_will(3600, Vec::new()))
         .set_clean_start(false)
         .set_session_expiry_interval(Some(3600));
     let (lost, _) = V5::connect(o).await;

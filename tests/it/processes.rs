@@ -150,6 +150,25 @@ impl Server {
         .expect("server did not report its MQTT address")
     }
 
+    /// Sends SIGTERM, as systemd or a container runtime stops a service.
+    fn terminate(&self) {
+        let pid = self.child.id().expect("serve is running").to_string();
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+    }
+
+    /// Waits for the process to exit, and asserts it exited cleanly.
+    async fn stopped_cleanly(&mut self) {
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("serve did not stop on SIGTERM")
+            .unwrap();
+        assert!(status.success(), "serve exited with {status}");
+    }
+
     async fn stop(mut self) -> String {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
@@ -160,6 +179,17 @@ impl Server {
         }
         all
     }
+}
+
+/// Tenant `acme` with device `dev-1`; returns its token.
+async fn one_device(db: &str) -> String {
+    cli_json(db, &["tenant", "add", "acme"]).await;
+    let dev = cli_json(
+        db,
+        &["device", "add", "--tenant", "acme", "--client-id", "dev-1"],
+    )
+    .await;
+    dev["token"].as_str().unwrap().to_string()
 }
 
 fn sqlite_url(dir: &tempfile::TempDir) -> String {
@@ -919,13 +949,7 @@ async fn serve_runs_the_mqtt_broker_and_a_cli_disable_ends_a_live_session() {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
     let dir = tempfile::tempdir().unwrap();
     let db = sqlite_url(&dir);
-    cli_json(&db, &["tenant", "add", "acme"]).await;
-    let dev = cli_json(
-        &db,
-        &["device", "add", "--tenant", "acme", "--client-id", "dev-1"],
-    )
-    .await;
-    let token = dev["token"].as_str().unwrap().to_string();
+    let token = one_device(&db).await;
     let mut s = Server::start(&db, &[]).await;
     let addr = s.mqtt_addr().await;
     let mut o = MqttOptions::new("dev-1", addr.ip().to_string(), addr.port());
@@ -963,27 +987,12 @@ async fn serve_runs_the_mqtt_broker_and_a_cli_disable_ends_a_live_session() {
 async fn sigterm_stops_serve_without_losing_queued_audit_entries() {
     let dir = tempfile::tempdir().unwrap();
     let db = sqlite_url(&dir);
-    cli_json(&db, &["tenant", "add", "acme"]).await;
-    let dev = cli_json(
-        &db,
-        &["device", "add", "--tenant", "acme", "--client-id", "dev-1"],
-    )
-    .await;
-    let token = dev["token"].as_str().unwrap().to_string();
+    let token = one_device(&db).await;
     let mut s = Server::start(&db, &[]).await;
     assert_eq!(s.authn("dev-1", &token).await, "allow");
     assert_eq!(s.authn("dev-1", "mqg_wrong").await, "deny");
-    let pid = s.child.id().expect("serve is running").to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = tokio::time::timeout(Duration::from_secs(30), s.child.wait())
-        .await
-        .expect("serve did not stop on SIGTERM")
-        .unwrap();
-    assert!(status.success(), "serve exited with {status}");
+    s.terminate();
+    s.stopped_cleanly().await;
     let tail = cli_json(&db, &["audit", "tail", "--limit", "2"]).await;
     let details: Vec<&str> = tail
         .as_array()
@@ -1016,13 +1025,7 @@ async fn sigterm_tells_live_mqtt_5_sessions_the_server_is_shutting_down() {
     use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions, StateError};
     let dir = tempfile::tempdir().unwrap();
     let db = sqlite_url(&dir);
-    cli_json(&db, &["tenant", "add", "acme"]).await;
-    let dev = cli_json(
-        &db,
-        &["device", "add", "--tenant", "acme", "--client-id", "dev-1"],
-    )
-    .await;
-    let token = dev["token"].as_str().unwrap().to_string();
+    let token = one_device(&db).await;
     let mut s = Server::start(&db, &[]).await;
     let addr = s.mqtt_addr().await;
     let mut o = MqttOptions::new("dev-1", addr.ip().to_string(), addr.port());
@@ -1034,12 +1037,7 @@ async fn sigterm_tells_live_mqtt_5_sessions_the_server_is_shutting_down() {
     })
     .await
     .expect("no CONNACK from mqgate serve");
-    let pid = s.child.id().expect("serve is running").to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    s.terminate();
     let reason = tokio::time::timeout(wait, async {
         loop {
             match el.poll().await {
@@ -1059,9 +1057,5 @@ async fn sigterm_tells_live_mqtt_5_sessions_the_server_is_shutting_down() {
     .await
     .expect("the session was neither ended nor closed");
     assert_eq!(reason, Some(DisconnectReasonCode::ServerShuttingDown));
-    let status = tokio::time::timeout(wait, s.child.wait())
-        .await
-        .expect("serve did not stop on SIGTERM")
-        .unwrap();
-    assert!(status.success(), "serve exited with {status}");
+    s.stopped_cleanly().await;
 }

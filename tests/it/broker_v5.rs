@@ -141,6 +141,15 @@ async fn observer(app: &TestApp) -> String {
     token
 }
 
+/// A server with device dev-1 (its token returned) and the observer connected.
+async fn dev_1_and_observer(store: Store) -> (TestApp, String, V5) {
+    let app = TestApp::start(store).await;
+    let token = app.device("acme", "dev-1").await;
+    let watch = observer(&app).await;
+    let (obs, _) = V5::connect(options(addr(&app), "observer", &watch)).await;
+    (app, token, obs)
+}
+
 async fn metric_reaches(app: &TestApp, line: &str) {
     tokio::time::timeout(WAIT, async {
         while !app.get_text("/metrics").await.contains(line) {
@@ -176,10 +185,7 @@ fn closed(n: usize) -> String {
 }
 
 async fn a_will_waits_for_its_delay_and_a_resumed_session_cancels_it(store: Store) {
-    let app = TestApp::start(store).await;
-    let token = app.device("acme", "dev-1").await;
-    let watch = observer(&app).await;
-    let (mut obs, _) = V5::connect(options(addr(&app), "observer", &watch)).await;
+    let (app, token, mut obs) = dev_1_and_observer(store).await;
     obs.subscribe("acme/#").await;
     let mut o = options(addr(&app), "dev-1", &token);
     let user = vec![("why".to_string(), "lost".to_string())];
@@ -225,10 +231,7 @@ both_stores!(
 );
 
 async fn a_new_connection_with_clean_start_ends_the_session_and_sends_the_held_will(store: Store) {
-    let app = TestApp::start(store).await;
-    let token = app.device("acme", "dev-1").await;
-    let watch = observer(&app).await;
-    let (mut obs, _) = V5::connect(options(addr(&app), "observer", &watch)).await;
+    let (app, token, mut obs) = dev_1_and_observer(store).await;
     obs.subscribe("acme/#").await;
     let mut o = options(addr(&app), "dev-1", &token);
     o.set_last_will(delayed_will(3600, Vec::new()))
@@ -247,10 +250,7 @@ both_stores!(
 );
 
 async fn a_stored_session_lasts_as_long_as_its_expiry_interval(store: Store) {
-    let app = TestApp::start(store).await;
-    let token = app.device("acme", "dev-1").await;
-    let watch = observer(&app).await;
-    let (mut obs, _) = V5::connect(options(addr(&app), "observer", &watch)).await;
+    let (app, token, mut obs) = dev_1_and_observer(store).await;
     let with = |clean: bool, expiry: Option<u32>| {
         let mut o = options(addr(&app), "dev-1", &token);
         o.set_clean_start(clean).set_session_expiry_interval(expiry);

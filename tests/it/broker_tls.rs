@@ -321,8 +321,18 @@ async fn resumed_body(store: Store) {
         .unwrap();
     let fp = issue(&app, &files, "acme", "cam-1").await;
     let config = client_config(&files, "cam-1");
-    let mut first = tls_connect(&app, &config).await;
-    assert_eq!(mqtt_connect(&mut first, "cam-1").await, Some(0));
+    // The new CA and certificate reach the TLS listener's trust through the change feed: retry
+    // until the first session is admitted (it leaves a ticket for resumption).
+    let mut first = None;
+    for _ in 0..100 {
+        let mut tls = tls_connect(&app, &config).await;
+        if mqtt_connect(&mut tls, "cam-1").await == Some(0) {
+            first = Some(tls);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut first = first.expect("the new certificate was never admitted");
     first.write_all(&[0xE0, 0]).await.unwrap();
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(WAIT, first.read_to_end(&mut rest)).await;

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -63,6 +64,7 @@ pub struct App {
     router: axum::Router,
     limits: ServerLimits,
     gate: Arc<Gate>,
+    shutdown_timeout: std::time::Duration,
 }
 
 impl App {
@@ -104,15 +106,20 @@ impl App {
         };
         store.migrate().await?;
         let file_rules = crate::acl::file::load_dir(&config.acl_rules_dir)?;
-        let registry = Arc::new(CachedRegistry::new(
-            store.clone(),
-            CacheSettings {
-                ttl: config.cache_ttl,
-                negative_ttl: config.negative_cache_ttl,
-                capacity: config.cache_capacity,
-            },
-            file_rules,
-        ));
+        let registry = Arc::new(
+            CachedRegistry::new(
+                store.clone(),
+                CacheSettings {
+                    ttl: config.cache_ttl,
+                    negative_ttl: config.negative_cache_ttl,
+                    capacity: config.cache_capacity,
+                },
+                file_rules,
+            )
+            // The store gets three quarters of the decision deadline: past that it is seen as down
+            // (uncached devices denied at once) and the answer still leaves in time.
+            .with_deadline(config.decision_timeout * 3 / 4),
+        );
         if let Some(rx) = store.subscribe_changes().await? {
             registry.spawn_change_listener(rx);
         }
@@ -140,6 +147,7 @@ impl App {
         let sink = AuditSink::spawn(store.clone());
         let gate = Arc::new(
             Gate::new(registry, verifier, clock, options)
+                .with_decision_timeout(config.decision_timeout)
                 .with_audit(sink)
                 .with_trust(trust),
         );
@@ -168,6 +176,7 @@ impl App {
             router: http::router(state),
             limits,
             gate,
+            shutdown_timeout: config.shutdown_timeout,
         })
     }
 
@@ -191,7 +200,7 @@ impl App {
         Arc::clone(&self.gate)
     }
 
-    /// Serves until `shutdown` turns true.
+    /// Serves until `shutdown` turns true, then stops within the shutdown deadline.
     pub async fn run_until_stopped(self, shutdown: watch::Receiver<bool>) {
         tracing::info!(addr = %self.addr, "mqgate listening");
         let broker_done = (self.mqtt.is_some() || self.mqtts.is_some()).then(|| {
@@ -204,13 +213,30 @@ impl App {
             )
         });
         http::serve(self.listener, self.router, self.limits, shutdown).await;
+        // Every step below is bounded by one deadline: a store that went away must not keep the
+        // process (and the orchestrator waiting on it) past it.
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
         // Live MQTT sessions say goodbye and send their wills before the registry closes.
         if let Some(done) = broker_done {
-            let _ =
-                tokio::time::timeout(BROKER_DRAIN + std::time::Duration::from_secs(1), done).await;
+            let drained = tokio::time::Instant::now() + BROKER_DRAIN + Duration::from_secs(1);
+            let _ = tokio::time::timeout_at(drained.min(deadline), done).await;
         }
-        self.gate.flush_audit().await;
-        self.gate.registry().store().close().await;
+        // Leave a moment of the deadline for closing the store.
+        let audit_until = deadline - (self.shutdown_timeout / 10).min(Duration::from_secs(1));
+        let (_, dropped) = self.gate.finish_audit(audit_until).await;
+        // Closing marks the pool closed at once (the audit writer then gives up); waiting for
+        // connections still in use is what may not finish.
+        let _ = tokio::time::timeout_at(deadline, self.gate.registry().store().close()).await;
+        let unwritten = self.gate.audit_pending();
+        if unwritten > 0 || dropped > 0 {
+            tracing::error!(
+                unwritten,
+                dropped,
+                "stopped with audit entries not written to the registry"
+            );
+        } else {
+            tracing::info!(unwritten, "stopped; audit trail written");
+        }
     }
 }
 

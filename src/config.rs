@@ -38,6 +38,8 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("emqx_acl_in_authn", Some("true")),
     ("header_read_timeout", Some("10s")),
     ("request_timeout", Some("5s")),
+    ("decision_timeout", Some("2s")),
+    ("shutdown_timeout", Some("10s")),
     ("max_body_bytes", Some("16384")),
     ("log", Some("info")),
     ("lockout_max_failures", Some("5")),
@@ -101,6 +103,11 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// Time a request may take.
     pub request_timeout: Duration,
+    /// Every broker-facing answer (EMQX authn/authz, the embedded broker's checks) arrives
+    /// within this, whatever the registry does; keep it below EMQX's `request_timeout`.
+    pub decision_timeout: Duration,
+    /// `serve` exits within this after SIGTERM / Ctrl-C (a second signal exits at once).
+    pub shutdown_timeout: Duration,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// tracing filter (`info`, `mqgate=debug`, …).
@@ -289,6 +296,8 @@ impl Layers {
             emqx_acl_in_authn: self.parse("emqx_acl_in_authn", parse_bool)?,
             header_read_timeout: self.parse("header_read_timeout", parse_duration)?,
             request_timeout: self.parse("request_timeout", parse_duration)?,
+            decision_timeout: self.parse("decision_timeout", parse_positive_duration)?,
+            shutdown_timeout: self.parse("shutdown_timeout", parse_positive_duration)?,
             max_body_bytes: self.parse("max_body_bytes", parse_num)?,
             log: self.parse("log", |s| Ok(quiet_router(s)))?,
             lockout: LockoutPolicy {

@@ -5,6 +5,7 @@
 //! async threads, upgrading legacy hashes, recording the outcome) happens here, once.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
@@ -83,7 +84,12 @@ pub struct Gate {
     audit: Option<Arc<AuditSink>>,
     metrics: Metrics,
     trust: Arc<TrustStore>,
+    deadline: Duration,
 }
+
+/// The decision deadline unless [`Gate::with_decision_timeout`] says otherwise (below EMQX's
+/// default `request_timeout` of 5 s).
+pub const DECISION_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Gate {
     /// Builds the gate.
@@ -103,7 +109,35 @@ impl Gate {
             audit: None,
             metrics: Metrics::default(),
             trust: Arc::new(TrustStore::new(CrlFailure::Deny, 0)),
+            deadline: DECISION_TIMEOUT,
         }
+    }
+
+    /// Every CONNECT and authorization answer arrives within `deadline`, whatever the store or
+    /// the password queue do: past it the answer is a deny. The registry's own fill deadline
+    /// must be shorter (the app gives it three quarters), so a store that does not answer is
+    /// seen as down rather than merely cut off here.
+    pub fn with_decision_timeout(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Writes what the audit queue holds until `deadline` (shutdown); returns how many entries
+    /// could not be confirmed written (still queued or in a failing write), and how many the full
+    /// queue had dropped.
+    pub async fn finish_audit(&self, deadline: tokio::time::Instant) -> (u64, u64) {
+        match &self.audit {
+            Some(sink) => {
+                sink.flush_until(deadline).await;
+                (sink.pending(), sink.dropped())
+            }
+            None => (0, 0),
+        }
+    }
+
+    /// Audit entries not yet written (see [`Gate::finish_audit`]).
+    pub fn audit_pending(&self) -> u64 {
+        self.audit.as_ref().map_or(0, |s| s.pending())
     }
 
     /// The decision counters.
@@ -201,8 +235,23 @@ impl Gate {
         &self.registry
     }
 
-    /// Decides a CONNECT.
+    /// Decides a CONNECT, within the decision deadline (past it: a deny, `interrupted`).
     pub async fn connect(&self, req: ConnectRequest) -> ConnectOutcome {
+        let late = ConnectRequest {
+            client_id: req.client_id.clone(),
+            peer: req.peer.clone(),
+            ..ConnectRequest::default()
+        };
+        match tokio::time::timeout(self.deadline, self.decide_connect(req)).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                tracing::warn!(client_id = %late.client_id, "no CONNECT decision within the deadline");
+                self.record_connect(&late, None, Decision::deny(Cause::Interrupted))
+            }
+        }
+    }
+
+    async fn decide_connect(&self, req: ConnectRequest) -> ConnectOutcome {
         let peer = req.peer.as_deref().unwrap_or("unknown");
         if let Some(locked) = self
             .guard()
@@ -337,6 +386,9 @@ impl Gate {
     }
 
     fn count_decision(&self, kind: MetricKind, d: &Decision) {
+        if self.registry.health().is_down() {
+            self.metrics.during_outage(kind, d.verdict.as_str());
+        }
         if d.is_allow() {
             self.metrics.allowed(kind);
         } else {
@@ -420,9 +472,12 @@ impl Gate {
         );
     }
 
-    /// Decides a PUBLISH or SUBSCRIBE by `client_id` on `topic`.
+    /// Decides a PUBLISH or SUBSCRIBE by `client_id` on `topic`, within the decision deadline.
     pub async fn authorize(&self, client_id: &str, action: Action, topic: &str) -> Decision {
-        let decision = match self.registry.device(client_id).await {
+        let lookup = tokio::time::timeout(self.deadline, self.registry.device(client_id)).await;
+        let decision = match lookup.unwrap_or(Err(crate::registry::StoreError::Unavailable(
+            "no answer within the decision deadline",
+        ))) {
             Ok(device) => {
                 let d = core::decide_authz(device.as_deref(), action, topic, self.unknown);
                 match (device, action) {

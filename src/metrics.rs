@@ -14,6 +14,7 @@ pub struct Metrics {
     denied: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     rate_limited: Mutex<BTreeMap<String, u64>>,
     broker: [AtomicU64; BROKER_EVENTS.len()],
+    outage: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 /// The embedded broker's event labels (sessions opened and how they ended, refusals).
@@ -63,6 +64,15 @@ impl Metrics {
             Kind::Authorize => "authorize",
         };
         *lock(&self.denied).entry((kind, cause)).or_default() += 1;
+    }
+
+    /// Counts a decision made while the registry was known unreachable, by verdict.
+    pub fn during_outage(&self, kind: Kind, verdict: &'static str) {
+        let kind = match kind {
+            Kind::Connect => "connect",
+            Kind::Authorize => "authorize",
+        };
+        *lock(&self.outage).entry((kind, verdict)).or_default() += 1;
     }
 
     /// Counts publishes refused by ingestion limits for `tenant`.
@@ -117,6 +127,13 @@ impl Metrics {
             if n > 0 {
                 let _ = writeln!(out, "mqgate_broker_events_total{{event=\"{event}\"}} {n}");
             }
+        }
+        out.push_str("# HELP mqgate_outage_decisions_total Decisions made while the registry was unreachable, by kind and verdict.\n# TYPE mqgate_outage_decisions_total counter\n");
+        for ((kind, verdict), n) in lock(&self.outage).iter() {
+            let _ = writeln!(
+                out,
+                "mqgate_outage_decisions_total{{kind=\"{kind}\",verdict=\"{verdict}\"}} {n}"
+            );
         }
         out
     }

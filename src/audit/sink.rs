@@ -2,7 +2,7 @@
 //! store, which links each batch onto the chain inside one transaction.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -26,6 +26,19 @@ pub struct AuditSink {
     tx: mpsc::Sender<AuditRecord>,
     flush: mpsc::Sender<oneshot::Sender<()>>,
     dropped: AtomicU64,
+    /// What the writer holds: see [`Unwritten`].
+    in_hand: Arc<Unwritten>,
+}
+
+/// The writer's share of what is not written yet.
+#[derive(Default)]
+struct Unwritten {
+    /// Entries taken off the queue whose batch has not committed.
+    batch: AtomicUsize,
+    /// Set once the writer stopped (store closed) with `lost` entries never written: the queue
+    /// is gone with it.
+    stopped: std::sync::atomic::AtomicBool,
+    lost: AtomicUsize,
 }
 
 impl AuditSink {
@@ -33,21 +46,39 @@ impl AuditSink {
     pub fn spawn(store: Store) -> Arc<AuditSink> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (flush, flushes) = mpsc::channel(4);
-        tokio::spawn(write_batches(store, rx, flushes));
+        let in_hand = Arc::new(Unwritten::default());
+        tokio::spawn(write_batches(store, rx, flushes, Arc::clone(&in_hand)));
         Arc::new(AuditSink {
             tx,
             flush,
             dropped: AtomicU64::new(0),
+            in_hand,
         })
     }
 
     /// Writes everything queued so far without waiting out the linger (at shutdown, before the
     /// store closes); bounded in time, as a store that is down cannot take the events anyway.
     pub async fn flush(&self) {
+        self.flush_until(tokio::time::Instant::now() + FLUSH_WAIT)
+            .await;
+    }
+
+    /// [`AuditSink::flush`] waiting at most until `deadline` (the shutdown deadline).
+    pub async fn flush_until(&self, deadline: tokio::time::Instant) {
         let (done, written) = oneshot::channel();
-        if self.flush.send(done).await.is_ok() {
-            let _ = tokio::time::timeout(FLUSH_WAIT, written).await;
+        let asked = tokio::time::timeout_at(deadline, self.flush.send(done)).await;
+        if matches!(asked, Ok(Ok(()))) {
+            let _ = tokio::time::timeout_at(deadline, written).await;
         }
+    }
+
+    /// Entries not yet written: still queued, or in a batch whose write has not committed.
+    pub fn pending(&self) -> u64 {
+        if self.in_hand.stopped.load(Ordering::Acquire) {
+            return self.in_hand.lost.load(Ordering::Acquire) as u64;
+        }
+        let queued = self.tx.max_capacity() - self.tx.capacity();
+        (queued + self.in_hand.batch.load(Ordering::Acquire)) as u64
     }
 
     /// Queues an event; if the queue is full the event is dropped and counted (auth never waits
@@ -71,6 +102,7 @@ async fn write_batches(
     store: Store,
     mut rx: mpsc::Receiver<AuditRecord>,
     mut flushes: mpsc::Receiver<oneshot::Sender<()>>,
+    in_hand: Arc<Unwritten>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     loop {
@@ -100,10 +132,16 @@ async fn write_batches(
             if batch.is_empty() {
                 break;
             }
+            in_hand.batch.store(batch.len(), Ordering::Release);
             if !write(&store, &batch).await {
+                in_hand
+                    .lost
+                    .store(batch.len() + rx.len(), Ordering::Release);
+                in_hand.stopped.store(true, Ordering::Release);
                 return;
             }
             batch.clear();
+            in_hand.batch.store(0, Ordering::Release);
             // A flush drains the whole queue; otherwise one batch per linger.
             if flushed.is_none() {
                 break;

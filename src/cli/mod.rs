@@ -285,30 +285,59 @@ async fn store(config: &Config) -> Result<Store> {
 async fn serve(config: &Config) -> Result<()> {
     let app = App::build(config).await?;
     let (tx, rx) = tokio::sync::watch::channel(false);
+    let grace = config.shutdown_timeout;
+    let mut signals = StopSignals::new();
     tokio::spawn(async move {
-        stop_signal().await;
-        tracing::info!("shutting down");
+        signals.recv().await;
+        tracing::info!("shutting down (a second SIGTERM or Ctrl-C exits at once)");
         let _ = tx.send(true);
+        // `run_until_stopped` keeps its own deadline; this is the backstop, and the operator's
+        // way out.
+        tokio::select! {
+            _ = signals.recv() => tracing::warn!("second stop signal: exiting now"),
+            _ = tokio::time::sleep(grace + std::time::Duration::from_secs(2)) => {
+                tracing::error!("shutdown deadline passed: exiting now")
+            }
+        }
+        std::process::exit(1);
     });
     app.run_until_stopped(rx).await;
     Ok(())
 }
 
-/// Ctrl-C, or SIGTERM as service managers and container runtimes send it: either ends `serve`
-/// cleanly (live MQTT sessions closed, queued audit events written).
-async fn stop_signal() {
+/// Ctrl-C, or SIGTERM as service managers and container runtimes send it: the first ends
+/// `serve` cleanly (live MQTT sessions closed, queued audit events written, within the shutdown
+/// deadline), a second one at once. Registered once, so no signal falls between two waits.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+    unix: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let unix = signal(SignalKind::terminate())
+                .and_then(|t| Ok((t, signal(SignalKind::interrupt())?)))
+                .ok();
+            StopSignals { unix }
+        }
+        #[cfg(not(unix))]
+        StopSignals {}
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some((term, int)) = &mut self.unix {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
+                _ = int.recv() => {}
             }
             return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn run_admin(command: Command, admin: &Admin, config: &Config, out: &Out) -> Result<()> {

@@ -28,19 +28,20 @@ pub fn internal_routes() -> Router<HttpState> {
         .route("/metrics", get(metrics))
 }
 
+/// Ready while the registry answers: known down (the breaker is open), or no answer to one
+/// bounded ping, is 503 at once rather than a hang.
 async fn readyz(State(s): State<HttpState>) -> (StatusCode, Json<Value>) {
-    match s.gate.registry().store().ping().await {
-        Ok(()) => (
+    if s.gate.registry().health().ready().await {
+        (
             StatusCode::OK,
             Json(json!({ "status": "ready", "store": "ok" })),
-        ),
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness: store unreachable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "unavailable", "store": "unreachable" })),
-            )
-        }
+        )
+    } else {
+        tracing::warn!("readiness: store unreachable");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable", "store": "unreachable" })),
+        )
     }
 }
 
@@ -60,7 +61,9 @@ async fn metrics(_: Internal, State(s): State<HttpState>) -> impl axum::response
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        s.gate.metrics().render() + &s.gate.trust().render_metrics(s.gate.clock().now()),
+        s.gate.metrics().render()
+            + &s.gate.trust().render_metrics(s.gate.clock().now())
+            + &s.gate.registry().health().render_metrics(),
     )
 }
 

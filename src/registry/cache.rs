@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use moka::future::Cache;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::health::Health;
 use super::{Change, DeviceRecord, Store, StoreError, StoreResult};
 use crate::acl::{Rule, RuleSource};
 use crate::core::{CredentialView, DeviceView};
@@ -48,7 +49,13 @@ pub struct CachedRegistry {
     file_rules: RwLock<Arc<Vec<Rule>>>,
     epoch: AtomicU64,
     changes: broadcast::Sender<Change>,
+    health: Arc<Health>,
+    load_timeout: Duration,
 }
+
+/// How long a cache fill may wait for the store unless [`CachedRegistry::with_deadline`] says
+/// otherwise (below the default decision deadline).
+const LOAD_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Changes re-published after invalidation, for live sessions (a lagging reader re-checks all).
 const CHANGE_FEED: usize = 1024;
@@ -61,16 +68,31 @@ impl CachedRegistry {
             .expire_after(EntryExpiry(settings))
             .support_invalidation_closures()
             .build();
-        let batcher =
-            matches!(store, Store::Postgres(_)).then(|| FillBatcher::spawn(store.clone()));
+        let batcher = FillBatcher::for_store(&store, LOAD_TIMEOUT);
         CachedRegistry {
+            health: Health::new(store.clone(), LOAD_TIMEOUT),
             store,
             batcher,
             cache,
             file_rules: RwLock::new(Arc::new(file_rules)),
             epoch: AtomicU64::new(0),
             changes: broadcast::channel(CHANGE_FEED).0,
+            load_timeout: LOAD_TIMEOUT,
         }
+    }
+
+    /// Bounds every store round trip of a cache fill (and the health probe) by `load_timeout`,
+    /// so a decision that needs the store still arrives before its deadline.
+    pub fn with_deadline(mut self, load_timeout: Duration) -> Self {
+        self.batcher = FillBatcher::for_store(&self.store, load_timeout);
+        self.health = Health::new(self.store.clone(), load_timeout);
+        self.load_timeout = load_timeout;
+        self
+    }
+
+    /// Whether the store answers (the circuit breaker of the hot path, `/readyz`).
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
     }
 
     /// The underlying store (admin writes go there, then call [`CachedRegistry::invalidate`]).
@@ -79,13 +101,32 @@ impl CachedRegistry {
     }
 
     /// The device for `client_id`, from the cache or (once, however many ask at once) the store.
+    /// While the store is known unreachable only the cache answers (an uncached device is
+    /// `Unavailable` at once); a fill that fails or overruns its deadline opens the breaker.
     pub async fn device(&self, client_id: &str) -> StoreResult<Option<Arc<DeviceView>>> {
+        if self.health.is_down() {
+            return match self.cache.get(client_id).await {
+                Some(entry) => Ok(entry),
+                None => Err(StoreError::Unavailable("registry known unreachable")),
+            };
+        }
         let epoch = self.epoch.load(Ordering::Acquire);
-        let got = self
-            .cache
-            .try_get_with_by_ref(client_id, self.load(client_id))
-            .await
-            .map_err(unshare)?;
+        let fill = async {
+            tokio::time::timeout(self.load_timeout, self.load(client_id))
+                .await
+                .unwrap_or(Err(StoreError::Unavailable(
+                    "registry did not answer in time",
+                )))
+        };
+        let got = match self.cache.try_get_with_by_ref(client_id, fill).await {
+            Ok(got) => got,
+            Err(e) => {
+                if !matches!(*e, StoreError::NotFound(_) | StoreError::Conflict(_)) {
+                    self.health.mark_down("a device lookup failed");
+                }
+                return Err(unshare(e));
+            }
+        };
         if self.epoch.load(Ordering::Acquire) != epoch {
             self.cache.invalidate(client_id).await;
         }
@@ -246,13 +287,23 @@ struct FillBatcher {
 const FILL_BATCH: usize = 256;
 
 impl FillBatcher {
-    fn spawn(store: Store) -> Self {
+    /// A batcher for PostgreSQL (SQLite reads in-process: nothing to batch).
+    fn for_store(store: &Store, timeout: Duration) -> Option<Self> {
+        matches!(store, Store::Postgres(_)).then(|| FillBatcher::spawn(store.clone(), timeout))
+    }
+
+    /// Each batch waits at most `timeout` for the store: a connection that silently stopped
+    /// answering must not hold up every later batch.
+    fn spawn(store: Store, timeout: Duration) -> Self {
         let (tx, mut rx) = mpsc::channel::<(String, FillReply)>(4 * FILL_BATCH);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(FILL_BATCH);
             while rx.recv_many(&mut batch, FILL_BATCH).await > 0 {
                 let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
-                let found = store.load_clients(&ids).await.map_err(|e| e.to_string());
+                let found = match tokio::time::timeout(timeout, store.load_clients(&ids)).await {
+                    Ok(found) => found.map_err(|e| e.to_string()),
+                    Err(_) => Err("registry did not answer in time".to_string()),
+                };
                 for (id, reply) in batch.drain(..) {
                     let answer = found
                         .as_ref()

@@ -6,6 +6,7 @@
 //! `client_directory` table (brokers send a client id, not a tenant).
 
 pub mod cache;
+pub mod health;
 pub mod model;
 pub mod pg;
 mod rows;
@@ -32,6 +33,9 @@ pub enum StoreError {
     /// Applying migrations failed.
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The store did not answer in time, or is known unreachable (see [`health`]).
+    #[error("registry unavailable: {0}")]
+    Unavailable(&'static str),
 }
 
 /// Result alias for store calls.

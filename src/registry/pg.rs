@@ -21,6 +21,12 @@ use super::*;
 /// The NOTIFY channel.
 const CHANNEL: &str = "mqgate_registry";
 
+/// Longest wait for a pooled connection.
+const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How often a lost change feed tries to listen again, and how long one attempt may take.
+const RESUBSCRIBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// PostgreSQL-backed store.
 #[derive(Clone, Debug)]
 pub struct PgStore {
@@ -94,8 +100,11 @@ impl PgStore {
     }
 
     pub(crate) async fn connect(url: &str) -> StoreResult<Self> {
+        // A connection wait is bounded well below the 30 s default, for admin calls and audit
+        // writes alike; the hot path has its own, shorter, decision deadline on top.
         let pool = PgPoolOptions::new()
             .max_connections(10)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect(url)
             .await?;
         Ok(PgStore { pool })
@@ -482,55 +491,69 @@ impl PgStore {
     }
 
     pub(crate) async fn subscribe_changes(&self) -> StoreResult<mpsc::Receiver<Change>> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(CHANNEL).await?;
+        let listener = listen(&self.pool).await?;
         let (tx, rx) = mpsc::channel(1024);
-        let pool = self.pool.clone();
-        tokio::spawn(async move {
-            let closed = pool.close_event();
-            tokio::pin!(closed);
-            loop {
-                let next = tokio::select! {
-                    biased;
-                    _ = &mut closed => return,
-                    _ = tx.closed() => return,
-                    n = listener.try_recv() => n,
-                };
-                let change = match next {
-                    Ok(Some(n)) => match parse_payload(n.payload()) {
-                        Some(c) => c,
-                        None => continue,
-                    },
-                    // The connection dropped (the next `try_recv` reconnects), so changes may have
-                    // been missed. Flushing the cache while the database is down would turn its
-                    // outage into ours: wait until it answers again, then resynchronise.
-                    Ok(None) | Err(_) => {
-                        tracing::warn!("registry change listener lost its connection");
-                        if !wait_for(&pool).await {
-                            return;
-                        }
-                        Change::Resync
-                    }
-                };
-                if tx.send(change).await.is_err() {
-                    return;
-                }
-            }
-        });
+        tokio::spawn(forward_changes(self.pool.clone(), listener, tx));
         Ok(rx)
     }
 }
 
-/// Waits until the database answers again; false when the pool was closed meanwhile.
-async fn wait_for(pool: &PgPool) -> bool {
+/// A listener on [`CHANNEL`] over its own connection.
+async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    // A lost connection is reported, not silently replaced: see `forward_changes`.
+    listener.eager_reconnect(false);
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Forwards notifications until the pool closes or nobody reads. When the connection drops,
+/// changes may have been missed: listen again, and only once LISTEN is in force again say
+/// [`Change::Resync`] (drop the whole cache). That order is what makes it sound: a change committed
+/// before the new LISTEN is in the store for the next load to read, one committed after it is
+/// notified. Flushing the cache while the database is still down would turn its outage into ours,
+/// so nothing is dropped until the database answers again.
+async fn forward_changes(pool: PgPool, mut listener: PgListener, tx: mpsc::Sender<Change>) {
+    let closed = pool.close_event();
+    tokio::pin!(closed);
     loop {
-        if pool.is_closed() {
-            return false;
+        let next = tokio::select! {
+            biased;
+            _ = &mut closed => return,
+            _ = tx.closed() => return,
+            n = listener.try_recv() => n,
+        };
+        let change = match next {
+            Ok(Some(n)) => match parse_payload(n.payload()) {
+                Some(c) => c,
+                None => continue,
+            },
+            // The connection dropped (`Ok(None)`) or failed.
+            lost => {
+                let error = lost.err().map(|e| e.to_string()).unwrap_or_default();
+                tracing::warn!(error, "registry change listener lost its connection");
+                listener = tokio::select! {
+                    biased;
+                    _ = &mut closed => return,
+                    l = resubscribe(&pool) => l,
+                };
+                tracing::info!("registry change listener listening again; re-reading the registry");
+                Change::Resync
+            }
+        };
+        if tx.send(change).await.is_err() {
+            return;
         }
-        if sqlx::query("SELECT 1").execute(pool).await.is_ok() {
-            return true;
+    }
+}
+
+/// Listens again, attempt after bounded attempt, until the database answers.
+async fn resubscribe(pool: &PgPool) -> PgListener {
+    loop {
+        if let Ok(Ok(l)) = tokio::time::timeout(RESUBSCRIBE_EVERY, listen(pool)).await {
+            return l;
         }
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        tokio::time::sleep(RESUBSCRIBE_EVERY).await;
     }
 }
 

@@ -9,6 +9,7 @@ mod broker_v5;
 mod brute_force;
 mod certs;
 mod emqx_http;
+mod outage;
 mod processes;
 mod rate_limits;
 mod store_contract;

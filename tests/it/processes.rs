@@ -1059,3 +1059,109 @@ async fn sigterm_tells_live_mqtt_5_sessions_the_server_is_shutting_down() {
     assert_eq!(reason, Some(DisconnectReasonCode::ServerShuttingDown));
     s.stopped_cleanly().await;
 }
+
+/// `serve` over a cluster of its own (so the test can stop it), with tenant `acme`, device
+/// `dev-1` (returns its token), a 1 s decision deadline and the given shutdown deadline; `dev-1`
+/// has connected once, so it is cached and the audit trail has been written.
+async fn serve_on_own_cluster(shutdown: &str) -> (crate::outage::Cluster, Server, String) {
+    let pg = crate::outage::Cluster::start().await;
+    let db = pg.url();
+    let token = one_device(&db).await;
+    let env = [
+        ("MQGATE_DECISION_TIMEOUT", "1s"),
+        ("MQGATE_SHUTDOWN_TIMEOUT", shutdown),
+    ];
+    let s = Server::start(&db, &env).await;
+    assert_eq!(s.authn("dev-1", &token).await, "allow");
+    (pg, s, token)
+}
+
+impl Server {
+    /// Waits (at most `limit`) for the process to exit; returns how long it took and its log.
+    async fn exits_within(&mut self, limit: Duration) -> (Duration, String) {
+        let started = std::time::Instant::now();
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("serve did not exit within {limit:?}"))
+            .unwrap();
+        let took = started.elapsed();
+        // The log reader ends with the process: gather every line.
+        let mut all = String::new();
+        while let Some(l) = self.log.recv().await {
+            all.push_str(&l);
+            all.push('\n');
+        }
+        (took, all)
+    }
+
+    /// Waits until the log shows a line containing `needle`.
+    async fn logged(&mut self, needle: &str) {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(l) = self.log.recv().await {
+                if l.contains(needle) {
+                    return;
+                }
+            }
+            panic!("serve exited before logging {needle:?}");
+        })
+        .await
+        .unwrap_or_else(|_| panic!("serve never logged {needle:?}"));
+    }
+}
+
+/// The number in `unwritten=N` of the shutdown line.
+fn unwritten(log: &str) -> u64 {
+    let line = log
+        .lines()
+        .find(|l| l.contains("audit entries not written") || l.contains("audit trail written"))
+        .unwrap_or_else(|| panic!("no shutdown audit line in:\n{log}"));
+    line.split("unwritten=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {line}"))
+}
+
+/// SIGTERM while PostgreSQL is down: `serve` exits within its shutdown deadline and says how
+/// many audit entries it could not write (those of the decisions made during the outage).
+#[tokio::test]
+async fn sigterm_with_postgres_stopped_exits_within_the_deadline_and_counts_lost_audit() {
+    let (pg, mut s, token) = serve_on_own_cluster("3s").await;
+    pg.stop("fast").await;
+    for _ in 0..3 {
+        assert_eq!(s.authn("dev-1", &token).await, "allow");
+    }
+    s.terminate();
+    let (took, log) = s.exits_within(Duration::from_secs(10)).await;
+    assert!(took < Duration::from_secs(8), "exit took {took:?}");
+    assert!(unwritten(&log) >= 3, "{log}");
+}
+
+/// PostgreSQL killed while `serve` is shutting down (its audit writes in flight): still bounded.
+#[tokio::test]
+async fn sigterm_with_postgres_killed_mid_shutdown_exits_within_the_deadline() {
+    let (pg, mut s, token) = serve_on_own_cluster("3s").await;
+    for _ in 0..20 {
+        assert_eq!(s.authn("dev-1", &token).await, "allow");
+    }
+    s.terminate();
+    pg.stop("immediate").await;
+    let (took, log) = s.exits_within(Duration::from_secs(10)).await;
+    assert!(took < Duration::from_secs(8), "exit took {took:?}");
+    // Whatever was written before the kill, the count is reported.
+    unwritten(&log);
+}
+
+/// A second SIGTERM ends a shutdown that waits on a dead database at once.
+#[tokio::test]
+async fn a_second_sigterm_exits_at_once() {
+    let (pg, mut s, token) = serve_on_own_cluster("60s").await;
+    pg.stop("fast").await;
+    assert_eq!(s.authn("dev-1", &token).await, "allow");
+    s.terminate();
+    s.logged("shutting down").await;
+    s.terminate();
+    let (took, log) = s.exits_within(Duration::from_secs(10)).await;
+    assert!(took < Duration::from_secs(5), "exit took {took:?}");
+    assert!(log.contains("second stop signal"), "{log}");
+}

@@ -83,6 +83,8 @@ pub struct Gate {
     audit: Option<Arc<AuditSink>>,
     metrics: Metrics,
     trust: Arc<TrustStore>,
+    fault: Arc<crate::fault::Fault>,
+    refusals: crate::audit::refusals::RefusalTally,
 }
 
 impl Gate {
@@ -103,7 +105,14 @@ impl Gate {
             audit: None,
             metrics: Metrics::default(),
             trust: Arc::new(TrustStore::new(CrlFailure::Deny, 0)),
+            fault: Arc::default(),
+            refusals: Default::default(),
         }
+    }
+
+    /// The process's fatal fault (raised when the embedded router dies).
+    pub fn fault(&self) -> &Arc<crate::fault::Fault> {
+        &self.fault
     }
 
     /// The decision counters.
@@ -186,6 +195,35 @@ impl Gate {
             tracing::warn!(target: "mqgate::audit", event = "rate_limited", tenant = tenant.0, refused, "publishes refused by ingestion limits");
             self.audit(Some(tenant.0), AuditEvent::RateLimited { refused });
         }
+        self.sweep_refusals();
+    }
+
+    /// Records the refused publishes and subscriptions counted (not recorded one by one) since
+    /// the last sweep, and logs the audit events dropped meanwhile, once per sweep.
+    fn sweep_refusals(&self) {
+        for more in self.refusals.take() {
+            let (client_id, action, refused) = (more.client_id, more.action, more.refused);
+            tracing::info!(target: "mqgate::audit", event = "denied_more", %client_id, action, refused, "more refusals since the first");
+            let event = AuditEvent::DeniedMore {
+                client_id,
+                action,
+                refused,
+            };
+            self.audit(None, event);
+        }
+        if let Some(sink) = &self.audit {
+            for (kind, dropped) in sink.take_dropped() {
+                tracing::error!(kind, dropped, "audit queue full: events dropped");
+            }
+        }
+    }
+
+    /// `mqgate_audit_dropped_total` for `/metrics`.
+    pub fn render_audit_metrics(&self) -> String {
+        self.audit
+            .as_ref()
+            .map(|s| s.render_metrics())
+            .unwrap_or_default()
     }
 
     /// Whether ingestion limits apply to `device` (then EMQX must ask per publish, so its authn
@@ -459,8 +497,12 @@ impl Gate {
         decision: Decision,
     ) -> Decision {
         self.count_decision(MetricKind::Authorize, &decision);
-        // Rate-limit refusals are audited in aggregate by `sweep`, not per message.
-        if !decision.is_allow() && !matches!(decision.cause, Cause::RateLimited(_)) {
+        // Rate-limit refusals are audited in aggregate by `sweep`, not per message; other
+        // refusals in full once per device, action and sweep interval, then counted.
+        if !decision.is_allow()
+            && !matches!(decision.cause, Cause::RateLimited(_))
+            && self.refusals.first(client_id, action.as_str())
+        {
             let reason = decision.cause.explain();
             tracing::info!(
                 target: "mqgate::audit",

@@ -283,6 +283,7 @@ async fn store(config: &Config) -> Result<Store> {
 }
 
 async fn serve(config: &Config) -> Result<()> {
+    crate::app::raise_fd_limit();
     let app = App::build(config).await?;
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -290,7 +291,7 @@ async fn serve(config: &Config) -> Result<()> {
         tracing::info!("shutting down");
         let _ = tx.send(true);
     });
-    app.run_until_stopped(rx).await;
+    app.run_until_stopped(rx).await?;
     Ok(())
 }
 

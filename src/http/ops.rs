@@ -29,6 +29,12 @@ pub fn internal_routes() -> Router<HttpState> {
 }
 
 async fn readyz(State(s): State<HttpState>) -> (StatusCode, Json<Value>) {
+    if let Some(reason) = s.gate.fault().reason() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable", "fault": reason })),
+        );
+    }
     match s.gate.registry().store().ping().await {
         Ok(()) => (
             StatusCode::OK,
@@ -60,7 +66,9 @@ async fn metrics(_: Internal, State(s): State<HttpState>) -> impl axum::response
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        s.gate.metrics().render() + &s.gate.trust().render_metrics(s.gate.clock().now()),
+        s.gate.metrics().render()
+            + &s.gate.trust().render_metrics(s.gate.clock().now())
+            + &s.gate.render_audit_metrics(),
     )
 }
 

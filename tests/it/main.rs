@@ -9,6 +9,8 @@ mod broker_v5;
 mod brute_force;
 mod certs;
 mod emqx_http;
+mod hostile;
 mod processes;
 mod rate_limits;
+mod raw;
 mod store_contract;

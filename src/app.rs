@@ -200,19 +200,25 @@ impl App {
         Arc::clone(&self.gate)
     }
 
-    /// Serves until `shutdown` turns true, then stops within the shutdown deadline.
-    pub async fn run_until_stopped(self, shutdown: watch::Receiver<bool>) {
+    /// Serves until `shutdown` turns true, then stops within the shutdown deadline; `Err` when a
+    /// fatal fault stopped it (see [`crate::fault`]), after the audit entries queued so far are
+    /// written (within the same deadline).
+    pub async fn run_until_stopped(
+        self,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(), FatalFault> {
         tracing::info!(addr = %self.addr, "mqgate listening");
+        let (broker_stop, http_stop) = stop_on_fault(self.gate.fault(), shutdown);
         let broker_done = (self.mqtt.is_some() || self.mqtts.is_some()).then(|| {
             spawn_broker(
                 Arc::clone(&self.gate),
                 self.broker,
                 self.mqtt,
                 self.mqtts,
-                shutdown.clone(),
+                broker_stop,
             )
         });
-        http::serve(self.listener, self.router, self.limits, shutdown).await;
+        http::serve(self.listener, self.router, self.limits, http_stop).await;
         // Every step below is bounded by one deadline: a store that went away must not keep the
         // process (and the orchestrator waiting on it) past it.
         let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
@@ -237,7 +243,52 @@ impl App {
         } else {
             tracing::info!(unwritten, "stopped; audit trail written");
         }
+        match self.gate.fault().reason() {
+            Some(reason) => Err(FatalFault(reason)),
+            None => Ok(()),
+        }
     }
+}
+
+/// mqgate stopped because of a fatal fault (the reason given).
+#[derive(Debug, thiserror::Error)]
+#[error("stopped by a fatal fault: {0}")]
+pub struct FatalFault(pub &'static str);
+
+/// How long `/readyz` keeps answering 503 after a fatal fault before HTTP closes too (so that
+/// a load balancer or supervisor polling it sees why).
+const FAULT_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Stop signals for the broker and for HTTP: both follow `shutdown`; on a fatal fault the broker
+/// stops at once (no new connections into a dead router) and HTTP after [`FAULT_LINGER`].
+fn stop_on_fault(
+    fault: &Arc<crate::fault::Fault>,
+    mut shutdown: watch::Receiver<bool>,
+) -> (watch::Receiver<bool>, watch::Receiver<bool>) {
+    let (broker_tx, broker_rx) = watch::channel(false);
+    let (http_tx, http_rx) = watch::channel(false);
+    let fault = Arc::clone(fault);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = stopped(&mut shutdown) => {}
+            _ = fault.raised() => {
+                broker_tx.send_replace(true);
+                tokio::select! {
+                    _ = stopped(&mut shutdown) => {}
+                    _ = tokio::time::sleep(FAULT_LINGER) => {}
+                }
+            }
+        }
+        // Also when the shutdown sender went away (wait_for then errs): stop everything.
+        broker_tx.send_replace(true);
+        http_tx.send_replace(true);
+    });
+    (broker_rx, http_rx)
+}
+
+/// Resolves when `shutdown` turns true or its sender goes away.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
 }
 
 /// Binds the TLS listener; its verifier records refused certificates in the audit trail.
@@ -362,4 +413,35 @@ fn spawn_sweeper(gate: &Arc<Gate>) {
             }
         }
     });
+}
+
+/// Raises the soft limit on open descriptors to the hard limit (logged), so that connections
+/// waiting for their CONNACK cannot run the process out of descriptors at the common soft limit
+/// of 1024 while the hard limit allows far more. Returns the limit in force.
+pub fn raise_fd_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let limit = getrlimit(Resource::Nofile);
+        if limit.current == limit.maximum {
+            tracing::info!(nofile = ?limit.current, "open-file limit already at its hard limit");
+            return limit.current;
+        }
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        return match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => {
+                tracing::info!(from = ?limit.current, to = ?limit.maximum, "open-file limit raised to the hard limit");
+                limit.maximum
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, nofile = ?limit.current, "could not raise the open-file limit");
+                limit.current
+            }
+        };
+    }
+    #[allow(unreachable_code)]
+    None
 }

@@ -13,6 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::auth::trust::CrlFailure;
 use crate::broker::BrokerSettings;
+use crate::broker::limits::{BrokerLimits, Quota};
 use crate::broker::tls::{ClientCerts, TlsSettings};
 use crate::core::UnknownClient;
 use crate::limit::bucket::Rate;
@@ -70,6 +71,16 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("mqtts_client_certs", Some("required")),
     ("mqtts_handshake_timeout", Some("10s")),
     ("mqtt_threads", Some("1")),
+    ("mqtt_max_unauthenticated", Some("256")),
+    ("mqtt_max_filters_per_subscribe", Some("32")),
+    ("mqtt_max_subscriptions", Some("100")),
+    ("mqtt_max_inflight", Some("100")),
+    ("mqtt_retained_per_device", Some("100")),
+    ("mqtt_retained_bytes_per_device", Some("1048576")),
+    ("mqtt_retained_per_tenant", Some("10000")),
+    ("mqtt_retained_bytes_per_tenant", Some("67108864")),
+    ("mqtt_router_segment_size", Some("4194304")),
+    ("mqtt_router_segment_count", Some("4")),
 ];
 
 /// mqgate's configuration, validated.
@@ -346,8 +357,30 @@ impl Layers {
                     parse_positive(s).map(|n| n as usize)
                 })?,
                 threads: self.parse("mqtt_threads", |s| parse_positive(s).map(|n| n as usize))?,
+                limits: self.broker_limits()?,
             },
             mqtts: self.tls_settings()?,
+        })
+    }
+
+    /// The broker's resource bounds (every one a positive number).
+    fn broker_limits(&self) -> Result<BrokerLimits, ConfigError> {
+        let n = |key: &str| self.parse(key, |s| parse_positive(s).map(|n| n as usize));
+        Ok(BrokerLimits {
+            max_unauthenticated: n("mqtt_max_unauthenticated")?,
+            max_filters_per_subscribe: n("mqtt_max_filters_per_subscribe")?,
+            max_subscriptions: n("mqtt_max_subscriptions")?,
+            max_inflight: n("mqtt_max_inflight")? as u64,
+            retained_per_device: Quota {
+                count: n("mqtt_retained_per_device")?,
+                bytes: n("mqtt_retained_bytes_per_device")?,
+            },
+            retained_per_tenant: Quota {
+                count: n("mqtt_retained_per_tenant")?,
+                bytes: n("mqtt_retained_bytes_per_tenant")?,
+            },
+            segment_size: n("mqtt_router_segment_size")?,
+            segment_count: n("mqtt_router_segment_count")?,
         })
     }
 

@@ -85,6 +85,8 @@ pub struct Gate {
     metrics: Metrics,
     trust: Arc<TrustStore>,
     deadline: Duration,
+    fault: Arc<crate::fault::Fault>,
+    refusals: crate::audit::refusals::RefusalTally,
 }
 
 /// The decision deadline unless [`Gate::with_decision_timeout`] says otherwise (below EMQX's
@@ -110,6 +112,8 @@ impl Gate {
             metrics: Metrics::default(),
             trust: Arc::new(TrustStore::new(CrlFailure::Deny, 0)),
             deadline: DECISION_TIMEOUT,
+            fault: Arc::default(),
+            refusals: Default::default(),
         }
     }
 
@@ -138,6 +142,11 @@ impl Gate {
     /// Audit entries not yet written (see [`Gate::finish_audit`]).
     pub fn audit_pending(&self) -> u64 {
         self.audit.as_ref().map_or(0, |s| s.pending())
+    }
+
+    /// The process's fatal fault (raised when the embedded router dies).
+    pub fn fault(&self) -> &Arc<crate::fault::Fault> {
+        &self.fault
     }
 
     /// The decision counters.
@@ -220,6 +229,35 @@ impl Gate {
             tracing::warn!(target: "mqgate::audit", event = "rate_limited", tenant = tenant.0, refused, "publishes refused by ingestion limits");
             self.audit(Some(tenant.0), AuditEvent::RateLimited { refused });
         }
+        self.sweep_refusals();
+    }
+
+    /// Records the refused publishes and subscriptions counted (not recorded one by one) since
+    /// the last sweep, and logs the audit events dropped meanwhile, once per sweep.
+    fn sweep_refusals(&self) {
+        for more in self.refusals.take() {
+            let (client_id, action, refused) = (more.client_id, more.action, more.refused);
+            tracing::info!(target: "mqgate::audit", event = "denied_more", %client_id, action, refused, "more refusals since the first");
+            let event = AuditEvent::DeniedMore {
+                client_id,
+                action,
+                refused,
+            };
+            self.audit(None, event);
+        }
+        if let Some(sink) = &self.audit {
+            for (kind, dropped) in sink.take_dropped() {
+                tracing::error!(kind, dropped, "audit queue full: events dropped");
+            }
+        }
+    }
+
+    /// `mqgate_audit_dropped_total` for `/metrics`.
+    pub fn render_audit_metrics(&self) -> String {
+        self.audit
+            .as_ref()
+            .map(|s| s.render_metrics())
+            .unwrap_or_default()
     }
 
     /// Whether ingestion limits apply to `device` (then EMQX must ask per publish, so its authn
@@ -514,8 +552,12 @@ impl Gate {
         decision: Decision,
     ) -> Decision {
         self.count_decision(MetricKind::Authorize, &decision);
-        // Rate-limit refusals are audited in aggregate by `sweep`, not per message.
-        if !decision.is_allow() && !matches!(decision.cause, Cause::RateLimited(_)) {
+        // Rate-limit refusals are audited in aggregate by `sweep`, not per message; other
+        // refusals in full once per device, action and sweep interval, then counted.
+        if !decision.is_allow()
+            && !matches!(decision.cause, Cause::RateLimited(_))
+            && self.refusals.first(client_id, action.as_str())
+        {
             let reason = decision.cause.explain();
             tracing::info!(
                 target: "mqgate::audit",

@@ -18,6 +18,7 @@
 //! - [`config`]: typed configuration (defaults → file → env → flags).
 //! - [`cli`]: the operator command line.
 //! - [`clock`]: the only reader of wall-clock time.
+//! - [`fault`]: fatal faults (a dead router thread): readiness off, exit non-zero.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -32,6 +33,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod core;
+pub mod fault;
 pub mod gate;
 pub mod http;
 pub mod limit;

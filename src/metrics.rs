@@ -18,7 +18,7 @@ pub struct Metrics {
 }
 
 /// The embedded broker's event labels (sessions opened and how they ended, refusals).
-pub const BROKER_EVENTS: [&str; 17] = [
+pub const BROKER_EVENTS: [&str; 23] = [
     "session_opened",
     "connect_refused",
     "connect_timeout",
@@ -36,6 +36,12 @@ pub const BROKER_EVENTS: [&str; 17] = [
     "router_closed",
     "will_delayed",
     "session_expired",
+    "subscribe_too_many_filters",
+    "shared_subscription_refused",
+    "subscriptions_exceeded",
+    "retained_exceeded",
+    "unauthenticated_refused",
+    "peer_refused_at_accept",
 ];
 
 /// Which question a decision answered.

@@ -6,6 +6,7 @@
 //! ([`sink::AuditSink`]) and never waits for the store; a batch writer appends them.
 
 pub mod chain;
+pub mod refusals;
 pub mod sink;
 
 use serde::Serialize;
@@ -40,6 +41,16 @@ pub enum AuditEvent {
         /// Human explanation.
         reason: String,
     },
+    /// Refused publishes or subscribes of one device beyond the first (recorded as `Denied`)
+    /// in one interval.
+    DeniedMore {
+        /// Client id (`*`: devices past the tracking bound, together).
+        client_id: String,
+        /// publish / subscribe (`any` for `*`).
+        action: &'static str,
+        /// How many.
+        refused: u64,
+    },
     /// A client id or address was locked out after failed authentications.
     Lockout {
         /// Client id whose failure tipped it.
@@ -69,6 +80,7 @@ impl AuditEvent {
         match self {
             AuditEvent::Connect { .. } => "connect",
             AuditEvent::Denied { .. } => "denied",
+            AuditEvent::DeniedMore { .. } => "denied_more",
             AuditEvent::Lockout { .. } => "lockout",
             AuditEvent::RateLimited { .. } => "rate_limited",
             AuditEvent::Admin { .. } => "admin",

@@ -12,6 +12,9 @@ use crate::registry::Store;
 
 /// Events the queue holds before new ones are dropped (and counted).
 const QUEUE: usize = 65_536;
+/// Room kept for CONNECT outcomes, lockouts and operator actions: refused publishes and
+/// subscriptions (which devices can produce at will) are dropped once only this much is left.
+const RESERVED: usize = QUEUE / 4;
 /// Largest batch written in one transaction.
 const BATCH: usize = 512;
 /// How long the writer gathers events after the first of a batch arrives. While it waits, new
@@ -28,6 +31,8 @@ pub struct AuditSink {
     dropped: AtomicU64,
     /// What the writer holds: see [`Unwritten`].
     in_hand: Arc<Unwritten>,
+    /// Dropped events by kind (for `/metrics`), and how many since the last [`AuditSink::take_dropped`].
+    by_kind: std::sync::Mutex<std::collections::BTreeMap<&'static str, (u64, u64)>>,
 }
 
 /// The writer's share of what is not written yet.
@@ -53,6 +58,7 @@ impl AuditSink {
             flush,
             dropped: AtomicU64::new(0),
             in_hand,
+            by_kind: Default::default(),
         })
     }
 
@@ -83,13 +89,48 @@ impl AuditSink {
 
     /// Queues an event; if the queue is full the event is dropped and counted (auth never waits
     /// on the audit trail).
+    /// Events a device can cause at will only take the queue down to [`RESERVED`]; the drops are
+    /// logged once per sweep ([`AuditSink::take_dropped`]).
     pub fn record(&self, r: AuditRecord) {
-        if self.tx.try_send(r).is_err() {
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if n.is_power_of_two() {
-                tracing::error!(dropped = n, "audit queue full: events dropped");
-            }
+        let kind = r.event.kind();
+        let bulk = matches!(kind, "denied" | "denied_more" | "rate_limited");
+        if bulk && self.tx.capacity() <= RESERVED {
+            return self.count_drop(kind);
         }
+        if self.tx.try_send(r).is_err() {
+            self.count_drop(kind);
+        }
+    }
+
+    fn count_drop(&self, kind: &'static str) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        let mut m = self.by_kind.lock().unwrap_or_else(|e| e.into_inner());
+        let e = m.entry(kind).or_default();
+        e.0 += 1;
+        e.1 += 1;
+    }
+
+    /// Events dropped since the last call, by kind (the sweep logs them, once per interval).
+    pub fn take_dropped(&self) -> Vec<(&'static str, u64)> {
+        let mut m = self.by_kind.lock().unwrap_or_else(|e| e.into_inner());
+        m.iter_mut()
+            .filter(|(_, (_, since))| *since > 0)
+            .map(|(k, (_, since))| (*k, std::mem::take(since)))
+            .collect()
+    }
+
+    /// `mqgate_audit_dropped_total{kind}` in Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        let mut out = String::from(
+            "# HELP mqgate_audit_dropped_total Audit events dropped (queue full), by kind.\n# TYPE mqgate_audit_dropped_total counter\n",
+        );
+        let m = self.by_kind.lock().unwrap_or_else(|e| e.into_inner());
+        for (kind, (total, _)) in m.iter() {
+            out.push_str(&format!(
+                "mqgate_audit_dropped_total{{kind=\"{kind}\"}} {total}\n"
+            ));
+        }
+        out
     }
 
     /// Events dropped because the queue was full.

@@ -7,15 +7,19 @@
 //! client. Registry changes reach live sessions through [`sessions::Sessions::notify`].
 //!
 //! - [`codec`]: version sniffing and guarded framing over rumqttd's protocol codec.
+//! - [`guard`]: refusals before the router sees a packet (shared subscriptions, bounds).
 //! - [`refusal`]: which CONNACK code a refusal gets.
 //! - [`session`]: one connection, from CONNECT to close.
 //! - [`sessions`]: live sessions by client id, connections per address.
 //! - [`router`]: rumqttd's router and link building.
 //! - [`tls`]: the mTLS listener (client certificates through the device-certificate verifier).
 //! - [`afterlife`]: 5.0 will delay and session expiry, after a connection has closed.
+//! - [`limits`]: resource bounds per session, device and tenant; the retained-message book.
 
 pub mod afterlife;
 pub mod codec;
+pub mod guard;
+pub mod limits;
 pub mod refusal;
 pub mod router;
 pub mod session;
@@ -50,6 +54,8 @@ pub struct BrokerSettings {
     pub max_connections: usize,
     /// Threads of the broker's own runtime (1: a single-threaded one, like rumqttd's listener).
     pub threads: usize,
+    /// Resource bounds per session, device and tenant.
+    pub limits: limits::BrokerLimits,
 }
 
 /// A client identity proven by the mTLS listener's handshake: what the certificate verifier
@@ -70,9 +76,17 @@ pub struct Broker {
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) settings: BrokerSettings,
     pub(crate) capacity: Arc<Semaphore>,
+    /// Connections before their CONNACK (`mqtt_max_unauthenticated`).
+    pub(crate) unanswered: Arc<Semaphore>,
     pub(crate) shutdown: watch::Receiver<bool>,
     /// mqgate's own link for delayed wills (attached at the first one).
     pub(crate) will_link: tokio::sync::Mutex<Option<router::Link>>,
+    /// Retained messages per device and tenant (what the router holds).
+    pub(crate) retained: limits::RetainedBook,
+    /// Test hook (debug builds): a CONNECT admitted for this client id makes the router panic
+    /// (`TEST_CRASH_ROUTER_CLIENT`), to test the death path with the real binary.
+    #[cfg(debug_assertions)]
+    pub(crate) crash_on: Option<String>,
 }
 
 impl Broker {
@@ -83,7 +97,11 @@ impl Broker {
         settings: BrokerSettings,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Broker> {
-        let router = RouterHandle::start(settings.max_connections + 16);
+        let fault = Arc::clone(gate.fault());
+        let router =
+            RouterHandle::start(settings.max_connections + 16, &settings.limits, move || {
+                fault.raise("router thread died")
+            });
         let changes = gate.registry().watch_changes();
         let reloads = gate.trust().watch_reloads();
         let broker = Arc::new(Broker {
@@ -92,8 +110,12 @@ impl Broker {
             sessions: Arc::new(Sessions::default()),
             settings,
             capacity: Arc::new(Semaphore::new(settings.max_connections)),
+            unanswered: Arc::new(Semaphore::new(settings.limits.max_unauthenticated)),
             shutdown,
             will_link: tokio::sync::Mutex::new(None),
+            retained: limits::RetainedBook::default(),
+            #[cfg(debug_assertions)]
+            crash_on: std::env::var("TEST_CRASH_ROUTER_CLIENT").ok(),
         });
         spawn_revocation_watch(&broker, changes, reloads);
         spawn_shutdown_watch(&broker);
@@ -120,8 +142,11 @@ impl Broker {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        // Over the per-address or the pre-CONNECT cap: closed at once, so that
+                        // silent sockets cannot take every descriptor.
+                        let Some(arrival) = self.arrive(peer) else { continue };
                         let _ = stream.set_nodelay(true);
-                        tokio::spawn(Arc::clone(&self).handle(stream, peer, None));
+                        tokio::spawn(Arc::clone(&self).handle(stream, peer, None, arrival));
                     }
                     Err(e) => {
                         // Out of descriptors and the like: back off instead of spinning.
@@ -136,12 +161,44 @@ impl Broker {
 
     /// Serves one connection over any byte stream: plain TCP here, TLS from the mTLS listener,
     /// which passes the identity its verifier proved.
-    pub async fn handle<S>(self: Arc<Self>, stream: S, peer: SocketAddr, tls: Option<TlsIdentity>)
-    where
+    pub async fn handle<S>(
+        self: Arc<Self>,
+        stream: S,
+        peer: SocketAddr,
+        tls: Option<TlsIdentity>,
+        arrival: Arrival,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        session::run(self, stream, peer, tls).await;
+        session::run(self, stream, peer, tls, arrival).await;
     }
+
+    /// Admits a connection at accept, before any byte is read: `None` (close it) when its
+    /// address holds `mqtt_max_conns_per_peer` connections, or `mqtt_max_unauthenticated`
+    /// connections are still before their CONNACK (TLS handshakes included).
+    pub fn arrive(&self, peer: SocketAddr) -> Option<Arrival> {
+        let metrics = self.gate.metrics();
+        let Ok(unanswered) = Arc::clone(&self.unanswered).try_acquire_owned() else {
+            metrics.broker_event("unauthenticated_refused");
+            return None;
+        };
+        let max = self.settings.max_conns_per_peer;
+        let Some(slot) = self.sessions.peer_slot(peer.ip(), max) else {
+            metrics.broker_event("peer_refused_at_accept");
+            return None;
+        };
+        Some(Arrival {
+            slot,
+            unanswered: Some(unanswered),
+        })
+    }
+}
+
+/// A connection admitted at accept: its place in its address's count (for its whole life) and
+/// among the connections not answered yet (until its CONNACK).
+pub struct Arrival {
+    pub(crate) slot: sessions::PeerSlot,
+    pub(crate) unanswered: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Ends every live session when mqgate shuts down (or the shutdown sender goes away).

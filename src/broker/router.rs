@@ -12,6 +12,8 @@ use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::Packet;
 use rumqttd::{Notification, Router, RouterConfig};
 
+use super::limits::BrokerLimits;
+
 type Attach = dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), String> + Send + Sync;
 
 /// Handle to the routing engine.
@@ -41,17 +43,40 @@ pub enum AttachError {
 /// How long the router may take to acknowledge a new link.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often the watch looks at the router thread (its death is noticed within this).
+const WATCH_EVERY: Duration = Duration::from_millis(20);
+
 impl RouterHandle {
-    /// Starts a router for up to `max_connections` links.
-    pub fn start(max_connections: usize) -> Self {
+    /// Starts a router for up to `max_connections` links, its logs bounded by `limits`, and a
+    /// watch that calls `on_death` once if the router thread ever ends (it only ends by a panic:
+    /// it holds a sender of its own channel, so it never sees the channel close).
+    pub fn start(
+        max_connections: usize,
+        limits: &BrokerLimits,
+        on_death: impl FnOnce() + Send + 'static,
+    ) -> Self {
         let config = RouterConfig {
             max_connections,
-            max_outgoing_packet_count: 200,
-            max_segment_size: 100 * 1024 * 1024,
-            max_segment_count: 10,
+            max_outgoing_packet_count: limits.max_inflight,
+            max_segment_size: limits.segment_size,
+            max_segment_count: limits.segment_count,
             ..RouterConfig::default()
         };
         let router_tx = Router::new(0, config).spawn();
+        // The router thread owns the channel's only receiver: when the thread ends (its
+        // unwinding drops it), the channel reports itself disconnected to every sender.
+        let watched = router_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("mqgate-router-watch".into())
+            .spawn(move || {
+                while !watched.is_disconnected() {
+                    std::thread::sleep(WATCH_EVERY);
+                }
+                on_death();
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "could not start the router watch");
+        }
         let attach = move |client_id: &str, clean: bool| {
             LinkBuilder::new(client_id, router_tx.clone())
                 .clean_session(clean)
@@ -90,5 +115,24 @@ impl RouterHandle {
             rx,
             session_present,
         })
+    }
+
+    /// Test hook (debug builds only): makes the router thread panic, through a request rumqttd
+    /// 0.20 mishandles (a shadow read for a link that has left indexes a vacant slot), so that
+    /// the death path can be tested end to end.
+    #[cfg(debug_assertions)]
+    pub async fn crash(&self) {
+        if let Ok(mut link) = self.attach("\u{1}crash", true).await {
+            let _ = link
+                .tx
+                .send(Packet::Disconnect(
+                    rumqttd::protocol::Disconnect {
+                        reason_code: rumqttd::protocol::DisconnectReasonCode::NormalDisconnection,
+                    },
+                    None,
+                ))
+                .await;
+            let _ = link.tx.shadow("crash");
+        }
     }
 }

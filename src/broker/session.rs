@@ -30,10 +30,11 @@ use tokio::time::{Instant, timeout};
 
 use super::afterlife::{self, Afterlife, Expiry, Will};
 use super::codec::{self, Codec, FrameError, Version};
+use super::guard;
 use super::refusal::Refusal;
 use super::router::Link;
 use super::sessions::{Control, PeerSlot, Registration};
-use super::{Broker, TlsIdentity, ready_now};
+use super::{Arrival, Broker, TlsIdentity, ready_now};
 use crate::acl::Action;
 use crate::core::{Cause, DeviceView};
 use crate::gate::{ConnectRequest, PresentedCert};
@@ -69,12 +70,10 @@ pub(super) async fn run<S>(
     mut stream: S,
     peer: SocketAddr,
     tls: Option<TlsIdentity>,
+    mut arrival: Arrival,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let slot = broker
-        .sessions
-        .peer_slot(peer.ip(), broker.settings.max_conns_per_peer);
     let mut rbuf = BytesMut::with_capacity(4096);
     let max = broker.settings.max_packet_size;
     let hello = match timeout(
@@ -109,7 +108,13 @@ pub(super) async fn run<S>(
             return;
         }
     };
-    let admitted = admit(&broker, &hello, peer, tls.as_ref(), slot.is_some()).await;
+    let admitted = admit(&broker, &hello, peer, tls.as_ref()).await;
+    // Decided: no longer among the connections before their CONNACK.
+    arrival.unanswered = None;
+    #[cfg(debug_assertions)]
+    if admitted.is_ok() && broker.crash_on.as_deref() == Some(hello.connect.client_id.as_str()) {
+        broker.router.crash().await;
+    }
     let admission = match admitted {
         Ok(a) => a,
         Err(refusal) => {
@@ -199,7 +204,8 @@ pub(super) async fn run<S>(
         expiry,
         outbox: Vec::new(),
     };
-    live.run(ctl_rx, registration, slot, admission).await;
+    live.run(ctl_rx, registration, Some(arrival.slot), admission)
+        .await;
 }
 
 /// Reads bytes until a complete CONNECT is buffered; picks the codec from its protocol level.
@@ -246,12 +252,8 @@ async fn admit(
     hello: &Hello,
     peer: SocketAddr,
     tls: Option<&TlsIdentity>,
-    has_peer_slot: bool,
 ) -> Result<Admission, Refusal> {
     let client_id = hello.connect.client_id.as_str();
-    if !has_peer_slot {
-        return Err(Refusal::TooManyConnections);
-    }
     // rumqttd's router silently drops links whose id has these characters; control characters
     // are no device's (the registry refuses them) and mark mqgate's own links.
     if client_id.is_empty()
@@ -731,6 +733,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
                 ended = Some(end);
                 break;
             }
+            // A read can hold many packets: let the other sessions on this thread have turns.
+            tokio::task::consume_budget().await;
         }
         let routed = self.route(&mut to_router).await;
         self.outbox = to_router;
@@ -747,7 +751,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
     ) -> Result<(), End> {
         match packet {
             Packet::Publish(p, props) => self.on_publish(p, props, to_router, to_client).await?,
-            Packet::Subscribe(s, props) => self.on_subscribe(s, props, to_router, to_client).await,
+            Packet::Subscribe(s, props) => {
+                self.on_subscribe(s, props, to_router, to_client).await?
+            }
             Packet::Unsubscribe(u, props) => {
                 for f in &u.filters {
                     self.subscriptions.remove(f);
@@ -800,6 +806,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
             .gate
             .authorize_device(&self.device, Action::Publish, topic);
         if decision.is_allow() {
+            if publish.retain && self.retained_refused(topic, publish.payload.len()) {
+                return self.refuse_over_quota(&publish, to_client);
+            }
             to_router.push(Packet::Publish(publish, props));
             return Ok(());
         }
@@ -834,47 +843,98 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
         Ok(())
     }
 
+    /// Whether a retained publish would pass the device's or tenant's retained bound.
+    fn retained_refused(&self, topic: &str, payload_len: usize) -> bool {
+        let b = &self.broker;
+        let (tenant, id) = (self.device.tenant, &self.client_id);
+        let admitted = b
+            .retained
+            .admit(&b.settings.limits, tenant, id, topic, payload_len);
+        if let Err(which) = admitted {
+            tracing::info!(client_id = %id, ?which, "retained message over its bound refused");
+            b.gate.metrics().broker_event("retained_exceeded");
+        }
+        admitted.is_err()
+    }
+
+    /// A publish over a quota: 5.0 QoS 1/2 get 0x97 quota exceeded in their ack; a 5.0 QoS 0
+    /// publish has no ack, and 3.1.1 no refusal code: the client is disconnected (0x97 in 5.0).
+    fn refuse_over_quota(
+        &mut self,
+        publish: &Publish,
+        to_client: &mut Vec<Packet>,
+    ) -> Result<(), End> {
+        let (qos, pkid) = codec::qos_and_pkid(publish);
+        match (self.codec.version, qos) {
+            (Version::V5, 1) => {
+                let reason = PubAckReason::QuotaExceeded;
+                to_client.push(Packet::PubAck(PubAck { pkid, reason }, None));
+                Ok(())
+            }
+            (Version::V5, 2) => {
+                let reason = PubRecReason::QuotaExceeded;
+                to_client.push(Packet::PubRec(PubRec { pkid, reason }, None));
+                Ok(())
+            }
+            _ => Err(End::Protocol(DisconnectReasonCode::QuotaExceeded)),
+        }
+    }
+
     async fn on_subscribe(
         &mut self,
         subscribe: Subscribe,
         props: Option<SubscribeProperties>,
         to_router: &mut Vec<Packet>,
         to_client: &mut Vec<Packet>,
-    ) {
-        let refused_code = match self.codec.version {
-            Version::V4 => SubscribeReasonCode::Failure,
-            Version::V5 => SubscribeReasonCode::NotAuthorized,
-        };
+    ) -> Result<(), End> {
+        let limits = &self.broker.settings.limits;
+        // Checked before any filter is: one SUBSCRIBE costs a bounded amount of work.
+        if subscribe.filters.len() > limits.max_filters_per_subscribe {
+            let metrics = self.broker.gate.metrics();
+            metrics.broker_event("subscribe_too_many_filters");
+            return Err(End::Protocol(DisconnectReasonCode::QuotaExceeded));
+        }
+        let v5 = self.codec.version == Version::V5;
+        let code = |c: SubscribeReasonCode| if v5 { c } else { SubscribeReasonCode::Failure };
         let mut slots = Vec::with_capacity(subscribe.filters.len());
         let mut allowed = Vec::with_capacity(subscribe.filters.len());
         for filter in subscribe.filters {
-            let d =
-                self.broker
-                    .gate
-                    .authorize_device(&self.device, Action::Subscribe, &filter.path);
-            if d.is_allow() {
-                slots.push(None);
+            let refused = match guard::filter_refusal(&filter.path, &self.subscriptions, limits) {
+                Some(event) => {
+                    self.broker.gate.metrics().broker_event(event.label());
+                    Some(code(event.reason_code()))
+                }
+                None => {
+                    let d = self.broker.gate.authorize_device(
+                        &self.device,
+                        Action::Subscribe,
+                        &filter.path,
+                    );
+                    (!d.is_allow()).then(|| {
+                        let m = self.broker.gate.metrics();
+                        m.broker_event("subscription_refused");
+                        code(SubscribeReasonCode::NotAuthorized)
+                    })
+                }
+            };
+            if refused.is_none() {
                 self.subscriptions.insert(filter.path.clone());
                 allowed.push(filter);
-            } else {
-                self.broker
-                    .gate
-                    .metrics()
-                    .broker_event("subscription_refused");
-                slots.push(Some(refused_code));
             }
+            slots.push(refused);
         }
         let pkid = subscribe.pkid;
         if allowed.is_empty() {
             let return_codes = slots.into_iter().flatten().collect();
             to_client.push(Packet::SubAck(SubAck { pkid, return_codes }, None));
-            return;
+            return Ok(());
         }
         if allowed.len() < slots.len() {
             self.pending_subacks.insert(pkid, slots);
         }
         let filters = allowed;
         to_router.push(Packet::Subscribe(Subscribe { pkid, filters }, props));
+        Ok(())
     }
 
     /// Hands packets to the router: all but the last straight into the link's buffer, the last

@@ -104,11 +104,14 @@ impl Broker {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        // Over the per-address or the pre-CONNECT cap: closed at once.
+                        let Some(arrival) = self.arrive(peer) else { continue };
                         let _ = stream.set_nodelay(true);
                         let me = Arc::clone(&self);
                         let (acceptor, verifier) = (acceptor.clone(), Arc::clone(&verifier));
                         tokio::spawn(async move {
-                            me.handshake(stream, peer, acceptor, &verifier, handshake_timeout).await;
+                            let timeout = handshake_timeout;
+                            me.handshake(stream, peer, arrival, acceptor, &verifier, timeout).await;
                         });
                     }
                     Err(e) => {
@@ -125,6 +128,7 @@ impl Broker {
         self: Arc<Self>,
         stream: TcpStream,
         peer: SocketAddr,
+        arrival: super::Arrival,
         acceptor: TlsAcceptor,
         verifier: &DeviceCertVerifier,
         timeout: Duration,
@@ -162,6 +166,6 @@ impl Broker {
                 }
             }
         };
-        self.handle(tls, peer, identity).await;
+        self.handle(tls, peer, identity, arrival).await;
     }
 }

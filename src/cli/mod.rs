@@ -283,6 +283,7 @@ async fn store(config: &Config) -> Result<Store> {
 }
 
 async fn serve(config: &Config) -> Result<()> {
+    crate::app::raise_fd_limit();
     let app = App::build(config).await?;
     let (tx, rx) = tokio::sync::watch::channel(false);
     let grace = config.shutdown_timeout;
@@ -301,7 +302,7 @@ async fn serve(config: &Config) -> Result<()> {
         }
         std::process::exit(1);
     });
-    app.run_until_stopped(rx).await;
+    app.run_until_stopped(rx).await?;
     Ok(())
 }
 

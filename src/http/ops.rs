@@ -31,6 +31,12 @@ pub fn internal_routes() -> Router<HttpState> {
 /// Ready while the registry answers: known down (the breaker is open), or no answer to one
 /// bounded ping, is 503 at once rather than a hang.
 async fn readyz(State(s): State<HttpState>) -> (StatusCode, Json<Value>) {
+    if let Some(reason) = s.gate.fault().reason() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable", "fault": reason })),
+        );
+    }
     if s.gate.registry().health().ready().await {
         (
             StatusCode::OK,
@@ -63,7 +69,8 @@ async fn metrics(_: Internal, State(s): State<HttpState>) -> impl axum::response
         )],
         s.gate.metrics().render()
             + &s.gate.trust().render_metrics(s.gate.clock().now())
-            + &s.gate.registry().health().render_metrics(),
+            + &s.gate.registry().health().render_metrics()
+            + &s.gate.render_audit_metrics(),
     )
 }
 

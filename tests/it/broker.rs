@@ -645,9 +645,10 @@ async fn oversized_packets_and_too_many_connections_per_address_are_refused(stor
     let token = app.device("acme", "dev-1").await;
     let t2 = app.device("acme", "dev-2").await;
     let (mut dev, _) = V4::connect(addr(&app), "dev-1", &token).await;
-    // A second connection from the same address: server unavailable (3.1.1 code 3).
-    let (_c, code) = V4::connect(addr(&app), "dev-2", &t2).await;
-    assert_eq!(code, ConnectReturnCode::ServiceUnavailable);
+    // A second connection from the same address: closed at accept, before a byte is read.
+    let (_c, code) = crate::raw::Raw::connect(addr(&app), "dev-2", &t2, false, true).await;
+    assert_eq!(code, None, "closed without a CONNACK");
+    metric_reaches(&app, "event=\"peer_refused_at_accept\"} 1").await;
     dev.client
         .publish("acme/dev-1/big", QoS::AtMostOnce, false, vec![b'x'; 4096])
         .await

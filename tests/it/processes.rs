@@ -1165,3 +1165,69 @@ async fn a_second_sigterm_exits_at_once() {
     assert!(took < Duration::from_secs(5), "exit took {took:?}");
     assert!(log.contains("second stop signal"), "{log}");
 }
+
+/// The router thread dying (made to panic on purpose by a debug-build hook when the named client
+/// connects) turns `/readyz` 503, closes the MQTT listener, writes the audit entries queued and
+/// ends `serve` with a failure status, so that a supervisor restarts it.
+#[tokio::test]
+async fn a_dead_router_turns_readiness_off_writes_the_audit_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_url(&dir);
+    one_device(&db).await;
+    let crash = cli_json(
+        &db,
+        &["device", "add", "--tenant", "acme", "--client-id", "crash"],
+    )
+    .await["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut s = Server::start(&db, &[("TEST_CRASH_ROUTER_CLIENT", "crash")]).await;
+    let mqtt = s.mqtt_addr().await;
+    let http = reqwest::Client::new();
+    let ready = |http: reqwest::Client, base: String| async move {
+        match http.get(format!("{base}/readyz")).send().await {
+            Ok(r) => Some(r.status().as_u16()),
+            Err(_) => None,
+        }
+    };
+    assert_eq!(ready(http.clone(), s.base.clone()).await, Some(200));
+    assert_eq!(s.authn("dev-1", "mqg_wrong").await, "deny");
+    // Not waiting for its CONNACK: readiness is watched from the moment the router is hit.
+    let crash_connect = tokio::spawn(async move {
+        crate::raw::Raw::connect(mqtt, "crash", &crash, false, true)
+            .await
+            .1
+    });
+    let saw_503 = tokio::time::timeout(Duration::from_secs(10), async {
+        while ready(http.clone(), s.base.clone()).await != Some(503) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    if saw_503.is_err() {
+        panic!("readiness never turned 503: {}", s.stop().await);
+    }
+    assert!(
+        tokio::net::TcpStream::connect(mqtt).await.is_err(),
+        "the MQTT listener is closed"
+    );
+    assert_ne!(
+        crash_connect.await.unwrap(),
+        Some(0),
+        "no session on a dead router"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(30), s.child.wait())
+        .await
+        .expect("serve did not exit after the router died")
+        .unwrap();
+    assert!(!status.success(), "exit status {status}");
+    let log = s.stop().await;
+    assert!(log.contains("router thread died"), "{log}");
+    let tail = cli_json(&db, &["audit", "tail", "--limit", "10"]).await;
+    assert!(tail.to_string().contains("bad_secret"), "{tail}");
+    assert!(
+        tail.to_string().contains(r#"\"client_id\":\"crash\""#),
+        "{tail}"
+    );
+}

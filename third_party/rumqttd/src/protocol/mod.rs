@@ -655,7 +655,8 @@ pub fn valid_filter(filter: &str) -> bool {
 /// **NOTE**: make sure a topic is validated during a publish and filter is validated
 /// during a subscribe
 pub fn matches(topic: &str, filter: &str) -> bool {
-    if !topic.is_empty() && topic[..1].contains('$') {
+    // mqgate: `topic[..1]` panicked on a multi-byte first character (PATCHES.md).
+    if topic.starts_with('$') {
         return false;
     }
 

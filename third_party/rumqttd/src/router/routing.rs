@@ -507,10 +507,11 @@ impl Router {
                     // reset the group cursor
                     if let Some(group_name) = &request.group {
                         // TODO: Test this more
-                        self.shared_subscriptions
-                            .get_mut(group_name)
-                            .expect("group must exists")
-                            .cursor = *cursor;
+                        // mqgate: the group can be gone already; `expect` killed the router
+                        // (PATCHES.md).
+                        if let Some(group) = self.shared_subscriptions.get_mut(group_name) {
+                            group.cursor = *cursor;
+                        }
                     }
                 }
             }

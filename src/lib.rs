@@ -14,7 +14,8 @@
 //! - [`cert_upkeep`]: keeps certificate trust current while serving (reloads, CRL fetch/re-sign).
 //! - [`limit`]: rate buckets and the brute-force guard (pure, time passed in).
 //! - [`metrics`]: decision and rate-limit counters for `/metrics`.
-//! - [`registry`]: the device store (PostgreSQL / SQLite), its cache and change notification.
+//! - [`registry`]: the device store (PostgreSQL / SQLite), its cache and change notification,
+//!   and its health (the circuit breaker that keeps answers in time during an outage).
 //! - [`config`]: typed configuration (defaults → file → env → flags).
 //! - [`cli`]: the operator command line.
 //! - [`clock`]: the only reader of wall-clock time.

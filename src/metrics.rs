@@ -177,4 +177,19 @@ mod tests {
         ));
         assert!(text.contains("mqgate_rate_limited_total{tenant=\"acme\"} 5\n"));
     }
+
+    #[test]
+    fn decisions_during_an_outage_are_counted_by_kind_and_verdict() {
+        let m = Metrics::default();
+        m.during_outage(Kind::Connect, "allow");
+        m.during_outage(Kind::Connect, "deny");
+        m.during_outage(Kind::Connect, "deny");
+        let text = m.render();
+        assert!(
+            text.contains("mqgate_outage_decisions_total{kind=\"connect\",verdict=\"deny\"} 2\n")
+        );
+        assert!(
+            text.contains("mqgate_outage_decisions_total{kind=\"connect\",verdict=\"allow\"} 1\n")
+        );
+    }
 }

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::helpers::{SECRET, TestApp};
+use crate::helpers::{SECRET, T0, TestApp};
 
 /// The decision deadline the tests configure.
 const DEADLINE: &str = "1s";
@@ -235,14 +235,25 @@ async fn pump(
 
 /// A server over `url` with a 1 s decision deadline; tenant `acme` with `dev-1` (cached by one
 /// allowed CONNECT) and `dev-2` (never asked about, so not cached). Returns the two tokens.
+/// The devices exist before the server starts (and it warms no cache), so no late change
+/// notification can drop `dev-1` from the cache behind the test's back.
 async fn server_with_two_devices(url: &str) -> (TestApp, String, String) {
+    use secrecy::ExposeSecret;
     let store = Store::connect(url).await.unwrap();
+    store.migrate().await.unwrap();
+    let admin = mqgate::admin::Admin::new(store.clone(), mqgate::clock::Clock::manual(T0));
+    admin.add_tenant("acme").await.unwrap();
+    let mut tokens = Vec::new();
+    for client_id in ["dev-1", "dev-2"] {
+        let (_, t) = admin.add_device("acme", client_id, None).await.unwrap();
+        tokens.push(t.token.expose_secret().to_string());
+    }
     let app = TestApp::start_with(store, |l| {
         l.set("decision_timeout", DEADLINE.into(), "test").unwrap();
+        l.set("warm_cache", "false".into(), "test").unwrap();
     })
     .await;
-    let t1 = app.device("acme", "dev-1").await;
-    let t2 = app.device("acme", "dev-2").await;
+    let (t1, t2) = (tokens.remove(0), tokens.remove(0));
     assert_eq!(app.authn("dev-1", "", &t1).await["result"], "allow");
     (app, t1, t2)
 }

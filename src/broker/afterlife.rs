@@ -113,6 +113,20 @@ pub async fn checked_will(
         tracing::info!(%client_id, topic, "will dropped: no longer allowed");
         return None;
     }
+    // A retained will counts against the device's and tenant's retained bounds like a publish.
+    if will.will.retain {
+        let len = will.will.message.len();
+        let tenant = match broker.gate.registry().device(client_id).await {
+            Ok(Some(dev)) => dev.tenant,
+            _ => return None,
+        };
+        let limits = &broker.settings.limits;
+        if let Err(which) = broker.retained.admit(limits, tenant, client_id, topic, len) {
+            tracing::info!(%client_id, ?which, "will dropped: over the retained bound");
+            broker.gate.metrics().broker_event("retained_exceeded");
+            return None;
+        }
+    }
     let qos = match will.will.qos {
         rumqttd::protocol::QoS::AtMostOnce => 0,
         _ => qos_cap.min(1),

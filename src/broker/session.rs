@@ -733,8 +733,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
                 ended = Some(end);
                 break;
             }
-            // A read can hold many packets: let the other sessions on this thread have turns.
-            tokio::task::consume_budget().await;
         }
         let routed = self.route(&mut to_router).await;
         self.outbox = to_router;

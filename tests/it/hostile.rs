@@ -201,6 +201,19 @@ async fn retained_messages_are_bounded_per_device(store: Store) {
     }
     v4.closed().await;
     metric_reaches(&app, "event=\"retained_exceeded\"} 2").await;
+    // A retained will counts too: dev-1 is at its bound, so its retained will is dropped.
+    let (w, code) = Raw::connect_with_will(
+        addr(&app),
+        "dev-1",
+        &token,
+        false,
+        true,
+        Some(("acme/dev-1/will", b"gone")),
+    )
+    .await;
+    assert_eq!(code, Some(0));
+    drop((w, d));
+    metric_reaches(&app, "event=\"retained_exceeded\"} 3").await;
     bystander_still_works(&app, "dev-3").await;
 }
 both_stores!(retained_bound, retained_messages_are_bounded_per_device);

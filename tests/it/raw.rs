@@ -63,6 +63,18 @@ impl Raw {
         v5: bool,
         clean: bool,
     ) -> (Raw, Option<u8>) {
+        Self::connect_with_will(addr, id, secret, v5, clean, None).await
+    }
+
+    /// [`Raw::connect`] with a retained QoS 0 will (`topic`, `payload`).
+    pub async fn connect_with_will(
+        addr: SocketAddr,
+        id: &str,
+        secret: &str,
+        v5: bool,
+        clean: bool,
+        will: Option<(&str, &[u8])>,
+    ) -> (Raw, Option<u8>) {
         let s = TcpStream::connect(addr).await.unwrap();
         let mut raw = Raw {
             s,
@@ -72,12 +84,21 @@ impl Raw {
         let mut body = Vec::new();
         string(&mut body, b"MQTT");
         body.push(if v5 { 5 } else { 4 });
-        body.push(0b1100_0000 | if clean { 0b10 } else { 0 });
+        let will_flags = if will.is_some() { 0b0010_0100 } else { 0 };
+        body.push(0b1100_0000 | will_flags | if clean { 0b10 } else { 0 });
         body.extend_from_slice(&60u16.to_be_bytes());
         if v5 {
             body.push(0);
         }
-        for f in [id, id, secret] {
+        string(&mut body, id.as_bytes());
+        if let Some((topic, payload)) = will {
+            if v5 {
+                body.push(0);
+            }
+            string(&mut body, topic.as_bytes());
+            string(&mut body, payload);
+        }
+        for f in [id, secret] {
             string(&mut body, f.as_bytes());
         }
         raw.send(&frame(0x10, &body)).await;

@@ -9,6 +9,7 @@
 //! - [`codec`]: version sniffing and guarded framing over rumqttd's protocol codec.
 //! - [`refusal`]: which CONNACK code a refusal gets.
 //! - [`session`]: one connection, from CONNECT to close.
+//! - [`delivery`]: the client's 5.0 Maximum Packet Size and Receive Maximum on what it is sent.
 //! - [`sessions`]: live sessions by client id, connections per address.
 //! - [`router`]: rumqttd's router and link building.
 //! - [`tls`]: the mTLS listener (client certificates through the device-certificate verifier).
@@ -16,6 +17,7 @@
 
 pub mod afterlife;
 pub mod codec;
+mod delivery;
 pub mod refusal;
 pub mod router;
 pub mod session;

@@ -3,7 +3,7 @@
 //! options No Local, Retain As Published and Retain Handling, and the client's 5.0 Maximum
 //! Packet Size and Receive Maximum. Routing behaviour, not registry behaviour: SQLite only.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -24,6 +24,8 @@ const WAIT: Duration = Duration::from_secs(10);
 struct Client {
     client: AsyncClient,
     events: UnboundedReceiver<Result<Event, ConnectionError>>,
+    /// Publishes that came while waiting for something else.
+    publishes: VecDeque<Publish>,
 }
 
 impl Client {
@@ -39,13 +41,18 @@ impl Client {
                 }
             }
         });
-        let mut c = Client { client, events };
+        let mut c = Client {
+            client,
+            events,
+            publishes: VecDeque::new(),
+        };
         c.next(|p| matches!(p, Packet::ConnAck(_)).then_some(()))
             .await;
         c
     }
 
-    /// The next incoming packet `f` picks; panics on a lost connection.
+    /// The next incoming packet `f` picks (publishes it passes over are kept for
+    /// [`Client::next_publish`]); panics on a lost connection.
     async fn next<R>(&mut self, mut f: impl FnMut(&Packet) -> Option<R>) -> R {
         tokio::time::timeout(WAIT, async {
             loop {
@@ -53,6 +60,9 @@ impl Client {
                     Ok(Event::Incoming(p)) => {
                         if let Some(r) = f(&p) {
                             return r;
+                        }
+                        if let Packet::Publish(p) = p {
+                            self.publishes.push_back(p);
                         }
                     }
                     Ok(Event::Outgoing(_)) => {}
@@ -65,6 +75,9 @@ impl Client {
     }
 
     async fn next_publish(&mut self) -> Publish {
+        if let Some(p) = self.publishes.pop_front() {
+            return p;
+        }
         self.next(|p| match p {
             Packet::Publish(p) => Some(p.clone()),
             _ => None,
@@ -452,7 +465,7 @@ async fn no_more_qos_1_messages_are_in_flight_than_the_clients_receive_maximum()
             .await;
     }
     // All 100 are with the broker; without acks only two may come.
-    let mut unacked = std::collections::VecDeque::new();
+    let mut unacked = VecDeque::new();
     unacked.push_back(dev.next_publish().await);
     unacked.push_back(dev.next_publish().await);
     let third = tokio::time::timeout(Duration::from_millis(500), dev.next_publish()).await;

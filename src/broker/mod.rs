@@ -10,6 +10,7 @@
 //! - [`guard`]: refusals before the router sees a packet (shared subscriptions, bounds).
 //! - [`refusal`]: which CONNACK code a refusal gets.
 //! - [`session`]: one connection, from CONNECT to close.
+//! - [`delivery`]: the client's 5.0 Maximum Packet Size and Receive Maximum on what it is sent.
 //! - [`sessions`]: live sessions by client id, connections per address.
 //! - [`router`]: rumqttd's router and link building.
 //! - [`tls`]: the mTLS listener (client certificates through the device-certificate verifier).
@@ -18,6 +19,7 @@
 
 pub mod afterlife;
 pub mod codec;
+mod delivery;
 pub mod guard;
 pub mod limits;
 pub mod refusal;

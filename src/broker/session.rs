@@ -30,6 +30,7 @@ use tokio::time::{Instant, timeout};
 
 use super::afterlife::{self, Afterlife, Expiry, Will};
 use super::codec::{self, Codec, FrameError, Version};
+use super::delivery::Delivery;
 use super::guard;
 use super::refusal::Refusal;
 use super::router::Link;
@@ -132,6 +133,10 @@ pub(super) async fn run<S>(
     } = hello;
     let client_id = connect.client_id.clone();
     let clean_start = connect.clean_session;
+    let delivery = Delivery::new(
+        props.as_ref().and_then(|p| p.receive_maximum),
+        props.as_ref().and_then(|p| p.max_packet_size),
+    );
     let interval = props.and_then(|p| p.session_expiry_interval);
     let expiry = Expiry::at_connect(codec.version, clean_start, interval);
     let (ctl_tx, ctl_rx) = mpsc::channel(4);
@@ -203,6 +208,8 @@ pub(super) async fn run<S>(
         clean,
         expiry,
         outbox: Vec::new(),
+        delivery,
+        acks: Vec::new(),
     };
     live.run(ctl_rx, registration, Some(arrival.slot), admission)
         .await;
@@ -524,6 +531,10 @@ struct Live<S> {
     expiry: Expiry,
     /// Packets read from the client for the router (emptied on every read, capacity kept).
     outbox: Vec<Packet>,
+    /// The client's 5.0 Maximum Packet Size and Receive Maximum, applied to what it is sent.
+    delivery: Delivery,
+    /// Acknowledgements owed to the router for messages too large for the client.
+    acks: Vec<Packet>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
@@ -602,11 +613,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
         self.flush().await
     }
 
-    /// Encodes `packet` into the session's write buffer (sent by [`Live::flush`]).
+    /// Encodes `packet` into the session's write buffer (sent by [`Live::flush`]), within what
+    /// the client allows (see [`Delivery`]).
     fn encode(&mut self, packet: Packet) {
-        if let Err(e) = self.codec.encode(packet, &mut self.wbuf) {
-            tracing::warn!(client_id = %self.client_id, error = %e, "could not encode a packet");
-        }
+        let (codec, wbuf) = (self.codec, &mut self.wbuf);
+        self.delivery.deliver(codec, packet, wbuf, &mut self.acks);
     }
 
     /// Sends what the write buffer holds.
@@ -778,7 +789,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
                 return Err(End::ClientDisconnect { with_will, expiry });
             }
             p @ (Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..)) => {
-                to_router.push(p)
+                self.delivery.on_client_ack(p, &mut self.wbuf, to_router)
             }
             _ => return Err(End::Protocol(DisconnectReasonCode::ProtocolError)),
         }
@@ -972,6 +983,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
             handled += 1;
         }
         self.flush().await?;
+        if !self.acks.is_empty() {
+            let mut acks = std::mem::take(&mut self.acks);
+            let routed = self.route(&mut acks).await;
+            self.acks = acks;
+            routed?;
+        }
         if wake {
             self.link.rx.wake().await.map_err(|_| End::RouterGone)?;
         }
@@ -1075,7 +1092,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
             let _ = self.send_to_router(packets).await;
         }
         if let (Version::V5, Some(reason_code)) = (self.codec.version, end.reason()) {
-            let bye = goodbye(reason_code, end.label());
+            let bye = self
+                .delivery
+                .fit_disconnect(self.codec, goodbye(reason_code, end.label()));
             let _ = timeout(
                 Duration::from_secs(1),
                 write_packets(&mut self.stream, self.codec, [bye]),

@@ -333,7 +333,7 @@ async fn qos_0_1_and_2_flow_end_to_end(store: Store) {
     let token = app.device("acme", "dev-1").await;
     let (mut dev, _) = V4::connect(addr(&app), "dev-1", &token).await;
     let levels = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce];
-    // One subscription per level: rumqttd delivers at the subscription's QoS (see the README).
+    // One subscription per level, each fed at its own level (the QoS rule has its own tests).
     for (n, qos) in levels.into_iter().enumerate() {
         let filter = format!("acme/dev-1/q/{n}");
         dev.client.subscribe(filter, qos).await.unwrap();

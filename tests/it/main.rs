@@ -4,6 +4,7 @@ mod helpers;
 
 mod audit;
 mod broker;
+mod broker_conform;
 mod broker_tls;
 mod broker_v5;
 mod brute_force;

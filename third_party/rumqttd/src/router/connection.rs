@@ -13,6 +13,8 @@ use super::ConnectionEvents;
 #[derive(Debug)]
 pub struct Connection {
     pub client_id: String,
+    /// mqgate patch: the client id, shared with every message it publishes (for No Local)
+    pub(crate) publisher: std::sync::Arc<str>,
     /// Id of client's organisation/tenant and the prefix associated with tenant's MQTT topic
     pub tenant_prefix: Option<String>,
     /// Dynamically create subscription filters incase they didn't exist during a publish
@@ -55,6 +57,7 @@ impl Connection {
         };
 
         Connection {
+            publisher: client_id.as_str().into(),
             client_id,
             tenant_prefix,
             dynamic_filters,

@@ -132,6 +132,14 @@ impl Outgoing {
         }
 
         for mut p in publishes {
+            // mqgate patch: a message delivered at QoS 0 (published at QoS 0) takes no packet id
+            // and no inflight slot
+            if p.publish.qos == crate::protocol::QoS::AtMostOnce {
+                self.meter.publish_count += 1;
+                buffer.push_back(Notification::Forward(p));
+                continue;
+            }
+
             // Index and pkid of current outgoing packet
             self.last_pkid += 1;
             p.publish.pkid = self.last_pkid;

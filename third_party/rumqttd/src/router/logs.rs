@@ -22,6 +22,8 @@ pub struct PublishData {
     pub publish: Publish,
     pub properties: Option<PublishProperties>,
     pub timestamp: Instant,
+    /// mqgate patch: client id of the publishing connection (for No Local)
+    pub publisher: Option<std::sync::Arc<str>>,
 }
 
 impl From<PubWithProp> for PublishData {
@@ -30,6 +32,7 @@ impl From<PubWithProp> for PublishData {
             publish,
             properties,
             timestamp: Instant::now(),
+            publisher: None,
         }
     }
 }
@@ -177,6 +180,7 @@ impl DataLog {
         filter_idx: FilterIdx,
         offset: Offset,
         len: u64,
+        skip_publisher: Option<&str>,
     ) -> io::Result<(Position, Vec<(PubWithProp, Offset)>)> {
         // unwrap to get index of `self.native` is fine here, because when a new subscribe packet
         // arrives in `Router::handle_device_payload`, it first calls the function
@@ -192,6 +196,11 @@ impl DataLog {
 
         let now = Instant::now();
         o.retain_mut(|(pubdata, _)| {
+            // mqgate patch: No Local
+            if skip_publisher.is_some_and(|c| pubdata.publisher.as_deref() == Some(c)) {
+                return false;
+            }
+
             // Keep data if no properties exists, which implies no message expiry!
             let Some(properties) = pubdata.properties.as_mut() else {
                 return true;

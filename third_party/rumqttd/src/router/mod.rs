@@ -196,6 +196,10 @@ pub struct DataRequest {
     max_count: usize,
     pub(crate) forward_retained: bool,
     pub(crate) group: Option<String>,
+    /// MQTT 5.0 No Local: skip messages published by this connection's client id (mqgate patch)
+    pub(crate) nolocal: bool,
+    /// MQTT 5.0 Retain As Published: keep the retain flag on live delivery (mqgate patch)
+    pub(crate) preserve_retain: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

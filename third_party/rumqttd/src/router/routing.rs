@@ -960,8 +960,9 @@ impl Router {
 
         // check is group is None because retained messages aren't sent
         // for shared subscriptions
-        // TODO: use retain forward rules
-        let forward_retained = group.is_none();
+        // mqgate patch: Retain Handling 2 (Never) sends none on any subscribe
+        let forward_retained =
+            group.is_none() && filter.retain_forward_rule != protocol::RetainForwardRule::Never;
 
         // call to `insert(_)` returns `true` if it didn't contain the filter_path already
         // i.e. its a new subscription
@@ -976,19 +977,64 @@ impl Router {
                 // set true for new subscriptions
                 forward_retained,
                 group,
+                nolocal: filter.nolocal,
+                preserve_retain: filter.preserve_retain,
             };
 
             self.scheduler.track(id, request);
             self.scheduler.reschedule(id, ScheduleReason::NewFilter);
             debug_assert!(self.scheduler.check_tracker_duplicates(id).is_none())
+        } else {
+            // mqgate patch: a repeated subscription replaces the options of the existing one
+            // (keeping its cursor, so nothing is lost); Retain Handling 0 sends the retained
+            // messages again, 1 only for a new subscription.
+            let resend = forward_retained
+                && filter.retain_forward_rule == protocol::RetainForwardRule::OnEverySubscribe;
+            self.replace_subscription(id, filter_idx, filter, resend);
         }
-
-        // TODO: figure out how we can update existing DataRequest
-        // helpful in re-subscriptions and forwarding retained messages on
-        // every subscribe
 
         let meter = &mut self.ibufs.get_mut(id).unwrap().meter;
         meter.register_subscription(filter_path.clone());
+    }
+
+    /// mqgate patch: applies a repeated subscription's options to the connection's existing
+    /// data request for the filter, wherever it waits (parked in the filter's waiters, in the
+    /// tracker, or in the fresh-data notifications), and wakes the connection.
+    fn replace_subscription(
+        &mut self,
+        id: ConnectionId,
+        filter_idx: FilterIdx,
+        filter: &protocol::Filter,
+        resend: bool,
+    ) {
+        let update = |r: &mut DataRequest| {
+            r.qos = filter.qos as u8;
+            r.nolocal = filter.nolocal;
+            r.preserve_retain = filter.preserve_retain;
+            r.forward_retained |= resend;
+        };
+        let is_it = |c: ConnectionId, r: &DataRequest| c == id && r.filter == filter.path;
+        if let Some(data) = self.datalog.native.get_mut(filter_idx) {
+            let waiters = data.waiters.get_mut();
+            if let Some(i) = waiters.iter().position(|(c, r)| is_it(*c, r)) {
+                if let Some((_, mut request)) = waiters.remove(i) {
+                    update(&mut request);
+                    self.scheduler.track(id, request);
+                }
+            }
+        }
+        if let Some(tracker) = self.scheduler.trackers.get_mut(id) {
+            tracker
+                .data_requests
+                .iter_mut()
+                .filter(|r| r.filter == filter.path)
+                .for_each(update);
+        }
+        self.notifications
+            .iter_mut()
+            .filter(|(c, r)| is_it(*c, r))
+            .for_each(|(_, r)| update(r));
+        self.scheduler.reschedule(id, ScheduleReason::NewFilter);
     }
 
     /// When a connection is ready, it should sweep native data from 'datalog',
@@ -1235,8 +1281,8 @@ fn append_to_commitlog(
     }
 
     // after recording retained message, we also send that message to existing subscribers
-    // as normal publish message. Therefore we are setting retain to false
-    publish.retain = false;
+    // as normal publish message. mqgate patch: the retain flag stays in the log and is cleared
+    // at delivery unless the subscription has Retain As Published
     let pkid = publish.pkid;
 
     let filter_idxs = datalog.matches(topic);
@@ -1254,8 +1300,10 @@ fn append_to_commitlog(
     let mut o = (0, 0);
     for filter_idx in filter_idxs {
         let datalog = datalog.native.get_mut(filter_idx).unwrap();
-        let publish_data = (publish.clone(), properties.clone());
-        let (offset, filter) = datalog.append(publish_data.into(), notifications);
+        let mut publish_data: super::logs::PublishData = (publish.clone(), properties.clone()).into();
+        // mqgate patch: who published it, for No Local
+        publish_data.publisher = Some(connection.publisher.clone());
+        let (offset, filter) = datalog.append(publish_data, notifications);
         debug!(
             pkid,
             "Appended to commitlog: {}[{}, {})", filter, offset.0, offset.1,
@@ -1269,7 +1317,7 @@ fn append_to_commitlog(
 }
 
 fn append_will_message(
-    mut publish: Publish,
+    publish: Publish,
     properties: Option<PublishProperties>,
     datalog: &mut DataLog,
     notifications: &mut VecDeque<(ConnectionId, DataRequest)>,
@@ -1306,8 +1354,8 @@ fn append_will_message(
     }
 
     // after recording retained message, we also send that message to existing subscribers
-    // as normal publish message. Therefore we are setting retain to false
-    publish.retain = false;
+    // as normal publish message. mqgate patch: the retain flag stays in the log and is cleared
+    // at delivery unless the subscription has Retain As Published
     let pkid = publish.pkid;
 
     let filter_idxs = datalog.matches(topic);
@@ -1476,8 +1524,10 @@ fn forward_device_data(
         request.forward_retained = false;
     }
 
+    // mqgate patch: No Local skips what this client published
+    let skip = request.nolocal.then_some(outgoing.client_id.as_str());
     let (next, publishes_from_datalog) =
-        match datalog.native_readv(request.filter_idx, request.cursor, inflight_slots) {
+        match datalog.native_readv(request.filter_idx, request.cursor, inflight_slots, skip) {
             Ok(v) => v,
             Err(e) => {
                 error!(error = ?e, "Failed to read from commitlog {}", e);
@@ -1533,13 +1583,19 @@ fn forward_device_data(
     );
 
     let qos = request.qos;
+    let preserve_retain = request.preserve_retain;
     let filter_idx = request.filter_idx;
     request.read_count += publishes.len();
     request.cursor = next;
     // println!("{:?} {:?} {}", start, next, request.read_count);
 
     if publishes.is_empty() {
-        return ConsumeStatus::FilterCaughtup;
+        // mqgate patch: a read whose messages were all skipped (No Local) is not the end
+        return if caughtup {
+            ConsumeStatus::FilterCaughtup
+        } else {
+            ConsumeStatus::PartialRead
+        };
     }
 
     let broker_topic_aliases = &mut connection.broker_topic_aliases;
@@ -1562,7 +1618,12 @@ fn forward_device_data(
     let forwards = publishes
         .into_iter()
         .map(|((mut publish, mut properties), offset)| {
-            publish.qos = protocol::qos(qos).unwrap();
+            // mqgate patch: at the minimum of the published and the granted QoS
+            publish.qos = protocol::qos(qos.min(publish.qos as u8)).unwrap();
+            // mqgate patch: live delivery keeps the retain flag only with Retain As Published
+            if offset.is_some() && !preserve_retain {
+                publish.retain = false;
+            }
 
             // if there is some topic alias to use, set it in publish properties
             if topic_alias.is_some() {

@@ -70,6 +70,9 @@ pub struct GateOptions {
     pub lockout: LockoutPolicy,
     /// Ingestion limit defaults.
     pub limits: LimitDefaults,
+    /// Allow on a certificate's names alone (no certificate mqgate could verify): the operator's
+    /// statement that every CA the broker trusts is one mqgate would trust for these devices.
+    pub trust_cert_names: bool,
 }
 
 /// The gate: shared by every transport.
@@ -78,6 +81,7 @@ pub struct Gate {
     verifier: SecretVerifier,
     clock: Clock,
     unknown: UnknownClient,
+    trust_cert_names: bool,
     guard: Mutex<FailureGuard>,
     limiter: IngestLimiter,
     audit: Option<Arc<AuditSink>>,
@@ -98,6 +102,7 @@ impl Gate {
             verifier,
             clock,
             unknown: options.unknown,
+            trust_cert_names: options.trust_cert_names,
             guard: Mutex::new(FailureGuard::new(options.lockout)),
             limiter: IngestLimiter::new(options.limits),
             audit: None,
@@ -222,6 +227,7 @@ impl Gate {
             .as_ref()
             .filter(|s| !s.expose_secret().is_empty());
         let identity = req.cert.as_ref().map(|c| self.identify(&req.client_id, c));
+        let names_only = matches!(req.cert, Some(PresentedCert::Names { .. }));
         let checked = core::precheck_connect(
             device.as_deref(),
             req.username.as_deref(),
@@ -236,7 +242,12 @@ impl Gate {
                 // Certificate plus secret: both must hold.
                 Ok(()) => match secret {
                     Some(secret) => self.verify_and_decide(dev, secret).await,
-                    None => core::allow_by_certificate(&id),
+                    // Names alone prove nothing about the issuer: any CA in the broker's bundle
+                    // could have signed them.
+                    None if names_only && !self.trust_cert_names => {
+                        Decision::deny(Cause::CertRejected(CertRejection::NamesOnly))
+                    }
+                    None => core::allow_by_certificate(&id, names_only),
                 },
             },
             (Ok(dev), None, Some(secret)) => self.verify_and_decide(dev, secret).await,

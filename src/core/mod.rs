@@ -191,10 +191,11 @@ pub fn check_cert_identity(device: &DeviceView, id: &CertIdentity) -> Result<(),
 }
 
 /// The allow for a device identified by certificate alone.
-pub fn allow_by_certificate(id: &CertIdentity) -> Decision {
+pub fn allow_by_certificate(id: &CertIdentity, names_only: bool) -> Decision {
     Decision::allow(Cause::Certificate {
         fingerprint: id.fingerprint.clone(),
         not_after: id.not_after,
+        names_only,
     })
 }
 

@@ -250,14 +250,17 @@ async fn internal_ca_certificates_connect_until_revoked_body(store: Store) {
     app.device("acme", "d2").await;
     assert_eq!(authn_cert(&app, "d2", der, "").await["result"], "deny");
     assert_eq!(last_connect_cause(&app).await, "cert_mismatch");
-    // Names only (EMQX without ${cert_pem}): the device holds an active certificate so named.
+    // Names only (EMQX without ${cert_pem}): a certificate from any CA in the broker's bundle
+    // could carry them, so they open nothing alone unless the operator says so.
     let info = cert::parse(der).unwrap();
     let names = json!({ "clientid": "d1", "username": "", "password": "", "peerhost": "10.0.0.9",
         "cert_pem": "", "cert_common_name": "d1", "cert_subject": info.subject });
-    assert_eq!(
-        app.post("/v1/emqx/authn", &names).await.2["result"],
-        "allow"
-    );
+    assert_eq!(app.post("/v1/emqx/authn", &names).await.2["result"], "deny");
+    assert_eq!(last_connect_cause(&app).await, "cert_names_only");
+    let mut with_token = names.clone();
+    with_token["password"] = json!(token);
+    let v = app.post("/v1/emqx/authn", &with_token).await.2;
+    assert_eq!(v["result"], "allow", "names plus the device's secret");
     // Garbage where the certificate should be is a deny, not a pass to the next authenticator.
     let junk = json!({ "clientid": "d1", "password": "", "cert_pem": "bm90IGEgY2VydA==" });
     let (status, _, v) = app.post("/v1/emqx/authn", &junk).await;
@@ -644,4 +647,41 @@ async fn crls_are_fetched_body(store: Store) {
         handshake(verifier(&app), &f1.cert_der, f1.key_pem.expose_secret()).await,
         "UnknownRevocationStatus",
     );
+}
+
+both_stores!(
+    names_only_certificates_allow_only_when_trusted_explicitly,
+    names_only_certificates_allow_only_when_trusted_explicitly_body
+);
+async fn names_only_certificates_allow_only_when_trusted_explicitly_body(store: Store) {
+    let app = TestApp::start_with(store, |l| {
+        with_ca_secret(l);
+        l.set("emqx_trust_cert_names", "true".into(), "test")
+            .unwrap();
+    })
+    .await;
+    app.device("acme", "d1").await;
+    let days = |d: u64| Duration::from_secs(d * 86400);
+    app.admin
+        .ca_init("acme", "default", days(3650), &sealer())
+        .await
+        .unwrap();
+    let issued = app
+        .admin
+        .cert_issue("acme", "d1", None, days(30), &sealer())
+        .await
+        .unwrap();
+    reload(&app).await;
+    let info = cert::parse(&issued.issued.cert_der).unwrap();
+    let names = json!({ "clientid": "d1", "username": "", "password": "", "peerhost": "10.0.0.9",
+        "cert_pem": "", "cert_common_name": "d1", "cert_subject": info.subject });
+    assert_eq!(
+        app.post("/v1/emqx/authn", &names).await.2["result"],
+        "allow"
+    );
+    assert_eq!(last_connect_cause(&app).await, "certificate_names_only");
+    // Names of no certificate of the device still open nothing.
+    let mut other = names.clone();
+    other["cert_subject"] = json!("CN=d1,O=elsewhere");
+    assert_eq!(app.post("/v1/emqx/authn", &other).await.2["result"], "deny");
 }

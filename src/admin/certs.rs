@@ -446,8 +446,8 @@ impl Admin {
     }
 
     /// `mqgate crl import` (and the scheduled fetch): accepts a CRL for an imported CA only if
-    /// its signature verifies against the CA, it is not past next-update and not older than the
-    /// one held. A refused CRL is recorded on the CA (so `ca list` and the server report it) and
+    /// its signature verifies against the CA, it is not past next-update and it is strictly
+    /// newer than the one held or the same bytes ([`crl::check_fresh`]). A refused CRL is recorded on the CA (so `ca list` and the server report it) and
     /// nothing in it is trusted.
     pub async fn crl_import(
         &self,
@@ -472,9 +472,14 @@ impl Admin {
                 ca.name
             )));
         }
-        let have = ca.crl_der.as_ref().map(|_| ca.crl_number as u64);
+        // The CRL in force, read again from its bytes (number and thisUpdate); one that no longer
+        // verifies is no CRL at all, and the offered one must stand on its own.
+        let have = ca
+            .crl_der
+            .as_ref()
+            .and_then(|der| crl::verify(der, &ca.cert_der).ok());
         let checked = crl::verify(input, &ca.cert_der)
-            .and_then(|c| crl::check_fresh(&c, self.clock.now(), have).map(|()| c));
+            .and_then(|c| crl::check_fresh(&c, self.clock.now(), have.as_ref()).map(|()| c));
         match checked {
             Ok(c) => {
                 self.store()

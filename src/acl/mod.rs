@@ -163,11 +163,10 @@ pub struct CompiledAcl {
 pub fn expand(template: &str, who: &Identity<'_>) -> Option<String> {
     let mut out = String::with_capacity(template.len() + 16);
     let mut rest = template;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after.find('}')?;
-        let value = match &after[..end] {
+    while let Some((before, after)) = rest.split_once("${") {
+        out.push_str(before);
+        let (name, tail) = after.split_once('}')?;
+        let value = match name {
             "tenant" => Some(who.tenant),
             "clientid" => Some(who.client_id),
             "username" => who.username,
@@ -177,7 +176,7 @@ pub fn expand(template: &str, who: &Identity<'_>) -> Option<String> {
             return None;
         }
         out.push_str(value);
-        rest = &after[end + 1..];
+        rest = tail;
     }
     out.push_str(rest);
     Some(out)

@@ -88,10 +88,14 @@ pub fn hash_password(password: &SecretString) -> Result<String, SecretError> {
 
 /// Checks that a string is a legacy bcrypt hash mqgate can import (`$2a$`, `$2b$`, `$2y$`).
 pub fn validate_bcrypt_hash(hash: &str) -> Result<(), SecretError> {
+    // Bytes, not string slices: an operator's paste may hold any UTF-8, and a slice inside a
+    // multi-byte character would panic (and the panic message would echo the hash).
+    let b = hash.as_bytes();
     let ok = ["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p))
-        && hash.len() == 60
-        && hash[4..6].chars().all(|c| c.is_ascii_digit())
-        && &hash[6..7] == "$";
+        && b.len() == 60
+        && b.get(4..6)
+            .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+        && b.get(6) == Some(&b'$');
     if ok {
         Ok(())
     } else {
@@ -317,5 +321,17 @@ mod tests {
     fn bcrypt_import_rejects_non_bcrypt_strings() {
         assert!(validate_bcrypt_hash("$argon2id$v=19$...").is_err());
         assert!(validate_bcrypt_hash("plaintext").is_err());
+        // A multi-byte character where the cost digits are: refused, not a panic.
+        let odd = format!("$2b$1é{}", "x".repeat(53));
+        assert_eq!(odd.len(), 60);
+        assert!(validate_bcrypt_hash(&odd).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn bcrypt_validation_never_panics(s in "\\PC{0,70}", prefix in "\\$2[aby]\\$") {
+            let _ = validate_bcrypt_hash(&s);
+            let _ = validate_bcrypt_hash(&format!("{prefix}{s}"));
+        }
     }
 }

@@ -1059,3 +1059,24 @@ async fn sigterm_tells_live_mqtt_5_sessions_the_server_is_shutting_down() {
     assert_eq!(reason, Some(DisconnectReasonCode::ServerShuttingDown));
     s.stopped_cleanly().await;
 }
+
+#[tokio::test]
+async fn a_non_ascii_bcrypt_hash_is_refused_without_a_panic_or_an_echo() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_url(&dir);
+    one_device(&db).await;
+    let hash = format!("$2b$1é{}", "q".repeat(53));
+    let args = [
+        "cred",
+        "import-bcrypt",
+        "--tenant",
+        "acme",
+        "--client-id",
+        "dev-1",
+    ];
+    let (ok, out, err) = cli(&db, &args, Some(&format!("{hash}\n"))).await;
+    assert!(!ok);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("not a bcrypt hash"), "{err}");
+    assert!(!err.contains("qqqq") && !out.contains("qqqq"), "{err}");
+}

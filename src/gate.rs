@@ -16,7 +16,7 @@ use crate::auth::trust::{CertIdentity, CertRejection, CrlFailure, TrustStore};
 use crate::clock::Clock;
 use crate::core::{self, Cause, Decision, DeviceView, UnknownClient, Verdict};
 use crate::limit::ingest::{IngestLimiter, LimitDefaults};
-use crate::limit::lockout::{FailureGuard, Locked, LockoutEntry, LockoutPolicy};
+use crate::limit::lockout::{FailureGuard, Locked, LockoutEntry, LockoutPolicy, Reserved};
 use crate::metrics::{Kind as MetricKind, Metrics};
 use crate::registry::cache::CachedRegistry;
 use crate::registry::{Change, CredentialKind};
@@ -234,6 +234,20 @@ impl Gate {
             secret.is_some() || identity.is_some(),
             self.unknown,
         );
+        // A password verify is slow: its failure slot is taken before it starts, so concurrent
+        // attempts cannot all reach the hash before the first failure is counted.
+        let slot = match (&checked, secret) {
+            (Ok(dev), Some(_)) if !dev.password_candidates(self.clock.now()).is_empty() => {
+                match self.reserve(&req.client_id, peer) {
+                    Ok(slot) => Some(slot),
+                    Err(locked) => {
+                        let d = Decision::deny(Cause::LockedOut(locked));
+                        return self.record_connect(&req, device, d);
+                    }
+                }
+            }
+            _ => None,
+        };
         let decision = match (checked, identity, secret) {
             (Err(d), _, _) => d,
             (Ok(_), Some(Err(rejected)), _) => Decision::deny(Cause::CertRejected(rejected)),
@@ -253,8 +267,22 @@ impl Gate {
             (Ok(dev), None, Some(secret)) => self.verify_and_decide(dev, secret).await,
             (Ok(_), None, None) => Decision::deny(Cause::NoSecret),
         };
-        self.count(&req.client_id, peer, &decision);
+        self.count(&req.client_id, peer, &decision, slot);
         self.record_connect(&req, device, decision)
+    }
+
+    fn reserve(&self, client_id: &str, peer: &str) -> Result<Slot<'_>, Locked> {
+        let taken = self.guard().reserve(client_id, peer, self.clock.now_ms())?;
+        Ok(Slot {
+            gate: self,
+            taken: Some(taken),
+            peer: peer.to_string(),
+        })
+    }
+
+    /// argon2/bcrypt verifies started so far (tests and benchmarks watch the brute-force cost).
+    pub fn password_verifies(&self) -> u64 {
+        self.verifier.slow_verifies()
     }
 
     fn identify(
@@ -355,19 +383,33 @@ impl Gate {
         }
     }
 
-    /// Feeds the brute-force guard: successes make the address familiar, failures count.
-    fn count(&self, client_id: &str, peer: &str, decision: &Decision) {
+    /// Feeds the brute-force guard: successes make the address familiar, failures count, a
+    /// verify that could not finish counts against the address. The reserved slot is given back
+    /// in the same lock, so no other attempt sees the window without this outcome.
+    fn count(&self, client_id: &str, peer: &str, decision: &Decision, slot: Option<Slot<'_>>) {
         let now = self.clock.now_ms();
-        if decision.is_allow() {
-            self.guard().record_success(client_id, peer, now);
+        let mut guard = self.guard();
+        if let Some(taken) = slot.and_then(|mut s| s.taken.take()) {
+            guard.release(taken);
+        }
+        let locked = if decision.is_allow() {
+            guard.record_success(client_id, peer, now);
+            None
+        } else if decision.cause == Cause::Interrupted {
+            guard.record_address_failure(peer, now)
         } else if decision.verdict == Verdict::Deny && decision.cause.is_auth_failure() {
             let known = (decision.cause != Cause::UnknownClient).then_some(client_id);
-            let locked = self.guard().record_failure(known, peer, now);
+            guard.record_failure(known, peer, now)
+        } else {
+            None
+        };
+        drop(guard);
+        {
             if let Some(locked) = locked {
                 tracing::warn!(target: "mqgate::audit", event = "lockout", %client_id, peer, ?locked, "too many failed authentications");
                 let scope = match locked {
                     Locked::ClientId { .. } => "client_id",
-                    Locked::Address { .. } => "address",
+                    Locked::Address { .. } | Locked::Busy { .. } => "address",
                 };
                 let event = AuditEvent::Lockout {
                     client_id: client_id.into(),
@@ -538,5 +580,24 @@ impl Gate {
             self.audit(device.as_ref().map(|d| d.tenant.0), event);
         }
         (decision, device)
+    }
+}
+
+/// A failure slot reserved for one slow verify. Dropped unsettled (the transport gave up on the
+/// answer mid-verify) it counts as a failure of the address, like a timeout.
+struct Slot<'a> {
+    gate: &'a Gate,
+    taken: Option<Reserved>,
+    peer: String,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if let Some(taken) = self.taken.take() {
+            let now = self.gate.clock.now_ms();
+            let mut guard = self.gate.guard();
+            guard.release(taken);
+            guard.record_address_failure(&self.peer, now);
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! per-process key (never the password) so reconnects within the TTL do no hashing.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
@@ -144,6 +145,7 @@ pub struct SecretVerifier {
     slow_timeout: Duration,
     remembered: moka::future::Cache<[u8; 32], ()>,
     process_key: Arc<[u8; 32]>,
+    slow_verifies: Arc<AtomicU64>,
 }
 
 impl SecretVerifier {
@@ -160,7 +162,14 @@ impl SecretVerifier {
                 .time_to_live(ttl)
                 .build(),
             process_key: Arc::new(key),
+            slow_verifies: Arc::default(),
         }
+    }
+
+    /// argon2/bcrypt verifies started so far (each costs ~17 ms of a core): what the brute-force
+    /// limits must keep small.
+    pub fn slow_verifies(&self) -> u64 {
+        self.slow_verifies.load(Ordering::Relaxed)
     }
 
     /// Finds the credential `presented` matches. Tokens are checked against every token credential
@@ -196,8 +205,10 @@ impl SecretVerifier {
         }
         let (pw, kind, hash) = (presented.clone(), cred.kind, cred.digest.clone());
         let lane = Arc::clone(&self.slow_lane);
+        let started = Arc::clone(&self.slow_verifies);
         let verify = async move {
             let _permit = lane.acquire_owned().await.ok()?;
+            started.fetch_add(1, Ordering::Relaxed);
             tokio::task::spawn_blocking(move || slow_verify(&pw, kind, &hash))
                 .await
                 .ok()

@@ -177,6 +177,11 @@ impl Cause {
             Cause::LockedOut(Locked::Address { until_ms }) => {
                 format!("source address locked out until {until_ms} (Unix ms)")
             }
+            Cause::LockedOut(Locked::Busy { of }) => {
+                format!(
+                    "password attempts for this {of} already fill its failure window or verify slots"
+                )
+            }
         }
     }
 }

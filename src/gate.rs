@@ -238,7 +238,7 @@ impl Gate {
         // attempts cannot all reach the hash before the first failure is counted.
         let slot = match (&checked, secret) {
             (Ok(dev), Some(_)) if !dev.password_candidates(self.clock.now()).is_empty() => {
-                match self.reserve(&req.client_id, peer) {
+                match self.reserve(Some(&req.client_id), peer) {
                     Ok(slot) => Some(slot),
                     Err(locked) => {
                         let d = Decision::deny(Cause::LockedOut(locked));
@@ -267,11 +267,36 @@ impl Gate {
             (Ok(dev), None, Some(secret)) => self.verify_and_decide(dev, secret).await,
             (Ok(_), None, None) => Decision::deny(Cause::NoSecret),
         };
+        let slot = match (slot, secret) {
+            (None, Some(secret)) if looks_like_a_password(secret, &decision) => {
+                self.pad_refusal(
+                    device.is_some().then_some(req.client_id.as_str()),
+                    peer,
+                    secret,
+                )
+                .await
+            }
+            (slot, _) => slot,
+        };
         self.count(&req.client_id, peer, &decision, slot);
         self.record_connect(&req, device, decision)
     }
 
-    fn reserve(&self, client_id: &str, peer: &str) -> Result<Slot<'_>, Locked> {
+    /// A refusal that checked no password costs a dummy verify, under the same failure slots as
+    /// a real one (so probing with it is as limited as guessing). Refused slots skip the pad: the
+    /// answer is then the immediate refusal every client id gets when busy.
+    async fn pad_refusal(
+        &self,
+        client_id: Option<&str>,
+        peer: &str,
+        secret: &SecretString,
+    ) -> Option<Slot<'_>> {
+        let slot = self.reserve(client_id, peer).ok()?;
+        self.verifier.dummy_verify(secret).await;
+        Some(slot)
+    }
+
+    fn reserve(&self, client_id: Option<&str>, peer: &str) -> Result<Slot<'_>, Locked> {
         let taken = self.guard().reserve(client_id, peer, self.clock.now_ms())?;
         Ok(Slot {
             gate: self,
@@ -600,4 +625,18 @@ impl Drop for Slot<'_> {
             guard.record_address_failure(&self.peer, now);
         }
     }
+}
+
+/// Whether a refusal must look like a password check from outside: a secret that is not an
+/// mqgate token (those are checked in microseconds for every device alike) was presented and
+/// refused for a reason that otherwise answers at once (unknown, disabled, token-only device).
+fn looks_like_a_password(secret: &SecretString, decision: &Decision) -> bool {
+    !secret.expose_secret().starts_with(secret::TOKEN_PREFIX)
+        && matches!(
+            decision.cause,
+            Cause::UnknownClient
+                | Cause::DeviceDisabled
+                | Cause::BadSecret
+                | Cause::UsernameMismatch
+        )
 }

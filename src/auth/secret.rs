@@ -194,6 +194,27 @@ impl SecretVerifier {
         Ok(None)
     }
 
+    /// Spends what a password verify costs, for a CONNECT that has no password to check (unknown
+    /// client id, disabled device, token-only device): otherwise its quick refusal would tell a
+    /// prober which client ids exist. Verifies against a hash of a random password, in the same
+    /// lane and under the same timeout as a real verify; the result is ignored.
+    pub async fn dummy_verify(&self, presented: &SecretString) {
+        static DUMMY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        let hash = DUMMY.get_or_init(|| {
+            let mut bytes = [0u8; 32];
+            rand::rng().fill_bytes(&mut bytes);
+            hash_password(&hex::encode(bytes).into()).ok()
+        });
+        let Some(hash) = hash else { return };
+        let cred = CredentialView {
+            id: 0,
+            kind: CredentialKind::Argon2,
+            digest: hash.clone(),
+            expires_at: None,
+        };
+        let _ = self.verify_password(presented, &cred).await;
+    }
+
     async fn verify_password(
         &self,
         presented: &SecretString,

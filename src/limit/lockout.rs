@@ -192,8 +192,17 @@ impl FailureGuard {
     /// refused when the failures in the window plus the verifies under way already reach the
     /// limit, or too many verifies are under way. The client id's slot is only taken from an
     /// unfamiliar address (the device at its usual address is never refused for strangers).
-    pub fn reserve(&mut self, client_id: &str, peer: &str, now: i64) -> Result<Reserved, Locked> {
+    /// `client_id` is `None` for a client id the registry does not know (the address alone pays).
+    pub fn reserve(
+        &mut self,
+        client_id: Option<&str>,
+        peer: &str,
+        now: i64,
+    ) -> Result<Reserved, Locked> {
         let p = self.policy;
+        let Some(client_id) = client_id else {
+            return self.reserve_address(peer, now);
+        };
         let familiar = self.is_familiar(client_id, peer, now);
         let addr_ok = slot(&mut self.addresses, peer)
             .is_none_or(|a| a.has_room(now, p.ip_max_failures, p.window_ms, ADDRESS_IN_FLIGHT));
@@ -221,6 +230,24 @@ impl FailureGuard {
             taken.client_id = Some(client_id.to_string());
         }
         Ok(taken)
+    }
+
+    fn reserve_address(&mut self, peer: &str, now: i64) -> Result<Reserved, Locked> {
+        let p = self.policy;
+        let Some(a) = slot(&mut self.addresses, peer) else {
+            return Ok(Reserved {
+                client_id: None,
+                peer: None,
+            });
+        };
+        if !a.has_room(now, p.ip_max_failures, p.window_ms, ADDRESS_IN_FLIGHT) {
+            return Err(Locked::Busy { of: "address" });
+        }
+        a.pending += 1;
+        Ok(Reserved {
+            client_id: None,
+            peer: Some(peer.to_string()),
+        })
     }
 
     /// Gives back what [`FailureGuard::reserve`] took (record the outcome in the same lock).

@@ -593,3 +593,44 @@ both_stores!(
     acl_reload,
     rule_files_reload_on_request_and_a_bad_file_changes_nothing
 );
+
+async fn unknown_disabled_and_wrong_secret_look_alike_from_outside(store: Store) {
+    let app = TestApp::start(store).await;
+    app.device("acme", "pw-dev").await;
+    app.admin
+        .set_password("acme", "pw-dev", "right-password".into())
+        .await
+        .unwrap();
+    app.device("acme", "token-dev").await;
+    app.device("acme", "off-dev").await;
+    app.admin
+        .set_password("acme", "off-dev", "right-password".into())
+        .await
+        .unwrap();
+    app.admin
+        .set_enabled("acme", "off-dev", false)
+        .await
+        .unwrap();
+    let deny = json!({"result": "deny", "is_superuser": false});
+    // Each refusal of a password-style secret costs one argon2 verify, whether the client id is
+    // unknown, disabled, token-only or a password device: the time gives nothing away.
+    for id in ["ghost", "off-dev", "token-dev", "pw-dev"] {
+        let before = app.gate.password_verifies();
+        assert_eq!(app.authn(id, "", "a-guess-1234").await, deny, "{id}");
+        assert_eq!(app.gate.password_verifies() - before, 1, "{id}");
+    }
+    // Token-style secrets are checked in microseconds for everyone alike: no verify at all.
+    for id in ["ghost", "off-dev", "token-dev"] {
+        let before = app.gate.password_verifies();
+        assert_eq!(app.authn(id, "", "mqg_guess").await, deny, "{id}");
+        assert_eq!(app.gate.password_verifies(), before, "{id}");
+    }
+    assert_eq!(
+        app.authn("pw-dev", "", "right-password").await["result"],
+        "allow"
+    );
+}
+both_stores!(
+    no_enumeration,
+    unknown_disabled_and_wrong_secret_look_alike_from_outside
+);

@@ -101,7 +101,7 @@ impl Admin {
         let new = NewCa {
             name: name.into(),
             key_sealed: Some(
-                sealer.seal(&info.fingerprint, made.key_pem.expose_secret().as_bytes()),
+                sealer.seal(&info.fingerprint, made.key_pem.expose_secret().as_bytes())?,
             ),
             cert_der: made.cert_der,
             fingerprint: info.fingerprint,
@@ -168,7 +168,7 @@ impl Admin {
         Ok(self.find_ca(t.id, name).await?.cert_der)
     }
 
-    fn open_key(&self, ca: &StoredCa, sealer: &KeySealer) -> Result<String, AdminError> {
+    async fn open_key(&self, ca: &StoredCa, sealer: &KeySealer) -> Result<String, AdminError> {
         let sealed = ca.key_sealed.as_ref().ok_or_else(|| {
             AdminError::Invalid(format!(
                 "CA `{}` was imported: mqgate has no key to sign with",
@@ -176,6 +176,19 @@ impl Admin {
             ))
         })?;
         let key = sealer.open(&ca.fingerprint, sealed)?;
+        // A key sealed the first way (one HMAC, no salt) is sealed again with argon2id on its
+        // first use; it keeps working if that write fails.
+        if KeySealer::is_legacy(sealed) {
+            let resealed = sealer.seal(&ca.fingerprint, &key)?;
+            match self
+                .store()
+                .update_ca_key(ca.tenant_id, ca.id, &resealed)
+                .await
+            {
+                Ok(()) => tracing::info!(ca = %ca.name, "CA key sealed again with argon2id"),
+                Err(e) => tracing::warn!(ca = %ca.name, error = %e, "re-sealing the CA key failed"),
+            }
+        }
         String::from_utf8(key).map_err(|_| AdminError::Invalid("stored CA key is not PEM".into()))
     }
 
@@ -216,7 +229,7 @@ impl Admin {
                 }
             }
         };
-        let key = self.open_key(&ca, sealer)?;
+        let key = self.open_key(&ca, sealer).await?;
         let now = self.clock.now();
         let not_after = (now + secs(validity)).min(ca.not_after);
         let issued = cert::issue_device(
@@ -392,7 +405,7 @@ impl Admin {
         dir: Option<&Path>,
         sealer: &KeySealer,
     ) -> Result<PublishedCrl, AdminError> {
-        let key = self.open_key(ca, sealer)?;
+        let key = self.open_key(ca, sealer).await?;
         let revoked: Vec<crl::Revoked> = certs
             .iter()
             .filter(|c| c.ca_id == Some(ca.id))

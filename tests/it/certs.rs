@@ -696,3 +696,49 @@ async fn names_only_certificates_allow_only_when_trusted_explicitly_body(store: 
     other["cert_subject"] = json!("CN=d1,O=elsewhere");
     assert_eq!(app.post("/v1/emqx/authn", &other).await.2["result"], "deny");
 }
+
+both_stores!(
+    a_ca_key_sealed_the_old_way_still_signs_and_is_sealed_again,
+    a_ca_key_sealed_the_old_way_still_signs_and_is_sealed_again_body
+);
+async fn a_ca_key_sealed_the_old_way_still_signs_and_is_sealed_again_body(store: Store) {
+    let app = TestApp::start_with(store, with_ca_secret).await;
+    app.device("acme", "d1").await;
+    let days = |d: u64| Duration::from_secs(d * 86400);
+    let ca = app
+        .admin
+        .ca_init("acme", "default", days(3650), &sealer())
+        .await
+        .unwrap();
+    let sealed = ca.key_sealed.clone().unwrap();
+    assert!(!KeySealer::is_legacy(&sealed), "new keys use argon2id");
+    // Put the key back as the first format sealed it (one HMAC of the secret, no salt).
+    let key = sealer().open(&ca.fingerprint, &sealed).unwrap();
+    let old = sealer().seal_legacy(&ca.fingerprint, &key);
+    let store = app.admin.store();
+    store
+        .update_ca_key(ca.tenant_id, ca.id, &old)
+        .await
+        .unwrap();
+    let issued = app
+        .admin
+        .cert_issue("acme", "d1", None, days(30), &sealer())
+        .await
+        .unwrap();
+    assert_eq!(
+        cert::parse(&issued.issued.cert_der)
+            .unwrap()
+            .common_name
+            .as_deref(),
+        Some("d1")
+    );
+    let now = store.list_cas(ca.tenant_id).await.unwrap();
+    let resealed = now[0].key_sealed.clone().unwrap();
+    assert!(!KeySealer::is_legacy(&resealed), "migrated on first use");
+    assert_eq!(sealer().open(&ca.fingerprint, &resealed).unwrap(), key);
+    assert!(
+        KeySealer::new("a-wrong-secret-that-is-long-enough-0123456")
+            .open(&ca.fingerprint, &resealed)
+            .is_err()
+    );
+}

@@ -2,6 +2,7 @@
 //! device and what the client asks, it returns a [`Decision`] that names its cause.
 
 mod decision;
+pub mod ids;
 mod session;
 
 pub use decision::{Cause, Decision, Verdict};

@@ -136,6 +136,7 @@ impl App {
             unknown: config.unknown_client,
             lockout: config.lockout,
             limits: config.limits,
+            trust_cert_names: config.emqx_trust_cert_names,
         };
         // One TLS crypto provider for the process (see ARCHITECTURE.md): ring.
         let _ = rustls::crypto::ring::default_provider().install_default();

@@ -37,6 +37,7 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("password_concurrency", Some("2")),
     ("password_cache_ttl", Some("10m")),
     ("emqx_acl_in_authn", Some("true")),
+    ("emqx_trust_cert_names", Some("false")),
     ("header_read_timeout", Some("10s")),
     ("request_timeout", Some("5s")),
     ("decision_timeout", Some("2s")),
@@ -110,6 +111,8 @@ pub struct Config {
     pub password_cache_ttl: Duration,
     /// Send the device's ACL in EMQX authn answers (EMQX ≥ 5.8).
     pub emqx_acl_in_authn: bool,
+    /// Allow on a certificate's names alone (EMQX `cert_common_name`/`cert_subject`, no `cert_pem`).
+    pub emqx_trust_cert_names: bool,
     /// Time a client has to send request headers.
     pub header_read_timeout: Duration,
     /// Time a request may take.
@@ -305,6 +308,7 @@ impl Layers {
             password_concurrency: self.parse("password_concurrency", parse_num)?,
             password_cache_ttl: self.parse("password_cache_ttl", parse_duration)?,
             emqx_acl_in_authn: self.parse("emqx_acl_in_authn", parse_bool)?,
+            emqx_trust_cert_names: self.parse("emqx_trust_cert_names", parse_bool)?,
             header_read_timeout: self.parse("header_read_timeout", parse_duration)?,
             request_timeout: self.parse("request_timeout", parse_duration)?,
             decision_timeout: self.parse("decision_timeout", parse_positive_duration)?,

@@ -17,7 +17,7 @@ use crate::auth::trust::{CertIdentity, CertRejection, CrlFailure, TrustStore};
 use crate::clock::Clock;
 use crate::core::{self, Cause, Decision, DeviceView, UnknownClient, Verdict};
 use crate::limit::ingest::{IngestLimiter, LimitDefaults};
-use crate::limit::lockout::{FailureGuard, Locked, LockoutEntry, LockoutPolicy};
+use crate::limit::lockout::{FailureGuard, Locked, LockoutEntry, LockoutPolicy, Reserved};
 use crate::metrics::{Kind as MetricKind, Metrics};
 use crate::registry::cache::CachedRegistry;
 use crate::registry::{Change, CredentialKind};
@@ -71,6 +71,9 @@ pub struct GateOptions {
     pub lockout: LockoutPolicy,
     /// Ingestion limit defaults.
     pub limits: LimitDefaults,
+    /// Allow on a certificate's names alone (no certificate mqgate could verify): the operator's
+    /// statement that every CA the broker trusts is one mqgate would trust for these devices.
+    pub trust_cert_names: bool,
 }
 
 /// The gate: shared by every transport.
@@ -79,6 +82,7 @@ pub struct Gate {
     verifier: SecretVerifier,
     clock: Clock,
     unknown: UnknownClient,
+    trust_cert_names: bool,
     guard: Mutex<FailureGuard>,
     limiter: IngestLimiter,
     audit: Option<Arc<AuditSink>>,
@@ -106,6 +110,7 @@ impl Gate {
             verifier,
             clock,
             unknown: options.unknown,
+            trust_cert_names: options.trust_cert_names,
             guard: Mutex::new(FailureGuard::new(options.lockout)),
             limiter: IngestLimiter::new(options.limits),
             audit: None,
@@ -309,12 +314,27 @@ impl Gate {
             .as_ref()
             .filter(|s| !s.expose_secret().is_empty());
         let identity = req.cert.as_ref().map(|c| self.identify(&req.client_id, c));
+        let names_only = matches!(req.cert, Some(PresentedCert::Names { .. }));
         let checked = core::precheck_connect(
             device.as_deref(),
             req.username.as_deref(),
             secret.is_some() || identity.is_some(),
             self.unknown,
         );
+        // A password verify is slow: its failure slot is taken before it starts, so concurrent
+        // attempts cannot all reach the hash before the first failure is counted.
+        let slot = match (&checked, secret) {
+            (Ok(dev), Some(_)) if !dev.password_candidates(self.clock.now()).is_empty() => {
+                match self.reserve(Some(&req.client_id), peer) {
+                    Ok(slot) => Some(slot),
+                    Err(locked) => {
+                        let d = Decision::deny(Cause::LockedOut(locked));
+                        return self.record_connect(&req, device, d);
+                    }
+                }
+            }
+            _ => None,
+        };
         let decision = match (checked, identity, secret) {
             (Err(d), _, _) => d,
             (Ok(_), Some(Err(rejected)), _) => Decision::deny(Cause::CertRejected(rejected)),
@@ -323,14 +343,58 @@ impl Gate {
                 // Certificate plus secret: both must hold.
                 Ok(()) => match secret {
                     Some(secret) => self.verify_and_decide(dev, secret).await,
-                    None => core::allow_by_certificate(&id),
+                    // Names alone prove nothing about the issuer: any CA in the broker's bundle
+                    // could have signed them.
+                    None if names_only && !self.trust_cert_names => {
+                        Decision::deny(Cause::CertRejected(CertRejection::NamesOnly))
+                    }
+                    None => core::allow_by_certificate(&id, names_only),
                 },
             },
             (Ok(dev), None, Some(secret)) => self.verify_and_decide(dev, secret).await,
             (Ok(_), None, None) => Decision::deny(Cause::NoSecret),
         };
-        self.count(&req.client_id, peer, &decision);
+        let slot = match (slot, secret) {
+            (None, Some(secret)) if looks_like_a_password(secret, &decision) => {
+                self.pad_refusal(
+                    device.is_some().then_some(req.client_id.as_str()),
+                    peer,
+                    secret,
+                )
+                .await
+            }
+            (slot, _) => slot,
+        };
+        self.count(&req.client_id, peer, &decision, slot);
         self.record_connect(&req, device, decision)
+    }
+
+    /// A refusal that checked no password costs a dummy verify, under the same failure slots as
+    /// a real one (so probing with it is as limited as guessing). Refused slots skip the pad: the
+    /// answer is then the immediate refusal every client id gets when busy.
+    async fn pad_refusal(
+        &self,
+        client_id: Option<&str>,
+        peer: &str,
+        secret: &SecretString,
+    ) -> Option<Slot<'_>> {
+        let slot = self.reserve(client_id, peer).ok()?;
+        self.verifier.dummy_verify(secret).await;
+        Some(slot)
+    }
+
+    fn reserve(&self, client_id: Option<&str>, peer: &str) -> Result<Slot<'_>, Locked> {
+        let taken = self.guard().reserve(client_id, peer, self.clock.now_ms())?;
+        Ok(Slot {
+            gate: self,
+            taken: Some(taken),
+            peer: peer.to_string(),
+        })
+    }
+
+    /// argon2/bcrypt verifies started so far (tests and benchmarks watch the brute-force cost).
+    pub fn password_verifies(&self) -> u64 {
+        self.verifier.slow_verifies()
     }
 
     fn identify(
@@ -434,19 +498,33 @@ impl Gate {
         }
     }
 
-    /// Feeds the brute-force guard: successes make the address familiar, failures count.
-    fn count(&self, client_id: &str, peer: &str, decision: &Decision) {
+    /// Feeds the brute-force guard: successes make the address familiar, failures count, a
+    /// verify that could not finish counts against the address. The reserved slot is given back
+    /// in the same lock, so no other attempt sees the window without this outcome.
+    fn count(&self, client_id: &str, peer: &str, decision: &Decision, slot: Option<Slot<'_>>) {
         let now = self.clock.now_ms();
-        if decision.is_allow() {
-            self.guard().record_success(client_id, peer, now);
+        let mut guard = self.guard();
+        if let Some(taken) = slot.and_then(|mut s| s.taken.take()) {
+            guard.release(taken);
+        }
+        let locked = if decision.is_allow() {
+            guard.record_success(client_id, peer, now);
+            None
+        } else if decision.cause == Cause::Interrupted {
+            guard.record_address_failure(peer, now)
         } else if decision.verdict == Verdict::Deny && decision.cause.is_auth_failure() {
             let known = (decision.cause != Cause::UnknownClient).then_some(client_id);
-            let locked = self.guard().record_failure(known, peer, now);
+            guard.record_failure(known, peer, now)
+        } else {
+            None
+        };
+        drop(guard);
+        {
             if let Some(locked) = locked {
                 tracing::warn!(target: "mqgate::audit", event = "lockout", %client_id, peer, ?locked, "too many failed authentications");
                 let scope = match locked {
                     Locked::ClientId { .. } => "client_id",
-                    Locked::Address { .. } => "address",
+                    Locked::Address { .. } | Locked::Busy { .. } => "address",
                 };
                 let event = AuditEvent::Lockout {
                     client_id: client_id.into(),
@@ -625,4 +703,37 @@ impl Gate {
         }
         (decision, device)
     }
+}
+
+/// A failure slot reserved for one slow verify. Dropped unsettled (the transport gave up on the
+/// answer mid-verify) it counts as a failure of the address, like a timeout.
+struct Slot<'a> {
+    gate: &'a Gate,
+    taken: Option<Reserved>,
+    peer: String,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if let Some(taken) = self.taken.take() {
+            let now = self.gate.clock.now_ms();
+            let mut guard = self.gate.guard();
+            guard.release(taken);
+            guard.record_address_failure(&self.peer, now);
+        }
+    }
+}
+
+/// Whether a refusal must look like a password check from outside: a secret that is not an
+/// mqgate token (those are checked in microseconds for every device alike) was presented and
+/// refused for a reason that otherwise answers at once (unknown, disabled, token-only device).
+fn looks_like_a_password(secret: &SecretString, decision: &Decision) -> bool {
+    !secret.expose_secret().starts_with(secret::TOKEN_PREFIX)
+        && matches!(
+            decision.cause,
+            Cause::UnknownClient
+                | Cause::DeviceDisabled
+                | Cause::BadSecret
+                | Cause::UsernameMismatch
+        )
 }

@@ -163,11 +163,10 @@ pub struct CompiledAcl {
 pub fn expand(template: &str, who: &Identity<'_>) -> Option<String> {
     let mut out = String::with_capacity(template.len() + 16);
     let mut rest = template;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after.find('}')?;
-        let value = match &after[..end] {
+    while let Some((before, after)) = rest.split_once("${") {
+        out.push_str(before);
+        let (name, tail) = after.split_once('}')?;
+        let value = match name {
             "tenant" => Some(who.tenant),
             "clientid" => Some(who.client_id),
             "username" => who.username,
@@ -177,7 +176,7 @@ pub fn expand(template: &str, who: &Identity<'_>) -> Option<String> {
             return None;
         }
         out.push_str(value);
-        rest = &after[end + 1..];
+        rest = tail;
     }
     out.push_str(rest);
     Some(out)
@@ -250,26 +249,34 @@ impl CompiledAcl {
         AclVerdict::NoRule
     }
 
-    /// The rules in EMQX 5.8's authn-response `acl` list format (first match wins, ending with a
-    /// deny-all), or `None` when they cannot be expressed faithfully (EMQX then asks authz per topic):
-    /// EMQX would expand a `${…}` left in an expanded topic, and reads a leading `eq ` specially.
+    /// The publish rules in EMQX 5.8's authn-response `acl` list format (first match wins, ending
+    /// with `deny publish #`), or `None` when they cannot be expressed faithfully (EMQX then asks
+    /// authz per topic): EMQX would expand a `${…}` left in an expanded topic, and reads a leading
+    /// `eq ` specially.
     ///
-    /// Known difference: EMQX matches a subscription filter's wildcard as a literal word against a
-    /// rule's `+` (a rule `a/+` lets EMQX accept a subscription to `a/#`), while [`CompiledAcl::check`]
-    /// refuses it; for subscriptions mqgate is the stricter of the two.
+    /// Why publish only: EMQX matches a subscription filter against a rule with the filter's own
+    /// `+`/`#` as literal words (`emqx_topic:match`), so a rule `allow a/#` grants the filter `a/+`
+    /// even where a deny on `a/secret/#` comes first. A list with no subscribe rule leaves every
+    /// subscription unmatched (EMQX's `client_info` source passes through), and EMQX asks mqgate's
+    /// authz, which checks the whole filter. A topic name has no wildcards, so for publishes both
+    /// matchers agree.
     pub fn to_emqx(&self) -> Option<Vec<serde_json::Value>> {
         let mut list = Vec::with_capacity(self.rules.len() + 1);
-        for r in self.rules.iter().filter(|r| r.levels.is_some()) {
+        let publish_rules = self
+            .rules
+            .iter()
+            .filter(|r| r.levels.is_some() && r.applies_to(Action::Publish));
+        for r in publish_rules {
             if r.expanded.contains("${") || r.expanded.starts_with("eq ") {
                 return None;
             }
             list.push(serde_json::json!({
                 "permission": r.permission.as_str(),
-                "action": r.action.as_str(),
+                "action": "publish",
                 "topic": r.expanded,
             }));
         }
-        list.push(serde_json::json!({ "permission": "deny", "action": "all", "topic": "#" }));
+        list.push(serde_json::json!({ "permission": "deny", "action": "publish", "topic": "#" }));
         Some(list)
     }
 }

@@ -144,7 +144,7 @@ fn a_subscription_partly_covered_by_a_deny_is_denied() {
 }
 
 #[test]
-fn the_emqx_list_keeps_order_and_ends_with_deny_all() {
+fn the_emqx_list_keeps_publish_rules_in_order_and_ends_with_deny_publish_all() {
     let rules = [
         rule(
             Permission::Deny,
@@ -163,9 +163,8 @@ fn the_emqx_list_keeps_order_and_ends_with_deny_all() {
     assert_eq!(
         list,
         vec![
-            serde_json::json!({"permission": "deny", "action": "subscribe", "topic": "acme/d/x"}),
             serde_json::json!({"permission": "allow", "action": "publish", "topic": "acme/d/#"}),
-            serde_json::json!({"permission": "deny", "action": "all", "topic": "#"}),
+            serde_json::json!({"permission": "deny", "action": "publish", "topic": "#"}),
         ]
     );
     let odd = CompiledAcl::compile(
@@ -176,6 +175,21 @@ fn the_emqx_list_keeps_order_and_ends_with_deny_all() {
         odd.to_emqx().is_none(),
         "EMQX would expand a ${{…}} in the topic"
     );
+}
+
+#[test]
+fn the_emqx_list_grants_no_subscription_around_a_deny() {
+    let rules = [
+        rule(Permission::Deny, RuleAction::Subscribe, "t/dev-1/secret/#"),
+        rule(Permission::Allow, RuleAction::All, "t/dev-1/#"),
+    ];
+    let acl = CompiledAcl::compile(&rules, &who("dev-1", None));
+    let list = acl.to_emqx().unwrap();
+    for f in ["t/dev-1/#", "t/dev-1/+", "t/dev-1/+/x", "t/dev-1/secret/a"] {
+        assert_eq!(emqx_decide(&list, Action::Subscribe, f), None, "{f}");
+    }
+    assert_eq!(emqx_publish(&list, "t/dev-1/secret/a"), "allow");
+    assert_eq!(emqx_publish(&list, "t/dev-2/a"), "deny");
 }
 
 // ---- property tests ----
@@ -240,23 +254,50 @@ fn rules() -> impl Strategy<Value = Vec<Rule>> {
         .prop_map(|v| v.into_iter().map(|(p, a, t)| rule(p, a, &t)).collect())
 }
 
-/// EMQX's evaluation of an authn `acl` list for a publish, written from its documented semantics:
-/// first match wins; `+` one level, `#` the rest (parent included); leading wildcards skip `$`.
-fn emqx_publish(list: &[Value], topic: &str) -> &'static str {
-    for r in list {
-        let action = r["action"].as_str().unwrap();
-        if action == "subscribe" {
-            continue;
+/// EMQX's `emqx_topic:match(Name, Filter)` (apps/emqx/src/emqx_topic.erl), word for word: the
+/// name's own `+`/`#` are plain words that only equal the same word; a filter word `+` takes any one
+/// word, a final `#` the rest (none included); a name starting with `$` never matches a filter
+/// starting with `+` or `#`.
+fn emqx_match(name: &str, filter: &str) -> bool {
+    if name.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    fn words(n: &[&str], f: &[&str]) -> bool {
+        match (n.split_first(), f.split_first()) {
+            (None, None) => true,
+            (Some((h, nt)), Some((w, ft))) if h == w => words(nt, ft),
+            (Some((_, nt)), Some((&"+", ft))) => words(nt, ft),
+            (_, Some((&"#", []))) => true,
+            _ => false,
         }
-        if spec_match(r["topic"].as_str().unwrap(), topic) {
-            return if r["permission"] == "allow" {
+    }
+    let n: Vec<&str> = name.split('/').collect();
+    let f: Vec<&str> = filter.split('/').collect();
+    words(&n, &f)
+}
+
+/// EMQX's `client_info` authz source over an authn `acl` list (`emqx_authz_rule:matches`): rules in
+/// order, the first whose action and topic match decides; none matching passes through
+/// (`None`: EMQX asks the next source, mqgate's authz endpoint).
+fn emqx_decide(list: &[Value], action: Action, topic: &str) -> Option<&'static str> {
+    list.iter().find_map(|r| {
+        let applies = match r["action"].as_str().unwrap() {
+            "all" => true,
+            "publish" => action == Action::Publish,
+            _ => action == Action::Subscribe,
+        };
+        (applies && emqx_match(topic, r["topic"].as_str().unwrap())).then(|| {
+            if r["permission"] == "allow" {
                 "allow"
             } else {
                 "deny"
-            };
-        }
-    }
-    "nomatch"
+            }
+        })
+    })
+}
+
+fn emqx_publish(list: &[Value], topic: &str) -> &'static str {
+    emqx_decide(list, Action::Publish, topic).unwrap_or("nomatch")
 }
 
 fn levels(f: &str) -> Vec<Level> {
@@ -306,6 +347,21 @@ proptest! {
             let ours = if allowed(&acl, Action::Publish, t) { "allow" } else { "deny" };
             let theirs = match emqx_publish(&list, t) { "nomatch" => "deny", v => v };
             prop_assert_eq!(ours, theirs, "topic {}", t);
+        }
+    }
+
+    #[test]
+    fn emqx_never_allows_from_the_list_what_authz_denies(rs in rules(), f in filter(), t in topic_name()) {
+        let acl = CompiledAcl::compile(&rs, &who("d", None));
+        let list = acl.to_emqx().unwrap();
+        // A PUBLISH carries a topic name: EMQX refuses one with a wildcard before authz
+        // (`emqx_packet:check`), so a publish is only ever matched with a name.
+        for (action, topic) in [(Action::Subscribe, &f), (Action::Publish, &t)] {
+            // EMQX asks mqgate when the list does not decide: then the answers are the same.
+            let emqx = emqx_decide(&list, action, topic);
+            if emqx == Some("allow") {
+                prop_assert!(allowed(&acl, action, topic), "EMQX allows {:?} {} from {:?}", action, topic, list);
+            }
         }
     }
 }

@@ -101,7 +101,7 @@ impl Admin {
         let new = NewCa {
             name: name.into(),
             key_sealed: Some(
-                sealer.seal(&info.fingerprint, made.key_pem.expose_secret().as_bytes()),
+                sealer.seal(&info.fingerprint, made.key_pem.expose_secret().as_bytes())?,
             ),
             cert_der: made.cert_der,
             fingerprint: info.fingerprint,
@@ -168,7 +168,7 @@ impl Admin {
         Ok(self.find_ca(t.id, name).await?.cert_der)
     }
 
-    fn open_key(&self, ca: &StoredCa, sealer: &KeySealer) -> Result<String, AdminError> {
+    async fn open_key(&self, ca: &StoredCa, sealer: &KeySealer) -> Result<String, AdminError> {
         let sealed = ca.key_sealed.as_ref().ok_or_else(|| {
             AdminError::Invalid(format!(
                 "CA `{}` was imported: mqgate has no key to sign with",
@@ -176,6 +176,19 @@ impl Admin {
             ))
         })?;
         let key = sealer.open(&ca.fingerprint, sealed)?;
+        // A key sealed the first way (one HMAC, no salt) is sealed again with argon2id on its
+        // first use; it keeps working if that write fails.
+        if KeySealer::is_legacy(sealed) {
+            let resealed = sealer.seal(&ca.fingerprint, &key)?;
+            match self
+                .store()
+                .update_ca_key(ca.tenant_id, ca.id, &resealed)
+                .await
+            {
+                Ok(()) => tracing::info!(ca = %ca.name, "CA key sealed again with argon2id"),
+                Err(e) => tracing::warn!(ca = %ca.name, error = %e, "re-sealing the CA key failed"),
+            }
+        }
         String::from_utf8(key).map_err(|_| AdminError::Invalid("stored CA key is not PEM".into()))
     }
 
@@ -216,7 +229,7 @@ impl Admin {
                 }
             }
         };
-        let key = self.open_key(&ca, sealer)?;
+        let key = self.open_key(&ca, sealer).await?;
         let now = self.clock.now();
         let not_after = (now + secs(validity)).min(ca.not_after);
         let issued = cert::issue_device(
@@ -392,7 +405,7 @@ impl Admin {
         dir: Option<&Path>,
         sealer: &KeySealer,
     ) -> Result<PublishedCrl, AdminError> {
-        let key = self.open_key(ca, sealer)?;
+        let key = self.open_key(ca, sealer).await?;
         let revoked: Vec<crl::Revoked> = certs
             .iter()
             .filter(|c| c.ca_id == Some(ca.id))
@@ -446,8 +459,8 @@ impl Admin {
     }
 
     /// `mqgate crl import` (and the scheduled fetch): accepts a CRL for an imported CA only if
-    /// its signature verifies against the CA, it is not past next-update and not older than the
-    /// one held. A refused CRL is recorded on the CA (so `ca list` and the server report it) and
+    /// its signature verifies against the CA, it is not past next-update and it is strictly
+    /// newer than the one held or the same bytes ([`crl::check_fresh`]). A refused CRL is recorded on the CA (so `ca list` and the server report it) and
     /// nothing in it is trusted.
     pub async fn crl_import(
         &self,
@@ -472,9 +485,14 @@ impl Admin {
                 ca.name
             )));
         }
-        let have = ca.crl_der.as_ref().map(|_| ca.crl_number as u64);
+        // The CRL in force, read again from its bytes (number and thisUpdate); one that no longer
+        // verifies is no CRL at all, and the offered one must stand on its own.
+        let have = ca
+            .crl_der
+            .as_ref()
+            .and_then(|der| crl::verify(der, &ca.cert_der).ok());
         let checked = crl::verify(input, &ca.cert_der)
-            .and_then(|c| crl::check_fresh(&c, self.clock.now(), have).map(|()| c));
+            .and_then(|c| crl::check_fresh(&c, self.clock.now(), have.as_ref()).map(|()| c));
         match checked {
             Ok(c) => {
                 self.store()

@@ -48,7 +48,9 @@ pub struct Admin {
 
 /// Tenant names appear in topics (`${tenant}`), so they are restricted to safe characters.
 fn valid_tenant_name(name: &str) -> Result<(), AdminError> {
-    valid_name("tenant name", name)
+    crate::core::ids::TenantName::parse(name)
+        .map(drop)
+        .map_err(|e| AdminError::Invalid(e.to_string()))
 }
 
 /// Names that appear in topics, URIs and file names (tenants, CAs): 1-64 of A-Z a-z 0-9 - _ .
@@ -67,15 +69,11 @@ pub(crate) fn valid_name(what: &str, name: &str) -> Result<(), AdminError> {
     }
 }
 
+/// The one client-id rule ([`crate::core::ids::ClientId::parse`]) at every registry write.
 pub(crate) fn valid_client_id(id: &str) -> Result<(), AdminError> {
-    let ok = !id.is_empty() && id.len() <= 256 && !id.chars().any(|c| c.is_control());
-    if ok {
-        Ok(())
-    } else {
-        Err(AdminError::Invalid(
-            "client id: 1-256 bytes, no control characters".into(),
-        ))
-    }
+    crate::core::ids::ClientId::parse(id)
+        .map(drop)
+        .map_err(|e| AdminError::Invalid(e.to_string()))
 }
 
 impl Admin {
@@ -180,9 +178,12 @@ impl Admin {
     ) -> Result<(Device, NewToken), AdminError> {
         valid_client_id(client_id)?;
         if let Some(u) = username {
-            valid_client_id(u).map_err(|_| {
-                AdminError::Invalid("username: 1-256 bytes, no control characters".into())
-            })?;
+            let ok = !u.is_empty() && u.len() <= 256 && !u.chars().any(char::is_control);
+            if !ok {
+                return Err(AdminError::Invalid(
+                    "username: 1-256 bytes, no control characters".into(),
+                ));
+            }
         }
         let t = self.tenant(tenant).await?;
         let now = self.clock.now();

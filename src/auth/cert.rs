@@ -284,10 +284,14 @@ pub fn issue_device(
 }
 
 /// Seals CA private keys at rest: ChaCha20-Poly1305 under a key derived from the configured
-/// `ca_key_secret`, with the CA's fingerprint as associated data (a sealed key moved to another
-/// CA's row does not open).
+/// `ca_key_secret` by argon2id (memory-hard, so a stolen database plus a guessable secret is not
+/// a cheap offline search) with a random salt per sealed key, and the CA's fingerprint as
+/// associated data (a sealed key moved to another CA's row does not open). Keys sealed by the
+/// first format (one HMAC of the secret, no salt) still open; [`KeySealer::is_legacy`] tells the
+/// caller to seal them again.
 pub struct KeySealer {
-    key: ring::aead::LessSafeKey,
+    secret: secrecy::SecretString,
+    legacy: ring::aead::LessSafeKey,
 }
 
 impl std::fmt::Debug for KeySealer {
@@ -296,10 +300,20 @@ impl std::fmt::Debug for KeySealer {
     }
 }
 
-const SEAL_VERSION: u8 = 1;
+/// `1 || nonce || ciphertext+tag`, key = HMAC-SHA256(secret, label): readable, never written.
+const SEAL_V1_HMAC: u8 = 1;
+/// `2 || salt || nonce || ciphertext+tag`, key = argon2id(secret, salt).
+const SEAL_V2_ARGON2: u8 = 2;
+const SALT_LEN: usize = 16;
+
+fn aead_key(bytes: &[u8]) -> Result<ring::aead::LessSafeKey, CertError> {
+    let unbound = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, bytes)
+        .map_err(|_| CertError::Crypto("sealing key of the wrong length".into()))?;
+    Ok(ring::aead::LessSafeKey::new(unbound))
+}
 
 impl KeySealer {
-    /// Derives the sealing key from the configured secret.
+    /// Keeps the configured secret (keys are derived per sealed key, with its salt).
     pub fn new(secret: &str) -> Self {
         use hmac::{KeyInit, Mac};
         let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes())
@@ -309,26 +323,43 @@ impl KeySealer {
         let unbound = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &derived)
             .expect("32-byte key");
         KeySealer {
-            key: ring::aead::LessSafeKey::new(unbound),
+            secret: secret.into(),
+            legacy: ring::aead::LessSafeKey::new(unbound),
         }
     }
 
-    /// Seals `plaintext`; output is `version || nonce || ciphertext+tag`.
-    pub fn seal(&self, aad: &str, plaintext: &[u8]) -> Vec<u8> {
+    fn derive(&self, salt: &[u8]) -> Result<ring::aead::LessSafeKey, CertError> {
+        use secrecy::ExposeSecret;
+        let mut out = [0u8; 32];
+        argon2::Argon2::default()
+            .hash_password_into(self.secret.expose_secret().as_bytes(), salt, &mut out)
+            .map_err(|_| CertError::Crypto("deriving the CA sealing key failed".into()))?;
+        aead_key(&out)
+    }
+
+    /// Seals `plaintext` in the current format (argon2id with a fresh salt; ~20 ms).
+    pub fn seal(&self, aad: &str, plaintext: &[u8]) -> Result<Vec<u8>, CertError> {
+        let salt: [u8; SALT_LEN] = rand::random();
         let nonce_bytes: [u8; 12] = rand::random();
         let nonce = ring::aead::Nonce::assume_unique_for_key(nonce_bytes);
         let mut buf = plaintext.to_vec();
-        self.key
+        self.derive(&salt)?
             .seal_in_place_append_tag(nonce, ring::aead::Aad::from(aad.as_bytes()), &mut buf)
-            .expect("ChaCha20-Poly1305 seals any length we store");
-        let mut out = Vec::with_capacity(1 + 12 + buf.len());
-        out.push(SEAL_VERSION);
+            .map_err(|_| CertError::Crypto("sealing the CA key failed".into()))?;
+        let mut out = Vec::with_capacity(1 + SALT_LEN + 12 + buf.len());
+        out.push(SEAL_V2_ARGON2);
+        out.extend_from_slice(&salt);
         out.extend_from_slice(&nonce_bytes);
         out.extend_from_slice(&buf);
-        out
+        Ok(out)
     }
 
-    /// Opens what [`KeySealer::seal`] produced with the same secret and `aad`.
+    /// Whether `sealed` is in the first (HMAC-derived) format and should be sealed again.
+    pub fn is_legacy(sealed: &[u8]) -> bool {
+        sealed.first() == Some(&SEAL_V1_HMAC)
+    }
+
+    /// Opens what [`KeySealer::seal`] (or the first format) produced with the same secret and `aad`.
     pub fn open(&self, aad: &str, sealed: &[u8]) -> Result<Vec<u8>, CertError> {
         let wrong = || {
             CertError::Crypto(
@@ -336,17 +367,43 @@ impl KeySealer {
                     .into(),
             )
         };
-        if sealed.len() < 1 + 12 + 16 || sealed[0] != SEAL_VERSION {
+        let (key, rest) = match sealed.split_first() {
+            Some((&SEAL_V1_HMAC, rest)) => (None, rest),
+            Some((&SEAL_V2_ARGON2, rest)) if rest.len() > SALT_LEN => {
+                let (salt, rest) = rest.split_at(SALT_LEN);
+                (Some(self.derive(salt)?), rest)
+            }
+            _ => return Err(wrong()),
+        };
+        if rest.len() < 12 + 16 {
             return Err(wrong());
         }
-        let nonce =
-            ring::aead::Nonce::try_assume_unique_for_key(&sealed[1..13]).map_err(|_| wrong())?;
-        let mut buf = sealed[13..].to_vec();
-        let plain = self
-            .key
+        let (nonce, ciphertext) = rest.split_at(12);
+        let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).map_err(|_| wrong())?;
+        let mut buf = ciphertext.to_vec();
+        let plain = key
+            .as_ref()
+            .unwrap_or(&self.legacy)
             .open_in_place(nonce, ring::aead::Aad::from(aad.as_bytes()), &mut buf)
             .map_err(|_| wrong())?;
         Ok(plain.to_vec())
+    }
+
+    /// Seals `plaintext` the first way (HMAC-derived key): only to test that such keys still open.
+    #[doc(hidden)]
+    pub fn seal_legacy(&self, aad: &str, plaintext: &[u8]) -> Vec<u8> {
+        let nonce_bytes: [u8; 12] = rand::random();
+        let nonce = ring::aead::Nonce::assume_unique_for_key(nonce_bytes);
+        let mut buf = plaintext.to_vec();
+        let _ = self.legacy.seal_in_place_append_tag(
+            nonce,
+            ring::aead::Aad::from(aad.as_bytes()),
+            &mut buf,
+        );
+        let mut out = vec![SEAL_V1_HMAC];
+        out.extend_from_slice(&nonce_bytes);
+        out.extend_from_slice(&buf);
+        out
     }
 }
 
@@ -389,7 +446,16 @@ mod tests {
     #[test]
     fn sealed_keys_open_only_with_the_same_secret_and_ca() {
         let a = KeySealer::new("a-secret-that-is-long-enough-0123456789");
-        let sealed = a.seal("fp1", b"private key");
+        let sealed = a.seal("fp1", b"private key").unwrap();
+        assert!(!KeySealer::is_legacy(&sealed));
+        let old = a.seal_legacy("fp1", b"private key");
+        assert!(KeySealer::is_legacy(&old));
+        assert_eq!(a.open("fp1", &old).unwrap(), b"private key");
+        assert!(
+            KeySealer::new("another-secret-that-is-long-enough-0123")
+                .open("fp1", &old)
+                .is_err()
+        );
         assert_eq!(a.open("fp1", &sealed).unwrap(), b"private key");
         assert!(a.open("fp2", &sealed).is_err());
         let b = KeySealer::new("another-secret-that-is-long-enough-0123");

@@ -30,13 +30,20 @@ pub enum CrlError {
         /// When it should have been replaced.
         next_update: i64,
     },
-    /// Older than the CRL already held (number went backwards).
-    #[error("CRL number {got} is older than the current {have}")]
+    /// Not strictly newer than the CRL already held, and not the same bytes (a replay could
+    /// un-revoke a certificate).
+    #[error(
+        "CRL (number {got}, thisUpdate {got_this_update}) is not newer than the current one (number {have}, thisUpdate {have_this_update})"
+    )]
     Rollback {
-        /// Number offered.
+        /// Number offered (0: none).
         got: u64,
-        /// Number held.
+        /// Its thisUpdate, Unix seconds.
+        got_this_update: i64,
+        /// Number held (0: none).
         have: u64,
+        /// Its thisUpdate, Unix seconds.
+        have_this_update: i64,
     },
     /// The CA certificate itself is unusable.
     #[error(transparent)]
@@ -106,22 +113,38 @@ pub fn verify(input: &[u8], ca_der: &[u8]) -> Result<VerifiedCrl, CrlError> {
     })
 }
 
-/// Refuses a CRL past its next-update, or older than the one held (`have`).
-pub fn check_fresh(crl: &VerifiedCrl, now: i64, have: Option<u64>) -> Result<(), CrlError> {
+/// Refuses a CRL past its next-update, or one that does not replace the one held (`have`):
+/// accepted only when byte-identical to it (a re-fetch) or strictly newer, by CRL number when
+/// both carry one, else by thisUpdate. An equal number or time is refused: an on-path attacker
+/// could otherwise put back an older CRL still inside its validity and un-revoke a certificate.
+pub fn check_fresh(
+    crl: &VerifiedCrl,
+    now: i64,
+    have: Option<&VerifiedCrl>,
+) -> Result<(), CrlError> {
     if crl.is_stale(now) {
         return Err(CrlError::Stale {
             next_update: crl.next_update,
         });
     }
-    if let Some(have) = have
-        && crl.number < have
-    {
-        return Err(CrlError::Rollback {
+    let Some(have) = have.filter(|h| h.der != crl.der) else {
+        return Ok(());
+    };
+    let newer = if crl.number > 0 && have.number > 0 {
+        crl.number > have.number
+    } else {
+        crl.this_update > have.this_update
+    };
+    if newer {
+        Ok(())
+    } else {
+        Err(CrlError::Rollback {
             got: crl.number,
-            have,
-        });
+            got_this_update: crl.this_update,
+            have: have.number,
+            have_this_update: have.this_update,
+        })
     }
-    Ok(())
 }
 
 /// One revoked certificate for [`sign`].
@@ -219,15 +242,34 @@ mod tests {
         let pem = cert::to_pem("X509 CRL", &der);
         assert_eq!(verify(pem.as_bytes(), &ca.cert_der).unwrap(), crl);
         assert_eq!(verify(&der, &other.cert_der), Err(CrlError::WrongIssuer));
-        assert!(check_fresh(&crl, NOW, Some(7)).is_ok());
+        assert!(check_fresh(&crl, NOW, None).is_ok());
+        assert!(
+            check_fresh(&crl, NOW, Some(&crl)).is_ok(),
+            "the same bytes again"
+        );
         assert!(matches!(
             check_fresh(&crl, NOW + 3600, None),
             Err(CrlError::Stale { .. })
         ));
-        assert!(matches!(
-            check_fresh(&crl, NOW, Some(8)),
-            Err(CrlError::Rollback { .. })
-        ));
+        let key = ca.key_pem.expose_secret();
+        let signed = |number, this_update| {
+            let der = sign(&ca.cert_der, key, &[], number, this_update, NOW + 3600).unwrap();
+            verify(&der, &ca.cert_der).unwrap()
+        };
+        for (number, this_update, ok) in [
+            (8, NOW - 10, true),
+            (7, NOW + 10, false),
+            (6, NOW + 10, false),
+            (0, NOW, false),
+            (0, NOW + 1, true),
+        ] {
+            let offered = signed(number, this_update);
+            assert_eq!(
+                check_fresh(&offered, NOW, Some(&crl)).is_ok(),
+                ok,
+                "#{number} at {this_update} after #7 at {NOW}"
+            );
+        }
 
         // The same issuer name but another key: the signature gives it away.
         let mut forged = der.clone();

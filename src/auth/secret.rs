@@ -8,6 +8,7 @@
 //! per-process key (never the password) so reconnects within the TTL do no hashing.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
@@ -88,10 +89,14 @@ pub fn hash_password(password: &SecretString) -> Result<String, SecretError> {
 
 /// Checks that a string is a legacy bcrypt hash mqgate can import (`$2a$`, `$2b$`, `$2y$`).
 pub fn validate_bcrypt_hash(hash: &str) -> Result<(), SecretError> {
+    // Bytes, not string slices: an operator's paste may hold any UTF-8, and a slice inside a
+    // multi-byte character would panic (and the panic message would echo the hash).
+    let b = hash.as_bytes();
     let ok = ["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p))
-        && hash.len() == 60
-        && hash[4..6].chars().all(|c| c.is_ascii_digit())
-        && &hash[6..7] == "$";
+        && b.len() == 60
+        && b.get(4..6)
+            .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+        && b.get(6) == Some(&b'$');
     if ok {
         Ok(())
     } else {
@@ -140,6 +145,7 @@ pub struct SecretVerifier {
     slow_timeout: Duration,
     remembered: moka::future::Cache<[u8; 32], ()>,
     process_key: Arc<[u8; 32]>,
+    slow_verifies: Arc<AtomicU64>,
 }
 
 impl SecretVerifier {
@@ -156,7 +162,14 @@ impl SecretVerifier {
                 .time_to_live(ttl)
                 .build(),
             process_key: Arc::new(key),
+            slow_verifies: Arc::default(),
         }
+    }
+
+    /// argon2/bcrypt verifies started so far (each costs ~17 ms of a core): what the brute-force
+    /// limits must keep small.
+    pub fn slow_verifies(&self) -> u64 {
+        self.slow_verifies.load(Ordering::Relaxed)
     }
 
     /// Finds the credential `presented` matches. Tokens are checked against every token credential
@@ -181,6 +194,27 @@ impl SecretVerifier {
         Ok(None)
     }
 
+    /// Spends what a password verify costs, for a CONNECT that has no password to check (unknown
+    /// client id, disabled device, token-only device): otherwise its quick refusal would tell a
+    /// prober which client ids exist. Verifies against a hash of a random password, in the same
+    /// lane and under the same timeout as a real verify; the result is ignored.
+    pub async fn dummy_verify(&self, presented: &SecretString) {
+        static DUMMY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        let hash = DUMMY.get_or_init(|| {
+            let mut bytes = [0u8; 32];
+            rand::rng().fill_bytes(&mut bytes);
+            hash_password(&hex::encode(bytes).into()).ok()
+        });
+        let Some(hash) = hash else { return };
+        let cred = CredentialView {
+            id: 0,
+            kind: CredentialKind::Argon2,
+            digest: hash.clone(),
+            expires_at: None,
+        };
+        let _ = self.verify_password(presented, &cred).await;
+    }
+
     async fn verify_password(
         &self,
         presented: &SecretString,
@@ -192,8 +226,10 @@ impl SecretVerifier {
         }
         let (pw, kind, hash) = (presented.clone(), cred.kind, cred.digest.clone());
         let lane = Arc::clone(&self.slow_lane);
+        let started = Arc::clone(&self.slow_verifies);
         let verify = async move {
             let _permit = lane.acquire_owned().await.ok()?;
+            started.fetch_add(1, Ordering::Relaxed);
             tokio::task::spawn_blocking(move || slow_verify(&pw, kind, &hash))
                 .await
                 .ok()
@@ -317,5 +353,17 @@ mod tests {
     fn bcrypt_import_rejects_non_bcrypt_strings() {
         assert!(validate_bcrypt_hash("$argon2id$v=19$...").is_err());
         assert!(validate_bcrypt_hash("plaintext").is_err());
+        // A multi-byte character where the cost digits are: refused, not a panic.
+        let odd = format!("$2b$1é{}", "x".repeat(53));
+        assert_eq!(odd.len(), 60);
+        assert!(validate_bcrypt_hash(&odd).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn bcrypt_validation_never_panics(s in "\\PC{0,70}", prefix in "\\$2[aby]\\$") {
+            let _ = validate_bcrypt_hash(&s);
+            let _ = validate_bcrypt_hash(&format!("{prefix}{s}"));
+        }
     }
 }

@@ -58,6 +58,8 @@ pub enum CertRejection {
     Mismatch,
     /// Only names were presented, and the device has no active certificate with them.
     Unknown,
+    /// Only names were presented, with no secret, and names-only trust is off.
+    NamesOnly,
 }
 
 impl CertRejection {
@@ -73,6 +75,7 @@ impl CertRejection {
             CertRejection::CrlUnavailable => "crl_unavailable",
             CertRejection::Mismatch => "cert_mismatch",
             CertRejection::Unknown => "cert_unknown",
+            CertRejection::NamesOnly => "cert_names_only",
         }
     }
 
@@ -92,6 +95,9 @@ impl CertRejection {
             }
             CertRejection::Mismatch => "certificate identifies another device".into(),
             CertRejection::Unknown => "device has no active certificate with that subject".into(),
+            CertRejection::NamesOnly => {
+                "only certificate names were presented (no cert_pem, no secret) and emqx_trust_cert_names is off".into()
+            }
         }
     }
 
@@ -103,9 +109,10 @@ impl CertRejection {
             CertRejection::NotYetValid => CertificateError::NotValidYet,
             CertRejection::Revoked => CertificateError::Revoked,
             CertRejection::CrlUnavailable => CertificateError::UnknownRevocationStatus,
-            CertRejection::WrongTenant | CertRejection::Mismatch | CertRejection::Unknown => {
-                CertificateError::ApplicationVerificationFailure
-            }
+            CertRejection::WrongTenant
+            | CertRejection::Mismatch
+            | CertRejection::Unknown
+            | CertRejection::NamesOnly => CertificateError::ApplicationVerificationFailure,
         })
     }
 }

@@ -3,8 +3,8 @@
 //!
 //! | refusal | 3.1.1 | 5.0 |
 //! |---|---|---|
-//! | unknown client, wrong/missing/expired secret, username mismatch | 4 bad username or password | 0x86 |
-//! | device disabled, will topic not allowed, TLS identity mismatch | 5 not authorized | 0x87 |
+//! | unknown client, disabled device, wrong/missing/expired secret, username mismatch | 4 bad username or password | 0x86 |
+//! | will topic not allowed, TLS identity mismatch | 5 not authorized | 0x87 |
 //! | locked out after failed attempts | 5 not authorized | 0x8A banned |
 //! | too many connections (per address, or the broker's limit) | 3 server unavailable | 0x97 quota exceeded |
 //! | registry unavailable, verification interrupted, router refused | 3 server unavailable | 0x88 server unavailable |
@@ -76,10 +76,13 @@ impl Refusal {
     }
 }
 
+/// One code for every outcome that would tell a prober whether a client id exists (unknown,
+/// disabled, wrong secret): the audit and the log keep the real cause.
 fn is_credential_failure(c: &Cause) -> bool {
     matches!(
         c,
         Cause::UnknownClient
+            | Cause::DeviceDisabled
             | Cause::UsernameMismatch
             | Cause::NoSecret
             | Cause::BadSecret
@@ -110,7 +113,8 @@ mod tests {
     fn authorization_refusals_are_not_authorized_and_lockouts_banned_in_5() {
         assert_eq!(
             Refusal::Gate(Cause::DeviceDisabled).code(Version::V4),
-            Code::NotAuthorized
+            Code::BadUserNamePassword,
+            "disabled looks like unknown"
         );
         assert_eq!(
             Refusal::WillNotAllowed.code(Version::V5),

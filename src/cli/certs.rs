@@ -278,12 +278,11 @@ pub(super) async fn cert(cmd: CertCmd, admin: &Admin, config: &Config, out: &Out
             let summary = cert_json(&issued.record);
             match dir {
                 Some(dir) => {
-                    let key_path = dir.join(format!("{client_id}.key.pem"));
+                    // The client id is parsed (no `/`), so each name is one component in `dir`.
+                    let id = crate::core::ids::ClientId::parse(&client_id)?;
+                    let key_path = dir.join(format!("{id}.key.pem"));
                     write_key(&key_path, issued.issued.key_pem.expose_secret().as_bytes())?;
-                    write_atomically(
-                        &dir.join(format!("{client_id}.crt.pem")),
-                        cert_pem.as_bytes(),
-                    )?;
+                    write_atomically(&dir.join(format!("{id}.crt.pem")), cert_pem.as_bytes())?;
                     write_atomically(&dir.join("ca.crt.pem"), ca_pem.as_bytes())?;
                     out.done(
                         &format!(

@@ -74,6 +74,8 @@ pub enum Cause {
         fingerprint: String,
         /// When it expires (Unix seconds).
         not_after: i64,
+        /// Only its names were presented (the broker verified it; `emqx_trust_cert_names`).
+        names_only: bool,
     },
     /// The client certificate was refused.
     CertRejected(CertRejection),
@@ -89,7 +91,7 @@ impl Cause {
                 | Cause::NoSecret
                 | Cause::BadSecret
                 | Cause::CredentialExpired { .. }
-        ) || matches!(self, Cause::CertRejected(r) if *r != CertRejection::CrlUnavailable)
+        ) || matches!(self, Cause::CertRejected(r) if !matches!(r, CertRejection::CrlUnavailable | CertRejection::NamesOnly))
     }
 
     /// A short stable label for metrics and audit.
@@ -109,6 +111,9 @@ impl Cause {
             Cause::Interrupted => "interrupted",
             Cause::LockedOut(_) => "locked_out",
             Cause::RateLimited(_) => "rate_limited",
+            Cause::Certificate {
+                names_only: true, ..
+            } => "certificate_names_only",
             Cause::Certificate { .. } => "certificate",
             Cause::CertRejected(r) => r.label(),
         }
@@ -155,15 +160,27 @@ impl Cause {
             Cause::LockedOut(Locked::ClientId { until_ms }) => {
                 format!("client id locked out for unfamiliar addresses until {until_ms} (Unix ms)")
             }
-            Cause::Certificate { fingerprint, .. } => {
-                format!(
-                    "client certificate {}",
-                    &fingerprint[..fingerprint.len().min(16)]
-                )
+            Cause::Certificate {
+                fingerprint,
+                names_only,
+                ..
+            } => {
+                let short: String = fingerprint.chars().take(16).collect();
+                let how = if *names_only {
+                    " (names only, trusted from the broker)"
+                } else {
+                    ""
+                };
+                format!("client certificate {short}{how}")
             }
             Cause::CertRejected(r) => r.explain(),
             Cause::LockedOut(Locked::Address { until_ms }) => {
                 format!("source address locked out until {until_ms} (Unix ms)")
+            }
+            Cause::LockedOut(Locked::Busy { of }) => {
+                format!(
+                    "password attempts for this {of} already fill its failure window or verify slots"
+                )
             }
         }
     }

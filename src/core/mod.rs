@@ -2,6 +2,7 @@
 //! device and what the client asks, it returns a [`Decision`] that names its cause.
 
 mod decision;
+pub mod ids;
 mod session;
 
 pub use decision::{Cause, Decision, Verdict};
@@ -191,10 +192,11 @@ pub fn check_cert_identity(device: &DeviceView, id: &CertIdentity) -> Result<(),
 }
 
 /// The allow for a device identified by certificate alone.
-pub fn allow_by_certificate(id: &CertIdentity) -> Decision {
+pub fn allow_by_certificate(id: &CertIdentity, names_only: bool) -> Decision {
     Decision::allow(Cause::Certificate {
         fingerprint: id.fingerprint.clone(),
         not_after: id.not_after,
+        names_only,
     })
 }
 

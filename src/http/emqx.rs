@@ -21,6 +21,7 @@ use crate::acl::Action;
 use crate::auth::cert;
 use crate::core::{Cause, Verdict};
 use crate::gate::{ConnectRequest, PresentedCert};
+use crate::metrics::Kind as MetricKind;
 
 /// The EMQX routes.
 pub fn routes() -> Router<HttpState> {
@@ -111,11 +112,26 @@ struct AuthzBody<'a> {
     access: Text<'a>,
 }
 
-async fn authn(
-    _: Internal,
-    State(s): State<HttpState>,
-    body: axum::body::Body,
-) -> Result<Response, ApiError> {
+/// Answers a body mqgate cannot read (malformed, oversized, cut short, a field missing) with a
+/// 200 deny: EMQX reads every non-200 answer as "ignore" and would ask its next authenticator.
+/// Counted under the cause `malformed_request` and logged with the problem, never the body.
+fn malformed(s: &HttpState, kind: MetricKind, e: &ApiError) -> Response {
+    let (endpoint, body) = match kind {
+        MetricKind::Connect => ("authn", r#"{"result":"deny","is_superuser":false}"#),
+        MetricKind::Authorize => ("authz", r#"{"result":"deny"}"#),
+    };
+    tracing::warn!(endpoint, error = %e, "unreadable EMQX request denied");
+    s.gate.metrics().denied(kind, "malformed_request");
+    ([(CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn authn(_: Internal, State(s): State<HttpState>, body: axum::body::Body) -> Response {
+    authn_answer(&s, body)
+        .await
+        .unwrap_or_else(|e| malformed(&s, MetricKind::Connect, &e))
+}
+
+async fn authn_answer(s: &HttpState, body: axum::body::Body) -> Result<Response, ApiError> {
     let bytes = read_body(body, s.max_body_bytes).await?;
     let b: AuthnBody = parse_json(&bytes)?;
     let req = ConnectRequest {
@@ -167,11 +183,13 @@ fn presented_cert(b: &AuthnBody) -> Option<PresentedCert> {
     })
 }
 
-async fn authz(
-    _: Internal,
-    State(s): State<HttpState>,
-    body: axum::body::Body,
-) -> Result<Response, ApiError> {
+async fn authz(_: Internal, State(s): State<HttpState>, body: axum::body::Body) -> Response {
+    authz_answer(&s, body)
+        .await
+        .unwrap_or_else(|e| malformed(&s, MetricKind::Authorize, &e))
+}
+
+async fn authz_answer(s: &HttpState, body: axum::body::Body) -> Result<Response, ApiError> {
     let bytes = read_body(body, s.max_body_bytes).await?;
     let b: AuthzBody = parse_json(&bytes)?;
     let client_id = b.clientid.required("clientid")?;

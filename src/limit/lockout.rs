@@ -57,15 +57,33 @@ pub enum Locked {
         /// Unix ms when it ends.
         until_ms: i64,
     },
+    /// Attempts already under way (or failed) for this client id or address fill its failure
+    /// window or its slow-verify slots: refused before any password hashing.
+    Busy {
+        /// `client_id` or `address`.
+        of: &'static str,
+    },
 }
 
 #[derive(Debug, Default)]
 struct Counter {
     failures: VecDeque<i64>,
     locked_until: i64,
+    /// Slow verifies reserved and not yet settled: each may still become a failure.
+    pending: u32,
 }
 
 impl Counter {
+    /// Whether one more slow verify may start: failures in the window plus those under way stay
+    /// below `max` (so at most `max` attempts per window ever reach the hash), and fewer than
+    /// `in_flight` are under way.
+    fn has_room(&mut self, now: i64, max: u32, window: i64, in_flight: u32) -> bool {
+        while self.failures.front().is_some_and(|t| *t <= now - window) {
+            self.failures.pop_front();
+        }
+        self.pending < in_flight && self.failures.len() + (self.pending as usize) < max as usize
+    }
+
     /// Records a failure; returns true when it locks.
     fn fail(&mut self, now: i64, max: u32, window: i64, lockout: i64) -> bool {
         while self.failures.front().is_some_and(|t| *t <= now - window) {
@@ -81,7 +99,9 @@ impl Counter {
     }
 
     fn is_idle(&self, now: i64, window: i64) -> bool {
-        self.locked_until <= now && self.failures.back().is_none_or(|t| *t <= now - window)
+        self.pending == 0
+            && self.locked_until <= now
+            && self.failures.back().is_none_or(|t| *t <= now - window)
     }
 }
 
@@ -113,6 +133,19 @@ pub struct FailureGuard {
 
 /// At most this many familiar addresses are kept per client id (oldest dropped).
 const FAMILIAR_MAX: usize = 8;
+
+/// Slow (password) verifies under way at once for one client id from unfamiliar addresses.
+pub const CLIENT_IN_FLIGHT: u32 = 2;
+
+/// Slow verifies under way at once from one address.
+pub const ADDRESS_IN_FLIGHT: u32 = 4;
+
+/// What [`FailureGuard::reserve`] took; hand it back to [`FailureGuard::release`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reserved {
+    client_id: Option<String>,
+    peer: Option<String>,
+}
 
 /// At most this many client ids, and as many addresses, are tracked: past that, new ones are not
 /// counted until `sweep` frees room (memory stays bounded under a spray of new addresses).
@@ -152,6 +185,96 @@ impl FailureGuard {
             .is_some_and(|t| *t > now - self.policy.familiar_ms);
         (state.counter.locked_until > now && !familiar).then_some(Locked::ClientId {
             until_ms: state.counter.locked_until,
+        })
+    }
+
+    /// Reserves a failure slot for a slow verify of `client_id` from `peer`, before it starts:
+    /// refused when the failures in the window plus the verifies under way already reach the
+    /// limit, or too many verifies are under way. The client id's slot is only taken from an
+    /// unfamiliar address (the device at its usual address is never refused for strangers).
+    /// `client_id` is `None` for a client id the registry does not know (the address alone pays).
+    pub fn reserve(
+        &mut self,
+        client_id: Option<&str>,
+        peer: &str,
+        now: i64,
+    ) -> Result<Reserved, Locked> {
+        let p = self.policy;
+        let Some(client_id) = client_id else {
+            return self.reserve_address(peer, now);
+        };
+        let familiar = self.is_familiar(client_id, peer, now);
+        let addr_ok = slot(&mut self.addresses, peer)
+            .is_none_or(|a| a.has_room(now, p.ip_max_failures, p.window_ms, ADDRESS_IN_FLIGHT));
+        if !addr_ok {
+            return Err(Locked::Busy { of: "address" });
+        }
+        let client_ok = familiar
+            || slot(&mut self.clients, client_id).is_none_or(|s| {
+                s.counter
+                    .has_room(now, p.max_failures, p.window_ms, CLIENT_IN_FLIGHT)
+            });
+        if !client_ok {
+            return Err(Locked::Busy { of: "client_id" });
+        }
+        let mut taken = Reserved {
+            client_id: None,
+            peer: None,
+        };
+        if let Some(a) = self.addresses.get_mut(peer) {
+            a.pending += 1;
+            taken.peer = Some(peer.to_string());
+        }
+        if let (false, Some(s)) = (familiar, self.clients.get_mut(client_id)) {
+            s.counter.pending += 1;
+            taken.client_id = Some(client_id.to_string());
+        }
+        Ok(taken)
+    }
+
+    fn reserve_address(&mut self, peer: &str, now: i64) -> Result<Reserved, Locked> {
+        let p = self.policy;
+        let Some(a) = slot(&mut self.addresses, peer) else {
+            return Ok(Reserved {
+                client_id: None,
+                peer: None,
+            });
+        };
+        if !a.has_room(now, p.ip_max_failures, p.window_ms, ADDRESS_IN_FLIGHT) {
+            return Err(Locked::Busy { of: "address" });
+        }
+        a.pending += 1;
+        Ok(Reserved {
+            client_id: None,
+            peer: Some(peer.to_string()),
+        })
+    }
+
+    /// Gives back what [`FailureGuard::reserve`] took (record the outcome in the same lock).
+    pub fn release(&mut self, taken: Reserved) {
+        if let Some(a) = taken.peer.and_then(|p| self.addresses.get_mut(&p)) {
+            a.pending = a.pending.saturating_sub(1);
+        }
+        if let Some(s) = taken.client_id.and_then(|c| self.clients.get_mut(&c)) {
+            s.counter.pending = s.counter.pending.saturating_sub(1);
+        }
+    }
+
+    /// Records a failure of `peer` alone (a verify that timed out or was abandoned).
+    pub fn record_address_failure(&mut self, peer: &str, now: i64) -> Option<Locked> {
+        let p = self.policy;
+        slot(&mut self.addresses, peer)
+            .is_some_and(|a| a.fail(now, p.ip_max_failures, p.window_ms, p.ip_lockout_ms))
+            .then_some(Locked::Address {
+                until_ms: now + p.ip_lockout_ms,
+            })
+    }
+
+    fn is_familiar(&self, client_id: &str, peer: &str, now: i64) -> bool {
+        self.clients.get(client_id).is_some_and(|s| {
+            s.familiar
+                .get(peer)
+                .is_some_and(|t| *t > now - self.policy.familiar_ms)
         })
     }
 

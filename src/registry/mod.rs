@@ -279,6 +279,11 @@ impl Store {
         dispatch!(self, s => s.update_ca_crl(t, ca_id, update).await)
     }
 
+    /// Replaces a CA's sealed private key (re-sealed in the current format).
+    pub async fn update_ca_key(&self, t: TenantId, ca_id: i64, sealed: &[u8]) -> StoreResult<()> {
+        dispatch!(self, s => s.update_ca_key(t, ca_id, sealed).await)
+    }
+
     /// Binds a certificate to a device; `Conflict` if the fingerprint is bound already.
     pub async fn add_device_cert(
         &self,

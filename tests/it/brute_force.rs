@@ -108,3 +108,83 @@ async fn successful_logins_are_never_penalised(store: Store) {
     assert_eq!(app.get("/v1/ops/lockouts").await, json!({"lockouts": []}));
 }
 both_stores!(successes_free, successful_logins_are_never_penalised);
+
+/// One EMQX authn call without a `TestApp` borrow (for spawned tasks); returns the `result`.
+async fn authn_result(
+    http: reqwest::Client,
+    base: String,
+    peer: String,
+    id: &str,
+    pw: &str,
+) -> String {
+    let body = json!({ "clientid": id, "username": "", "password": pw, "peerhost": peer });
+    let v: serde_json::Value = http
+        .post(format!("{base}/v1/emqx/authn"))
+        .bearer_auth(crate::helpers::SECRET)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["result"].as_str().unwrap_or_default().to_string()
+}
+
+async fn a_concurrent_password_flood_reaches_argon2_at_most_the_limit_and_starves_no_one(
+    store: Store,
+) {
+    let app = TestApp::start(store).await;
+    app.device("acme", "dev-1").await;
+    app.device("acme", "dev-2").await;
+    for (id, pw) in [("dev-1", "password-one"), ("dev-2", "password-two")] {
+        app.admin.set_password("acme", id, pw.into()).await.unwrap();
+    }
+    assert_eq!(
+        app.authn_from(DEVICE_AT, "dev-1", "", "password-one").await["result"],
+        "allow"
+    );
+    let before = app.gate.password_verifies();
+    // 300 wrong passwords for dev-1 at once, each from its own address (so only the client id's
+    // limit applies), while dev-2 logs in with its right password.
+    let mut flood = tokio::task::JoinSet::new();
+    for i in 0..300 {
+        let peer = format!("10.9.{}.{}", i / 250, i % 250 + 1);
+        flood.spawn(authn_result(
+            app.http.clone(),
+            app.base.clone(),
+            peer,
+            "dev-1",
+            "guess",
+        ));
+    }
+    let dev2 = authn_result(
+        app.http.clone(),
+        app.base.clone(),
+        "10.0.0.8".into(),
+        "dev-2",
+        "password-two",
+    );
+    assert_eq!(
+        dev2.await,
+        "allow",
+        "another device's right password during the flood"
+    );
+    let results = flood.join_all().await;
+    assert!(results.iter().all(|r| r == "deny"));
+    let verifies = app.gate.password_verifies() - before;
+    // The client id's limit is 5 failures per window; dev-2 costs one more.
+    assert!(
+        verifies <= 6,
+        "{verifies} argon2 verifies for a flood of 300"
+    );
+    // The device at its usual address still gets in.
+    assert_eq!(
+        app.authn_from(DEVICE_AT, "dev-1", "", "password-one").await["result"],
+        "allow"
+    );
+}
+both_stores!(
+    concurrent_password_flood,
+    a_concurrent_password_flood_reaches_argon2_at_most_the_limit_and_starves_no_one
+);

@@ -250,14 +250,17 @@ async fn internal_ca_certificates_connect_until_revoked_body(store: Store) {
     app.device("acme", "d2").await;
     assert_eq!(authn_cert(&app, "d2", der, "").await["result"], "deny");
     assert_eq!(last_connect_cause(&app).await, "cert_mismatch");
-    // Names only (EMQX without ${cert_pem}): the device holds an active certificate so named.
+    // Names only (EMQX without ${cert_pem}): a certificate from any CA in the broker's bundle
+    // could carry them, so they open nothing alone unless the operator says so.
     let info = cert::parse(der).unwrap();
     let names = json!({ "clientid": "d1", "username": "", "password": "", "peerhost": "10.0.0.9",
         "cert_pem": "", "cert_common_name": "d1", "cert_subject": info.subject });
-    assert_eq!(
-        app.post("/v1/emqx/authn", &names).await.2["result"],
-        "allow"
-    );
+    assert_eq!(app.post("/v1/emqx/authn", &names).await.2["result"], "deny");
+    assert_eq!(last_connect_cause(&app).await, "cert_names_only");
+    let mut with_token = names.clone();
+    with_token["password"] = json!(token);
+    let v = app.post("/v1/emqx/authn", &with_token).await.2;
+    assert_eq!(v["result"], "allow", "names plus the device's secret");
     // Garbage where the certificate should be is a deny, not a pass to the next authenticator.
     let junk = json!({ "clientid": "d1", "password": "", "cert_pem": "bm90IGEgY2VydA==" });
     let (status, _, v) = app.post("/v1/emqx/authn", &junk).await;
@@ -397,10 +400,8 @@ async fn external_ca_certificates_follow_their_crl_body(store: Store) {
     );
 
     // The real CRL, revoking e2.
-    app.admin
-        .crl_import("acme", "ext", &ext.crl(&[&e2], 2, T0 + 7 * DAY))
-        .await
-        .unwrap();
+    let current = ext.crl(&[&e2], 2, T0 + 7 * DAY);
+    app.admin.crl_import("acme", "ext", &current).await.unwrap();
     reload(&app).await;
     let id = handshake(verifier(&app), &e1.cert_der, e1.key_pem.expose_secret())
         .await
@@ -418,9 +419,22 @@ async fn external_ca_certificates_follow_their_crl_body(store: Store) {
         "deny"
     );
     assert_eq!(last_connect_cause(&app).await, "cert_revoked");
-    // An older CRL (number 1) does not replace the current one.
-    let older = ext.crl(&[], 1, T0 + 7 * DAY);
-    assert!(app.admin.crl_import("acme", "ext", &older).await.is_err());
+    // Replays do not replace the current CRL: an older number, the same number without e2, a
+    // CRL without a number issued at the same time. The same bytes again are fine (a re-fetch).
+    for replay in [
+        ext.crl(&[], 1, T0 + 7 * DAY),
+        ext.crl(&[], 2, T0 + 6 * DAY),
+        ext.crl(&[], 0, T0 + 6 * DAY),
+    ] {
+        let e = app.admin.crl_import("acme", "ext", &replay).await;
+        assert!(e.unwrap_err().to_string().contains("not newer"));
+    }
+    app.admin.crl_import("acme", "ext", &current).await.unwrap();
+    reload(&app).await;
+    refused(
+        handshake(verifier(&app), &e2.cert_der, e2.key_pem.expose_secret()).await,
+        "Revoked",
+    );
 
     // Not yet valid; another CA altogether; this CA vouching for another tenant.
     let early = ext.issue("acme", "e1", T0 + DAY, T0 + 30 * DAY);
@@ -643,5 +657,88 @@ async fn crls_are_fetched_body(store: Store) {
     refused(
         handshake(verifier(&app), &f1.cert_der, f1.key_pem.expose_secret()).await,
         "UnknownRevocationStatus",
+    );
+}
+
+both_stores!(
+    names_only_certificates_allow_only_when_trusted_explicitly,
+    names_only_certificates_allow_only_when_trusted_explicitly_body
+);
+async fn names_only_certificates_allow_only_when_trusted_explicitly_body(store: Store) {
+    let app = TestApp::start_with(store, |l| {
+        with_ca_secret(l);
+        l.set("emqx_trust_cert_names", "true".into(), "test")
+            .unwrap();
+    })
+    .await;
+    app.device("acme", "d1").await;
+    let days = |d: u64| Duration::from_secs(d * 86400);
+    app.admin
+        .ca_init("acme", "default", days(3650), &sealer())
+        .await
+        .unwrap();
+    let issued = app
+        .admin
+        .cert_issue("acme", "d1", None, days(30), &sealer())
+        .await
+        .unwrap();
+    reload(&app).await;
+    let info = cert::parse(&issued.issued.cert_der).unwrap();
+    let names = json!({ "clientid": "d1", "username": "", "password": "", "peerhost": "10.0.0.9",
+        "cert_pem": "", "cert_common_name": "d1", "cert_subject": info.subject });
+    assert_eq!(
+        app.post("/v1/emqx/authn", &names).await.2["result"],
+        "allow"
+    );
+    assert_eq!(last_connect_cause(&app).await, "certificate_names_only");
+    // Names of no certificate of the device still open nothing.
+    let mut other = names.clone();
+    other["cert_subject"] = json!("CN=d1,O=elsewhere");
+    assert_eq!(app.post("/v1/emqx/authn", &other).await.2["result"], "deny");
+}
+
+both_stores!(
+    a_ca_key_sealed_the_old_way_still_signs_and_is_sealed_again,
+    a_ca_key_sealed_the_old_way_still_signs_and_is_sealed_again_body
+);
+async fn a_ca_key_sealed_the_old_way_still_signs_and_is_sealed_again_body(store: Store) {
+    let app = TestApp::start_with(store, with_ca_secret).await;
+    app.device("acme", "d1").await;
+    let days = |d: u64| Duration::from_secs(d * 86400);
+    let ca = app
+        .admin
+        .ca_init("acme", "default", days(3650), &sealer())
+        .await
+        .unwrap();
+    let sealed = ca.key_sealed.clone().unwrap();
+    assert!(!KeySealer::is_legacy(&sealed), "new keys use argon2id");
+    // Put the key back as the first format sealed it (one HMAC of the secret, no salt).
+    let key = sealer().open(&ca.fingerprint, &sealed).unwrap();
+    let old = sealer().seal_legacy(&ca.fingerprint, &key);
+    let store = app.admin.store();
+    store
+        .update_ca_key(ca.tenant_id, ca.id, &old)
+        .await
+        .unwrap();
+    let issued = app
+        .admin
+        .cert_issue("acme", "d1", None, days(30), &sealer())
+        .await
+        .unwrap();
+    assert_eq!(
+        cert::parse(&issued.issued.cert_der)
+            .unwrap()
+            .common_name
+            .as_deref(),
+        Some("d1")
+    );
+    let now = store.list_cas(ca.tenant_id).await.unwrap();
+    let resealed = now[0].key_sealed.clone().unwrap();
+    assert!(!KeySealer::is_legacy(&resealed), "migrated on first use");
+    assert_eq!(sealer().open(&ca.fingerprint, &resealed).unwrap(), key);
+    assert!(
+        KeySealer::new("a-wrong-secret-that-is-long-enough-0123456")
+            .open(&ca.fingerprint, &resealed)
+            .is_err()
     );
 }

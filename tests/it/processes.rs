@@ -1231,3 +1231,53 @@ async fn a_dead_router_turns_readiness_off_writes_the_audit_and_exits_non_zero()
         "{tail}"
     );
 }
+
+#[tokio::test]
+async fn a_non_ascii_bcrypt_hash_is_refused_without_a_panic_or_an_echo() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_url(&dir);
+    one_device(&db).await;
+    let hash = format!("$2b$1é{}", "q".repeat(53));
+    let args = [
+        "cred",
+        "import-bcrypt",
+        "--tenant",
+        "acme",
+        "--client-id",
+        "dev-1",
+    ];
+    let (ok, out, err) = cli(&db, &args, Some(&format!("{hash}\n"))).await;
+    assert!(!ok);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("not a bcrypt hash"), "{err}");
+    assert!(!err.contains("qqqq") && !out.contains("qqqq"), "{err}");
+}
+
+#[tokio::test]
+async fn client_ids_that_can_never_connect_are_refused_and_never_leave_the_out_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_url(&dir);
+    cli_json(&db, &["tenant", "add", "acme"]).await;
+    for bad in ["a/b", "../x", "dev+1", "$SYS"] {
+        let args = ["device", "add", "--tenant", "acme", "--client-id", bad];
+        let (ok, _, err) = cli(&db, &args, None).await;
+        assert!(!ok, "{bad} was accepted");
+        assert!(err.contains("none of + # / $"), "{err}");
+    }
+    let out = dir.path().join("out");
+    let out_arg = out.display().to_string();
+    let args = [
+        "cert",
+        "issue",
+        "--tenant",
+        "acme",
+        "--client-id",
+        "../x",
+        "--out",
+        &out_arg,
+    ];
+    let (ok, _, _) = cli(&db, &args, None).await;
+    assert!(!ok);
+    assert!(!dir.path().join("x.key.pem").exists());
+    assert!(!dir.path().join("x.crt.pem").exists());
+}

@@ -119,6 +119,25 @@ impl PgStore {
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
+    pub(crate) async fn update_ca_key(
+        &self,
+        t: TenantId,
+        ca_id: i64,
+        sealed: &[u8],
+    ) -> StoreResult<()> {
+        let mut tx = self.scoped(t).await?;
+        sqlx::query!(
+            "UPDATE cas SET key_sealed = $1 WHERE tenant_id = $2 AND id = $3 AND key_sealed IS NOT NULL",
+            sealed,
+            t.0,
+            ca_id
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub(crate) async fn update_ca_crl(
         &self,
         t: TenantId,

@@ -94,6 +94,23 @@ impl SqliteStore {
         Ok(rs.iter().map(ca).collect::<Result<_, _>>()?)
     }
 
+    pub(crate) async fn update_ca_key(
+        &self,
+        t: TenantId,
+        ca_id: i64,
+        sealed: &[u8],
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE cas SET key_sealed = ? WHERE tenant_id = ? AND id = ? AND key_sealed IS NOT NULL",
+        )
+        .bind(sealed)
+        .bind(t.0)
+        .bind(ca_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     pub(crate) async fn update_ca_crl(
         &self,
         t: TenantId,

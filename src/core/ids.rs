@@ -1,0 +1,100 @@
+//! The identifiers every entry point parses once (CLI, admin, registry writes, HTTP, broker,
+//! ACL placeholders): a value that can never work is refused where it enters, with a clear
+//! message, instead of being stored and failing later.
+
+use std::fmt;
+
+/// An MQTT client id mqgate can serve: 1-256 bytes, no control characters and none of
+/// `+ # / $` (rumqttd's router drops such links, and ACL placeholders refuse them), so it is
+/// also safe as one path component of a file name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientId(String);
+
+/// Why an identifier was refused (the message names the rule, never the value).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadId(&'static str);
+
+impl ClientId {
+    /// Parses a client id.
+    pub fn parse(s: &str) -> Result<Self, BadId> {
+        let ok = !s.is_empty()
+            && s.len() <= 256
+            && !s.contains(['+', '#', '/', '$'])
+            && !s.chars().any(char::is_control);
+        if ok {
+            Ok(ClientId(s.to_string()))
+        } else {
+            Err(BadId(
+                "client id: 1-256 bytes, no control characters and none of + # / $",
+            ))
+        }
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A tenant name: 1-64 of `A-Z a-z 0-9 - _ .` (it appears in topics, URIs and file names).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TenantName(String);
+
+impl TenantName {
+    /// Parses a tenant name.
+    pub fn parse(s: &str) -> Result<Self, BadId> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if ok {
+            Ok(TenantName(s.to_string()))
+        } else {
+            Err(BadId("tenant name: use 1-64 of A-Z a-z 0-9 - _ ."))
+        }
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for TenantName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids_that_can_never_connect_are_refused() {
+        for bad in [
+            "",
+            "a/b",
+            "../x",
+            "a+b",
+            "#",
+            "$SYS",
+            "a\nb",
+            &"x".repeat(257),
+        ] {
+            assert!(ClientId::parse(bad).is_err(), "{bad:?}");
+        }
+        for good in ["dev-1", "sensor.17", "é-device", ".."] {
+            assert_eq!(ClientId::parse(good).unwrap().as_str(), good);
+        }
+        assert!(TenantName::parse("acme").is_ok());
+        assert!(TenantName::parse("ac/me").is_err());
+    }
+}

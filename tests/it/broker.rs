@@ -592,21 +592,7 @@ fn raw_connect(id: &str, secret: &str, ka: u16) -> Vec<u8> {
         body.extend_from_slice(&(field.len() as u16).to_be_bytes());
         body.extend_from_slice(field.as_bytes());
     }
-    let mut frame = vec![0x10];
-    let mut len = body.len();
-    loop {
-        let mut b = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            b |= 0x80;
-        }
-        frame.push(b);
-        if len == 0 {
-            break;
-        }
-    }
-    frame.extend(body);
-    frame
+    crate::raw::frame(0x10, &body)
 }
 
 /// Reads until the broker closes; returns everything it sent.

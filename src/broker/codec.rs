@@ -66,6 +66,33 @@ impl Codec {
         }
     }
 
+    /// How many more bytes the frame that `buf` begins needs before it is complete, as announced
+    /// by its fixed header; 0 when the header is not all there yet, the frame is complete, or it
+    /// announces more than the packet bound (the decoder refuses it then).
+    ///
+    /// The reader reserves this much room at once: a large packet arriving in pieces would
+    /// otherwise be copied into a larger buffer at every read (quadratic in its size).
+    pub fn missing(&self, buf: &[u8]) -> usize {
+        let mut bytes = buf.iter();
+        if bytes.next().is_none() {
+            return 0;
+        }
+        let (mut remaining, mut shift) = (0usize, 0u32);
+        for (i, b) in bytes.take(4).enumerate() {
+            remaining |= usize::from(b & 0x7F) << shift;
+            if b & 0x80 == 0 {
+                let frame = 1 + (i + 1) + remaining;
+                return if remaining > self.max_packet {
+                    0
+                } else {
+                    frame.saturating_sub(buf.len())
+                };
+            }
+            shift += 7;
+        }
+        0
+    }
+
     /// The next complete packet in `buf` after CONNECT, `None` when more bytes are needed.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Packet>, FrameError> {
         self.decode_typed(buf, |t| CLIENT_TYPES.contains(&t))
@@ -189,15 +216,12 @@ fn without_properties(packet: Packet) -> Packet {
     }
 }
 
-/// QoS and packet id of a publish (rumqttd keeps both crate-private; its own portable
-/// serialization carries them in the first three bytes).
+/// QoS (0–2) and packet id of a publish.
 pub fn qos_and_pkid(publish: &protocol::Publish) -> (u8, u16) {
-    let s = publish.serialize();
-    let qos = (s[0] >> 1) & 0b11;
-    (qos, u16::from_be_bytes([s[1], s[2]]))
+    (publish.qos() as u8, publish.pkid())
 }
 
-/// A publish at `qos` (0 or 1) with packet id `pkid`, built through rumqttd's portable form.
+/// A publish at `qos` (0–2; anything else is 0) with packet id `pkid`.
 pub fn publish_with_qos(
     topic: bytes::Bytes,
     payload: bytes::Bytes,
@@ -205,20 +229,42 @@ pub fn publish_with_qos(
     qos: u8,
     pkid: u16,
 ) -> protocol::Publish {
-    let mut b = BytesMut::with_capacity(5 + topic.len() + payload.len());
-    b.extend_from_slice(&[0x30 | u8::from(retain) | (qos << 1)]);
-    b.extend_from_slice(&pkid.to_be_bytes());
-    // Topics are bounded by the packet they came in (u16 length on the wire).
-    let tlen = u16::try_from(topic.len()).unwrap_or(u16::MAX);
-    b.extend_from_slice(&tlen.to_be_bytes());
-    b.extend_from_slice(&topic[..usize::from(tlen)]);
-    b.extend_from_slice(&payload);
-    protocol::Publish::deserialize(b.freeze())
+    let qos = protocol::qos(qos).unwrap_or(protocol::QoS::AtMostOnce);
+    protocol::Publish::with_qos(topic, payload, retain, qos, pkid)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn qos_and_pkid_read_without_copying() {
+        let p = publish_with_qos("t/x".into(), "p".into(), false, 2, 42);
+        assert_eq!(qos_and_pkid(&p), (2, 42));
+        assert_eq!(
+            qos_and_pkid(&protocol::Publish::new("t/x", "p", false)),
+            (0, 0)
+        );
+        let odd = publish_with_qos("t/x".into(), "p".into(), false, 3, 1);
+        assert_eq!(qos_and_pkid(&odd).0, 0, "no QoS 3");
+    }
+
+    #[test]
+    fn missing_reads_the_announced_frame_length() {
+        let c = Codec::new(Version::V4, 1 << 20);
+        assert_eq!(c.missing(&[]), 0);
+        assert_eq!(c.missing(&[0x82]), 0, "no length yet");
+        assert_eq!(c.missing(&[0x82, 0x80]), 0, "length continues");
+        // 1 MiB - 10: 0xF6 0xFF 0x3F, three length bytes.
+        let len = (1usize << 20) - 10;
+        let head = [0x82, 0xF6, 0xFF, 0x3F, 0, 1];
+        assert_eq!(c.missing(&head), 1 + 3 + len - head.len());
+        assert_eq!(c.missing(&[0xC0, 0]), 0, "complete");
+        assert_eq!(c.missing(&[0x30, 5, 1, 2]), 3);
+        // Over the bound or a fifth length byte: nothing reserved (the decoder refuses it).
+        assert_eq!(c.missing(&[0x82, 0xFF, 0xFF, 0xFF, 0x7F]), 0);
+        assert_eq!(c.missing(&[0x82, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]), 0);
+    }
 
     fn connect_bytes(name: &[u8], level: u8) -> Vec<u8> {
         let mut body = vec![0, name.len() as u8];

@@ -17,6 +17,7 @@
 //! - [`afterlife`]: 5.0 will delay and session expiry, after a connection has closed.
 //! - [`limits`]: resource bounds per session, device and tenant; the retained-message book.
 
+mod ackorder;
 pub mod afterlife;
 pub mod codec;
 mod delivery;

@@ -28,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::time::{Instant, timeout};
 
+use super::ackorder::AckOrder;
 use super::afterlife::{self, Afterlife, Expiry, Will};
 use super::codec::{self, Codec, FrameError, Version};
 use super::delivery::Delivery;
@@ -210,6 +211,7 @@ pub(super) async fn run<S>(
         outbox: Vec::new(),
         delivery,
         acks: Vec::new(),
+        ack_order: AckOrder::default(),
     };
     live.run(ctl_rx, registration, Some(arrival.slot), admission)
         .await;
@@ -535,6 +537,8 @@ struct Live<S> {
     delivery: Delivery,
     /// Acknowledgements owed to the router for messages too large for the client.
     acks: Vec<Packet>,
+    /// Keeps the session's own PUBACK/PUBRECs behind the router's for earlier publishes.
+    ack_order: AckOrder,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
@@ -554,9 +558,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
         let expiry = tokio::time::sleep(self.until(armed_for, far));
         tokio::pin!(expiry);
         let end = loop {
-            // Read in large chunks: a BytesMut left without spare room reads 64 bytes at a time.
-            if self.rbuf.capacity() - self.rbuf.len() < 4096 {
-                self.rbuf.reserve(16 * 1024);
+            // Read in large chunks (a BytesMut left without spare room reads 64 bytes at a time),
+            // and room for the whole frame in progress at once: growing a shared buffer 16 KiB
+            // at a time copies a 1 MiB packet ~64 times as it arrives.
+            let frame = self.codec.missing(&self.rbuf);
+            let spare = self.rbuf.capacity() - self.rbuf.len();
+            if spare < 4096 || spare < frame {
+                self.rbuf.reserve(frame.max(16 * 1024));
             }
             let event = tokio::select! {
                 biased;
@@ -818,6 +826,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
             if publish.retain && self.retained_refused(topic, publish.payload.len()) {
                 return self.refuse_over_quota(&publish, to_client);
             }
+            if codec::qos_and_pkid(&publish).0 > 0 {
+                self.ack_order.routed();
+            }
             to_router.push(Packet::Publish(publish, props));
             return Ok(());
         }
@@ -834,7 +845,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
                     (true, true) => PubAckReason::QuotaExceeded,
                     (true, false) => PubAckReason::NotAuthorized,
                 };
-                to_client.push(Packet::PubAck(PubAck { pkid, reason }, None));
+                self.ack_order
+                    .edge(Packet::PubAck(PubAck { pkid, reason }, None), to_client);
             }
             2 => {
                 let reason = match (v5, limited) {
@@ -845,7 +857,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
                     (true, true) => PubRecReason::QuotaExceeded,
                     (true, false) => PubRecReason::NotAuthorized,
                 };
-                to_client.push(Packet::PubRec(PubRec { pkid, reason }, None));
+                self.ack_order
+                    .edge(Packet::PubRec(PubRec { pkid, reason }, None), to_client);
             }
             _ => {}
         }
@@ -877,12 +890,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
         match (self.codec.version, qos) {
             (Version::V5, 1) => {
                 let reason = PubAckReason::QuotaExceeded;
-                to_client.push(Packet::PubAck(PubAck { pkid, reason }, None));
+                self.ack_order
+                    .edge(Packet::PubAck(PubAck { pkid, reason }, None), to_client);
                 Ok(())
             }
             (Version::V5, 2) => {
                 let reason = PubRecReason::QuotaExceeded;
-                to_client.push(Packet::PubRec(PubRec { pkid, reason }, None));
+                self.ack_order
+                    .edge(Packet::PubRec(PubRec { pkid, reason }, None), to_client);
                 Ok(())
             }
             _ => Err(End::Protocol(DisconnectReasonCode::QuotaExceeded)),
@@ -1023,6 +1038,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
             Some(Packet::Disconnect(d, _)) => {
                 self.encode(goodbye(d.reason_code, "closed by the router"));
                 return Err(End::RouterGone);
+            }
+            Some(p @ (Packet::PubAck(..) | Packet::PubRec(..))) => {
+                self.encode(p);
+                let mut due = Vec::new();
+                self.ack_order.router_acked(&mut due);
+                for p in due {
+                    self.encode(p);
+                }
             }
             Some(p) => self.encode(p),
         }

@@ -485,3 +485,37 @@ async fn no_more_qos_1_messages_are_in_flight_than_the_clients_receive_maximum()
     }
     assert_eq!(seen, (0..100).collect::<Vec<u8>>());
 }
+
+/// Acknowledgements in the order the publishes came (MQTT-4.6.0-2 / 5.0 §4.6): a refused publish
+/// is acknowledged by mqgate at once, an accepted one by the router a little later, and the first
+/// must not overtake the second. All publishes go in one write, so all are read together.
+#[tokio::test]
+async fn pubacks_keep_the_order_of_the_publishes_when_some_are_refused() {
+    let (store, _dir) = sqlite_store().await;
+    let app = TestApp::start(store).await;
+    let addr = app.mqtt.expect("embedded broker is on in tests");
+    let token = app.device("acme", "dev-1").await;
+    for v5 in [false, true] {
+        let (mut raw, code) = crate::raw::Raw::connect(addr, "dev-1", &token, v5, true).await;
+        assert_eq!(code, Some(0));
+        let mut bytes = Vec::new();
+        // Odd packet ids to the device's own topics (routed), even ones elsewhere (refused).
+        for pkid in 1..=20u16 {
+            let topic = if pkid % 2 == 1 {
+                "acme/dev-1/t"
+            } else {
+                "acme/other/t"
+            };
+            bytes.extend(raw.publish_bytes(topic, b"x", 1, false, pkid));
+        }
+        raw.send(&bytes).await;
+        let mut order = Vec::new();
+        while order.len() < 20 {
+            let ack = raw.next_of(0x40).await.expect("a PUBACK for every publish");
+            let pkid = ack.body.first().zip(ack.body.get(1));
+            order.push(pkid.map(|(h, l)| u16::from_be_bytes([*h, *l])).unwrap_or(0));
+        }
+        assert_eq!(order, (1..=20).collect::<Vec<u16>>(), "v5={v5}");
+        raw.send(&[0xE0, 0]).await;
+    }
+}

@@ -178,6 +178,28 @@ pub struct Publish {
 }
 
 impl Publish {
+    /// mqgate patch: a publish at `qos` with packet id `pkid` (a will sent as its client asked).
+    pub fn with_qos(topic: Bytes, payload: Bytes, retain: bool, qos: QoS, pkid: u16) -> Publish {
+        Publish {
+            dup: false,
+            qos,
+            pkid,
+            retain,
+            topic,
+            payload,
+        }
+    }
+
+    /// mqgate patch: the QoS, readable outside the crate without serializing the message.
+    pub fn qos(&self) -> QoS {
+        self.qos
+    }
+
+    /// mqgate patch: the packet id, readable outside the crate without serializing the message.
+    pub fn pkid(&self) -> u16 {
+        self.pkid
+    }
+
     // Constructor for publish. Used in local links as local links shouldn't
     // send qos 1 or 2 packets
     pub fn new<T: Into<Bytes>>(topic: T, payload: T, retain: bool) -> Publish {

@@ -1,10 +1,12 @@
-//! Human or `--json` output, and the small HTTP call `acl reload` makes to the running server.
+//! Human or `--json` output, and the calls the CLI makes to the running server's ops endpoints
+//! (hyper's client).
 
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::Config;
 
@@ -60,6 +62,9 @@ impl Out {
     }
 }
 
+/// Longest server answer the CLI reads (lockout lists are bounded well below this).
+const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+
 /// Calls the running server's guarded ops endpoint `path` (at `config.listen`) and returns its
 /// JSON answer; a non-200 answer is an error carrying the server's message.
 pub async fn ops_call(
@@ -73,22 +78,32 @@ pub async fn ops_call(
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let mut s = tokio::net::TcpStream::connect(addr)
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut auth = http::HeaderValue::try_from(format!("Bearer {}", secret.expose_secret()))
+        .context("the internal secret is not a valid HTTP header value")?;
+    auth.set_sensitive(true);
+    let request = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header(http::header::AUTHORIZATION, auth)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .context("building the request")?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let resp = client
+        .request(request)
         .await
         .with_context(|| format!("no mqgate server answering on {addr} (set MQGATE_LISTEN)"))?;
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        secret.expose_secret(),
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).await?;
-    let status = resp.split_whitespace().nth(1).unwrap_or("");
-    let text = resp.split("\r\n\r\n").nth(1).unwrap_or("").trim();
-    if status != "200" {
-        bail!("server answered HTTP {status}: {text}");
+    let status = resp.status();
+    let text = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the server's answer: {e}"))?
+        .to_bytes();
+    let text = String::from_utf8_lossy(&text);
+    if status != http::StatusCode::OK {
+        bail!("server answered HTTP {}: {}", status.as_u16(), text.trim());
     }
-    serde_json::from_str(text).context("server answer is not JSON")
+    serde_json::from_str(&text).context("server answer is not JSON")
 }

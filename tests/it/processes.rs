@@ -291,6 +291,62 @@ async fn a_cli_change_reaches_a_running_sqlite_server() {
     s.stop().await;
 }
 
+/// The CLI's calls to a running server (`lockout list|clear`, `acl reload`) go through HTTP with
+/// the internal secret; a wrong secret or no server is a clear error.
+#[tokio::test]
+async fn the_cli_lists_and_clears_lockouts_and_reloads_acls_on_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_url(&dir);
+    let token = one_device(&db).await;
+    let s = Server::start(&db, &[]).await;
+    let listen = s.base.trim_start_matches("http://").to_string();
+    let ops = |args: &[&str], secret: &str| {
+        let mut c = mqgate(&db);
+        c.env("MQGATE_LISTEN", &listen)
+            .env("MQGATE_INTERNAL_SECRET", secret)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        async move {
+            let out = c.output().await.unwrap();
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            (out.status.success(), text(&out.stdout), text(&out.stderr))
+        }
+    };
+    for _ in 0..5 {
+        assert_eq!(s.authn("dev-1", "wrong-token").await, "deny");
+    }
+    let (ok, out, err) = ops(&["--json", "lockout", "list"], SECRET).await;
+    assert!(ok, "{err}");
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    let keys: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["key"].as_str())
+        .collect();
+    assert_eq!(keys, ["dev-1"], "{listed}");
+    let (ok, out, err) = ops(&["--json", "lockout", "clear", "dev-1"], SECRET).await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["cleared"],
+        true
+    );
+    assert_eq!(s.authn("dev-1", &token).await, "allow");
+    let (ok, _, err) = ops(&["acl", "reload"], SECRET).await;
+    assert!(ok, "{err}");
+    let wrong = "a-wrong-internal-secret-0123456789abcdef";
+    let (ok, _, err) = ops(&["lockout", "list"], wrong).await;
+    assert!(!ok && err.contains("HTTP 401"), "{err}");
+    assert!(
+        !err.contains(wrong) && !err.contains(SECRET),
+        "no secret echoed: {err}"
+    );
+    s.stop().await;
+    let (ok, _, err) = ops(&["lockout", "list"], SECRET).await;
+    assert!(!ok && err.contains("no mqgate server answering"), "{err}");
+}
+
 #[tokio::test]
 async fn the_cli_manages_the_registry_and_explains_acl_decisions() {
     let dir = tempfile::tempdir().unwrap();

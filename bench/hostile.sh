@@ -55,5 +55,6 @@ echo "rss_kib after: $(rss)"
 echo "retained refusals: $(curl -s -H "Authorization: Bearer $SECRET" "http://127.0.0.1:$PH/metrics" | grep 'event="retained_exceeded"' || echo none)"
 
 echo "== (b) bystander PINGREQ round trip under maximum-size SUBSCRIBEs (${DURATION}s)"
+[[ -n "${PERF_OUT:-}" ]] && { perf record -F 999 -g -p "$MQG" -o "$PERF_OUT" -- sleep "$DURATION" >/dev/null 2>&1 & }
 load --mode pings --duration "$DURATION"
 grep -c panicked "$WORK/mqgate.log" && { echo "mqgate panicked" >&2; exit 1; } || true

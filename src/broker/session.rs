@@ -47,6 +47,11 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const TAKEOVER_WAIT: Duration = Duration::from_secs(2);
 /// Router notifications handled per wake-up before the socket gets a turn.
 const NOTIFICATION_BATCH: usize = 512;
+/// Bytes of packets one session handles before the broker's thread goes to other sessions (a
+/// larger packet is handled whole, then the session yields).
+const READ_BATCH_BYTES: usize = 64 * 1024;
+/// Packets one session handles before the broker's thread goes to other sessions.
+const READ_BATCH_PACKETS: usize = 256;
 
 /// A CONNECT, taken apart.
 struct Hello {
@@ -212,6 +217,8 @@ pub(super) async fn run<S>(
         delivery,
         acks: Vec::new(),
         ack_order: AckOrder::default(),
+        buffered: false,
+        yield_next: false,
     };
     live.run(ctl_rx, registration, Some(arrival.slot), admission)
         .await;
@@ -493,6 +500,8 @@ impl End {
 enum Event {
     Control(Option<Control>),
     Read(std::io::Result<usize>),
+    /// Complete packets are still buffered from an earlier read (its batch was full).
+    Buffered,
     Router(Result<Option<Notification>, ()>),
     KeepAliveTimer,
     /// The credential or certificate the session stands on reached its end.
@@ -539,6 +548,10 @@ struct Live<S> {
     acks: Vec<Packet>,
     /// Keeps the session's own PUBACK/PUBRECs behind the router's for earlier publishes.
     ack_order: AckOrder,
+    /// `rbuf` may hold complete packets a full batch left for the next turn.
+    buffered: bool,
+    /// The last batch was full: let other sessions run before the next.
+    yield_next: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
@@ -569,6 +582,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
             let event = tokio::select! {
                 biased;
                 c = control.recv() => Event::Control(c),
+                _ = std::future::ready(()), if self.buffered => Event::Buffered,
                 n = self.stream.read_buf(&mut self.rbuf) => Event::Read(n),
                 r = self.link.rx.next() => Event::Router(r.map_err(drop)),
                 _ = &mut timer => Event::KeepAliveTimer,
@@ -579,6 +593,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
             let outcome = match event {
                 Event::Control(c) => self.on_control(c).await,
                 Event::Read(n) => self.on_read(n).await,
+                Event::Buffered => self.on_buffered().await,
                 Event::Router(r) => self.on_router(r).await,
                 Event::KeepAliveTimer => {
                     let deadline = self.last_seen + self.keep_alive.unwrap_or(far);
@@ -596,6 +611,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
             };
             if let Err(end) = outcome {
                 break end;
+            }
+            // A client that always has more to send would otherwise keep the broker's thread
+            // (tokio's budget counts socket polls, and one poll may bring a 1 MiB packet).
+            if std::mem::take(&mut self.yield_next) {
+                tokio::task::yield_now().await;
             }
             let end = self.current_end();
             if rearm || end != armed_for {
@@ -731,11 +751,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
             Ok(0) | Err(_) => return Err(End::Io),
             Ok(_) => self.last_seen = Instant::now(),
         }
+        self.on_buffered().await
+    }
+
+    /// Handles the complete packets in the read buffer, a batch at a time (see
+    /// [`READ_BATCH_BYTES`]): what a full batch leaves is handled on the session's next turn.
+    async fn on_buffered(&mut self) -> Result<(), End> {
+        self.buffered = false;
+        let (mut handled, mut consumed) = (0, 0);
         // Kept between reads: a burst of publishes does not regrow (and re-copy) a fresh list.
         let mut to_router = std::mem::take(&mut self.outbox);
         let mut to_client = Vec::new();
         let mut ended = None;
         loop {
+            if handled >= READ_BATCH_PACKETS || consumed >= READ_BATCH_BYTES {
+                self.buffered = !self.rbuf.is_empty();
+                self.yield_next = true;
+                break;
+            }
+            let before = self.rbuf.len();
             let packet = match self.codec.decode(&mut self.rbuf) {
                 Ok(Some(p)) => p,
                 Ok(None) => break,
@@ -748,6 +782,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
                     break;
                 }
             };
+            handled += 1;
+            consumed += before.saturating_sub(self.rbuf.len());
             if let Err(end) = self.on_packet(packet, &mut to_router, &mut to_client).await {
                 ended = Some(end);
                 break;

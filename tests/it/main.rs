@@ -10,6 +10,7 @@ mod broker_v5;
 mod brute_force;
 mod certs;
 mod emqx_http;
+mod emqx_kicks;
 mod hostile;
 mod outage;
 mod processes;

@@ -23,11 +23,17 @@ use crate::core::{Cause, Verdict};
 use crate::gate::{ConnectRequest, PresentedCert};
 use crate::metrics::Kind as MetricKind;
 
+/// Where EMQX's HTTP authenticator posts (`authentication[].url`).
+pub const AUTHN_PATH: &str = "/v1/emqx/authn";
+
+/// Where EMQX's HTTP authorization source posts (`authorization.sources[].url`).
+pub const AUTHZ_PATH: &str = "/v1/emqx/authz";
+
 /// The EMQX routes.
 pub fn routes() -> Router<HttpState> {
     Router::new()
-        .route("/v1/emqx/authn", post(authn))
-        .route("/v1/emqx/authz", post(authz))
+        .route(AUTHN_PATH, post(authn))
+        .route(AUTHZ_PATH, post(authz))
 }
 
 /// A JSON scalar read as text, however EMQX rendered it; `""` and null read as absent.

@@ -9,6 +9,7 @@ mod broker_tls;
 mod broker_v5;
 mod brute_force;
 mod certs;
+mod compose;
 mod emqx_http;
 mod emqx_kicks;
 mod hostile;

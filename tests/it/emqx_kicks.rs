@@ -314,6 +314,14 @@ async fn every_revoking_change_kicks_once_across_two_replicas(store: Store) {
             .unwrap();
     })
     .await;
+    // A device with a rule of its own: adding the rule kicks; removing the device kicks once
+    // more (its rule goes with it, and that is no further ACL change).
+    kicked_within_a_second(&emqx, "d-remove", async {
+        cli.add_rule("acme", Some("d-remove"), rule("acme/d-remove/x"))
+            .await
+            .unwrap();
+    })
+    .await;
     kicked_within_a_second(&emqx, "d-remove", async {
         cli.remove_device("acme", "d-remove").await.unwrap();
     })
@@ -325,10 +333,16 @@ async fn every_revoking_change_kicks_once_across_two_replicas(store: Store) {
             .unwrap();
     })
     .await;
+    let mut rule_id = 0;
     kicked_within_a_second(&emqx, "d-acl", async {
-        cli.add_rule("acme", Some("d-acl"), rule("acme/d-acl/secret/#"))
+        rule_id = cli
+            .add_rule("acme", Some("d-acl"), rule("acme/d-acl/secret/#"))
             .await
             .unwrap();
+    })
+    .await;
+    kicked_within_a_second(&emqx, "d-acl", async {
+        a.admin.remove_rule("acme", rule_id).await.unwrap();
     })
     .await;
     kicked_within_a_second(&emqx, "d-cert", async {
@@ -416,8 +430,10 @@ async fn every_revoking_change_kicks_once_across_two_replicas(store: Store) {
         [
             ("d-quiet", "credential_expired"),
             ("d-disable", "disabled"),
+            ("d-remove", "acl_changed"),
             ("d-remove", "removed"),
             ("d-revoke", "credential_expired"),
+            ("d-acl", "acl_changed"),
             ("d-acl", "acl_changed"),
             ("d-cert", "certificate_revoked"),
             ("d-crl", "certificate_revoked"),
@@ -433,11 +449,15 @@ async fn every_revoking_change_kicks_once_across_two_replicas(store: Store) {
         *per_client.entry(s.client_id).or_default() += 1;
     }
     for (client, n) in &per_client {
-        let expected = if client == "d-flaky" { 3 } else { 1 };
+        let expected = match client.as_str() {
+            "d-flaky" => 3,
+            "d-remove" | "d-acl" => 2,
+            _ => 1,
+        };
         assert_eq!(*n, expected, "{client}: {per_client:?}");
     }
     assert_eq!(per_client.len(), 11, "{per_client:?}");
-    assert_eq!(kicks_counted(&[&a, &b], "kicked").await, 10);
+    assert_eq!(kicks_counted(&[&a, &b], "kicked").await, 12);
     assert_eq!(kicks_counted(&[&a, &b], "not_connected").await, 1);
     assert_eq!(kicks_counted(&[&a, &b], "retried").await, 2);
     assert_eq!(kicks_counted(&[&a, &b], "failed").await, 0);
@@ -447,7 +467,7 @@ async fn every_revoking_change_kicks_once_across_two_replicas(store: Store) {
     b.gate.flush_audit().await;
     let audit = store.list_audit(0, 10_000).await.unwrap();
     let kicks: Vec<_> = audit.iter().filter(|e| e.kind == "kick").collect();
-    assert_eq!(kicks.len(), 11, "{kicks:?}");
+    assert_eq!(kicks.len(), 13, "{kicks:?}");
     assert!(
         kicks
             .iter()

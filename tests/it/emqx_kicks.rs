@@ -245,6 +245,7 @@ async fn every_revoking_change_kicks_once_across_two_replicas(store: Store) {
         "d-cert",
         "d-crl",
         "d-flaky",
+        "d-bad",
         "d gone%1",
         "d-quiet",
     ] {
@@ -254,6 +255,7 @@ async fn every_revoking_change_kicks_once_across_two_replicas(store: Store) {
     a.device("beta", "b-2").await;
     emqx.script("d-flaky", &[503, 502]);
     emqx.script("d gone%1", &[404]);
+    emqx.script("d-bad", &[400]);
 
     // Changes that end no session: none of them may kick.
     a.admin.set_enabled("acme", "d-quiet", true).await.unwrap();
@@ -396,6 +398,11 @@ async fn every_revoking_change_kicks_once_across_two_replicas(store: Store) {
     })
     .await;
     emqx.wait_for("d-flaky", 3, Duration::from_secs(5)).await;
+    // Another 4xx: EMQX refused the request itself; trying again would not help.
+    kicked_within_a_second(&emqx, "d-bad", async {
+        a.admin.set_enabled("acme", "d-bad", false).await.unwrap();
+    })
+    .await;
 
     // Rotation with a grace period: the kick waits for the old token's end.
     assert!(emqx.requests_for("d-quiet").is_empty());
@@ -441,6 +448,7 @@ async fn every_revoking_change_kicks_once_across_two_replicas(store: Store) {
             ("b-2", "acl_changed"),
             ("d gone%1", "disabled"),
             ("d-flaky", "disabled"),
+            ("d-bad", "disabled"),
         ]
     );
     let mut per_client: HashMap<String, usize> = HashMap::new();
@@ -456,18 +464,19 @@ async fn every_revoking_change_kicks_once_across_two_replicas(store: Store) {
         };
         assert_eq!(*n, expected, "{client}: {per_client:?}");
     }
-    assert_eq!(per_client.len(), 11, "{per_client:?}");
+    assert_eq!(per_client.len(), 12, "{per_client:?}");
     assert_eq!(kicks_counted(&[&a, &b], "kicked").await, 12);
     assert_eq!(kicks_counted(&[&a, &b], "not_connected").await, 1);
     assert_eq!(kicks_counted(&[&a, &b], "retried").await, 2);
     assert_eq!(kicks_counted(&[&a, &b], "failed").await, 0);
+    assert_eq!(kicks_counted(&[&a, &b], "rejected").await, 1);
 
     // Audited, once per kick.
     a.gate.flush_audit().await;
     b.gate.flush_audit().await;
     let audit = store.list_audit(0, 10_000).await.unwrap();
     let kicks: Vec<_> = audit.iter().filter(|e| e.kind == "kick").collect();
-    assert_eq!(kicks.len(), 13, "{kicks:?}");
+    assert_eq!(kicks.len(), 14, "{kicks:?}");
     assert!(
         kicks
             .iter()
@@ -481,3 +490,41 @@ both_stores!(
     revoking_changes_kick,
     every_revoking_change_kicks_once_across_two_replicas
 );
+
+/// Without the API no replica sends kicks; the outbox still stays small: a kick nobody sent is
+/// dropped an hour after it fell due, a sent one after a week.
+async fn the_kick_outbox_is_pruned(store: Store) {
+    let app = TestApp::start(store.clone()).await;
+    app.device("acme", "d-1").await;
+    app.admin.set_enabled("acme", "d-1", false).await.unwrap();
+    let rows = store.list_kicks().await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].done_at.is_none());
+    let now = app.clock.now();
+    assert_eq!(store.prune_kicks(now, 3600).await.unwrap(), 0);
+    assert_eq!(store.prune_kicks(now + 3600, 3600).await.unwrap(), 0);
+    assert_eq!(store.prune_kicks(now + 3601, 3600).await.unwrap(), 1);
+    assert!(store.list_kicks().await.unwrap().is_empty());
+
+    // Claimed and finished: kept for `keep_until`, then deleted.
+    app.admin.set_enabled("acme", "d-1", true).await.unwrap();
+    app.admin.set_enabled("acme", "d-1", false).await.unwrap();
+    let claim = mqgate::registry::KickClaim {
+        now,
+        now_ms: now * 1000,
+        lease_until_ms: now * 1000 + 60_000,
+        limit: 10,
+    };
+    let claimed = store.claim_kicks(claim).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert!(store.claim_kicks(claim).await.unwrap().is_empty(), "leased");
+    let done = mqgate::registry::KickDone {
+        at: now,
+        outcome: "kicked",
+        keep_until: now + 100,
+    };
+    store.finish_kick(claimed[0].id, done).await.unwrap();
+    assert_eq!(store.prune_kicks(now + 100, 3600).await.unwrap(), 0);
+    assert_eq!(store.prune_kicks(now + 101, 3600).await.unwrap(), 1);
+}
+both_stores!(outbox_pruned, the_kick_outbox_is_pruned);

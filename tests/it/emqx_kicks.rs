@@ -528,3 +528,45 @@ async fn the_kick_outbox_is_pruned(store: Store) {
     assert_eq!(store.prune_kicks(now + 101, 3600).await.unwrap(), 1);
 }
 both_stores!(outbox_pruned, the_kick_outbox_is_pruned);
+
+/// A replica that claimed a kick and died leaves it to the others when its lease ends.
+async fn a_dead_replicas_kicks_are_sent_when_its_lease_ends(store: Store) {
+    let (emqx, url) = FakeEmqx::start().await;
+    let cli = TestApp::start(store.clone()).await;
+    cli.device("acme", "d-1").await;
+    // The "dead replica": claims the kick, then never sends it.
+    cli.admin.set_enabled("acme", "d-1", false).await.unwrap();
+    let now_ms = cli.clock.now_ms();
+    let claim = mqgate::registry::KickClaim {
+        now: cli.clock.now(),
+        now_ms,
+        lease_until_ms: now_ms + 10_000,
+        limit: 10,
+    };
+    assert_eq!(store.claim_kicks(claim).await.unwrap().len(), 1);
+    // A live replica leaves the leased row alone…
+    let live = TestApp::start_with(store.clone(), kicks_to(&url)).await;
+    live.admin.set_enabled("acme", "d-1", true).await.unwrap();
+    live.admin.set_enabled("acme", "d-1", false).await.unwrap();
+    let sent = emqx.wait_for("d-1", 1, Duration::from_secs(3)).await;
+    assert_eq!(sent.len(), 1, "only the second, unleased kick");
+    // …and sends it once the lease has ended.
+    live.clock.advance(11);
+    emqx.wait_for("d-1", 2, Duration::from_secs(3)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while store
+        .list_kicks()
+        .await
+        .unwrap()
+        .iter()
+        .any(|r| r.done_at.is_none())
+    {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(emqx.requests_for("d-1").len(), 2);
+}
+both_stores!(
+    lease_takeover,
+    a_dead_replicas_kicks_are_sent_when_its_lease_ends
+);

@@ -275,7 +275,12 @@ async fn send_with_retries(gate: std::sync::Weak<Gate>, api: &EmqxApi, kick: Pen
     };
     let Some(g) = gate.upgrade() else { return };
     g.metrics().emqx_kick(label);
-    let attempts = attempt + 1;
+    // Requests sent: the retries plus the last one (which, for `failed`, is the last retry).
+    let attempts = if label == "failed" {
+        attempt
+    } else {
+        attempt + 1
+    };
     match outcome {
         KickOutcome::Kicked | KickOutcome::NotConnected => {
             tracing::info!(client_id = %kick.client_id, reason = %kick.reason, outcome = label, attempts, "EMQX kick")

@@ -154,6 +154,11 @@ impl App {
         );
         spawn_sweeper(&gate);
         crate::cert_upkeep::spawn(&gate, config.certs.clone());
+        let api = config.emqx_api.as_ref().map(|a| {
+            tracing::info!(url = %a.url, key = %a.key, "EMQX kicks on (revoked sessions are disconnected)");
+            crate::kicker::EmqxApi::new(&a.url, &a.key, &a.secret)
+        });
+        crate::kicker::spawn(&gate, api);
         let mqtts = match &config.mqtts {
             Some(t) => Some(mqtts_listener(t, &gate).await?),
             None => None,
@@ -166,6 +171,7 @@ impl App {
             internal_secret: SharedSecret::new(&secret),
             max_body_bytes: config.max_body_bytes,
             emqx_acl_in_authn: config.emqx_acl_in_authn,
+            emqx_max_session_age: crate::clock::secs(config.emqx_max_session_age),
             acl_rules_dir: Arc::new(config.acl_rules_dir.clone()),
         };
         Ok(App {

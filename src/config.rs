@@ -38,6 +38,11 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("password_cache_ttl", Some("10m")),
     ("emqx_acl_in_authn", Some("true")),
     ("emqx_trust_cert_names", Some("false")),
+    ("emqx_max_session_age", Some("24h")),
+    ("emqx_api_url", Some("off")),
+    ("emqx_api_key", None),
+    ("emqx_api_secret", None),
+    ("emqx_api_secret_file", None),
     ("header_read_timeout", Some("10s")),
     ("request_timeout", Some("5s")),
     ("decision_timeout", Some("2s")),
@@ -113,6 +118,11 @@ pub struct Config {
     pub emqx_acl_in_authn: bool,
     /// Allow on a certificate's names alone (EMQX `cert_common_name`/`cert_subject`, no `cert_pem`).
     pub emqx_trust_cert_names: bool,
+    /// Caps `expire_at` in every EMQX authn allow (zero: no cap), so every EMQX session
+    /// re-authenticates at least this often even without kicks.
+    pub emqx_max_session_age: Duration,
+    /// EMQX's management API, for kicking revoked sessions (`emqx_api_url`, off by default).
+    pub emqx_api: Option<EmqxApiConfig>,
     /// Time a client has to send request headers.
     pub header_read_timeout: Duration,
     /// Time a request may take.
@@ -136,6 +146,17 @@ pub struct Config {
     pub mqtts: Option<TlsSettings>,
     /// Certificate authorities and revocation lists.
     pub certs: CertConfig,
+}
+
+/// EMQX's management API (`DELETE /api/v5/clients/{clientid}` kicks a revoked session).
+#[derive(Clone)]
+pub struct EmqxApiConfig {
+    /// `http://host:port` of any EMQX node (a kick there is cluster-wide).
+    pub url: String,
+    /// The API key (EMQX dashboard "API Keys", or `api_key.bootstrap_file`).
+    pub key: String,
+    /// The API key's secret (`emqx_api_secret`, or the first line of `emqx_api_secret_file`).
+    pub secret: SecretString,
 }
 
 /// Certificate settings.
@@ -309,6 +330,8 @@ impl Layers {
             password_cache_ttl: self.parse("password_cache_ttl", parse_duration)?,
             emqx_acl_in_authn: self.parse("emqx_acl_in_authn", parse_bool)?,
             emqx_trust_cert_names: self.parse("emqx_trust_cert_names", parse_bool)?,
+            emqx_max_session_age: self.parse("emqx_max_session_age", parse_duration)?,
+            emqx_api: self.emqx_api()?,
             header_read_timeout: self.parse("header_read_timeout", parse_duration)?,
             request_timeout: self.parse("request_timeout", parse_duration)?,
             decision_timeout: self.parse("decision_timeout", parse_positive_duration)?,
@@ -365,6 +388,43 @@ impl Layers {
             },
             mqtts: self.tls_settings()?,
         })
+    }
+
+    /// EMQX's management API, when `emqx_api_url` is set: it then needs a key and a secret.
+    fn emqx_api(&self) -> Result<Option<EmqxApiConfig>, ConfigError> {
+        let url = self.parse("emqx_api_url", |s| match s {
+            "off" | "" => Ok(None),
+            s if s.starts_with("http://") && s.len() > "http://".len() => {
+                s.parse::<http::Uri>()
+                    .map_err(|e| format!("not a URL ({e})"))?;
+                Ok(Some(s.trim_end_matches('/').to_string()))
+            }
+            s if s.starts_with("https://") => Err(
+                "https is not supported yet: reach EMQX's API (port 18083) over a private network as http://host:18083".into(),
+            ),
+            _ => Err("must be `off` or http://host:port".into()),
+        })?;
+        let Some(url) = url else { return Ok(None) };
+        let missing = |what: &str| {
+            ConfigError::Missing(format!(
+                "config key `{what}` is required when `emqx_api_url` is set (an EMQX API key: \
+                 dashboard → System → API Keys, or EMQX's `api_key.bootstrap_file`)"
+            ))
+        };
+        let key = self
+            .optional("emqx_api_key", |s| Ok(s.to_string()))?
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| missing("emqx_api_key"))?;
+        let secret = match self.optional("emqx_api_secret", |s| Ok(SecretString::from(s)))? {
+            Some(s) => s,
+            None => self
+                .optional("emqx_api_secret_file", read_secret_file)?
+                .ok_or_else(|| missing("emqx_api_secret` (or `emqx_api_secret_file"))?,
+        };
+        if secret.expose_secret().is_empty() {
+            return Err(missing("emqx_api_secret"));
+        }
+        Ok(Some(EmqxApiConfig { url, key, secret }))
     }
 
     /// The broker's resource bounds (every one a positive number).
@@ -507,6 +567,12 @@ fn parse_secret(s: &str) -> Result<SecretString, String> {
     Ok(SecretString::from(s))
 }
 
+/// The first line of a secret file (Docker/Kubernetes secrets end with a newline).
+fn read_secret_file(path: &str) -> Result<SecretString, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read the file: {e}"))?;
+    Ok(SecretString::from(text.lines().next().unwrap_or("").trim()))
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     if let Ok(secs) = s.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
@@ -601,6 +667,54 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("MQGATE_UNKNOWN_CLIENT"));
+    }
+
+    #[test]
+    fn the_emqx_api_needs_a_key_and_secret_and_never_shows_the_secret() {
+        let c = Layers::defaults().build().unwrap();
+        assert!(c.emqx_api.is_none());
+        assert_eq!(c.emqx_max_session_age, Duration::from_secs(24 * 3600));
+        let err = Layers::defaults()
+            .env(env(&[("MQGATE_EMQX_API_URL", "http://emqx:18083")]))
+            .unwrap()
+            .build()
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("emqx_api_key"), "{err}");
+        let c = Layers::defaults()
+            .env(env(&[
+                ("MQGATE_EMQX_API_URL", "http://emqx:18083/"),
+                ("MQGATE_EMQX_API_KEY", "mqgate"),
+                ("MQGATE_EMQX_API_SECRET", "very-secret-value"),
+                ("MQGATE_EMQX_MAX_SESSION_AGE", "0"),
+            ]))
+            .unwrap()
+            .build()
+            .unwrap();
+        let api = c.emqx_api.unwrap();
+        assert_eq!(api.url, "http://emqx:18083");
+        assert_eq!(api.secret.expose_secret(), "very-secret-value");
+        assert!(c.emqx_max_session_age.is_zero());
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("secret");
+        std::fs::write(&f, "from-a-file\n").unwrap();
+        let c = Layers::defaults()
+            .env(env(&[
+                ("MQGATE_EMQX_API_URL", "http://emqx:18083"),
+                ("MQGATE_EMQX_API_KEY", "mqgate"),
+                ("MQGATE_EMQX_API_SECRET_FILE", f.to_str().unwrap()),
+            ]))
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(c.emqx_api.unwrap().secret.expose_secret(), "from-a-file");
+        let err = Layers::defaults()
+            .env(env(&[("MQGATE_EMQX_API_URL", "https://emqx:18083")]))
+            .unwrap()
+            .build()
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("https"), "{err}");
     }
 
     #[test]

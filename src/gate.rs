@@ -198,6 +198,16 @@ impl Gate {
         self.audit(None, event);
     }
 
+    /// Records how an EMQX kick ended (see [`crate::kicker`]).
+    pub fn record_kick(&self, tenant: i64, client_id: &str, reason: &str, outcome: &'static str) {
+        let event = AuditEvent::Kick {
+            client_id: client_id.into(),
+            reason: reason.into(),
+            outcome,
+        };
+        self.audit(Some(tenant), event);
+    }
+
     fn audit(&self, tenant: Option<i64>, event: AuditEvent) {
         if let Some(sink) = &self.audit {
             sink.record(AuditRecord {

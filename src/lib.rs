@@ -12,6 +12,7 @@
 //! - [`auth`]: the security kernel — token/password hashing and the one constant-time compare,
 //!   device certificates, CRLs, and the certificate trust (with the rustls client verifier).
 //! - [`cert_upkeep`]: keeps certificate trust current while serving (reloads, CRL fetch/re-sign).
+//! - [`kicker`]: EMQX kicks — disconnects live EMQX sessions a registry change revoked.
 //! - [`limit`]: rate buckets and the brute-force guard (pure, time passed in).
 //! - [`metrics`]: decision and rate-limit counters for `/metrics`.
 //! - [`registry`]: the device store (PostgreSQL / SQLite), its cache and change notification,
@@ -37,6 +38,7 @@ pub mod core;
 pub mod fault;
 pub mod gate;
 pub mod http;
+pub mod kicker;
 pub mod limit;
 pub mod metrics;
 pub mod registry;

@@ -15,6 +15,7 @@ pub struct Metrics {
     rate_limited: Mutex<BTreeMap<String, u64>>,
     broker: [AtomicU64; BROKER_EVENTS.len()],
     outage: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    kicks: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// The embedded broker's event labels (sessions opened and how they ended, refusals).
@@ -99,6 +100,12 @@ impl Metrics {
         }
     }
 
+    /// Counts an EMQX kick attempt's outcome (`kicked`, `not_connected`, `retried`, `failed`,
+    /// `rejected`).
+    pub fn emqx_kick(&self, outcome: &'static str) {
+        *lock(&self.kicks).entry(outcome).or_default() += 1;
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -140,6 +147,10 @@ impl Metrics {
                 out,
                 "mqgate_outage_decisions_total{{kind=\"{kind}\",verdict=\"{verdict}\"}} {n}"
             );
+        }
+        out.push_str("# HELP mqgate_emqx_kicks_total EMQX management API kicks (DELETE /api/v5/clients/{clientid}), by outcome.\n# TYPE mqgate_emqx_kicks_total counter\n");
+        for (outcome, n) in lock(&self.kicks).iter() {
+            let _ = writeln!(out, "mqgate_emqx_kicks_total{{outcome=\"{outcome}\"}} {n}");
         }
         out
     }

@@ -506,6 +506,11 @@ impl Admin {
                         },
                     )
                     .await?;
+                // Live EMQX sessions of certificates it newly lists are kicked (once each).
+                let serials: Vec<String> = c.revoked.iter().cloned().collect();
+                self.store()
+                    .kick_revoked_serials(t, ca.id, &serials)
+                    .await?;
                 self.certs_written("crl.import", t, &format!("{} #{}", ca.name, c.number))
                     .await?;
                 Ok(c)

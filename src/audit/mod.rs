@@ -65,6 +65,15 @@ pub enum AuditEvent {
         /// How many.
         refused: u64,
     },
+    /// A live EMQX session disconnected (or not) through EMQX's management API.
+    Kick {
+        /// Client id.
+        client_id: String,
+        /// The change that ended its right to stay connected.
+        reason: String,
+        /// `kicked`, `not_connected`, `failed`, `rejected`.
+        outcome: &'static str,
+    },
     /// An operator action.
     Admin {
         /// What (`device.add`, `cred.rotate`, …).
@@ -83,6 +92,7 @@ impl AuditEvent {
             AuditEvent::DeniedMore { .. } => "denied_more",
             AuditEvent::Lockout { .. } => "lockout",
             AuditEvent::RateLimited { .. } => "rate_limited",
+            AuditEvent::Kick { .. } => "kick",
             AuditEvent::Admin { .. } => "admin",
         }
     }

@@ -50,6 +50,9 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
+    /// Ask the running server (at `MQGATE_LISTEN`) whether it is ready (`GET /readyz`); exits
+    /// non-zero when it is not. For container health checks: needs no shell, curl or secret.
+    Health,
     /// Manage tenants.
     #[command(subcommand)]
     Tenant(TenantCmd),
@@ -266,6 +269,10 @@ impl Cli {
                 store(&config).await?;
                 out.done("migrations applied", json!({ "migrated": true }))
             }
+            Command::Health => {
+                let status = output::readyz(&config).await?;
+                out.done("ready", json!({ "ready": true, "readyz": status }))
+            }
             command => {
                 let admin = Admin::new(store(&config).await?, Clock::System);
                 run_admin(command, &admin, &config, &out).await
@@ -359,7 +366,9 @@ async fn run_admin(command: Command, admin: &Admin, config: &Config, out: &Out) 
         Command::Ca(cmd) => certs::ca(cmd, admin, config, out).await,
         Command::Cert(cmd) => certs::cert(cmd, admin, config, out).await,
         Command::Crl(cmd) => certs::crl(cmd, admin, config, out).await,
-        Command::Serve { .. } | Command::Migrate => unreachable!("handled by Cli::run"),
+        Command::Serve { .. } | Command::Migrate | Command::Health => {
+            unreachable!("handled by Cli::run")
+        }
     }
 }
 

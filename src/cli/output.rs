@@ -65,6 +65,41 @@ impl Out {
 /// Longest server answer the CLI reads (lockout lists are bounded well below this).
 const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
+/// `GET /readyz` on the server at `config.listen` (an unspecified address means this host),
+/// within three seconds; `Ok` with its JSON only for a 200 (the container health check).
+pub async fn readyz(config: &Config) -> Result<Value> {
+    let mut addr = config.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let request = http::Request::builder()
+        .uri(format!("http://{addr}/readyz"))
+        .body(Full::new(Bytes::new()))
+        .context("building the request")?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let call = async {
+        let resp = client
+            .request(request)
+            .await
+            .with_context(|| format!("no mqgate server answering on {addr}"))?;
+        let status = resp.status();
+        let text = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the server's answer: {e}"))?
+            .to_bytes();
+        anyhow::Ok((status, String::from_utf8_lossy(&text).into_owned()))
+    };
+    let (status, text) = tokio::time::timeout(std::time::Duration::from_secs(3), call)
+        .await
+        .map_err(|_| anyhow::anyhow!("{addr} did not answer /readyz within 3 s"))??;
+    if status != http::StatusCode::OK {
+        bail!("not ready: HTTP {}: {}", status.as_u16(), text.trim());
+    }
+    Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
 /// Calls the running server's guarded ops endpoint `path` (at `config.listen`) and returns its
 /// JSON answer; a non-200 answer is an error carrying the server's message.
 pub async fn ops_call(

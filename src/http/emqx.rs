@@ -23,11 +23,17 @@ use crate::core::{Cause, Verdict};
 use crate::gate::{ConnectRequest, PresentedCert};
 use crate::metrics::Kind as MetricKind;
 
+/// Where EMQX's HTTP authenticator posts (`authentication[].url`).
+pub const AUTHN_PATH: &str = "/v1/emqx/authn";
+
+/// Where EMQX's HTTP authorization source posts (`authorization.sources[].url`).
+pub const AUTHZ_PATH: &str = "/v1/emqx/authz";
+
 /// The EMQX routes.
 pub fn routes() -> Router<HttpState> {
     Router::new()
-        .route("/v1/emqx/authn", post(authn))
-        .route("/v1/emqx/authz", post(authz))
+        .route(AUTHN_PATH, post(authn))
+        .route(AUTHZ_PATH, post(authz))
 }
 
 /// A JSON scalar read as text, however EMQX rendered it; `""` and null read as absent.
@@ -145,13 +151,16 @@ async fn authn_answer(s: &HttpState, body: axum::body::Body) -> Result<Response,
     let mut answer = json!({ "result": outcome.decision.verdict.as_str(), "is_superuser": false });
     if let (Verdict::Allow, Some(device)) = (outcome.decision.verdict, &outcome.device) {
         answer["client_attrs"] = json!({ "tenant": device.tenant_name });
-        match outcome.decision.cause {
+        let ends = match outcome.decision.cause {
             Cause::Credential {
                 expires_at: Some(at),
                 ..
             }
-            | Cause::Certificate { not_after: at, .. } => answer["expire_at"] = json!(at),
-            _ => {}
+            | Cause::Certificate { not_after: at, .. } => Some(at),
+            _ => None,
+        };
+        if let Some(at) = session_end(ends, s.gate.clock().now(), s.emqx_max_session_age) {
+            answer["expire_at"] = json!(at);
         }
         // With ingestion limits EMQX must ask per publish, so it gets no rules to decide alone.
         let push_acl = s.emqx_acl_in_authn && !s.gate.limits_apply(device);
@@ -160,6 +169,17 @@ async fn authn_answer(s: &HttpState, body: axum::body::Body) -> Result<Response,
         }
     }
     Ok(Json(answer).into_response())
+}
+
+/// The `expire_at` of an EMQX session: when its credential or certificate ends, capped at
+/// `max_age` seconds from `now` (0: no cap), so every session re-authenticates at least that often
+/// (EMQX disconnects the client at `expire_at`; it must be in the future, in seconds).
+fn session_end(ends: Option<i64>, now: i64, max_age: i64) -> Option<i64> {
+    let cap = (max_age > 0).then(|| now.saturating_add(max_age));
+    match (ends, cap) {
+        (Some(e), Some(c)) => Some(e.min(c)),
+        (e, c) => e.or(c),
+    }
 }
 
 /// The certificate EMQX forwarded, if any: the certificate itself when `cert_pem` is set,
@@ -213,5 +233,19 @@ fn action(b: &AuthzBody) -> Result<Action, ApiError> {
         _ => Err(ApiError::BadRequest(
             "field `action` must be `publish` or `subscribe`".into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::session_end;
+
+    #[test]
+    fn expire_at_is_capped_by_the_maximum_session_age() {
+        assert_eq!(session_end(None, 1000, 0), None);
+        assert_eq!(session_end(None, 1000, 60), Some(1060));
+        assert_eq!(session_end(Some(1030), 1000, 60), Some(1030));
+        assert_eq!(session_end(Some(5000), 1000, 60), Some(1060));
+        assert_eq!(session_end(Some(5000), 1000, 0), Some(5000));
     }
 }

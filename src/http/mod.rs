@@ -36,6 +36,8 @@ pub struct HttpState {
     pub max_body_bytes: usize,
     /// Put the device ACL into EMQX authn answers.
     pub emqx_acl_in_authn: bool,
+    /// Cap on `expire_at` in EMQX authn allows, seconds after now (0: none).
+    pub emqx_max_session_age: i64,
     /// Where `acl-rules/` lives (for reloads).
     pub acl_rules_dir: Arc<std::path::PathBuf>,
 }

@@ -312,6 +312,43 @@ impl Store {
     }
 }
 
+/// The EMQX kick outbox (written by triggers with every change that ends a device's right to
+/// stay connected; see `src/kicker.rs`).
+impl Store {
+    /// Leases up to `c.limit` due kicks to the caller; no other caller gets them until the lease
+    /// ends or they are finished.
+    pub async fn claim_kicks(&self, c: KickClaim) -> StoreResult<Vec<PendingKick>> {
+        dispatch!(self, s => s.claim_kicks(c).await)
+    }
+
+    /// Records how a claimed kick ended.
+    pub async fn finish_kick(&self, id: i64, done: KickDone<'_>) -> StoreResult<()> {
+        dispatch!(self, s => s.finish_kick(id, done).await)
+    }
+
+    /// Deletes finished kicks past their `keep_until` and pending ones unsent for `keep_pending`
+    /// seconds after they fell due (no EMQX API configured); returns how many went.
+    pub async fn prune_kicks(&self, now: i64, keep_pending: i64) -> StoreResult<u64> {
+        dispatch!(self, s => s.prune_kicks(now, keep_pending).await)
+    }
+
+    /// Every outbox row, oldest first.
+    pub async fn list_kicks(&self) -> StoreResult<Vec<KickRow>> {
+        dispatch!(self, s => s.list_kicks().await)
+    }
+
+    /// Queues one kick per unrevoked device certificate of CA `ca_id` whose serial is listed (a
+    /// CRL just accepted); a certificate already kicked for is not kicked for again.
+    pub async fn kick_revoked_serials(
+        &self,
+        t: TenantId,
+        ca_id: i64,
+        serials: &[String],
+    ) -> StoreResult<u64> {
+        dispatch!(self, s => s.kick_revoked_serials(t, ca_id, serials).await)
+    }
+}
+
 impl Store {
     /// Changes made by any process: PostgreSQL LISTEN/NOTIFY across replicas, a polled trigger-fed
     /// table for SQLite (the CLI writes the same file from another process). When changes may

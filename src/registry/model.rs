@@ -331,3 +331,60 @@ pub struct NewDeviceCert {
     /// Validity end, Unix seconds.
     pub not_after: i64,
 }
+
+/// What [`crate::registry::Store::claim_kicks`] may take: kicks due at `now` (Unix seconds) not
+/// leased past `now_ms`, leased to the caller until `lease_until_ms`, at most `limit`.
+#[derive(Debug, Clone, Copy)]
+pub struct KickClaim {
+    /// Unix seconds.
+    pub now: i64,
+    /// Unix milliseconds.
+    pub now_ms: i64,
+    /// The lease's end, Unix milliseconds.
+    pub lease_until_ms: i64,
+    /// Most rows to take.
+    pub limit: i64,
+}
+
+/// A kick claimed by this replica, to send to EMQX.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingKick {
+    /// Outbox row id.
+    pub id: i64,
+    /// The device's tenant.
+    pub tenant: TenantId,
+    /// The MQTT client id to disconnect.
+    pub client_id: String,
+    /// Why (`disabled`, `removed`, `credential_expired`, `certificate_revoked`, `acl_changed`).
+    pub reason: String,
+}
+
+/// How a kick ended.
+#[derive(Debug, Clone, Copy)]
+pub struct KickDone<'a> {
+    /// Unix seconds.
+    pub at: i64,
+    /// Outcome label (as counted in `mqgate_emqx_kicks_total`).
+    pub outcome: &'a str,
+    /// The row may be deleted after this (Unix seconds).
+    pub keep_until: i64,
+}
+
+/// An outbox row as stored (tests, diagnostics).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KickRow {
+    /// Outbox row id.
+    pub id: i64,
+    /// The device's tenant.
+    pub tenant: TenantId,
+    /// The client id.
+    pub client_id: String,
+    /// Why.
+    pub reason: String,
+    /// Not before (Unix seconds), `None`: at once.
+    pub due_at: Option<i64>,
+    /// When it was sent or given up.
+    pub done_at: Option<i64>,
+    /// Its outcome.
+    pub outcome: Option<String>,
+}

@@ -10,6 +10,7 @@
 mod audit;
 mod certs;
 mod fill;
+mod kicks;
 
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};

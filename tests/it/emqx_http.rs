@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::both_stores;
-use crate::helpers::{SECRET, TestApp};
+use crate::helpers::{SECRET, T0, TestApp};
 use mqgate::registry::Store;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -16,9 +16,10 @@ async fn a_device_with_its_token_is_allowed_with_tenant_attrs_and_acl(store: Sto
     assert_eq!(v["result"], "allow");
     assert_eq!(v["is_superuser"], false);
     assert_eq!(v["client_attrs"]["tenant"], "acme");
-    assert!(
-        v.get("expire_at").is_none(),
-        "a token without expiry sends no expire_at"
+    assert_eq!(
+        v["expire_at"],
+        json!(T0 + 24 * 3600),
+        "a token without expiry: the session still ends after emqx_max_session_age (24h)"
     );
     let acl = v["acl"].as_array().expect("acl list");
     assert_eq!(
@@ -633,4 +634,55 @@ async fn unknown_disabled_and_wrong_secret_look_alike_from_outside(store: Store)
 both_stores!(
     no_enumeration,
     unknown_disabled_and_wrong_secret_look_alike_from_outside
+);
+
+async fn expire_at_is_capped_by_the_maximum_session_age(store: Store) {
+    let app = TestApp::start_with(store.clone(), |l| {
+        l.set("emqx_max_session_age", "1h".into(), "test").unwrap();
+    })
+    .await;
+    let token = app.device("acme", "dev-1").await;
+    // No end of its own: the cap.
+    let v = app.authn("dev-1", "", &token).await;
+    assert_eq!(v["result"], "allow");
+    assert_eq!(v["expire_at"], json!(T0 + 3600));
+    // A credential ending before the cap keeps its own end; one ending after it is capped.
+    let (new, until) = app
+        .admin
+        .rotate("acme", "dev-1", Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(
+        app.authn("dev-1", "", &token).await["expire_at"],
+        json!(until)
+    );
+    let new = new.token.expose_secret().to_string();
+    app.clock.advance(100);
+    assert_eq!(
+        app.authn("dev-1", "", &new).await["expire_at"],
+        json!(T0 + 100 + 3600)
+    );
+    app.admin
+        .rotate("acme", "dev-1", Duration::from_secs(7200))
+        .await
+        .unwrap();
+    assert_eq!(
+        app.authn("dev-1", "", &new).await["expire_at"],
+        json!(T0 + 100 + 3600),
+        "a grace longer than the cap is capped"
+    );
+
+    // 0 turns the cap off: a credential without an end gets no expire_at.
+    let off = TestApp::start_with(store, |l| {
+        l.set("emqx_max_session_age", "0".into(), "test").unwrap();
+    })
+    .await;
+    let token = off.device("acme", "dev-2").await;
+    let v = off.authn("dev-2", "", &token).await;
+    assert_eq!(v["result"], "allow");
+    assert!(v.get("expire_at").is_none(), "{v}");
+}
+both_stores!(
+    max_session_age,
+    expire_at_is_capped_by_the_maximum_session_age
 );

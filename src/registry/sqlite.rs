@@ -400,3 +400,4 @@ impl SqliteStore {
 mod audit;
 mod certs;
 mod fill;
+mod guard;

@@ -8,6 +8,7 @@ mod broker_conform;
 mod broker_tls;
 mod broker_v5;
 mod brute_force;
+mod brute_force_shared;
 mod certs;
 mod emqx_http;
 mod hostile;

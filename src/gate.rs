@@ -19,6 +19,7 @@ use crate::audit::{AuditEvent, AuditRecord};
 use crate::auth::secret::{self, SecretVerifier, VerifiedSecret};
 use crate::auth::trust::{CertIdentity, CertRejection, CrlFailure, TrustStore};
 use crate::clock::Clock;
+use crate::core::ids::ClientId;
 use crate::core::{self, Cause, Decision, DeviceView, UnknownClient, Verdict};
 use crate::limit::ingest::{IngestLimiter, LimitDefaults};
 use crate::limit::lockout::{FailureGuard, Locked, LockoutEntry, LockoutPolicy, Reserved};
@@ -43,10 +44,11 @@ pub enum PresentedCert {
 }
 
 /// A CONNECT as any transport sees it. `Debug` never shows the secret.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnectRequest {
-    /// MQTT client id.
-    pub client_id: String,
+    /// MQTT client id, parsed where the transport received it (an id that cannot work never
+    /// reaches the gate).
+    pub client_id: ClientId,
     /// MQTT username, if sent.
     pub username: Option<String>,
     /// MQTT password / device token, if sent.
@@ -297,8 +299,10 @@ impl Gate {
     pub async fn connect(&self, req: ConnectRequest) -> ConnectOutcome {
         let late = ConnectRequest {
             client_id: req.client_id.clone(),
+            username: None,
+            secret: None,
             peer: req.peer.clone(),
-            ..ConnectRequest::default()
+            cert: None,
         };
         match tokio::time::timeout(self.deadline, self.decide_connect(req)).await {
             Ok(outcome) => outcome,
@@ -311,19 +315,18 @@ impl Gate {
 
     async fn decide_connect(&self, req: ConnectRequest) -> ConnectOutcome {
         let peer = req.peer.as_deref().unwrap_or("unknown");
-        let locked = self
-            .guard()
-            .check(&req.client_id, peer, self.clock.now_ms());
+        let client_id = req.client_id.as_str();
+        let locked = self.guard().check(client_id, peer, self.clock.now_ms());
         if let Some(locked) = locked {
             // A client id's lockout spares the device's familiar addresses, which another
             // replica, or this one before a restart, may have seen.
             let spared = matches!(locked, Locked::ClientId { .. })
-                && self.familiar_in_store(&req.client_id, peer).await;
+                && self.familiar_in_store(client_id, peer).await;
             if !spared {
                 return self.record_connect(&req, None, Decision::deny(Cause::LockedOut(locked)));
             }
         }
-        let device = match self.registry.device(&req.client_id).await {
+        let device = match self.registry.device(client_id).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, client_id = %req.client_id, "registry lookup failed");
@@ -334,7 +337,7 @@ impl Gate {
             .secret
             .as_ref()
             .filter(|s| !s.expose_secret().is_empty());
-        let identity = req.cert.as_ref().map(|c| self.identify(&req.client_id, c));
+        let identity = req.cert.as_ref().map(|c| self.identify(client_id, c));
         let names_only = matches!(req.cert, Some(PresentedCert::Names { .. }));
         let checked = core::precheck_connect(
             device.as_deref(),
@@ -346,7 +349,7 @@ impl Gate {
         // attempts cannot all reach the hash before the first failure is counted.
         let slot = match (&checked, secret) {
             (Ok(dev), Some(_)) if !dev.password_candidates(self.clock.now()).is_empty() => {
-                match self.reserve_known(&req.client_id, peer).await {
+                match self.reserve_known(client_id, peer).await {
                     Ok(slot) => Some(slot),
                     Err(locked) => {
                         let d = Decision::deny(Cause::LockedOut(locked));
@@ -377,16 +380,12 @@ impl Gate {
         };
         let slot = match (slot, secret) {
             (None, Some(secret)) if looks_like_a_password(secret, &decision) => {
-                self.pad_refusal(
-                    device.is_some().then_some(req.client_id.as_str()),
-                    peer,
-                    secret,
-                )
-                .await
+                self.pad_refusal(device.is_some().then_some(client_id), peer, secret)
+                    .await
             }
             (slot, _) => slot,
         };
-        self.count(device.as_deref(), &req.client_id, peer, &decision, slot)
+        self.count(device.as_deref(), client_id, peer, &decision, slot)
             .await;
         self.record_connect(&req, device, decision)
     }
@@ -627,7 +626,7 @@ impl Gate {
         self.audit(
             device.as_ref().map(|d| d.tenant.0),
             AuditEvent::Connect {
-                client_id: req.client_id.clone(),
+                client_id: req.client_id.to_string(),
                 peer: req.peer.clone().unwrap_or_default(),
                 verdict: decision.verdict.as_str(),
                 cause: decision.cause.label(),
@@ -659,7 +658,8 @@ impl Gate {
     }
 
     /// Decides a PUBLISH or SUBSCRIBE by `client_id` on `topic`, within the decision deadline.
-    pub async fn authorize(&self, client_id: &str, action: Action, topic: &str) -> Decision {
+    pub async fn authorize(&self, client_id: &ClientId, action: Action, topic: &str) -> Decision {
+        let client_id = client_id.as_str();
         let lookup = tokio::time::timeout(self.deadline, self.registry.device(client_id)).await;
         let decision = match lookup.unwrap_or(Err(crate::registry::StoreError::Unavailable(
             "no answer within the decision deadline",

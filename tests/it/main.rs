@@ -10,6 +10,7 @@ mod broker_v5;
 mod brute_force;
 mod brute_force_shared;
 mod certs;
+mod client_ids;
 mod emqx_http;
 mod hostile;
 mod outage;

@@ -9,7 +9,7 @@
 //! | address locked out after failed attempts | 5 not authorized | 0x8A banned |
 //! | too many connections (per address, or the broker's limit) | 3 server unavailable | 0x97 quota exceeded |
 //! | registry unavailable, verification interrupted, router refused | 3 server unavailable | 0x88 server unavailable |
-//! | empty client id, or one with `+ # / $` | 2 identifier rejected | 0x85 |
+//! | client id the registry would refuse (empty, over 256 bytes, `+ # / $`, control characters) | 2 identifier rejected | 0x85 |
 //! | enhanced authentication (5.0 AUTH method) | 5 not authorized | 0x8C bad authentication method |
 
 use rumqttd::protocol::ConnectReturnCode as Code;

@@ -320,12 +320,12 @@ impl Gate {
         if let Some(locked) = locked {
             // A client id's lockout spares the device's familiar addresses, which another
             // replica, or this one before a restart, may have seen.
-            let by_id = matches!(locked, Locked::ClientId { .. });
-            let spared = by_id && self.familiar_in_store(client_id, peer).await;
+            // (The refusal is immediate, also for a password-style secret: a dummy verify here, as an
+            // unknown id gets, would let a flood of a locked id from many addresses reach argon2
+            // once per attempt.)
+            let spared = matches!(locked, Locked::ClientId { .. })
+                && self.familiar_in_store(client_id, peer).await;
             if !spared {
-                if by_id {
-                    self.pad_lockout(client_id, peer, req.secret.as_ref()).await;
-                }
                 return self.record_connect(&req, None, Decision::deny(Cause::LockedOut(locked)));
             }
         }
@@ -391,19 +391,6 @@ impl Gate {
         self.count(device.as_deref(), client_id, peer, &decision, slot)
             .await;
         self.record_connect(&req, device, decision)
-    }
-
-    /// Only known client ids are locked out, so a client id's lockout must cost what an unknown
-    /// id's refusal costs (same CONNACK code, see `broker::refusal`): for a password-style secret,
-    /// a dummy verify under the address's slot, counted against the address as an unknown id is.
-    async fn pad_lockout(&self, client_id: &str, peer: &str, secret: Option<&SecretString>) {
-        let unknown = Decision::deny(Cause::UnknownClient);
-        let Some(secret) = secret.filter(|s| looks_like_a_password(s, &unknown)) else {
-            return;
-        };
-        let slot = self.pad_refusal(None, peer, secret).await;
-        // Counted as the unknown id's failure is: against the address alone.
-        self.count(None, client_id, peer, &unknown, slot).await;
     }
 
     /// A refusal that checked no password costs a dummy verify, under the same failure slots as

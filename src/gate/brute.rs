@@ -4,8 +4,9 @@
 //! - **Familiar addresses** go to the registry through a bounded queue and one writer task, off
 //!   the hot path: a full queue drops the write and counts it (`familiar_dropped`), it never holds
 //!   a CONNECT up. They are read back lazily, only when a client id's lockout (or its full failure
-//!   window) would refuse an address this process has not seen the device at; a "no" is believed
-//!   for a few seconds, so a locked client id hammered from one address costs no query per attempt.
+//!   window) would refuse an address this process has not seen the device at: the device's whole
+//!   list, at most once per client id every 10 s, so a locked client id hammered from any number
+//!   of addresses costs one query per 10 s, not one per attempt.
 //! - **Failures** that the guard counts (before any lockout; once locked, the refusal is local)
 //!   are counted in the registry too, one upsert each; the failure that reaches the limit there
 //!   starts the lockout, which PostgreSQL announces to every replica on the change feed. SQLite
@@ -112,29 +113,28 @@ impl Gate {
     }
 
     /// Whether the registry knows `peer` as a familiar address of `client_id` (another replica,
-    /// or this one before a restart, saw the device log in from it); learnt into the guard.
+    /// or this one before a restart, saw the device log in from it). The device's whole list (at
+    /// most [`FAMILIAR_MAX`]) is read and learnt, at most once per client id every few seconds
+    /// however many addresses ask.
     pub(super) async fn familiar_in_store(&self, client_id: &str, peer: &str) -> bool {
         let now = self.clock.now_ms();
-        if self.shared.is_none() || self.guard().known_stranger(client_id, peer, now) {
+        if self.shared.is_none() || self.guard().store_read_recently(client_id, now) {
             return false;
         }
         let Ok(Some(device)) = self.registry.device(client_id).await else {
             return false;
         };
-        let since = now - self.guard().policy().familiar_ms;
         let store = self.registry.store();
-        let call = store.familiar_since(device.tenant, client_id, peer, since);
-        match self.shared_call("familiar lookup", call).await {
-            Some(Some(last_ok)) => {
-                self.guard().learn_familiar(client_id, peer, last_ok);
-                true
-            }
-            Some(None) => {
-                self.guard().note_stranger(client_id, peer, now);
-                false
-            }
-            None => false,
+        let call = store.familiar_addresses(device.tenant, client_id);
+        let Some(all) = self.shared_call("familiar lookup", call).await else {
+            return false;
+        };
+        let mut guard = self.guard();
+        guard.note_store_read(client_id, now);
+        for (address, last_ok) in &all {
+            guard.learn_familiar(client_id, address, *last_ok);
         }
+        guard.is_familiar(client_id, peer, now)
     }
 
     /// Counts a failure the guard counted in the registry too (`client_id` when the client id's

@@ -116,9 +116,10 @@ struct ClientState {
     counter: Counter,
     /// Address → last successful login (Unix ms) and when the registry last heard of it.
     familiar: HashMap<String, Seen>,
-    /// Addresses the registry said are not familiar (Unix ms of the answer): a locked client id
-    /// hammered from one address asks the registry once per [`STRANGER_MEMO_MS`], not per attempt.
-    strangers: HashMap<String, i64>,
+    /// When the registry's familiar addresses of this client id were last read (Unix ms; 0:
+    /// never): a locked client id hammered from any number of addresses costs the registry one
+    /// read per [`STORE_MEMO_MS`], not one per attempt.
+    store_read: i64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -154,11 +155,8 @@ pub const FAMILIAR_MAX: usize = 8;
 /// device reconnecting every minute costs one write a day, and stays familiar everywhere).
 const FAMILIAR_REFRESH_MS: i64 = 86_400_000;
 
-/// How long a "not familiar" answer of the registry is believed.
-const STRANGER_MEMO_MS: i64 = 10_000;
-
-/// At most this many such answers are remembered per client id.
-const STRANGERS_MAX: usize = 64;
+/// How long the registry's list of a client id's familiar addresses is believed.
+const STORE_MEMO_MS: i64 = 10_000;
 
 /// Slow (password) verifies under way at once for one client id from unfamiliar addresses.
 pub const CLIENT_IN_FLIGHT: u32 = 2;
@@ -365,7 +363,6 @@ impl FailureGuard {
         let Some(state) = slot(&mut self.clients, client_id) else {
             return false;
         };
-        state.strangers.remove(peer);
         let written = state.familiar.get(peer).map(|s| s.written);
         let due = written.is_none_or(|w| w <= now - FAMILIAR_REFRESH_MS);
         let written = if due { now } else { written.unwrap_or(now) };
@@ -384,7 +381,6 @@ impl FailureGuard {
     /// replica, or before a restart).
     pub fn learn_familiar(&mut self, client_id: &str, peer: &str, last_ok: i64) {
         if let Some(state) = slot(&mut self.clients, client_id) {
-            state.strangers.remove(peer);
             let seen = Seen {
                 last_ok,
                 written: last_ok,
@@ -393,23 +389,18 @@ impl FailureGuard {
         }
     }
 
-    /// Whether the registry said, less than [`STRANGER_MEMO_MS`] ago, that `peer` is not
-    /// familiar for `client_id`.
-    pub fn known_stranger(&self, client_id: &str, peer: &str, now: i64) -> bool {
-        self.clients.get(client_id).is_some_and(|s| {
-            s.strangers
-                .get(peer)
-                .is_some_and(|t| *t > now - STRANGER_MEMO_MS)
-        })
+    /// Whether the registry's familiar addresses of `client_id` were read (and learnt) less than
+    /// [`STORE_MEMO_MS`] ago: then this view already holds them.
+    pub fn store_read_recently(&self, client_id: &str, now: i64) -> bool {
+        self.clients
+            .get(client_id)
+            .is_some_and(|s| s.store_read > now - STORE_MEMO_MS)
     }
 
-    /// Remembers the registry's answer that `peer` is not familiar for `client_id`.
-    pub fn note_stranger(&mut self, client_id: &str, peer: &str, now: i64) {
-        if let Some(state) = self.clients.get_mut(client_id) {
-            if state.strangers.len() >= STRANGERS_MAX {
-                state.strangers.clear();
-            }
-            state.strangers.insert(peer.to_string(), now);
+    /// Notes that the registry's familiar addresses of `client_id` were read and learnt at `now`.
+    pub fn note_store_read(&mut self, client_id: &str, now: i64) {
+        if let Some(state) = slot(&mut self.clients, client_id) {
+            state.store_read = now;
         }
     }
 
@@ -476,7 +467,6 @@ impl FailureGuard {
         self.addresses.retain(|_, c| !c.is_idle(now, p.window_ms));
         self.clients.retain(|_, s| {
             s.familiar.retain(|_, t| t.last_ok > now - p.familiar_ms);
-            s.strangers.retain(|_, t| *t > now - STRANGER_MEMO_MS);
             !(s.counter.is_idle(now, p.window_ms) && s.familiar.is_empty())
         });
     }
@@ -637,8 +627,15 @@ mod tests {
             g.record_failure(Some("dev"), "203.0.113.9", T0 + i);
         }
         assert!(g.check("dev", "10.0.0.5", T0 + 10).is_some());
+        assert!(!g.store_read_recently("dev", T0 + 10));
         g.learn_familiar("dev", "10.0.0.5", T0 - MIN);
+        g.note_store_read("dev", T0 + 10);
         assert_eq!(g.check("dev", "10.0.0.5", T0 + 10), None);
+        assert!(g.store_read_recently("dev", T0 + 10 + 9_999));
+        assert!(
+            !g.store_read_recently("dev", T0 + 10 + 10_000),
+            "read again later"
+        );
     }
 
     #[test]

@@ -328,17 +328,6 @@ impl Store {
         dispatch!(self, s => s.remember_address(t, client_id, address, at_ms, keep).await)
     }
 
-    /// When `client_id` last logged in from `address`, if after `since_ms`.
-    pub async fn familiar_since(
-        &self,
-        t: TenantId,
-        client_id: &str,
-        address: &str,
-        since_ms: i64,
-    ) -> StoreResult<Option<i64>> {
-        dispatch!(self, s => s.familiar_since(t, client_id, address, since_ms).await)
-    }
-
     /// A device's familiar addresses with their last login (Unix ms), newest first.
     pub async fn familiar_addresses(
         &self,

@@ -156,33 +156,3 @@ async fn two_replicas_count_failures_together_and_both_spare_the_device(pool: sq
     }
     store.close().await;
 }
-
-async fn a_locked_client_id_costs_what_an_unknown_one_costs(store: Store) {
-    let app = TestApp::start(store).await;
-    app.device("acme", "dev-1").await;
-    app.admin
-        .set_password("acme", "dev-1", "password-one".into())
-        .await
-        .unwrap();
-    for _ in 0..5 {
-        assert_eq!(result(&app, STRANGER, "guess").await, "deny");
-    }
-    locked_on(&app, "dev-1").await;
-    // From a fresh address: the locked device and an id that does not exist, password-style.
-    let mut cost = Vec::new();
-    for id in ["dev-1", "ghost"] {
-        let before = app.gate.password_verifies();
-        let v = app.authn_from("198.51.100.7", id, "", "guess").await;
-        assert_eq!(v["result"], "deny");
-        cost.push(app.gate.password_verifies() - before);
-    }
-    assert_eq!(
-        cost,
-        vec![1, 1],
-        "one argon2 verify each: the lockout's answer takes as long as an unknown id's"
-    );
-}
-both_stores!(
-    lockout_timing,
-    a_locked_client_id_costs_what_an_unknown_one_costs
-);

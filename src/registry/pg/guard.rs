@@ -39,28 +39,6 @@ impl PgStore {
         Ok(())
     }
 
-    pub(crate) async fn familiar_since(
-        &self,
-        t: TenantId,
-        client_id: &str,
-        address: &str,
-        since_ms: i64,
-    ) -> StoreResult<Option<i64>> {
-        let mut tx = self.scoped(t).await?;
-        let at = sqlx::query_scalar!(
-            "SELECT f.last_ok_ms FROM familiar_addresses f JOIN devices d ON d.id = f.device_id \
-             WHERE f.tenant_id = $1 AND d.tenant_id = $1 AND d.client_id = $2 AND f.address = $3 AND f.last_ok_ms > $4",
-            t.0,
-            client_id,
-            address,
-            since_ms
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(at)
-    }
-
     pub(crate) async fn familiar_addresses(
         &self,
         t: TenantId,

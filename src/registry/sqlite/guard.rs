@@ -43,25 +43,6 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub(crate) async fn familiar_since(
-        &self,
-        t: TenantId,
-        client_id: &str,
-        address: &str,
-        since_ms: i64,
-    ) -> StoreResult<Option<i64>> {
-        Ok(sqlx::query_scalar(
-            "SELECT f.last_ok_ms FROM familiar_addresses f JOIN devices d ON d.id = f.device_id \
-             WHERE f.tenant_id = ?1 AND d.tenant_id = ?1 AND d.client_id = ?2 AND f.address = ?3 AND f.last_ok_ms > ?4",
-        )
-        .bind(t.0)
-        .bind(client_id)
-        .bind(address)
-        .bind(since_ms)
-        .fetch_optional(&self.pool)
-        .await?)
-    }
-
     pub(crate) async fn familiar_addresses(
         &self,
         t: TenantId,

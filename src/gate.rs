@@ -319,10 +319,9 @@ impl Gate {
         let locked = self.guard().check(client_id, peer, self.clock.now_ms());
         if let Some(locked) = locked {
             // A client id's lockout spares the device's familiar addresses, which another
-            // replica, or this one before a restart, may have seen.
-            // (The refusal is immediate, also for a password-style secret: a dummy verify here, as an
-            // unknown id gets, would let a flood of a locked id from many addresses reach argon2
-            // once per attempt.)
+            // replica, or this one before a restart, may have seen. The refusal is immediate,
+            // also for a password-style secret: a dummy verify here, as an unknown id gets, would
+            // let a flood of a locked id from many addresses reach argon2 once per attempt.
             let spared = matches!(locked, Locked::ClientId { .. })
                 && self.familiar_in_store(client_id, peer).await;
             if !spared {

@@ -150,8 +150,11 @@ impl App {
             Gate::new(registry, verifier, clock, options)
                 .with_decision_timeout(config.decision_timeout)
                 .with_audit(sink)
-                .with_trust(trust),
+                .with_trust(trust)
+                .with_shared_guard(),
         );
+        gate.load_lockouts().await;
+        crate::gate::spawn_lockout_feed(&gate);
         spawn_sweeper(&gate);
         crate::cert_upkeep::spawn(&gate, config.certs.clone());
         let api = config.emqx_api.as_ref().map(|a| {

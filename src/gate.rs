@@ -4,6 +4,10 @@
 //! translate the [`Decision`] back; everything else (fetching the device, verifying secrets off the
 //! async threads, upgrading legacy hashes, recording the outcome) happens here, once.
 
+mod brute;
+
+pub use brute::spawn_lockout_feed;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,6 +19,7 @@ use crate::audit::{AuditEvent, AuditRecord};
 use crate::auth::secret::{self, SecretVerifier, VerifiedSecret};
 use crate::auth::trust::{CertIdentity, CertRejection, CrlFailure, TrustStore};
 use crate::clock::Clock;
+use crate::core::ids::ClientId;
 use crate::core::{self, Cause, Decision, DeviceView, UnknownClient, Verdict};
 use crate::limit::ingest::{IngestLimiter, LimitDefaults};
 use crate::limit::lockout::{FailureGuard, Locked, LockoutEntry, LockoutPolicy, Reserved};
@@ -39,10 +44,11 @@ pub enum PresentedCert {
 }
 
 /// A CONNECT as any transport sees it. `Debug` never shows the secret.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnectRequest {
-    /// MQTT client id.
-    pub client_id: String,
+    /// MQTT client id, parsed where the transport received it (an id that cannot work never
+    /// reaches the gate).
+    pub client_id: ClientId,
     /// MQTT username, if sent.
     pub username: Option<String>,
     /// MQTT password / device token, if sent.
@@ -91,6 +97,7 @@ pub struct Gate {
     deadline: Duration,
     fault: Arc<crate::fault::Fault>,
     refusals: crate::audit::refusals::RefusalTally,
+    shared: Option<brute::Shared>,
 }
 
 /// The decision deadline unless [`Gate::with_decision_timeout`] says otherwise (below EMQX's
@@ -119,6 +126,7 @@ impl Gate {
             deadline: DECISION_TIMEOUT,
             fault: Arc::default(),
             refusals: Default::default(),
+            shared: None,
         }
     }
 
@@ -227,11 +235,13 @@ impl Gate {
         self.guard().list(self.clock.now_ms())
     }
 
-    /// Clears a client id's or address's lockout (`mqgate lockout clear`).
-    pub fn clear_lockout(&self, key: &str) -> bool {
+    /// Clears a client id's or address's lockout (`mqgate lockout clear`), here and, through
+    /// the registry, on every replica.
+    pub async fn clear_lockout(&self, key: &str) -> bool {
         let cleared = self.guard().clear(key);
+        let shared = self.clear_shared(key).await;
         self.record_admin("lockout.clear", key);
-        cleared
+        cleared || shared
     }
 
     /// Forgets idle brute-force state and full buckets, and records the publishes refused for
@@ -267,12 +277,19 @@ impl Gate {
         }
     }
 
-    /// `mqgate_audit_dropped_total` for `/metrics`.
+    /// `mqgate_audit_dropped_total` and `mqgate_familiar_writes_dropped_total` for `/metrics`.
     pub fn render_audit_metrics(&self) -> String {
-        self.audit
+        let audit = self
+            .audit
             .as_ref()
             .map(|s| s.render_metrics())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        format!(
+            "{audit}# HELP mqgate_familiar_writes_dropped_total Familiar-address writes the registry did not get.\n\
+             # TYPE mqgate_familiar_writes_dropped_total counter\n\
+             mqgate_familiar_writes_dropped_total {}\n",
+            self.familiar_dropped()
+        )
     }
 
     /// Whether ingestion limits apply to `device` (then EMQX must ask per publish, so its authn
@@ -292,8 +309,10 @@ impl Gate {
     pub async fn connect(&self, req: ConnectRequest) -> ConnectOutcome {
         let late = ConnectRequest {
             client_id: req.client_id.clone(),
+            username: None,
+            secret: None,
             peer: req.peer.clone(),
-            ..ConnectRequest::default()
+            cert: None,
         };
         match tokio::time::timeout(self.deadline, self.decide_connect(req)).await {
             Ok(outcome) => outcome,
@@ -306,13 +325,20 @@ impl Gate {
 
     async fn decide_connect(&self, req: ConnectRequest) -> ConnectOutcome {
         let peer = req.peer.as_deref().unwrap_or("unknown");
-        if let Some(locked) = self
-            .guard()
-            .check(&req.client_id, peer, self.clock.now_ms())
-        {
-            return self.record_connect(&req, None, Decision::deny(Cause::LockedOut(locked)));
+        let client_id = req.client_id.as_str();
+        let locked = self.guard().check(client_id, peer, self.clock.now_ms());
+        if let Some(locked) = locked {
+            // A client id's lockout spares the device's familiar addresses, which another
+            // replica, or this one before a restart, may have seen. The refusal is immediate,
+            // also for a password-style secret: a dummy verify here, as an unknown id gets, would
+            // let a flood of a locked id from many addresses reach argon2 once per attempt.
+            let spared = matches!(locked, Locked::ClientId { .. })
+                && self.familiar_in_store(client_id, peer).await;
+            if !spared {
+                return self.record_connect(&req, None, Decision::deny(Cause::LockedOut(locked)));
+            }
         }
-        let device = match self.registry.device(&req.client_id).await {
+        let device = match self.registry.device(client_id).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, client_id = %req.client_id, "registry lookup failed");
@@ -323,7 +349,7 @@ impl Gate {
             .secret
             .as_ref()
             .filter(|s| !s.expose_secret().is_empty());
-        let identity = req.cert.as_ref().map(|c| self.identify(&req.client_id, c));
+        let identity = req.cert.as_ref().map(|c| self.identify(client_id, c));
         let names_only = matches!(req.cert, Some(PresentedCert::Names { .. }));
         let checked = core::precheck_connect(
             device.as_deref(),
@@ -335,7 +361,7 @@ impl Gate {
         // attempts cannot all reach the hash before the first failure is counted.
         let slot = match (&checked, secret) {
             (Ok(dev), Some(_)) if !dev.password_candidates(self.clock.now()).is_empty() => {
-                match self.reserve(Some(&req.client_id), peer) {
+                match self.reserve_known(client_id, peer).await {
                     Ok(slot) => Some(slot),
                     Err(locked) => {
                         let d = Decision::deny(Cause::LockedOut(locked));
@@ -366,16 +392,13 @@ impl Gate {
         };
         let slot = match (slot, secret) {
             (None, Some(secret)) if looks_like_a_password(secret, &decision) => {
-                self.pad_refusal(
-                    device.is_some().then_some(req.client_id.as_str()),
-                    peer,
-                    secret,
-                )
-                .await
+                self.pad_refusal(device.is_some().then_some(client_id), peer, secret)
+                    .await
             }
             (slot, _) => slot,
         };
-        self.count(&req.client_id, peer, &decision, slot);
+        self.count(device.as_deref(), client_id, peer, &decision, slot)
+            .await;
         self.record_connect(&req, device, decision)
     }
 
@@ -391,6 +414,19 @@ impl Gate {
         let slot = self.reserve(client_id, peer).ok()?;
         self.verifier.dummy_verify(secret).await;
         Some(slot)
+    }
+
+    /// [`Gate::reserve`] for a known client id: a full client-id window spares the device's
+    /// familiar addresses known to the registry.
+    async fn reserve_known(&self, client_id: &str, peer: &str) -> Result<Slot<'_>, Locked> {
+        match self.reserve(Some(client_id), peer) {
+            Err(Locked::Busy { of: "client_id" })
+                if self.familiar_in_store(client_id, peer).await =>
+            {
+                self.reserve(Some(client_id), peer)
+            }
+            taken => taken,
+        }
     }
 
     fn reserve(&self, client_id: Option<&str>, peer: &str) -> Result<Slot<'_>, Locked> {
@@ -511,24 +547,59 @@ impl Gate {
     /// Feeds the brute-force guard: successes make the address familiar, failures count, a
     /// verify that could not finish counts against the address. The reserved slot is given back
     /// in the same lock, so no other attempt sees the window without this outcome.
-    fn count(&self, client_id: &str, peer: &str, decision: &Decision, slot: Option<Slot<'_>>) {
+    /// The failures counted here are counted in the registry too, and a new familiar address is
+    /// queued for it (`gate::brute`).
+    async fn count(
+        &self,
+        device: Option<&DeviceView>,
+        client_id: &str,
+        peer: &str,
+        decision: &Decision,
+        slot: Option<Slot<'_>>,
+    ) {
         let now = self.clock.now_ms();
+        let (locked, shared) = self.count_here(device, client_id, peer, decision, slot, now);
+        let locked = match shared {
+            Some(counted) => self.share_failure(counted, peer, now, locked).await,
+            None => locked,
+        };
+        self.record_lockout(client_id, peer, locked);
+    }
+
+    /// The in-memory half of [`Gate::count`]: returns the lockout it caused and, for a failure
+    /// to share, the client id its count took (`Some(None)`: the address alone).
+    fn count_here<'c>(
+        &self,
+        device: Option<&DeviceView>,
+        client_id: &'c str,
+        peer: &str,
+        decision: &Decision,
+        slot: Option<Slot<'_>>,
+        now: i64,
+    ) -> (Option<Locked>, Option<Option<&'c str>>) {
         let mut guard = self.guard();
         if let Some(taken) = slot.and_then(|mut s| s.taken.take()) {
             guard.release(taken);
         }
-        let locked = if decision.is_allow() {
-            guard.record_success(client_id, peer, now);
-            None
+        if decision.is_allow() {
+            if guard.record_success(client_id, peer, now)
+                && let Some(dev) = device
+            {
+                self.remember(dev.tenant, client_id, peer, now);
+            }
+            (None, None)
         } else if decision.cause == Cause::Interrupted {
-            guard.record_address_failure(peer, now)
+            (guard.record_address_failure(peer, now), Some(None))
         } else if decision.verdict == Verdict::Deny && decision.cause.is_auth_failure() {
             let known = (decision.cause != Cause::UnknownClient).then_some(client_id);
-            guard.record_failure(known, peer, now)
+            let counted = known.filter(|c| !guard.is_familiar(c, peer, now));
+            (guard.record_failure(known, peer, now), Some(counted))
         } else {
-            None
-        };
-        drop(guard);
+            (None, None)
+        }
+    }
+
+    fn record_lockout(&self, client_id: &str, peer: &str, locked: Option<Locked>) {
         {
             if let Some(locked) = locked {
                 tracing::warn!(target: "mqgate::audit", event = "lockout", %client_id, peer, ?locked, "too many failed authentications");
@@ -567,7 +638,7 @@ impl Gate {
         self.audit(
             device.as_ref().map(|d| d.tenant.0),
             AuditEvent::Connect {
-                client_id: req.client_id.clone(),
+                client_id: req.client_id.to_string(),
                 peer: req.peer.clone().unwrap_or_default(),
                 verdict: decision.verdict.as_str(),
                 cause: decision.cause.label(),
@@ -599,7 +670,8 @@ impl Gate {
     }
 
     /// Decides a PUBLISH or SUBSCRIBE by `client_id` on `topic`, within the decision deadline.
-    pub async fn authorize(&self, client_id: &str, action: Action, topic: &str) -> Decision {
+    pub async fn authorize(&self, client_id: &ClientId, action: Action, topic: &str) -> Decision {
+        let client_id = client_id.as_str();
         let lookup = tokio::time::timeout(self.deadline, self.registry.device(client_id)).await;
         let decision = match lookup.unwrap_or(Err(crate::registry::StoreError::Unavailable(
             "no answer within the decision deadline",

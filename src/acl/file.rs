@@ -65,9 +65,10 @@ struct FileRule {
 /// Checks a rule's topic filter as written: placeholders must be known, and the filter must be
 /// valid MQTT with them filled in.
 pub fn validate_topic_template(template: &str) -> Result<(), String> {
+    let c = crate::core::ids::ClientId::parse("c").map_err(|e| e.to_string())?;
     let who = Identity {
         tenant: "t",
-        client_id: "c",
+        client_id: &c,
         username: Some("u"),
     };
     let expanded = expand(template, &who).ok_or_else(|| {

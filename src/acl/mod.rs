@@ -9,6 +9,7 @@
 pub mod file;
 pub mod topic;
 
+use crate::core::ids::ClientId;
 use serde::{Deserialize, Serialize};
 
 /// What a client wants to do with a topic.
@@ -106,8 +107,8 @@ pub struct Rule {
 pub struct Identity<'a> {
     /// Tenant name (`${tenant}`).
     pub tenant: &'a str,
-    /// MQTT client id (`${clientid}`).
-    pub client_id: &'a str,
+    /// MQTT client id (`${clientid}`), parsed by the one rule: it cannot widen a filter.
+    pub client_id: &'a ClientId,
     /// MQTT username, if the device has one (`${username}`).
     pub username: Option<&'a str>,
 }
@@ -168,7 +169,7 @@ pub fn expand(template: &str, who: &Identity<'_>) -> Option<String> {
         let (name, tail) = after.split_once('}')?;
         let value = match name {
             "tenant" => Some(who.tenant),
-            "clientid" => Some(who.client_id),
+            "clientid" => Some(who.client_id.as_str()),
             "username" => who.username,
             _ => None,
         }?;

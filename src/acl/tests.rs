@@ -13,7 +13,11 @@ fn rule(permission: Permission, action: RuleAction, topic: &str) -> Rule {
     }
 }
 
-fn who<'a>(client_id: &'a str, username: Option<&'a str>) -> Identity<'a> {
+fn id(s: &str) -> ClientId {
+    ClientId::parse(s).unwrap()
+}
+
+fn who<'a>(client_id: &'a ClientId, username: Option<&'a str>) -> Identity<'a> {
     Identity {
         tenant: "acme",
         client_id,
@@ -27,7 +31,7 @@ fn default_acl(client_id: &str) -> CompiledAcl {
         RuleAction::All,
         "${tenant}/${clientid}/#",
     )];
-    CompiledAcl::compile(&rules, &who(client_id, None))
+    CompiledAcl::compile(&rules, &who(&id(client_id), None))
 }
 
 fn allowed(acl: &CompiledAcl, action: Action, topic: &str) -> bool {
@@ -70,15 +74,23 @@ fn the_default_rule_confines_a_device_to_its_subtree() {
 
 #[test]
 fn hostile_identities_never_widen_their_acl() {
-    for client_id in ["+", "#", "a/b", "", "a\0b", "acme/+", "#/x"] {
-        let acl = default_acl(client_id);
+    let by_name = [rule(
+        Permission::Allow,
+        RuleAction::All,
+        "${tenant}/${username}/#",
+    )];
+    for hostile in ["+", "#", "a/b", "", "a\0b", "acme/+", "#/x"] {
+        // Such a client id is not a `ClientId` at all: it never reaches an ACL.
+        assert!(ClientId::parse(hostile).is_err(), "{hostile:?}");
+        // A username is the device's own text: its placeholder makes the rule never match.
+        let acl = CompiledAcl::compile(&by_name, &who(&id("d"), Some(hostile)));
         for t in ["acme/other/x", "acme/x", "acme/a/b/x", "acme/+/x"] {
             assert!(
                 !allowed(&acl, Action::Publish, t),
-                "{client_id:?} reached {t}"
+                "{hostile:?} reached {t}"
             );
         }
-        assert!(!allowed(&acl, Action::Subscribe, "acme/#"), "{client_id:?}");
+        assert!(!allowed(&acl, Action::Subscribe, "acme/#"), "{hostile:?}");
         assert_eq!(
             acl.to_emqx().unwrap().len(),
             1,
@@ -86,7 +98,7 @@ fn hostile_identities_never_widen_their_acl() {
         );
     }
     let rules = [rule(Permission::Allow, RuleAction::All, "u/${username}/#")];
-    let acl = CompiledAcl::compile(&rules, &who("d", None));
+    let acl = CompiledAcl::compile(&rules, &who(&id("d"), None));
     assert_eq!(
         acl.check(Action::Publish, "u//x"),
         AclVerdict::NoRule,
@@ -104,7 +116,7 @@ fn first_matching_rule_wins_and_names_itself() {
         ),
         rule(Permission::Allow, RuleAction::All, "acme/${clientid}/#"),
     ];
-    let acl = CompiledAcl::compile(&rules, &who("d", None));
+    let acl = CompiledAcl::compile(&rules, &who(&id("d"), None));
     assert!(matches!(
         acl.check(Action::Publish, "acme/d/secret"),
         AclVerdict::Matched {
@@ -137,7 +149,7 @@ fn a_subscription_partly_covered_by_a_deny_is_denied() {
         rule(Permission::Deny, RuleAction::All, "acme/d/secret"),
         rule(Permission::Allow, RuleAction::All, "acme/d/#"),
     ];
-    let acl = CompiledAcl::compile(&rules, &who("d", None));
+    let acl = CompiledAcl::compile(&rules, &who(&id("d"), None));
     assert!(!allowed(&acl, Action::Subscribe, "acme/d/#"));
     assert!(!allowed(&acl, Action::Subscribe, "acme/d/+"));
     assert!(allowed(&acl, Action::Subscribe, "acme/d/public/#"));
@@ -157,7 +169,7 @@ fn the_emqx_list_keeps_publish_rules_in_order_and_ends_with_deny_publish_all() {
             "${tenant}/${clientid}/#",
         ),
     ];
-    let list = CompiledAcl::compile(&rules, &who("d", None))
+    let list = CompiledAcl::compile(&rules, &who(&id("d"), None))
         .to_emqx()
         .unwrap();
     assert_eq!(
@@ -168,8 +180,8 @@ fn the_emqx_list_keeps_publish_rules_in_order_and_ends_with_deny_publish_all() {
         ]
     );
     let odd = CompiledAcl::compile(
-        &[rule(Permission::Allow, RuleAction::All, "${clientid}")],
-        &who("${x}", None),
+        &[rule(Permission::Allow, RuleAction::All, "${username}")],
+        &who(&id("d"), Some("${x}")),
     );
     assert!(
         odd.to_emqx().is_none(),
@@ -183,7 +195,7 @@ fn the_emqx_list_grants_no_subscription_around_a_deny() {
         rule(Permission::Deny, RuleAction::Subscribe, "t/dev-1/secret/#"),
         rule(Permission::Allow, RuleAction::All, "t/dev-1/#"),
     ];
-    let acl = CompiledAcl::compile(&rules, &who("dev-1", None));
+    let acl = CompiledAcl::compile(&rules, &who(&id("dev-1"), None));
     let list = acl.to_emqx().unwrap();
     for f in ["t/dev-1/#", "t/dev-1/+", "t/dev-1/+/x", "t/dev-1/secret/a"] {
         assert_eq!(emqx_decide(&list, Action::Subscribe, f), None, "{f}");
@@ -326,7 +338,7 @@ proptest! {
     #[test]
     fn an_allowed_subscription_only_reaches_allowed_topics(rs in rules(), f in filter(), ts in prop::collection::vec(topic_name(), 1..40)) {
         let rs: Vec<Rule> = rs.into_iter().map(|mut r| { r.action = RuleAction::All; r }).collect();
-        let acl = CompiledAcl::compile(&rs, &who("d", None));
+        let acl = CompiledAcl::compile(&rs, &who(&id("d"), None));
         if allowed(&acl, Action::Subscribe, &f) {
             for t in ts.iter().filter(|t| spec_match(&f, t)) {
                 prop_assert!(allowed(&acl, Action::Publish, t), "sub {} allowed but {} is not", f, t);
@@ -336,7 +348,7 @@ proptest! {
 
     #[test]
     fn the_emqx_list_agrees_with_the_authz_answer(rs in rules(), ts in prop::collection::vec(topic_name(), 1..40)) {
-        let acl = CompiledAcl::compile(&rs, &who("d", None));
+        let acl = CompiledAcl::compile(&rs, &who(&id("d"), None));
         let list = acl.to_emqx().unwrap();
         for r in &list {
             prop_assert!(matches!(r["permission"].as_str(), Some("allow" | "deny")));
@@ -352,7 +364,7 @@ proptest! {
 
     #[test]
     fn emqx_never_allows_from_the_list_what_authz_denies(rs in rules(), f in filter(), t in topic_name()) {
-        let acl = CompiledAcl::compile(&rs, &who("d", None));
+        let acl = CompiledAcl::compile(&rs, &who(&id("d"), None));
         let list = acl.to_emqx().unwrap();
         // A PUBLISH carries a topic name: EMQX refuses one with a wildcard before authz
         // (`emqx_packet:check`), so a publish is only ever matched with a name.

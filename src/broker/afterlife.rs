@@ -104,11 +104,10 @@ pub async fn checked_will(
     qos_cap: u8,
 ) -> Option<Packet> {
     let topic = std::str::from_utf8(&will.will.topic).ok()?;
+    // The session's id passed `ClientId::parse` at CONNECT: this parse cannot fail.
+    let id = crate::core::ids::ClientId::parse(client_id).ok()?;
     // A fresh lookup: a revoked device's view held by its session is stale by definition.
-    let d = broker
-        .gate
-        .authorize(client_id, Action::Publish, topic)
-        .await;
+    let d = broker.gate.authorize(&id, Action::Publish, topic).await;
     if !d.is_allow() {
         tracing::info!(%client_id, topic, "will dropped: no longer allowed");
         return None;

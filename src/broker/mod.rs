@@ -231,7 +231,7 @@ fn spawn_revocation_watch(
         loop {
             let received = tokio::select! {
                 c = changes.recv() => match c {
-                    Ok(Change::Certs(_)) => continue,
+                    Ok(Change::Certs(_) | Change::Lockout(_)) => continue,
                     other => other,
                 },
                 c = reloads.recv() => c,

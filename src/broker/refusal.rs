@@ -5,16 +5,18 @@
 //! |---|---|---|
 //! | unknown client, disabled device, wrong/missing/expired secret, username mismatch | 4 bad username or password | 0x86 |
 //! | will topic not allowed, TLS identity mismatch | 5 not authorized | 0x87 |
-//! | locked out after failed attempts | 5 not authorized | 0x8A banned |
+//! | client id locked out after failed attempts (only known client ids are: so it looks like a bad secret) | 4 bad username or password | 0x86 |
+//! | address locked out after failed attempts | 5 not authorized | 0x8A banned |
 //! | too many connections (per address, or the broker's limit) | 3 server unavailable | 0x97 quota exceeded |
 //! | registry unavailable, verification interrupted, router refused | 3 server unavailable | 0x88 server unavailable |
-//! | empty client id, or one with `+ # / $` | 2 identifier rejected | 0x85 |
+//! | client id the registry would refuse (empty, over 256 bytes, `+ # / $`, control characters) | 2 identifier rejected | 0x85 |
 //! | enhanced authentication (5.0 AUTH method) | 5 not authorized | 0x8C bad authentication method |
 
 use rumqttd::protocol::ConnectReturnCode as Code;
 
 use super::codec::Version;
 use crate::core::{Cause, Decision};
+use crate::limit::lockout::Locked;
 
 /// Why mqgate refuses a CONNECT.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +79,8 @@ impl Refusal {
 }
 
 /// One code for every outcome that would tell a prober whether a client id exists (unknown,
-/// disabled, wrong secret): the audit and the log keep the real cause.
+/// disabled, wrong secret, and a client id's lockout or full failure window, which only known
+/// client ids have): the audit and the log keep the real cause.
 fn is_credential_failure(c: &Cause) -> bool {
     matches!(
         c,
@@ -87,13 +90,13 @@ fn is_credential_failure(c: &Cause) -> bool {
             | Cause::NoSecret
             | Cause::BadSecret
             | Cause::CredentialExpired { .. }
+            | Cause::LockedOut(Locked::ClientId { .. } | Locked::Busy { of: "client_id" })
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limit::lockout::Locked;
 
     #[test]
     fn credential_failures_are_bad_username_or_password_in_both_versions() {
@@ -120,9 +123,18 @@ mod tests {
             Refusal::WillNotAllowed.code(Version::V5),
             Code::NotAuthorized
         );
-        let locked = Refusal::Gate(Cause::LockedOut(Locked::ClientId { until_ms: 1 }));
+        let locked = Refusal::Gate(Cause::LockedOut(Locked::Address { until_ms: 1 }));
         assert_eq!(locked.code(Version::V4), Code::NotAuthorized);
         assert_eq!(locked.code(Version::V5), Code::Banned);
+        // Only known client ids are locked out: their lockout looks like a bad secret.
+        for locked in [
+            Locked::ClientId { until_ms: 1 },
+            Locked::Busy { of: "client_id" },
+        ] {
+            let r = Refusal::Gate(Cause::LockedOut(locked));
+            assert_eq!(r.code(Version::V4), Code::BadUserNamePassword);
+            assert_eq!(r.code(Version::V5), Code::BadUserNamePassword);
+        }
         assert_eq!(
             Refusal::TooManyConnections.code(Version::V5),
             Code::QuotaExceeded

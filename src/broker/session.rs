@@ -9,6 +9,7 @@
 //! A 5.0 will held back by its delay, or a stored session with an expiry, is left to
 //! [`afterlife`](super::afterlife), in the same task.
 
+use crate::core::ids::ClientId;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -269,15 +270,10 @@ async fn admit(
     peer: SocketAddr,
     tls: Option<&TlsIdentity>,
 ) -> Result<Admission, Refusal> {
-    let client_id = hello.connect.client_id.as_str();
-    // rumqttd's router silently drops links whose id has these characters; control characters
-    // are no device's (the registry refuses them) and mark mqgate's own links.
-    if client_id.is_empty()
-        || client_id.contains(['+', '$', '#', '/'])
-        || client_id.chars().any(char::is_control)
-    {
-        return Err(Refusal::BadClientId);
-    }
+    // The one client-id rule (the registry's): rumqttd's router silently drops links whose id
+    // has `+ $ # /`, and control characters mark mqgate's own links.
+    let parsed = ClientId::parse(&hello.connect.client_id).map_err(|_| Refusal::BadClientId)?;
+    let client_id = parsed.as_str();
     if hello
         .props
         .as_ref()
@@ -291,7 +287,7 @@ async fn admit(
     let epoch = broker.gate.registry().epoch();
     let login = hello.login.as_ref();
     let request = ConnectRequest {
-        client_id: client_id.to_string(),
+        client_id: parsed.clone(),
         username: login.map(|l| l.username.clone()).filter(|u| !u.is_empty()),
         secret: login.map(|l| SecretString::from(l.password.clone())),
         peer: Some(peer.ip().to_string()),
@@ -303,10 +299,7 @@ async fn admit(
     };
     if let Some(will) = &hello.will {
         let topic = std::str::from_utf8(&will.will.topic).map_err(|_| Refusal::WillNotAllowed)?;
-        let d = broker
-            .gate
-            .authorize(client_id, Action::Publish, topic)
-            .await;
+        let d = broker.gate.authorize(&parsed, Action::Publish, topic).await;
         if !d.is_allow() {
             return Err(Refusal::WillNotAllowed);
         }

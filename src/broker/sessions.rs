@@ -130,6 +130,8 @@ impl Sessions {
                 .map(|e| &e.control)
                 .collect(),
             Change::Resync => map.values().map(|e| &e.control).collect(),
+            // A lockout concerns the next CONNECT, not a live session.
+            Change::Lockout(_) => Vec::new(),
         };
         for control in concerned {
             // A full queue already holds a re-check; a closed one is a session on its way out.

@@ -80,14 +80,18 @@ impl DeviceView {
         credentials: Vec<CredentialView>,
         rules: &[Rule],
     ) -> Self {
-        let acl = CompiledAcl::compile(
-            rules,
-            &Identity {
-                tenant: &tenant_name,
-                client_id: &client_id,
-                username: username.as_deref(),
-            },
-        );
+        let acl = match ids::ClientId::parse(&client_id) {
+            Ok(id) => CompiledAcl::compile(
+                rules,
+                &Identity {
+                    tenant: &tenant_name,
+                    client_id: &id,
+                    username: username.as_deref(),
+                },
+            ),
+            // A client id stored before the one rule: no edge admits it, and no rule matches.
+            Err(_) => CompiledAcl::default(),
+        };
         let emqx_acl = acl.to_emqx();
         DeviceView {
             tenant,

@@ -19,6 +19,7 @@ use serde_json::json;
 use super::{ApiError, HttpState, Internal, parse_json, read_body};
 use crate::acl::Action;
 use crate::auth::cert;
+use crate::core::ids::ClientId;
 use crate::core::{Cause, Verdict};
 use crate::gate::{ConnectRequest, PresentedCert};
 use crate::metrics::Kind as MetricKind;
@@ -122,13 +123,34 @@ struct AuthzBody<'a> {
 /// 200 deny: EMQX reads every non-200 answer as "ignore" and would ask its next authenticator.
 /// Counted under the cause `malformed_request` and logged with the problem, never the body.
 fn malformed(s: &HttpState, kind: MetricKind, e: &ApiError) -> Response {
+    deny(s, kind, "malformed_request", e)
+}
+
+/// A 200 deny for `kind`, counted under `cause`, logged with `why`.
+fn deny(
+    s: &HttpState,
+    kind: MetricKind,
+    cause: &'static str,
+    why: &dyn std::fmt::Display,
+) -> Response {
     let (endpoint, body) = match kind {
         MetricKind::Connect => ("authn", r#"{"result":"deny","is_superuser":false}"#),
         MetricKind::Authorize => ("authz", r#"{"result":"deny"}"#),
     };
-    tracing::warn!(endpoint, error = %e, "unreadable EMQX request denied");
-    s.gate.metrics().denied(kind, "malformed_request");
+    tracing::warn!(endpoint, cause, error = %why, "EMQX request denied before the gate");
+    s.gate.metrics().denied(kind, cause);
     ([(CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// The client id, parsed by the one rule (`ClientId::parse`); `Err` is the answer for an id
+/// that can never be a device's: a 200 deny, counted under `bad_client_id`.
+fn client_id(
+    s: &HttpState,
+    kind: MetricKind,
+    t: &Text,
+) -> Result<Result<ClientId, Response>, ApiError> {
+    let raw = t.required("clientid")?;
+    Ok(ClientId::parse(raw).map_err(|e| deny(s, kind, "bad_client_id", &e)))
 }
 
 async fn authn(_: Internal, State(s): State<HttpState>, body: axum::body::Body) -> Response {
@@ -140,8 +162,12 @@ async fn authn(_: Internal, State(s): State<HttpState>, body: axum::body::Body) 
 async fn authn_answer(s: &HttpState, body: axum::body::Body) -> Result<Response, ApiError> {
     let bytes = read_body(body, s.max_body_bytes).await?;
     let b: AuthnBody = parse_json(&bytes)?;
+    let client_id = match client_id(s, MetricKind::Connect, &b.clientid)? {
+        Ok(id) => id,
+        Err(deny) => return Ok(deny),
+    };
     let req = ConnectRequest {
-        client_id: b.clientid.required("clientid")?.to_string(),
+        client_id,
         username: b.username.get().map(str::to_string),
         secret: b.password.get().map(|p| p.to_string().into()),
         peer: b.peerhost.get().map(str::to_string),
@@ -212,10 +238,13 @@ async fn authz(_: Internal, State(s): State<HttpState>, body: axum::body::Body) 
 async fn authz_answer(s: &HttpState, body: axum::body::Body) -> Result<Response, ApiError> {
     let bytes = read_body(body, s.max_body_bytes).await?;
     let b: AuthzBody = parse_json(&bytes)?;
-    let client_id = b.clientid.required("clientid")?;
     let topic = b.topic.required("topic")?;
     let action = action(&b)?;
-    let decision = s.gate.authorize(client_id, action, topic).await;
+    let client_id = match client_id(s, MetricKind::Authorize, &b.clientid)? {
+        Ok(id) => id,
+        Err(deny) => return Ok(deny),
+    };
+    let decision = s.gate.authorize(&client_id, action, topic).await;
     let body = match decision.verdict {
         Verdict::Allow => r#"{"result":"allow"}"#,
         Verdict::Deny => r#"{"result":"deny"}"#,

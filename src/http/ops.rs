@@ -95,5 +95,5 @@ async fn clear_lockout(
     if key.is_empty() {
         return Err(ApiError::BadRequest("missing field `key`".into()));
     }
-    Ok(Json(json!({ "cleared": s.gate.clear_lockout(key) })))
+    Ok(Json(json!({ "cleared": s.gate.clear_lockout(key).await })))
 }

@@ -8,10 +8,16 @@
 //! stops after `max_failures`), and a per-address limit slows one address guessing across many
 //! client ids. Where a device and an attacker share one address (a NAT), the per-address limit
 //! can still refuse both; that is the accepted edge of this design.
+//!
+//! This is each process's own view. The gate shares it through the registry (`gate::brute`):
+//! familiar addresses are written there and looked up when a lockout would refuse an address this
+//! process has not seen, and counted failures and lockouts are shared by replicas.
 
 use std::collections::{HashMap, VecDeque};
 
 use serde::Serialize;
+
+use crate::registry::{LockScope, StoredLockout};
 
 /// Thresholds and durations (milliseconds).
 #[derive(Debug, Clone, Copy)]
@@ -108,8 +114,18 @@ impl Counter {
 #[derive(Debug, Default)]
 struct ClientState {
     counter: Counter,
-    /// Address → last successful login (Unix ms).
-    familiar: HashMap<String, i64>,
+    /// Address → last successful login (Unix ms) and when the registry last heard of it.
+    familiar: HashMap<String, Seen>,
+    /// When the registry's familiar addresses of this client id were last read (Unix ms; 0:
+    /// never): a locked client id hammered from any number of addresses costs the registry one
+    /// read per [`STORE_MEMO_MS`], not one per attempt.
+    store_read: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    last_ok: i64,
+    written: i64,
 }
 
 /// A current lockout, for `mqgate lockout list`.
@@ -131,8 +147,16 @@ pub struct FailureGuard {
     addresses: HashMap<String, Counter>,
 }
 
-/// At most this many familiar addresses are kept per client id (oldest dropped).
-const FAMILIAR_MAX: usize = 8;
+/// At most this many familiar addresses are kept per client id (oldest dropped), here and in the
+/// registry.
+pub const FAMILIAR_MAX: usize = 8;
+
+/// A familiar address is written to the registry again once its last write is this old (so a
+/// device reconnecting every minute costs one write a day, and stays familiar everywhere).
+const FAMILIAR_REFRESH_MS: i64 = 86_400_000;
+
+/// How long the registry's list of a client id's familiar addresses is believed.
+const STORE_MEMO_MS: i64 = 10_000;
 
 /// Slow (password) verifies under way at once for one client id from unfamiliar addresses.
 pub const CLIENT_IN_FLIGHT: u32 = 2;
@@ -150,6 +174,22 @@ pub struct Reserved {
 /// At most this many client ids, and as many addresses, are tracked: past that, new ones are not
 /// counted until `sweep` frees room (memory stays bounded under a spray of new addresses).
 const TRACKED_MAX: usize = 1_000_000;
+
+/// Makes `peer` familiar, dropping the oldest address past [`FAMILIAR_MAX`].
+fn insert_familiar(familiar: &mut HashMap<String, Seen>, peer: &str, seen: Seen) {
+    let last_ok = familiar
+        .get(peer)
+        .map_or(seen.last_ok, |s| s.last_ok.max(seen.last_ok));
+    familiar.insert(peer.to_string(), Seen { last_ok, ..seen });
+    if familiar.len() > FAMILIAR_MAX
+        && let Some(oldest) = familiar
+            .iter()
+            .min_by_key(|(_, t)| t.last_ok)
+            .map(|(k, _)| k.clone())
+    {
+        familiar.remove(&oldest);
+    }
+}
 
 /// The entry for `key`, created if there is room.
 fn slot<'a, V: Default>(map: &'a mut HashMap<String, V>, key: &str) -> Option<&'a mut V> {
@@ -182,7 +222,7 @@ impl FailureGuard {
         let familiar = state
             .familiar
             .get(peer)
-            .is_some_and(|t| *t > now - self.policy.familiar_ms);
+            .is_some_and(|t| t.last_ok > now - self.policy.familiar_ms);
         (state.counter.locked_until > now && !familiar).then_some(Locked::ClientId {
             until_ms: state.counter.locked_until,
         })
@@ -270,11 +310,12 @@ impl FailureGuard {
             })
     }
 
-    fn is_familiar(&self, client_id: &str, peer: &str, now: i64) -> bool {
+    /// Whether `peer` is familiar for `client_id` in this process's view.
+    pub fn is_familiar(&self, client_id: &str, peer: &str, now: i64) -> bool {
         self.clients.get(client_id).is_some_and(|s| {
             s.familiar
                 .get(peer)
-                .is_some_and(|t| *t > now - self.policy.familiar_ms)
+                .is_some_and(|t| t.last_ok > now - self.policy.familiar_ms)
         })
     }
 
@@ -295,7 +336,7 @@ impl FailureGuard {
             let familiar = state
                 .familiar
                 .get(peer)
-                .is_some_and(|t| *t > now - p.familiar_ms);
+                .is_some_and(|t| t.last_ok > now - p.familiar_ms);
             !familiar
                 && state
                     .counter
@@ -316,21 +357,72 @@ impl FailureGuard {
     }
 
     /// Records a successful authentication: `peer` becomes familiar for `client_id`. Successes
-    /// never count against anyone.
-    pub fn record_success(&mut self, client_id: &str, peer: &str, now: i64) {
+    /// never count against anyone. Returns whether the registry should hear of it (a new address,
+    /// or one not written for a day).
+    pub fn record_success(&mut self, client_id: &str, peer: &str, now: i64) -> bool {
         let Some(state) = slot(&mut self.clients, client_id) else {
-            return;
+            return false;
         };
-        state.familiar.insert(peer.to_string(), now);
-        if state.familiar.len() > FAMILIAR_MAX
-            && let Some(oldest) = state
-                .familiar
-                .iter()
-                .min_by_key(|(_, t)| **t)
-                .map(|(k, _)| k.clone())
-        {
-            state.familiar.remove(&oldest);
+        let written = state.familiar.get(peer).map(|s| s.written);
+        let due = written.is_none_or(|w| w <= now - FAMILIAR_REFRESH_MS);
+        let written = if due { now } else { written.unwrap_or(now) };
+        insert_familiar(
+            &mut state.familiar,
+            peer,
+            Seen {
+                last_ok: now,
+                written,
+            },
+        );
+        due
+    }
+
+    /// Takes the registry's word that `client_id` logged in from `peer` at `last_ok` (another
+    /// replica, or before a restart).
+    pub fn learn_familiar(&mut self, client_id: &str, peer: &str, last_ok: i64) {
+        if let Some(state) = slot(&mut self.clients, client_id) {
+            let seen = Seen {
+                last_ok,
+                written: last_ok,
+            };
+            insert_familiar(&mut state.familiar, peer, seen);
         }
+    }
+
+    /// Whether the registry's familiar addresses of `client_id` were read (and learnt) less than
+    /// [`STORE_MEMO_MS`] ago: then this view already holds them.
+    pub fn store_read_recently(&self, client_id: &str, now: i64) -> bool {
+        self.clients
+            .get(client_id)
+            .is_some_and(|s| s.store_read > now - STORE_MEMO_MS)
+    }
+
+    /// Notes that the registry's familiar addresses of `client_id` were read and learnt at `now`.
+    pub fn note_store_read(&mut self, client_id: &str, now: i64) {
+        if let Some(state) = slot(&mut self.clients, client_id) {
+            state.store_read = now;
+        }
+    }
+
+    /// Applies a lockout another replica started (or, `until_ms` 0, an operator cleared).
+    pub fn apply(&mut self, l: &StoredLockout) {
+        let counter = match l.scope {
+            LockScope::ClientId => slot(&mut self.clients, &l.key).map(|s| &mut s.counter),
+            LockScope::Address => slot(&mut self.addresses, &l.key),
+        };
+        let Some(c) = counter else { return };
+        if l.until_ms == 0 {
+            c.locked_until = 0;
+            c.failures.clear();
+        } else if l.until_ms > c.locked_until {
+            c.locked_until = l.until_ms;
+            c.failures.clear();
+        }
+    }
+
+    /// The thresholds in force.
+    pub fn policy(&self) -> LockoutPolicy {
+        self.policy
     }
 
     /// Current lockouts.
@@ -374,7 +466,7 @@ impl FailureGuard {
         let p = self.policy;
         self.addresses.retain(|_, c| !c.is_idle(now, p.window_ms));
         self.clients.retain(|_, s| {
-            s.familiar.retain(|_, t| *t > now - p.familiar_ms);
+            s.familiar.retain(|_, t| t.last_ok > now - p.familiar_ms);
             !(s.counter.is_idle(now, p.window_ms) && s.familiar.is_empty())
         });
     }
@@ -517,6 +609,57 @@ mod tests {
         assert!(g.clear("dev"));
         assert_eq!(g.check("dev", "1.1.1.1", T0 + 11), None);
         assert!(!g.clear("nobody"));
+    }
+
+    #[test]
+    fn a_familiar_address_is_written_once_a_day_and_learnt_from_the_registry() {
+        let mut g = guard();
+        assert!(g.record_success("dev", "1.1.1.1", T0), "new: written");
+        assert!(
+            !g.record_success("dev", "1.1.1.1", T0 + MIN),
+            "known: not again"
+        );
+        assert!(
+            g.record_success("dev", "1.1.1.1", T0 + 86_400_000),
+            "a day on: refreshed"
+        );
+        for i in 0..5 {
+            g.record_failure(Some("dev"), "203.0.113.9", T0 + i);
+        }
+        assert!(g.check("dev", "10.0.0.5", T0 + 10).is_some());
+        assert!(!g.store_read_recently("dev", T0 + 10));
+        g.learn_familiar("dev", "10.0.0.5", T0 - MIN);
+        g.note_store_read("dev", T0 + 10);
+        assert_eq!(g.check("dev", "10.0.0.5", T0 + 10), None);
+        assert!(g.store_read_recently("dev", T0 + 10 + 9_999));
+        assert!(
+            !g.store_read_recently("dev", T0 + 10 + 10_000),
+            "read again later"
+        );
+    }
+
+    #[test]
+    fn lockouts_of_other_replicas_apply_and_clear() {
+        let mut g = guard();
+        let l = |scope, until_ms| StoredLockout {
+            scope,
+            key: "k".into(),
+            until_ms,
+        };
+        g.apply(&l(LockScope::Address, T0 + MIN));
+        assert!(matches!(
+            g.check("dev", "k", T0),
+            Some(Locked::Address { .. })
+        ));
+        g.apply(&l(LockScope::Address, T0 + 1));
+        assert!(g.check("dev", "k", T0 + 2).is_some(), "a later end is kept");
+        g.apply(&l(LockScope::Address, 0));
+        assert_eq!(g.check("dev", "k", T0), None, "cleared");
+        g.apply(&l(LockScope::ClientId, T0 + MIN));
+        assert!(matches!(
+            g.check("k", "1.1.1.1", T0),
+            Some(Locked::ClientId { .. })
+        ));
     }
 
     #[test]

@@ -162,6 +162,10 @@ impl CachedRegistry {
     }
 
     async fn forget(&self, change: &Change) {
+        // A lockout changes no device view (the gate's guard takes it from `watch_changes`).
+        if matches!(change, Change::Lockout(_)) {
+            return;
+        }
         self.epoch.fetch_add(1, Ordering::AcqRel);
         match change {
             Change::Device { client_id, .. } => self.cache.invalidate(client_id).await,
@@ -176,7 +180,7 @@ impl CachedRegistry {
             }
             Change::Resync => self.cache.invalidate_all(),
             // Certificates live in the trust store, not in device views.
-            Change::Certs(_) => {}
+            Change::Certs(_) | Change::Lockout(_) => {}
         }
     }
 

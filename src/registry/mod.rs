@@ -349,6 +349,66 @@ impl Store {
     }
 }
 
+/// Brute-force state shared by replicas and kept across restarts (see `limit::lockout` for the
+/// in-memory guard in front of it, and `gate::brute` for how the two meet).
+impl Store {
+    /// Records that `client_id` logged in from `address` at `at_ms`, keeping only the `keep` most
+    /// recent addresses of the device (a device that is gone is ignored).
+    pub async fn remember_address(
+        &self,
+        t: TenantId,
+        client_id: &str,
+        address: &str,
+        at_ms: i64,
+        keep: i64,
+    ) -> StoreResult<()> {
+        dispatch!(self, s => s.remember_address(t, client_id, address, at_ms, keep).await)
+    }
+
+    /// A device's familiar addresses with their last login (Unix ms), newest first.
+    pub async fn familiar_addresses(
+        &self,
+        t: TenantId,
+        client_id: &str,
+    ) -> StoreResult<Vec<(String, i64)>> {
+        dispatch!(self, s => s.familiar_addresses(t, client_id).await)
+    }
+
+    /// Counts one failure of `key` (within `rule`'s window, from its first failure); returns the
+    /// lockout it caused, if this failure reached `rule.max` (announced to every replica).
+    pub async fn count_failure(
+        &self,
+        scope: LockScope,
+        key: &str,
+        now_ms: i64,
+        rule: FailureRule,
+    ) -> StoreResult<Option<i64>> {
+        dispatch!(self, s => s.count_failure(scope, key, now_ms, rule).await)
+    }
+
+    /// Stores (and announces) a lockout a replica decided on its own (e.g. from failures it
+    /// counted while the store was unreachable); an existing later end is kept.
+    pub async fn put_lockout(&self, l: &StoredLockout) -> StoreResult<()> {
+        dispatch!(self, s => s.put_lockout(l).await)
+    }
+
+    /// Lockouts in force at `now_ms` (start-up, and after the change feed missed some).
+    pub async fn active_lockouts(&self, now_ms: i64) -> StoreResult<Vec<StoredLockout>> {
+        dispatch!(self, s => s.active_lockouts(now_ms).await)
+    }
+
+    /// Forgets the failures and lockouts of a client id or address (announced); returns whether
+    /// there were any.
+    pub async fn clear_failures(&self, key: &str) -> StoreResult<bool> {
+        dispatch!(self, s => s.clear_failures(key).await)
+    }
+
+    /// Deletes failure rows whose window and lockout are over.
+    pub async fn purge_failures(&self, now_ms: i64, window_ms: i64) -> StoreResult<u64> {
+        dispatch!(self, s => s.purge_failures(now_ms, window_ms).await)
+    }
+}
+
 impl Store {
     /// Changes made by any process: PostgreSQL LISTEN/NOTIFY across replicas, a polled trigger-fed
     /// table for SQLite (the CLI writes the same file from another process). When changes may

@@ -193,6 +193,58 @@ pub enum Change {
     Certs(TenantId),
     /// Notifications may have been lost: drop everything.
     Resync,
+    /// A brute-force lockout began (or, with `until_ms` 0, was cleared) on some replica.
+    Lockout(StoredLockout),
+}
+
+/// What a brute-force lockout is keyed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LockScope {
+    /// A client id (applies to addresses it has not logged in from).
+    ClientId,
+    /// A source address (applies to every client id).
+    Address,
+}
+
+impl LockScope {
+    /// The stored and listed name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockScope::ClientId => "client_id",
+            LockScope::Address => "address",
+        }
+    }
+
+    /// Parses [`LockScope::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "client_id" => Some(LockScope::ClientId),
+            "address" => Some(LockScope::Address),
+            _ => None,
+        }
+    }
+}
+
+/// A lockout as the store keeps and announces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredLockout {
+    /// Client id or address.
+    pub scope: LockScope,
+    /// The client id or address itself.
+    pub key: String,
+    /// Unix ms when it ends (0: cleared).
+    pub until_ms: i64,
+}
+
+/// How the store counts failures of one scope: `max` within `window_ms` lock for `lockout_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureRule {
+    /// Failures that lock.
+    pub max: u32,
+    /// Window they must fall in (from the first one).
+    pub window_ms: i64,
+    /// How long the lockout lasts.
+    pub lockout_ms: i64,
 }
 
 /// A tenant's certificate authority as stored.

@@ -10,6 +10,7 @@
 mod audit;
 mod certs;
 mod fill;
+mod guard;
 mod kicks;
 
 use sqlx::postgres::{PgListener, PgPoolOptions};
@@ -76,8 +77,21 @@ fn certs_payload(t: TenantId) -> String {
     format!("c:{}", t.0)
 }
 
+/// The payload for a lockout that began or (`until_ms` 0) was cleared.
+fn lockout_payload(l: &StoredLockout) -> String {
+    format!("l:{}:{}:{}", l.scope.as_str(), l.until_ms, l.key)
+}
+
 /// Parses a notification payload back into a change.
 fn parse_payload(p: &str) -> Option<Change> {
+    if let Some(rest) = p.strip_prefix("l:") {
+        let mut parts = rest.splitn(3, ':');
+        return Some(Change::Lockout(StoredLockout {
+            scope: LockScope::parse(parts.next()?)?,
+            until_ms: parts.next()?.parse().ok()?,
+            key: parts.next()?.to_string(),
+        }));
+    }
     let mut parts = p.splitn(3, ':');
     match (
         parts.next()?,
@@ -577,6 +591,16 @@ mod tests {
             parse_payload(&certs_payload(TenantId(4))),
             Some(Change::Certs(TenantId(4)))
         );
+        let l = StoredLockout {
+            scope: LockScope::Address,
+            key: "2001:db8::1".into(),
+            until_ms: 42,
+        };
+        assert_eq!(
+            parse_payload(&lockout_payload(&l)),
+            Some(Change::Lockout(l))
+        );
+        assert_eq!(parse_payload("l:nope:1:k"), None);
         assert_eq!(parse_payload("x:1:y"), None);
         assert_eq!(parse_payload("d:nope:y"), None);
     }

@@ -400,4 +400,5 @@ impl SqliteStore {
 mod audit;
 mod certs;
 mod fill;
+mod guard;
 mod kicks;

@@ -202,6 +202,34 @@ async fn connect_answers_with_reason_codes_in_5(store: Store) {
 }
 both_stores!(connect_v5, connect_answers_with_reason_codes_in_5);
 
+async fn a_client_id_lockout_answers_like_an_unknown_client_id(store: Store) {
+    let app = TestApp::start(store).await;
+    let token = app.device("acme", "dev-1").await;
+    // Five wrong tokens for a device and for an id that does not exist, from one address.
+    for id in ["dev-1", "ghost"] {
+        for _ in 0..5 {
+            let (_c, code) = V4::connect(addr(&app), id, "mqg_wrong").await;
+            assert_eq!(code, ConnectReturnCode::BadUserNamePassword);
+        }
+    }
+    let listed = app.get("/v1/ops/lockouts").await;
+    assert_eq!(listed["lockouts"][0]["key"], "dev-1", "{listed}");
+    let (_c, locked) = V4::connect(addr(&app), "dev-1", &token).await;
+    let (_c, unknown) = V4::connect(addr(&app), "ghost", "mqg_wrong").await;
+    assert_eq!(
+        (locked, unknown),
+        (
+            ConnectReturnCode::BadUserNamePassword,
+            ConnectReturnCode::BadUserNamePassword
+        ),
+        "a prober cannot tell the locked device from a client id that does not exist"
+    );
+}
+both_stores!(
+    lockout_code,
+    a_client_id_lockout_answers_like_an_unknown_client_id
+);
+
 async fn a_publish_to_another_devices_topic_is_acked_but_never_delivered(store: Store) {
     let app = TestApp::start(store).await;
     let token = app.device("acme", "dev-1").await;

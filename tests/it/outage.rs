@@ -470,3 +470,39 @@ async fn a_postgres_that_silently_stops_answering_gets_answers_in_time_too() {
     proxy.resume();
     resumes_after_the_outage(&app, &t1, &t2).await;
 }
+
+/// Issue #11, item 2: the brute-force guard shares its state through the registry, but while the
+/// registry is silent nothing of that may hold a decision up: counts, lockouts and familiar
+/// addresses fall back to this process's memory, every answer in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_registry_leaves_lockouts_to_memory_and_answers_in_time() {
+    let pg = Cluster::start().await;
+    let proxy = Proxy::start(pg.addr()).await;
+    let (app, t1, _) = server_with_two_devices(&proxy.url()).await;
+    proxy.pause();
+    let stranger = "203.0.113.9";
+    let timed = |peer: &'static str, secret: String| {
+        let app = &app;
+        async move {
+            let started = Instant::now();
+            let v = app.authn_from(peer, "dev-1", "", &secret).await;
+            let took = started.elapsed();
+            assert!(took < IN_TIME, "answered after {took:?}");
+            v["result"].as_str().unwrap_or_default().to_string()
+        }
+    };
+    for _ in 0..5 {
+        assert_eq!(timed(stranger, "mqg_guess".into()).await, "deny");
+    }
+    assert_eq!(
+        timed(stranger, t1.clone()).await,
+        "deny",
+        "locked out from memory"
+    );
+    assert_eq!(
+        timed("10.0.0.7", t1.clone()).await,
+        "allow",
+        "the device at the address this process saw it at"
+    );
+    proxy.resume();
+}

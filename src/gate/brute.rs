@@ -1,0 +1,310 @@
+//! The brute-force guard's shared half: what the in-memory [`FailureGuard`] learns is shared with
+//! the registry, so it survives a restart and every replica sees the same failures and lockouts.
+//!
+//! - **Familiar addresses** go to the registry through a bounded queue and one writer task, off
+//!   the hot path: a full queue drops the write and counts it (`familiar_dropped`), it never holds
+//!   a CONNECT up. They are read back lazily, only when a client id's lockout (or its full failure
+//!   window) would refuse an address this process has not seen the device at: the device's whole
+//!   list, at most once per client id every 10 s, so a locked client id hammered from any number
+//!   of addresses costs one query per 10 s, not one per attempt.
+//! - **Failures** that the guard counts (before any lockout; once locked, the refusal is local)
+//!   are counted in the registry too, one upsert each; the failure that reaches the limit there
+//!   starts the lockout, which PostgreSQL announces to every replica on the change feed. SQLite
+//!   is one node: it keeps the lockouts across a restart, nothing to announce.
+//! - **Outage**: while the registry is known unreachable (`registry::health`) none of this is
+//!   asked, and every call is bounded well below the decision deadline: decisions fall back to
+//!   this process's own view (its familiar addresses, counts and lockouts) and never wait for it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::Gate;
+use crate::limit::lockout::{FAMILIAR_MAX, Locked};
+use crate::registry::cache::CachedRegistry;
+use crate::registry::{Change, FailureRule, LockScope, StoreResult, StoredLockout, TenantId};
+
+/// Familiar-address writes queued at most (then dropped and counted).
+const FAMILIAR_QUEUE: usize = 1024;
+
+/// One familiar-address write.
+#[derive(Debug)]
+pub(super) struct Familiar {
+    tenant: TenantId,
+    client_id: String,
+    address: String,
+    at_ms: i64,
+}
+
+/// The writer's end of the familiar-address queue.
+#[derive(Debug)]
+pub(super) struct Shared {
+    queue: mpsc::Sender<Familiar>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Gate {
+    /// Shares the brute-force guard through the registry (see the module doc): familiar
+    /// addresses written by a background writer, failures and lockouts counted in the store.
+    /// Without it (unit tests) the guard is this process's memory alone.
+    pub fn with_shared_guard(mut self) -> Self {
+        let (queue, rx) = mpsc::channel(FAMILIAR_QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        // Off the hot path: the writer may take the whole decision deadline per write.
+        tokio::spawn(write_familiar(
+            Arc::clone(&self.registry),
+            rx,
+            Arc::clone(&dropped),
+            self.deadline,
+        ));
+        self.shared = Some(Shared { queue, dropped });
+        self
+    }
+
+    /// Familiar-address writes dropped so far (queue full, or the registry unreachable).
+    pub fn familiar_dropped(&self) -> u64 {
+        self.shared
+            .as_ref()
+            .map_or(0, |s| s.dropped.load(Ordering::Relaxed))
+    }
+
+    /// Longest wait for one brute-force store call: a small part of the decision deadline.
+    fn store_timeout(&self) -> Duration {
+        self.deadline / 8
+    }
+
+    /// Runs a store call of the shared guard unless the registry is known down, within
+    /// [`Gate::store_timeout`]; `None` when it could not answer (the in-memory view then decides).
+    async fn shared_call<T>(
+        &self,
+        what: &'static str,
+        call: impl Future<Output = StoreResult<T>>,
+    ) -> Option<T> {
+        if self.shared.is_none() || self.registry.health().is_down() {
+            return None;
+        }
+        match tokio::time::timeout(self.store_timeout(), call).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, what, "brute-force state: registry call failed");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(what, "brute-force state: registry did not answer in time");
+                None
+            }
+        }
+    }
+
+    /// Queues `peer` as a familiar address of the device (never waits).
+    pub(super) fn remember(&self, tenant: TenantId, client_id: &str, peer: &str, now: i64) {
+        let Some(shared) = &self.shared else { return };
+        let write = Familiar {
+            tenant,
+            client_id: client_id.to_string(),
+            address: peer.to_string(),
+            at_ms: now,
+        };
+        if shared.queue.try_send(write).is_err() {
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the registry knows `peer` as a familiar address of `client_id` (another replica,
+    /// or this one before a restart, saw the device log in from it). The device's whole list (at
+    /// most [`FAMILIAR_MAX`]) is read and learnt, at most once per client id every few seconds
+    /// however many addresses ask.
+    pub(super) async fn familiar_in_store(&self, client_id: &str, peer: &str) -> bool {
+        let now = self.clock.now_ms();
+        if self.shared.is_none() || self.guard().store_read_recently(client_id, now) {
+            return false;
+        }
+        let Ok(Some(device)) = self.registry.device(client_id).await else {
+            return false;
+        };
+        let store = self.registry.store();
+        let call = store.familiar_addresses(device.tenant, client_id);
+        let Some(all) = self.shared_call("familiar lookup", call).await else {
+            return false;
+        };
+        let mut guard = self.guard();
+        guard.note_store_read(client_id, now);
+        for (address, last_ok) in &all {
+            guard.learn_familiar(client_id, address, *last_ok);
+        }
+        guard.is_familiar(client_id, peer, now)
+    }
+
+    /// Counts a failure the guard counted in the registry too (`client_id` when the client id's
+    /// count took it, the address always). Returns the lockout to report: the guard's own
+    /// (`local`), else one the shared count started. A lockout the guard started that the store
+    /// did not (failures it counted while the store was unreachable) is stored and announced.
+    pub(super) async fn share_failure(
+        &self,
+        client_id: Option<&str>,
+        peer: &str,
+        now: i64,
+        local: Option<Locked>,
+    ) -> Option<Locked> {
+        self.shared.as_ref()?;
+        let p = self.guard().policy();
+        let mut started = None;
+        if let Some(c) = client_id {
+            let rule = FailureRule {
+                max: p.max_failures,
+                window_ms: p.window_ms,
+                lockout_ms: p.lockout_ms,
+            };
+            started = self.count_shared(LockScope::ClientId, c, now, rule).await;
+        }
+        let rule = FailureRule {
+            max: p.ip_max_failures,
+            window_ms: p.window_ms,
+            lockout_ms: p.ip_lockout_ms,
+        };
+        started = started.or(self.count_shared(LockScope::Address, peer, now, rule).await);
+        if let (Some(l), None) = (&local, &started) {
+            let stored = match l {
+                Locked::ClientId { until_ms } => {
+                    client_id.map(|c| (LockScope::ClientId, c, until_ms))
+                }
+                Locked::Address { until_ms } => Some((LockScope::Address, peer, until_ms)),
+                Locked::Busy { .. } => None,
+            };
+            if let Some((scope, key, until_ms)) = stored {
+                let l = StoredLockout {
+                    scope,
+                    key: key.to_string(),
+                    until_ms: *until_ms,
+                };
+                let store = self.registry.store();
+                self.shared_call("lockout write", store.put_lockout(&l))
+                    .await;
+            }
+        }
+        local.or(started)
+    }
+
+    /// One shared failure count; a lockout it started is applied here at once.
+    async fn count_shared(
+        &self,
+        scope: LockScope,
+        key: &str,
+        now: i64,
+        rule: FailureRule,
+    ) -> Option<Locked> {
+        let store = self.registry.store();
+        let call = store.count_failure(scope, key, now, rule);
+        let until_ms = self.shared_call("failure count", call).await??;
+        let l = StoredLockout {
+            scope,
+            key: key.to_string(),
+            until_ms,
+        };
+        self.guard().apply(&l);
+        Some(match scope {
+            LockScope::ClientId => Locked::ClientId { until_ms },
+            LockScope::Address => Locked::Address { until_ms },
+        })
+    }
+
+    /// Takes the registry's lockouts in force into the guard (start-up, missed notifications).
+    pub async fn load_lockouts(&self) {
+        let now = self.clock.now_ms();
+        let store = self.registry.store();
+        let Some(all) = self
+            .shared_call("lockout load", store.active_lockouts(now))
+            .await
+        else {
+            return;
+        };
+        let mut guard = self.guard();
+        for l in &all {
+            guard.apply(l);
+        }
+    }
+
+    /// Clears a client id's or address's failures and lockout in the registry (announced).
+    pub(super) async fn clear_shared(&self, key: &str) -> bool {
+        let store = self.registry.store();
+        self.shared_call("lockout clear", store.clear_failures(key))
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Forgets failure rows that no longer matter (called by the lockout feed, once a minute).
+    async fn purge_shared(&self) {
+        let (now, window) = (self.clock.now_ms(), self.guard().policy().window_ms);
+        let store = self.registry.store();
+        self.shared_call("failure purge", store.purge_failures(now, window))
+            .await;
+    }
+
+    fn apply_lockout(&self, l: &StoredLockout) {
+        self.guard().apply(l);
+    }
+}
+
+/// Applies the lockouts other replicas announce (PostgreSQL's change feed), re-reads them all when
+/// notifications may have been missed, and purges stale failure rows once a minute; for as long
+/// as the gate lives.
+pub fn spawn_lockout_feed(gate: &Arc<Gate>) {
+    let mut rx = gate.registry().watch_changes();
+    let weak = Arc::downgrade(gate);
+    tokio::spawn(async move {
+        let mut purge = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            let change = tokio::select! {
+                c = rx.recv() => c,
+                _ = purge.tick() => {
+                    let Some(gate) = weak.upgrade() else { return };
+                    gate.purge_shared().await;
+                    continue;
+                }
+            };
+            let Some(gate) = weak.upgrade() else { return };
+            match change {
+                Ok(Change::Lockout(l)) => gate.apply_lockout(&l),
+                Ok(Change::Resync) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    gate.load_lockouts().await
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+}
+
+/// Writes familiar addresses, one at a time, until the gate is gone. A write the registry cannot
+/// take now is dropped and counted: the in-memory view still holds the address.
+async fn write_familiar(
+    registry: Arc<CachedRegistry>,
+    mut rx: mpsc::Receiver<Familiar>,
+    dropped: Arc<AtomicU64>,
+    timeout: Duration,
+) {
+    let keep = i64::try_from(FAMILIAR_MAX).unwrap_or(i64::MAX);
+    while let Some(f) = rx.recv().await {
+        if registry.health().is_down() {
+            dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let write =
+            registry
+                .store()
+                .remember_address(f.tenant, &f.client_id, &f.address, f.at_ms, keep);
+        match tokio::time::timeout(timeout, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, client_id = %f.client_id, "familiar address not written");
+            }
+            Err(_) => {
+                dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(client_id = %f.client_id, "familiar address not written in time");
+            }
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Brute-force state beyond one process (issue #11, item 2): familiar addresses and lockouts
+//! survive a restart, and replicas on one PostgreSQL count failures together.
+
+use std::time::Duration;
+
+use crate::both_stores;
+use crate::helpers::TestApp;
+use mqgate::registry::Store;
+
+const DEVICE_AT: &str = "10.0.0.7";
+const STRANGER: &str = "203.0.113.9";
+
+/// The device's familiar addresses as the registry holds them, newest first.
+async fn familiar(store: &Store, client_id: &str) -> Vec<String> {
+    let tenant = store.tenant_by_name("acme").await.unwrap().unwrap().id;
+    let all = store.familiar_addresses(tenant, client_id).await.unwrap();
+    all.into_iter().map(|(a, _)| a).collect()
+}
+
+/// Waits (5 s at most) until the background writer has stored `address` for `client_id`.
+async fn written(store: &Store, client_id: &str, address: &str) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = familiar(store, client_id).await;
+        if now.iter().any(|a| a == address) {
+            return now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{address} never written: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits (5 s at most) until `app` lists a lockout of `key`.
+async fn locked_on(app: &TestApp, key: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let listed = app.get("/v1/ops/lockouts").await;
+        let all = listed["lockouts"].as_array().cloned().unwrap_or_default();
+        if all.iter().any(|l| l["key"] == key) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{key} never locked: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn result(app: &TestApp, peer: &str, secret: &str) -> String {
+    let v = app.authn_from(peer, "dev-1", "", secret).await;
+    v["result"].as_str().unwrap_or_default().to_string()
+}
+
+async fn after_a_restart_a_stranger_still_cannot_lock_the_device_out_of_its_usual_address(
+    store: Store,
+) {
+    let before = TestApp::start(store.clone()).await;
+    let token = before.device("acme", "dev-1").await;
+    assert_eq!(result(&before, DEVICE_AT, &token).await, "allow");
+    written(&store, "dev-1", DEVICE_AT).await;
+    // A second server on the same database, with memory of its own: a restarted process (the
+    // first one keeps running, as it holds the store this test's database closes with).
+    let after = TestApp::start(store.clone()).await;
+    for _ in 0..5 {
+        assert_eq!(result(&after, STRANGER, "mqg_guess").await, "deny");
+    }
+    assert_eq!(
+        result(&after, STRANGER, &token).await,
+        "deny",
+        "the stranger is locked out"
+    );
+    assert_eq!(
+        result(&after, DEVICE_AT, &token).await,
+        "allow",
+        "the device at its usual address is not, though this process never saw it there"
+    );
+}
+both_stores!(
+    familiar_after_restart,
+    after_a_restart_a_stranger_still_cannot_lock_the_device_out_of_its_usual_address
+);
+
+async fn a_lockout_outlives_a_restart(store: Store) {
+    let before = TestApp::start(store.clone()).await;
+    let token = before.device("acme", "dev-1").await;
+    for _ in 0..5 {
+        assert_eq!(result(&before, STRANGER, "mqg_guess").await, "deny");
+    }
+    // A second server on the same database, with memory of its own: a restarted process (the
+    // first one keeps running, as it holds the store this test's database closes with).
+    let after = TestApp::start(store.clone()).await;
+    locked_on(&after, "dev-1").await;
+    assert_eq!(
+        result(&after, STRANGER, &token).await,
+        "deny",
+        "still locked after the restart"
+    );
+    after.clock.advance(15 * 60);
+    assert_eq!(result(&after, STRANGER, &token).await, "allow", "it ends");
+}
+both_stores!(lockout_after_restart, a_lockout_outlives_a_restart);
+
+async fn familiar_addresses_per_device_stay_at_the_bound(store: Store) {
+    let app = TestApp::start(store.clone()).await;
+    let token = app.device("acme", "dev-1").await;
+    for i in 0..12 {
+        app.clock.advance(1);
+        assert_eq!(result(&app, &format!("10.1.0.{i}"), &token).await, "allow");
+    }
+    let kept = written(&store, "dev-1", "10.1.0.11").await;
+    let newest: Vec<String> = (4..12).rev().map(|i| format!("10.1.0.{i}")).collect();
+    assert_eq!(kept, newest, "the 8 most recent addresses");
+}
+both_stores!(
+    familiar_bound,
+    familiar_addresses_per_device_stay_at_the_bound
+);
+
+/// Two replicas over one PostgreSQL database, each with its own memory.
+#[sqlx::test(migrations = false)]
+async fn two_replicas_count_failures_together_and_both_spare_the_device(pool: sqlx::PgPool) {
+    let store = Store::Postgres(mqgate::registry::pg::PgStore::from_pool(pool));
+    let one = TestApp::start(store.clone()).await;
+    let two = TestApp::start(store.clone()).await;
+    let token = one.device("acme", "dev-1").await;
+    assert_eq!(result(&one, DEVICE_AT, &token).await, "allow");
+    written(&store, "dev-1", DEVICE_AT).await;
+
+    // Four failures, two on each replica: under the limit of five, on both.
+    for app in [&one, &two, &one, &two] {
+        assert_eq!(result(app, STRANGER, "mqg_guess").await, "deny");
+    }
+    for app in [&one, &two] {
+        let listed = app.get("/v1/ops/lockouts").await;
+        assert_eq!(listed["lockouts"], serde_json::json!([]), "{listed}");
+    }
+    // The fifth in total, on replica two, locks the client id on both.
+    assert_eq!(result(&two, STRANGER, "mqg_guess").await, "deny");
+    locked_on(&one, "dev-1").await;
+    locked_on(&two, "dev-1").await;
+    for app in [&one, &two] {
+        assert_eq!(
+            result(app, STRANGER, &token).await,
+            "deny",
+            "locked on every replica"
+        );
+        assert_eq!(
+            result(app, DEVICE_AT, &token).await,
+            "allow",
+            "the device at its usual address gets in on every replica"
+        );
+    }
+    store.close().await;
+}

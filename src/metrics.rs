@@ -156,6 +156,39 @@ impl Metrics {
     }
 }
 
+/// Prometheus gauges of the trust in force: certificates near expiry per tenant, and each CA's
+/// CRL state.
+pub fn render_trust(trust: &crate::auth::trust::TrustStore, now: i64) -> String {
+    let snap = trust.current();
+    let mut out = String::from(
+        "# HELP mqgate_certificates_expiring Unrevoked device certificates ending within cert_expiry_warning (expired included), by tenant.\n# TYPE mqgate_certificates_expiring gauge\n",
+    );
+    let mut per_tenant: BTreeMap<&str, u64> = snap.tenant_names().map(|t| (t, 0)).collect();
+    for c in snap.expiring(now + trust.expiry_warning()) {
+        *per_tenant
+            .entry(snap.tenant_name(c.tenant_id).unwrap_or_default())
+            .or_default() += 1;
+    }
+    for (tenant, n) in per_tenant {
+        let tenant = escape(tenant);
+        let _ = writeln!(
+            out,
+            "mqgate_certificates_expiring{{tenant=\"{tenant}\"}} {n}"
+        );
+    }
+    out.push_str("# HELP mqgate_crl_usable Whether each CA's revocation information is usable (0: unavailable or stale).\n# TYPE mqgate_crl_usable gauge\n");
+    for ca in snap.ca_status(now) {
+        let ok = u8::from(!matches!(ca.crl, "stale" | "unavailable"));
+        let (tenant, name) = (escape(&ca.tenant), escape(&ca.name));
+        let _ = writeln!(
+            out,
+            "mqgate_crl_usable{{tenant=\"{tenant}\",ca=\"{name}\",state=\"{}\"}} {ok}",
+            ca.crl
+        );
+    }
+    out
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }

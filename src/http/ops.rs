@@ -68,7 +68,7 @@ async fn metrics(_: Internal, State(s): State<HttpState>) -> impl axum::response
             "text/plain; version=0.0.4",
         )],
         s.gate.metrics().render()
-            + &s.gate.trust().render_metrics(s.gate.clock().now())
+            + &crate::metrics::render_trust(s.gate.trust(), s.gate.clock().now())
             + &s.gate.registry().health().render_metrics()
             + &s.gate.render_audit_metrics(),
     )

@@ -1,138 +1,19 @@
-//! What mqgate trusts in certificates, held hot in memory: every tenant's CAs (each with a
-//! webpki verifier), their current CRLs, and the certificates bound to devices.
-//!
-//! One function decides whether a certificate identifies a device, [`TrustSnapshot::identify`];
-//! the EMQX endpoint (certificate forwarded by the broker) and the rustls verifier of an mTLS
-//! listener ([`DeviceCertVerifier`]) both call it, so a revoked certificate is refused the same
-//! way on either path.
-//!
-//! Revocation sources: certificates revoked in mqgate (by fingerprint, any CA), and for an
-//! imported CA the CRL imported or fetched for it. When such a CRL is unavailable (never fetched,
-//! past its next-update, or it failed its signature), [`CrlFailure`] decides: `deny` (the
-//! default) refuses every certificate of that CA, `allow` lets them through with a warning.
+//! The trust decision: one consistent view of every tenant's CAs, their CRLs and the
+//! certificates bound to devices, and [`TrustSnapshot::identify`], which says whether a
+//! certificate identifies a device.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::{CertificateError, RootCertStore};
 
-use super::cert::{self, CertInfo};
-use super::crl::{self, VerifiedCrl};
-use crate::clock::Clock;
+use super::{CaStatus, CertIdentity, CertRejection, CrlFailure, TenantNames};
+use crate::auth::cert::{self, CertInfo};
+use crate::auth::crl::{self, VerifiedCrl};
 use crate::registry::{StoredCa, StoredDeviceCert, TenantId};
-
-/// What to do with certificates of a CA whose CRL is unavailable or stale.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CrlFailure {
-    /// Refuse them (fail closed).
-    #[default]
-    Deny,
-    /// Accept them, logging a warning each time (fail open).
-    Allow,
-}
-
-/// Why a certificate does not identify a device.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CertRejection {
-    /// Not a parsable certificate, or it lacks what identity needs.
-    Invalid(String),
-    /// Neither signed by one of the tenants' CAs nor registered by fingerprint.
-    Untrusted,
-    /// Past its validity end.
-    Expired,
-    /// Before its validity start.
-    NotYetValid,
-    /// Revoked in mqgate or listed on its CA's CRL.
-    Revoked,
-    /// Bound to another tenant than the CA or device it came with.
-    WrongTenant,
-    /// Its CA's CRL is unavailable or stale and `crl_failure = deny`.
-    CrlUnavailable,
-    /// It identifies another device than the one connecting.
-    Mismatch,
-    /// Only names were presented, and the device has no active certificate with them.
-    Unknown,
-    /// Only names were presented, with no secret, and names-only trust is off.
-    NamesOnly,
-}
-
-impl CertRejection {
-    /// A short stable label for metrics and audit.
-    pub fn label(&self) -> &'static str {
-        match self {
-            CertRejection::Invalid(_) => "cert_invalid",
-            CertRejection::Untrusted => "cert_untrusted",
-            CertRejection::Expired => "cert_expired",
-            CertRejection::NotYetValid => "cert_not_yet_valid",
-            CertRejection::Revoked => "cert_revoked",
-            CertRejection::WrongTenant => "cert_wrong_tenant",
-            CertRejection::CrlUnavailable => "crl_unavailable",
-            CertRejection::Mismatch => "cert_mismatch",
-            CertRejection::Unknown => "cert_unknown",
-            CertRejection::NamesOnly => "cert_names_only",
-        }
-    }
-
-    /// A sentence for operators.
-    pub fn explain(&self) -> String {
-        match self {
-            CertRejection::Invalid(why) => format!("certificate unusable: {why}"),
-            CertRejection::Untrusted => {
-                "certificate is not from a tenant CA and not registered".into()
-            }
-            CertRejection::Expired => "certificate has expired".into(),
-            CertRejection::NotYetValid => "certificate is not valid yet".into(),
-            CertRejection::Revoked => "certificate is revoked".into(),
-            CertRejection::WrongTenant => "certificate is bound to another tenant".into(),
-            CertRejection::CrlUnavailable => {
-                "the CA's revocation list is unavailable or stale (crl_failure = deny)".into()
-            }
-            CertRejection::Mismatch => "certificate identifies another device".into(),
-            CertRejection::Unknown => "device has no active certificate with that subject".into(),
-            CertRejection::NamesOnly => {
-                "only certificate names were presented (no cert_pem, no secret) and emqx_trust_cert_names is off".into()
-            }
-        }
-    }
-
-    fn to_rustls(&self) -> rustls::Error {
-        rustls::Error::InvalidCertificate(match self {
-            CertRejection::Invalid(_) => CertificateError::BadEncoding,
-            CertRejection::Untrusted => CertificateError::UnknownIssuer,
-            CertRejection::Expired => CertificateError::Expired,
-            CertRejection::NotYetValid => CertificateError::NotValidYet,
-            CertRejection::Revoked => CertificateError::Revoked,
-            CertRejection::CrlUnavailable => CertificateError::UnknownRevocationStatus,
-            CertRejection::WrongTenant
-            | CertRejection::Mismatch
-            | CertRejection::Unknown
-            | CertRejection::NamesOnly => CertificateError::ApplicationVerificationFailure,
-        })
-    }
-}
-
-/// The device a certificate identifies.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertIdentity {
-    /// Tenant.
-    pub tenant: TenantId,
-    /// Tenant name.
-    pub tenant_name: String,
-    /// MQTT client id.
-    pub client_id: String,
-    /// SHA-256 fingerprint, hex.
-    pub fingerprint: String,
-    /// Validity end, Unix seconds.
-    pub not_after: i64,
-    /// The issuing CA's name, when one of the tenant's CAs issued it.
-    pub ca: Option<String>,
-}
 
 /// Revocation state of one CA.
 #[derive(Debug, Clone)]
@@ -155,23 +36,6 @@ struct TrustedCa {
     verifier: Arc<dyn ClientCertVerifier>,
     crl: CrlState,
 }
-
-/// A CA's state as operators see it (`ca list`, metrics).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct CaStatus {
-    /// Tenant name.
-    pub tenant: String,
-    /// CA name.
-    pub name: String,
-    /// `internal`, `none`, `current`, `stale` or `unavailable`.
-    pub crl: &'static str,
-    /// Why, when not usable.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-}
-
-/// Tenant name by id, for the snapshot builder.
-pub type TenantNames = HashMap<TenantId, String>;
 
 /// One consistent view of everything trusted; swapped whole on change.
 pub struct TrustSnapshot {
@@ -212,7 +76,7 @@ impl std::fmt::Debug for TrustSnapshot {
     }
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(super) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -300,6 +164,11 @@ impl TrustSnapshot {
             .collect();
         out.sort_by(|a, b| a.expiry_order(b));
         out
+    }
+
+    /// Every tenant's name.
+    pub fn tenant_names(&self) -> impl Iterator<Item = &str> {
+        self.names.values().map(String::as_str)
     }
 
     /// The tenant name of `t`.
@@ -572,219 +441,6 @@ fn trusted_ca(ca: StoredCa, tenant_name: String) -> Result<TrustedCa, (String, S
     })
 }
 
-/// The current snapshot, swapped whole when certificates change, with the settings it is built
-/// and reported with.
-#[derive(Debug)]
-pub struct TrustStore {
-    current: RwLock<Arc<TrustSnapshot>>,
-    policy: CrlFailure,
-    expiry_warning: i64,
-    reloaded: tokio::sync::broadcast::Sender<crate::registry::Change>,
-}
-
-impl TrustStore {
-    /// Nothing trusted yet; `policy` for CRL trouble, `expiry_warning` (seconds) for reports.
-    pub fn new(policy: CrlFailure, expiry_warning: i64) -> Self {
-        TrustStore {
-            current: RwLock::new(Arc::new(TrustSnapshot::empty(policy))),
-            policy,
-            expiry_warning,
-            reloaded: tokio::sync::broadcast::channel(256).0,
-        }
-    }
-
-    /// The changes whose new trust is in force, each sent after its reload (live TLS sessions
-    /// re-check their certificate on these, never against the trust before the change).
-    pub fn watch_reloads(&self) -> tokio::sync::broadcast::Receiver<crate::registry::Change> {
-        self.reloaded.subscribe()
-    }
-
-    /// Announces that the trust reflecting `change` is in force.
-    pub fn announce(&self, change: crate::registry::Change) {
-        let _ = self.reloaded.send(change);
-    }
-
-    /// The snapshot in force.
-    pub fn current(&self) -> Arc<TrustSnapshot> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Builds and puts in force a snapshot of `cas` and `certs`.
-    pub fn replace(&self, cas: Vec<StoredCa>, certs: Vec<StoredDeviceCert>, names: TenantNames) {
-        let snapshot = TrustSnapshot::build(cas, certs, names, self.policy);
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
-    }
-
-    /// Loads every tenant's CAs and device certificates from `store` (tenant by tenant, each
-    /// query fenced) and puts them in force.
-    pub async fn reload(&self, store: &crate::registry::Store) -> crate::registry::StoreResult<()> {
-        let mut cas = Vec::new();
-        let mut certs = Vec::new();
-        let mut names = HashMap::new();
-        for t in store.list_tenants().await? {
-            cas.extend(store.list_cas(t.id).await?);
-            certs.extend(store.list_device_certs(t.id).await?);
-            names.insert(t.id, t.name);
-        }
-        self.replace(cas, certs, names);
-        Ok(())
-    }
-
-    /// How far ahead expiry is reported, seconds.
-    pub fn expiry_warning(&self) -> i64 {
-        self.expiry_warning
-    }
-
-    /// Prometheus gauges: certificates near expiry per tenant, and each CA's CRL state.
-    pub fn render_metrics(&self, now: i64) -> String {
-        use std::fmt::Write;
-        let snap = self.current();
-        let mut out = String::from(
-            "# HELP mqgate_certificates_expiring Unrevoked device certificates ending within cert_expiry_warning (expired included), by tenant.\n# TYPE mqgate_certificates_expiring gauge\n",
-        );
-        let mut per_tenant: std::collections::BTreeMap<&str, u64> = Default::default();
-        for t in snap.names.values() {
-            per_tenant.insert(t, 0);
-        }
-        for c in snap.expiring(now + self.expiry_warning) {
-            *per_tenant
-                .entry(snap.tenant_name(c.tenant_id).unwrap_or_default())
-                .or_default() += 1;
-        }
-        for (tenant, n) in per_tenant {
-            let _ = writeln!(
-                out,
-                "mqgate_certificates_expiring{{tenant=\"{tenant}\"}} {n}"
-            );
-        }
-        out.push_str("# HELP mqgate_crl_usable Whether each CA's revocation information is usable (0: unavailable or stale).\n# TYPE mqgate_crl_usable gauge\n");
-        for ca in snap.ca_status(now) {
-            let ok = u8::from(!matches!(ca.crl, "stale" | "unavailable"));
-            let _ = writeln!(
-                out,
-                "mqgate_crl_usable{{tenant=\"{}\",ca=\"{}\",state=\"{}\"}} {ok}",
-                ca.tenant, ca.name, ca.crl
-            );
-        }
-        out
-    }
-}
-
-/// The rustls client-certificate verifier for mqgate's mTLS listener: a handshake completes only
-/// for a certificate [`TrustSnapshot::identify`] accepts at that moment (the snapshot in force,
-/// so a CRL or revocation change applies to the next handshake without a restart).
-pub struct DeviceCertVerifier {
-    trust: Arc<TrustStore>,
-    clock: Clock,
-    algorithms: WebPkiSupportedAlgorithms,
-    mandatory: bool,
-    on_reject: Option<RejectHook>,
-}
-
-/// Called with the end-entity certificate and the reason whenever a handshake is refused (the
-/// server records it in the audit trail).
-pub type RejectHook = Arc<dyn Fn(&[u8], &CertRejection) + Send + Sync>;
-
-impl DeviceCertVerifier {
-    /// A verifier over `trust`, reading time from `clock`.
-    pub fn new(trust: Arc<TrustStore>, clock: Clock) -> Self {
-        DeviceCertVerifier {
-            trust,
-            clock,
-            algorithms: provider().signature_verification_algorithms,
-            mandatory: true,
-            on_reject: None,
-        }
-    }
-
-    /// Whether a client must present a certificate (default: yes). Without one, the connection
-    /// carries no certificate identity and CONNECT must authenticate with a secret.
-    pub fn mandatory(mut self, mandatory: bool) -> Self {
-        self.mandatory = mandatory;
-        self
-    }
-
-    /// Calls `hook` for every refused certificate.
-    pub fn on_reject(mut self, hook: RejectHook) -> Self {
-        self.on_reject = Some(hook);
-        self
-    }
-
-    /// The identity of a connection's verified peer chain (`ServerConnection::peer_certificates`).
-    pub fn identity(&self, chain: &[CertificateDer<'_>]) -> Result<CertIdentity, CertRejection> {
-        let (ee, rest) = chain
-            .split_first()
-            .ok_or_else(|| CertRejection::Invalid("no client certificate".into()))?;
-        self.trust.current().identify(ee, rest, self.clock.now())
-    }
-}
-
-impl std::fmt::Debug for DeviceCertVerifier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeviceCertVerifier")
-            .field("mandatory", &self.mandatory)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ClientCertVerifier for DeviceCertVerifier {
-    fn client_auth_mandatory(&self) -> bool {
-        self.mandatory
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        // Hints would go stale with the snapshot; clients send their certificate without them.
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        match self
-            .trust
-            .current()
-            .identify(end_entity, intermediates, self.clock.now())
-        {
-            Ok(_) => Ok(ClientCertVerified::assertion()),
-            Err(rejection) => {
-                tracing::info!(target: "mqgate::audit", event = "tls_client_refused", cause = rejection.label(), reason = %rejection.explain());
-                if let Some(hook) = &self.on_reject {
-                    hook(end_entity.as_ref(), &rejection);
-                }
-                Err(rejection.to_rustls())
-            }
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -794,5 +450,245 @@ mod tests {
         assert_eq!(normalise_dn("CN=a, O=b"), normalise_dn("cn=a,O=b"));
         assert_eq!(normalise_dn("CN=a, O=b"), normalise_dn("O=b, CN=a"));
         assert_ne!(normalise_dn("CN=a, O=b"), normalise_dn("CN=a, O=c"));
+    }
+
+    // The decision case by case, with certificates made here (rcgen), no server.
+
+    const NOW: i64 = 1_800_000_000;
+    const DAY: i64 = 86_400;
+    const ACME: TenantId = TenantId(1);
+
+    struct Ca {
+        der: Vec<u8>,
+        key: String,
+    }
+
+    fn ca(tenant: &str, name: &str) -> Ca {
+        use secrecy::ExposeSecret;
+        let issued = cert::new_ca(tenant, name, NOW - DAY, 365 * DAY).unwrap();
+        Ca {
+            der: issued.cert_der,
+            key: issued.key_pem.expose_secret().to_string(),
+        }
+    }
+
+    fn device(ca: &Ca, client_id: &str, not_before: i64, not_after: i64) -> Vec<u8> {
+        let spec = cert::DeviceCertSpec {
+            tenant: "acme",
+            client_id,
+            not_before,
+            not_after,
+        };
+        cert::issue_device(&ca.der, &ca.key, &spec)
+            .unwrap()
+            .cert_der
+    }
+
+    /// A CA of tenant acme: mqgate's own (`sealed`) or imported with `crl_url` and no CRL yet.
+    fn stored_ca(ca: &Ca, id: i64, sealed: bool, crl_url: Option<&str>) -> StoredCa {
+        let info = cert::parse(&ca.der).unwrap();
+        StoredCa {
+            id,
+            tenant_id: ACME,
+            name: format!("ca-{id}"),
+            cert_der: ca.der.clone(),
+            fingerprint: info.fingerprint,
+            subject: info.subject,
+            not_after: info.not_after,
+            key_sealed: sealed.then(Vec::new),
+            crl_url: crl_url.map(str::to_string),
+            crl_der: None,
+            crl_number: 0,
+            crl_next_update: None,
+            crl_error: None,
+            created_at: NOW - DAY,
+        }
+    }
+
+    fn bound(der: &[u8], client_id: &str, ca_id: Option<i64>, revoked: bool) -> StoredDeviceCert {
+        let info = cert::parse(der).unwrap();
+        StoredDeviceCert {
+            id: 1,
+            tenant_id: ACME,
+            client_id: client_id.into(),
+            ca_id,
+            fingerprint: info.fingerprint,
+            serial: info.serial,
+            subject: info.subject,
+            not_before: info.not_before,
+            not_after: info.not_after,
+            revoked_at: revoked.then_some(NOW - 1),
+            created_at: NOW - DAY,
+        }
+    }
+
+    fn snapshot(
+        cas: Vec<StoredCa>,
+        certs: Vec<StoredDeviceCert>,
+        policy: CrlFailure,
+    ) -> TrustSnapshot {
+        let names = HashMap::from([(ACME, "acme".to_string())]);
+        TrustSnapshot::build(cas, certs, names, policy)
+    }
+
+    #[test]
+    fn a_certificate_of_a_tenant_ca_identifies_its_common_name() {
+        let acme = ca("acme", "root");
+        let ee = device(&acme, "dev-1", NOW - DAY, NOW + DAY);
+        let snap = snapshot(
+            vec![stored_ca(&acme, 7, true, None)],
+            vec![],
+            CrlFailure::Deny,
+        );
+        let id = snap.identify(&ee, &[], NOW).unwrap();
+        assert_eq!((id.tenant, id.tenant_name.as_str()), (ACME, "acme"));
+        assert_eq!(id.client_id, "dev-1");
+        assert_eq!(id.ca.as_deref(), Some("ca-7"));
+        assert_eq!(id.fingerprint, cert::parse(&ee).unwrap().fingerprint);
+        // Remembered, and the same answer the second time.
+        assert_eq!(snap.identify(&ee, &[], NOW + 1).unwrap(), id);
+    }
+
+    #[test]
+    fn certificates_of_other_cas_garbage_and_nothing_trusted_are_refused() {
+        let acme = ca("acme", "root");
+        let other = ca("acme", "elsewhere");
+        let ee = device(&other, "dev-1", NOW - DAY, NOW + DAY);
+        let snap = snapshot(
+            vec![stored_ca(&acme, 7, true, None)],
+            vec![],
+            CrlFailure::Deny,
+        );
+        assert_eq!(snap.identify(&ee, &[], NOW), Err(CertRejection::Untrusted));
+        assert!(matches!(
+            snap.identify(b"not a certificate", &[], NOW),
+            Err(CertRejection::Invalid(_))
+        ));
+        let empty = TrustSnapshot::empty(CrlFailure::Deny);
+        let own = device(&acme, "dev-1", NOW - DAY, NOW + DAY);
+        assert_eq!(
+            empty.identify(&own, &[], NOW),
+            Err(CertRejection::Untrusted)
+        );
+    }
+
+    #[test]
+    fn validity_is_checked_at_the_time_asked() {
+        let acme = ca("acme", "root");
+        let ee = device(&acme, "dev-1", NOW - DAY, NOW + DAY);
+        let snap = snapshot(
+            vec![stored_ca(&acme, 7, true, None)],
+            vec![],
+            CrlFailure::Deny,
+        );
+        assert_eq!(
+            snap.identify(&ee, &[], NOW + 2 * DAY),
+            Err(CertRejection::Expired)
+        );
+        let later = device(&acme, "dev-2", NOW + DAY, NOW + 2 * DAY);
+        assert_eq!(
+            snap.identify(&later, &[], NOW),
+            Err(CertRejection::NotYetValid)
+        );
+    }
+
+    #[test]
+    fn a_certificate_revoked_in_mqgate_is_refused_even_from_a_trusted_ca() {
+        let acme = ca("acme", "root");
+        let ee = device(&acme, "dev-1", NOW - DAY, NOW + DAY);
+        let cas = vec![stored_ca(&acme, 7, true, None)];
+        let snap = snapshot(
+            cas,
+            vec![bound(&ee, "dev-1", Some(7), true)],
+            CrlFailure::Deny,
+        );
+        assert_eq!(snap.identify(&ee, &[], NOW), Err(CertRejection::Revoked));
+    }
+
+    #[test]
+    fn a_bound_certificate_names_its_device_whatever_its_common_name() {
+        let acme = ca("acme", "root");
+        let ee = device(&acme, "printed-name", NOW - DAY, NOW + DAY);
+        let cas = vec![stored_ca(&acme, 7, true, None)];
+        let snap = snapshot(
+            cas,
+            vec![bound(&ee, "dev-1", Some(7), false)],
+            CrlFailure::Deny,
+        );
+        assert_eq!(snap.identify(&ee, &[], NOW).unwrap().client_id, "dev-1");
+    }
+
+    #[test]
+    fn a_self_signed_certificate_counts_only_when_registered_by_fingerprint() {
+        let own = ca("acme", "self");
+        let unregistered = snapshot(vec![], vec![], CrlFailure::Deny);
+        assert_eq!(
+            unregistered.identify(&own.der, &[], NOW),
+            Err(CertRejection::Untrusted)
+        );
+        let registered = snapshot(
+            vec![],
+            vec![bound(&own.der, "dev-9", None, false)],
+            CrlFailure::Deny,
+        );
+        let id = registered.identify(&own.der, &[], NOW).unwrap();
+        assert_eq!((id.client_id.as_str(), id.ca), ("dev-9", None));
+    }
+
+    #[test]
+    fn without_a_usable_crl_the_policy_decides() {
+        let imported = ca("acme", "imported");
+        let ee = device(&imported, "dev-1", NOW - DAY, NOW + DAY);
+        let cas = || {
+            vec![stored_ca(
+                &imported,
+                3,
+                false,
+                Some("http://crl.example/ca.crl"),
+            )]
+        };
+        let deny = snapshot(cas(), vec![], CrlFailure::Deny);
+        assert_eq!(
+            deny.identify(&ee, &[], NOW),
+            Err(CertRejection::CrlUnavailable)
+        );
+        let allow = snapshot(cas(), vec![], CrlFailure::Allow);
+        assert_eq!(allow.identify(&ee, &[], NOW).unwrap().client_id, "dev-1");
+        // Imported without any CRL source: mqgate's own revocations only.
+        let none = snapshot(
+            vec![stored_ca(&imported, 3, false, None)],
+            vec![],
+            CrlFailure::Deny,
+        );
+        assert!(none.identify(&ee, &[], NOW).is_ok());
+    }
+
+    #[test]
+    fn names_only_need_the_common_name_to_be_the_client_id_and_an_active_bound_certificate() {
+        let acme = ca("acme", "root");
+        let ee = device(&acme, "dev-1", NOW - DAY, NOW + DAY);
+        let b = bound(&ee, "dev-1", Some(7), false);
+        let subject = b.subject.clone();
+        let snap = snapshot(
+            vec![stored_ca(&acme, 7, true, None)],
+            vec![b],
+            CrlFailure::Deny,
+        );
+        let id = snap
+            .identify_by_names("dev-1", Some("dev-1"), Some(&subject), NOW)
+            .unwrap();
+        assert_eq!(id.client_id, "dev-1");
+        assert_eq!(
+            snap.identify_by_names("dev-1", Some("dev-2"), None, NOW),
+            Err(CertRejection::Mismatch)
+        );
+        assert_eq!(
+            snap.identify_by_names("dev-1", Some("dev-1"), Some("CN=dev-1, O=elsewhere"), NOW),
+            Err(CertRejection::Unknown)
+        );
+        assert_eq!(
+            snap.identify_by_names("dev-1", None, None, NOW + 2 * DAY),
+            Err(CertRejection::Expired)
+        );
     }
 }

@@ -1,23 +1,17 @@
 //! The audit trail: auth outcomes and admin actions land in a hash chain that `verify` checks,
 //! and tampering with any entry is found.
-
-use std::time::Duration;
-
 use crate::both_stores;
-use crate::helpers::TestApp;
+use crate::helpers::{SOON, TestApp, eventually};
 use mqgate::audit::chain::{self, StoredAudit};
 use mqgate::registry::Store;
 
 /// All entries, once at least `n` have been written (bounded wait for the batch writer).
 async fn entries(store: &Store, n: usize) -> Vec<StoredAudit> {
-    for _ in 0..100 {
+    eventually(&format!("{n} audit entries written"), SOON, || async {
         let all = store.list_audit(0, 10_000).await.unwrap();
-        if all.len() >= n {
-            return all;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("fewer than {n} audit entries were written");
+        (all.len() >= n).then_some(all)
+    })
+    .await
 }
 
 async fn auth_outcomes_and_admin_actions_are_chained_in_the_store(store: Store) {

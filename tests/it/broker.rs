@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::both_stores;
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, metric_reaches};
 use mqgate::acl::{Permission, RuleAction};
 use mqgate::registry::{NewAclRule, Store};
 use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, QoS};
@@ -777,17 +777,6 @@ async fn the_broker_can_be_turned_off(store: Store) {
     assert!(app.mqtt.is_none());
 }
 both_stores!(broker_off, the_broker_can_be_turned_off);
-
-/// Polls `/metrics` until `line` is in it (the event it counts happens in a session task).
-async fn metric_reaches(app: &TestApp, line: &str) {
-    tokio::time::timeout(WAIT, async {
-        while !app.get_text("/metrics").await.contains(line) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("metric never showed {line}"));
-}
 
 /// A server where dev-1 may subscribe to `news/#` (the rule id returned) and dev-2 may publish
 /// there; returns both tokens.

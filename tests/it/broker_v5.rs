@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::both_stores;
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, metric_reaches};
 use mqgate::acl::{Permission, RuleAction};
 use mqgate::registry::{NewAclRule, Store};
 use rumqttc::v5::mqttbytes::QoS;
@@ -148,16 +148,6 @@ async fn dev_1_and_observer(store: Store) -> (TestApp, String, V5) {
     let watch = observer(&app).await;
     let (obs, _) = V5::connect(options(addr(&app), "observer", &watch)).await;
     (app, token, obs)
-}
-
-async fn metric_reaches(app: &TestApp, line: &str) {
-    tokio::time::timeout(WAIT, async {
-        while !app.get_text("/metrics").await.contains(line) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("metric never showed {line}"));
 }
 
 /// dev-1's will "gone" on `acme/dev-1/status`, held back `delay` seconds.

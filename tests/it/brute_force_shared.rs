@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::both_stores;
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, eventually, until};
 use mqgate::registry::Store;
 
 const DEVICE_AT: &str = "10.0.0.7";
@@ -19,35 +19,25 @@ async fn familiar(store: &Store, client_id: &str) -> Vec<String> {
 
 /// Waits (5 s at most) until the background writer has stored `address` for `client_id`.
 async fn written(store: &Store, client_id: &str, address: &str) -> Vec<String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let now = familiar(store, client_id).await;
-        if now.iter().any(|a| a == address) {
-            return now;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{address} never written: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        &format!("{address} written"),
+        Duration::from_secs(5),
+        || async {
+            let now = familiar(store, client_id).await;
+            now.iter().any(|a| a == address).then_some(now)
+        },
+    )
+    .await
 }
 
 /// Waits (5 s at most) until `app` lists a lockout of `key`.
 async fn locked_on(app: &TestApp, key: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
+    until(&format!("{key} locked"), Duration::from_secs(5), || async {
         let listed = app.get("/v1/ops/lockouts").await;
         let all = listed["lockouts"].as_array().cloned().unwrap_or_default();
-        if all.iter().any(|l| l["key"] == key) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{key} never locked: {listed}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        all.iter().any(|l| l["key"] == key)
+    })
+    .await
 }
 
 async fn result(app: &TestApp, peer: &str, secret: &str) -> String {

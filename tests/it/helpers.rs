@@ -17,6 +17,52 @@ pub const SECRET: &str = "test-internal-secret-0123456789abcdef";
 /// A start time for manual clocks (2027-01-15).
 pub const T0: i64 = 1_800_000_000;
 
+/// Generous bound for what should happen soon (never a timed assertion: only a failure waits it out).
+pub const SOON: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Polls `check` until it gives `Some`, failing with `what` after `within`: the one way tests wait
+/// for something that happens elsewhere (a session task, another process, the change feed).
+pub async fn eventually<T, F>(
+    what: &str,
+    within: std::time::Duration,
+    mut check: impl FnMut() -> F,
+) -> T
+where
+    F: std::future::Future<Output = Option<T>>,
+{
+    let polled = tokio::time::timeout(within, async {
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    });
+    polled
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not happen within {within:?}"))
+}
+
+/// [`eventually`] for a condition.
+pub async fn until<F>(what: &str, within: std::time::Duration, mut check: impl FnMut() -> F)
+where
+    F: std::future::Future<Output = bool>,
+{
+    eventually(what, within, || {
+        let f = check();
+        async move { f.await.then_some(()) }
+    })
+    .await
+}
+
+/// Polls `/metrics` until `line` is in it (the event it counts happens in a session task).
+pub async fn metric_reaches(app: &TestApp, line: &str) {
+    until(&format!("metric line {line}"), SOON, || async {
+        app.get_text("/metrics").await.contains(line)
+    })
+    .await
+}
+
 /// Runs `$body(TestApp)` once against PostgreSQL and once against SQLite.
 #[macro_export]
 macro_rules! both_stores {

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::both_stores;
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, metric_reaches};
 use crate::raw::{Raw, WAIT};
 use mqgate::acl::{Permission, RuleAction};
 use mqgate::registry::{NewAclRule, Store};
@@ -31,16 +31,6 @@ async fn bystander_still_works(app: &TestApp, id: &str) {
     assert!(p.body.ends_with(b"still here"));
     b.ping().await;
     assert_eq!(app.gate.fault().reason(), None, "the router is alive");
-}
-
-async fn metric_reaches(app: &TestApp, line: &str) {
-    tokio::time::timeout(WAIT, async {
-        while !app.get_text("/metrics").await.contains(line) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("metric never showed {line}"));
 }
 
 /// Finding 1: a shared subscription held by a stored session with an unacknowledged copy, then a

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::helpers::{SECRET, T0, TestApp};
+use crate::helpers::{SECRET, T0, TestApp, until};
 
 /// The decision deadline the tests configure.
 const DEADLINE: &str = "1s";
@@ -341,21 +341,6 @@ async fn readyz(app: &TestApp) -> (u16, Duration) {
     (r.status().as_u16(), started.elapsed())
 }
 
-/// Polls `check` until it holds, failing after [`RECOVERY`].
-async fn eventually<F: std::future::Future<Output = bool>>(
-    what: &str,
-    mut check: impl FnMut() -> F,
-) {
-    let until = Instant::now() + RECOVERY;
-    while !check().await {
-        assert!(
-            Instant::now() < until,
-            "{what} did not happen in {RECOVERY:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// What must hold while the registry does not answer (the cluster stopped, or the proxy silent).
 async fn answers_in_time_during_the_outage(app: &TestApp, t1: &str, t2: &str) {
     // First, before anything has noticed: uncached requests ahead of cached ones on one
@@ -412,14 +397,19 @@ async fn answers_in_time_during_the_outage(app: &TestApp, t1: &str, t2: &str) {
 /// What must hold once the registry answers again: readiness, uncached devices loaded, and the
 /// change made while mqgate could not hear it honoured.
 async fn resumes_after_the_outage(app: &TestApp, t1: &str, t2: &str) {
-    eventually("readiness", || async { readyz(app).await.0 == 200 }).await;
-    eventually("uncached device allowed", || async {
+    until("readiness", RECOVERY, || async {
+        readyz(app).await.0 == 200
+    })
+    .await;
+    until("uncached device allowed", RECOVERY, || async {
         timed_authn(app, "dev-2", t2).await.0 == "allow"
     })
     .await;
-    eventually("change made during the outage honoured", || async {
-        timed_authn(app, "dev-1", t1).await.0 == "deny"
-    })
+    until(
+        "change made during the outage honoured",
+        RECOVERY,
+        || async { timed_authn(app, "dev-1", t1).await.0 == "deny" },
+    )
     .await;
     let (code, _) = mqtt_connect(app, "dev-1", t1).await;
     assert_ne!(

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::helpers::SECRET;
+use crate::helpers::{SECRET, SOON, until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqgate");
 const CA_SECRET: &str = "cli-test-ca-key-secret-0123456789abcdef";
@@ -125,13 +125,11 @@ impl Server {
 
     /// Polls until `client_id` gets `want` (bounded: failing means the change never arrived).
     async fn eventually(&self, client_id: &str, password: &str, want: &str) {
-        for _ in 0..100 {
-            if self.authn(client_id, password).await == want {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("{} never answered {want} for {client_id}", self.base);
+        let what = format!("{} answering {want} for {client_id}", self.base);
+        until(&what, SOON, || async {
+            self.authn(client_id, password).await == want
+        })
+        .await
     }
 
     /// The embedded MQTT broker's address, from its start-up line.

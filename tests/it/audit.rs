@@ -1,5 +1,6 @@
 //! The audit trail: auth outcomes and admin actions land in a hash chain that `verify` checks,
 //! and tampering with any entry is found.
+
 use crate::both_stores;
 use crate::helpers::{SOON, TestApp, eventually};
 use mqgate::audit::chain::{self, StoredAudit};

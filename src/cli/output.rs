@@ -65,35 +65,47 @@ impl Out {
 /// Longest server answer the CLI reads (lockout lists are bounded well below this).
 const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
-/// `GET /readyz` on the server at `config.listen` (an unspecified address means this host),
-/// within three seconds; `Ok` with its JSON only for a 200 (the container health check).
-pub async fn readyz(config: &Config) -> Result<Value> {
+/// The running server's HTTP address (`config.listen`; an unspecified address means this host).
+fn server_addr(config: &Config) -> std::net::SocketAddr {
     let mut addr = config.listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
+    addr
+}
+
+/// Sends `request` to the server at `addr` (hyper's client); its status and body as text.
+async fn send(
+    addr: std::net::SocketAddr,
+    request: http::Request<Full<Bytes>>,
+) -> Result<(http::StatusCode, String)> {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let resp = client
+        .request(request)
+        .await
+        .with_context(|| format!("no mqgate server answering on {addr} (set MQGATE_LISTEN)"))?;
+    let status = resp.status();
+    let text = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the server's answer: {e}"))?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&text).into_owned()))
+}
+
+/// `GET /readyz` on the server at `config.listen` within three seconds; `Ok` with its JSON only
+/// for a 200 (the container health check).
+pub async fn readyz(config: &Config) -> Result<Value> {
+    let addr = server_addr(config);
     let request = http::Request::builder()
         .uri(format!("http://{addr}/readyz"))
         .body(Full::new(Bytes::new()))
         .context("building the request")?;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
-    let call = async {
-        let resp = client
-            .request(request)
+    let (status, text) =
+        tokio::time::timeout(std::time::Duration::from_secs(3), send(addr, request))
             .await
-            .with_context(|| format!("no mqgate server answering on {addr}"))?;
-        let status = resp.status();
-        let text = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
-            .collect()
-            .await
-            .map_err(|e| anyhow::anyhow!("reading the server's answer: {e}"))?
-            .to_bytes();
-        anyhow::Ok((status, String::from_utf8_lossy(&text).into_owned()))
-    };
-    let (status, text) = tokio::time::timeout(std::time::Duration::from_secs(3), call)
-        .await
-        .map_err(|_| anyhow::anyhow!("{addr} did not answer /readyz within 3 s"))??;
+            .map_err(|_| anyhow::anyhow!("{addr} did not answer /readyz within 3 s"))??;
     if status != http::StatusCode::OK {
         bail!("not ready: HTTP {}: {}", status.as_u16(), text.trim());
     }
@@ -109,10 +121,7 @@ pub async fn ops_call(
     body: Option<Value>,
 ) -> Result<Value> {
     let secret = config.require_internal_secret()?;
-    let mut addr = config.listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
+    let addr = server_addr(config);
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let mut auth = http::HeaderValue::try_from(format!("Bearer {}", secret.expose_secret()))
         .context("the internal secret is not a valid HTTP header value")?;
@@ -124,19 +133,7 @@ pub async fn ops_call(
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
         .context("building the request")?;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
-    let resp = client
-        .request(request)
-        .await
-        .with_context(|| format!("no mqgate server answering on {addr} (set MQGATE_LISTEN)"))?;
-    let status = resp.status();
-    let text = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
-        .collect()
-        .await
-        .map_err(|e| anyhow::anyhow!("reading the server's answer: {e}"))?
-        .to_bytes();
-    let text = String::from_utf8_lossy(&text);
+    let (status, text) = send(addr, request).await?;
     if status != http::StatusCode::OK {
         bail!("server answered HTTP {}: {}", status.as_u16(), text.trim());
     }

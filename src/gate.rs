@@ -4,7 +4,7 @@
 //! translate the [`Decision`] back; everything else (fetching the device, verifying secrets off the
 //! async threads, upgrading legacy hashes, recording the outcome) happens here, once.
 
-mod brute;
+pub mod brute;
 
 pub use brute::spawn_lockout_feed;
 
@@ -277,7 +277,8 @@ impl Gate {
         }
     }
 
-    /// `mqgate_audit_dropped_total` and `mqgate_familiar_writes_dropped_total` for `/metrics`.
+    /// `mqgate_audit_dropped_total`, `mqgate_familiar_writes_dropped_total` and
+    /// `mqgate_shared_failure_writes_skipped_total` for `/metrics`.
     pub fn render_audit_metrics(&self) -> String {
         let audit = self
             .audit
@@ -287,8 +288,12 @@ impl Gate {
         format!(
             "{audit}# HELP mqgate_familiar_writes_dropped_total Familiar-address writes the registry did not get.\n\
              # TYPE mqgate_familiar_writes_dropped_total counter\n\
-             mqgate_familiar_writes_dropped_total {}\n",
-            self.familiar_dropped()
+             mqgate_familiar_writes_dropped_total {}\n\
+             # HELP mqgate_shared_failure_writes_skipped_total Failed attempts counted in this process only (shared failure-write budget spent).\n\
+             # TYPE mqgate_shared_failure_writes_skipped_total counter\n\
+             mqgate_shared_failure_writes_skipped_total {}\n",
+            self.familiar_dropped(),
+            self.shared_writes_skipped()
         )
     }
 

@@ -11,23 +11,32 @@
 //!   are counted in the registry too, one upsert each; the failure that reaches the limit there
 //!   starts the lockout, which PostgreSQL announces to every replica on the change feed. SQLite
 //!   is one node: it keeps the lockouts across a restart, nothing to announce.
+//! - **Write budget**: at most [`SHARED_WRITES`] failure writes per second per replica (burst
+//!   twice that). A spray of wrong secrets from many addresses would otherwise turn every attempt
+//!   into a database write; past the budget, failures are counted in this process only (its own
+//!   guard still locks out) and the skipped writes are counted
+//!   (`mqgate_shared_failure_writes_skipped_total`).
 //! - **Outage**: while the registry is known unreachable (`registry::health`) none of this is
 //!   asked, and every call is bounded well below the decision deadline: decisions fall back to
 //!   this process's own view (its familiar addresses, counts and lockouts) and never wait for it.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use super::Gate;
+use crate::limit::bucket::{Gcra, Rate};
 use crate::limit::lockout::{FAMILIAR_MAX, Locked};
 use crate::registry::cache::CachedRegistry;
 use crate::registry::{Change, FailureRule, LockScope, StoreResult, StoredLockout, TenantId};
 
 /// Familiar-address writes queued at most (then dropped and counted).
 const FAMILIAR_QUEUE: usize = 1024;
+
+/// Shared failure writes per second per replica (burst: twice as many).
+pub const SHARED_WRITES: u32 = 200;
 
 /// One familiar-address write.
 #[derive(Debug)]
@@ -43,6 +52,10 @@ pub(super) struct Familiar {
 pub(super) struct Shared {
     queue: mpsc::Sender<Familiar>,
     dropped: Arc<AtomicU64>,
+    /// The failure-write budget (see the module docs).
+    writes: Mutex<Gcra>,
+    /// Failures counted here only because the budget was spent.
+    skipped: AtomicU64,
 }
 
 impl Gate {
@@ -59,8 +72,20 @@ impl Gate {
             Arc::clone(&dropped),
             self.deadline,
         ));
-        self.shared = Some(Shared { queue, dropped });
+        self.shared = Some(Shared {
+            queue,
+            dropped,
+            writes: Mutex::default(),
+            skipped: AtomicU64::new(0),
+        });
         self
+    }
+
+    /// Failure writes skipped so far because the write budget was spent.
+    pub fn shared_writes_skipped(&self) -> u64 {
+        self.shared
+            .as_ref()
+            .map_or(0, |s| s.skipped.load(Ordering::Relaxed))
     }
 
     /// Familiar-address writes dropped so far (queue full, or the registry unreachable).
@@ -148,7 +173,19 @@ impl Gate {
         now: i64,
         local: Option<Locked>,
     ) -> Option<Locked> {
-        self.shared.as_ref()?;
+        let shared = self.shared.as_ref()?;
+        let writes = 1 + u32::from(client_id.is_some());
+        let budget = Rate::new(f64::from(SHARED_WRITES), 2 * SHARED_WRITES);
+        let within = budget.is_some_and(|rate| {
+            let mut bucket = shared.writes.lock().unwrap_or_else(|e| e.into_inner());
+            bucket.take(rate, now, writes).is_ok()
+        });
+        if !within {
+            shared
+                .skipped
+                .fetch_add(u64::from(writes), Ordering::Relaxed);
+            return local;
+        }
         let p = self.guard().policy();
         let mut started = None;
         if let Some(c) = client_id {

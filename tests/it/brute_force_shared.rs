@@ -110,6 +110,34 @@ both_stores!(
     familiar_addresses_per_device_stay_at_the_bound
 );
 
+/// A spray of wrong secrets from many addresses does not turn every attempt into a database
+/// write: past the budget (burst of twice the per-second rate; the manual clock never refills it)
+/// the failures are counted in this process only, and the skipped writes are counted.
+async fn a_spray_from_many_addresses_spends_only_the_write_budget(store: Store) {
+    let app = TestApp::start(store).await;
+    let budget = 2 * mqgate::gate::brute::SHARED_WRITES as usize;
+    let attempts = budget + 150;
+    for i in 0..attempts {
+        let peer = format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256);
+        let v = app
+            .authn_from(&peer, &format!("ghost-{i}"), "", "mqg_guess")
+            .await;
+        assert_eq!(v["result"], "deny");
+    }
+    let line = format!(
+        "mqgate_shared_failure_writes_skipped_total {}",
+        attempts - budget
+    );
+    assert!(
+        app.get_text("/metrics").await.contains(&line),
+        "expected {line}"
+    );
+}
+both_stores!(
+    failure_write_budget,
+    a_spray_from_many_addresses_spends_only_the_write_budget
+);
+
 /// Two replicas over one PostgreSQL database, each with its own memory.
 #[sqlx::test(migrations = false)]
 async fn two_replicas_count_failures_together_and_both_spare_the_device(pool: sqlx::PgPool) {

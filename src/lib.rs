@@ -1,6 +1,6 @@
 //! mqgate decides who may talk on an MQTT broker.
 //!
-//! Map of the modules (see `ARCHITECTURE.md` in the shared docs):
+//! Map of the modules (see `docs/ARCHITECTURE.md`):
 //! - [`admin`]: operator actions (tenants, devices, credentials, rules), used by the CLI.
 //! - [`app`]: builds (binds, migrates, warms) and runs the service.
 //! - [`audit`]: typed audit events, the hash chain, and the buffered writer.

@@ -1,4 +1,4 @@
-//! The brute-force guard's shared half: what the in-memory [`FailureGuard`] learns is shared with
+//! The brute-force guard's shared half: what the in-memory [`FailureGuard`](crate::limit::lockout::FailureGuard) learns is shared with
 //! the registry, so it survives a restart and every replica sees the same failures and lockouts.
 //!
 //! - **Familiar addresses** go to the registry through a bounded queue and one writer task, off

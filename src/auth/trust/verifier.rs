@@ -13,7 +13,7 @@ use super::{CertIdentity, CertRejection, TrustStore, snapshot::provider};
 use crate::clock::Clock;
 
 /// The rustls client-certificate verifier for mqgate's mTLS listener: a handshake completes only
-/// for a certificate [`TrustSnapshot::identify`] accepts at that moment (the snapshot in force,
+/// for a certificate [`TrustSnapshot::identify`](super::TrustSnapshot::identify) accepts at that moment (the snapshot in force,
 /// so a CRL or revocation change applies to the next handshake without a restart).
 pub struct DeviceCertVerifier {
     trust: Arc<TrustStore>,

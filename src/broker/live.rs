@@ -1,51 +1,39 @@
-//! One MQTT connection, from CONNECT to close, in its own task.
-//!
-//! CONNECT is read here (bounded in time and size), decided by the gate and answered with a
-//! CONNACK either way. An admitted client is attached to the router; from then on every PUBLISH
-//! and every SUBSCRIBE filter is checked before it is handed to the router, and the router's
-//! answers are written back, with refused filters spliced into SUBACK. The session ends on
-//! DISCONNECT, close, keep-alive expiry, takeover, revocation or shutdown; mqgate then publishes
-//! the will itself (checked again: a revoked device's will is dropped) and detaches from the router.
-//! A 5.0 will held back by its delay, or a stored session with an expiry, is left to
-//! [`afterlife`](super::afterlife), in the same task.
+//! The live loop of an admitted, attached connection: I/O only. It reads the client's packets
+//! (in batches, yielding the broker's thread between them), checks every PUBLISH and SUBSCRIBE
+//! filter through the gate before the router sees it, writes the router's answers back, and
+//! ends on DISCONNECT, close, keep-alive expiry, takeover, revocation or shutdown. What to answer
+//! is decided by [`rules`](super::rules); this file only moves packets. On the way out mqgate
+//! publishes the will itself (checked again: a revoked device's will is dropped) and detaches
+//! from the router; a 5.0 will held back by its delay, or a stored session with an expiry, is left
+//! to [`afterlife`](super::afterlife), in the same task.
 
-use crate::core::ids::ClientId;
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use rumqttd::Notification;
 use rumqttd::protocol::{
-    ConnAck, ConnAckProperties, Connect, ConnectProperties, ConnectReturnCode, Disconnect,
-    DisconnectProperties, DisconnectReasonCode, Login, Packet, PingResp, PubAck, PubAckReason,
-    PubComp, PubCompReason, PubRec, PubRecReason, Publish, PublishProperties, SubAck, Subscribe,
-    SubscribeProperties, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
-    UnsubscribeProperties,
+    DisconnectReasonCode, Packet, PingResp, Publish, PublishProperties, SubAck, Subscribe,
+    SubscribeProperties, SubscribeReasonCode, Unsubscribe, UnsubscribeProperties,
 };
-use secrecy::SecretString;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 
 use super::ackorder::AckOrder;
 use super::afterlife::{self, Afterlife, Expiry, Will};
-use super::codec::{self, Codec, FrameError, Version};
+use super::codec::{self, Codec, Version};
+use super::connect::{Admission, WRITE_TIMEOUT, write_packets};
 use super::delivery::Delivery;
+use super::directory::{Control, PeerSlot, Registration};
 use super::guard;
-use super::refusal::Refusal;
 use super::router::Link;
-use super::sessions::{Control, PeerSlot, Registration};
-use super::{Arrival, Broker, TlsIdentity, ready_now};
+use super::rules::{self, End, WillFate};
+use super::{Broker, ready_now};
 use crate::acl::Action;
 use crate::core::{Cause, DeviceView};
-use crate::gate::{ConnectRequest, PresentedCert};
 
-/// How long a write to a client may take before the connection is given up.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a new session waits for the one it takes over to leave.
-const TAKEOVER_WAIT: Duration = Duration::from_secs(2);
 /// Router notifications handled per wake-up before the socket gets a turn.
 const NOTIFICATION_BATCH: usize = 512;
 /// Bytes of packets one session handles before the broker's thread goes to other sessions (a
@@ -53,439 +41,6 @@ const NOTIFICATION_BATCH: usize = 512;
 const READ_BATCH_BYTES: usize = 64 * 1024;
 /// Packets one session handles before the broker's thread goes to other sessions.
 const READ_BATCH_PACKETS: usize = 256;
-
-/// A CONNECT, taken apart.
-struct Hello {
-    codec: Codec,
-    connect: Connect,
-    props: Option<ConnectProperties>,
-    will: Option<Will>,
-    login: Option<Login>,
-}
-
-/// What the gate admitted.
-struct Admission {
-    device: Arc<DeviceView>,
-    credential_id: Option<i64>,
-    /// The registry's change counter before the gate decided.
-    epoch: u64,
-    _capacity: OwnedSemaphorePermit,
-}
-
-/// Serves one connection (see the module docs).
-pub(super) async fn run<S>(
-    broker: Arc<Broker>,
-    mut stream: S,
-    peer: SocketAddr,
-    tls: Option<TlsIdentity>,
-    mut arrival: Arrival,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    let mut rbuf = BytesMut::with_capacity(4096);
-    let max = broker.settings.max_packet_size;
-    let hello = match timeout(
-        broker.settings.connect_timeout,
-        read_connect(&mut stream, &mut rbuf, max),
-    )
-    .await
-    {
-        Ok(Ok(hello)) => hello,
-        Ok(Err(FrameError::UnsupportedLevel(level))) => {
-            tracing::debug!(%peer, level, "MQTT CONNECT with an unsupported protocol level");
-            let refuse = Codec::new(Version::V4, max);
-            let _ = write_packets(
-                &mut stream,
-                refuse,
-                [connack(
-                    ConnectReturnCode::RefusedProtocolVersion,
-                    false,
-                    None,
-                )],
-            )
-            .await;
-            return;
-        }
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "MQTT connection closed before CONNECT");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "MQTT CONNECT timed out");
-            broker.gate.metrics().broker_event("connect_timeout");
-            return;
-        }
-    };
-    let admitted = admit(&broker, &hello, peer, tls.as_ref()).await;
-    // Decided: no longer among the connections before their CONNACK.
-    arrival.unanswered = None;
-    #[cfg(debug_assertions)]
-    if admitted.is_ok() && broker.crash_on.as_deref() == Some(hello.connect.client_id.as_str()) {
-        broker.router.crash().await;
-    }
-    let admission = match admitted {
-        Ok(a) => a,
-        Err(refusal) => {
-            let id = &hello.connect.client_id;
-            return refuse(&broker, &mut stream, hello.codec, id, &refusal).await;
-        }
-    };
-    // The password is not kept for the session's life.
-    let Hello {
-        codec,
-        connect,
-        props,
-        will,
-        ..
-    } = hello;
-    let client_id = connect.client_id.clone();
-    let clean_start = connect.clean_session;
-    let delivery = Delivery::new(
-        props.as_ref().and_then(|p| p.receive_maximum),
-        props.as_ref().and_then(|p| p.max_packet_size),
-    );
-    let interval = props.and_then(|p| p.session_expiry_interval);
-    let expiry = Expiry::at_connect(codec.version, clean_start, interval);
-    let (ctl_tx, ctl_rx) = mpsc::channel(4);
-    let (registration, previous) =
-        broker
-            .sessions
-            .register(&client_id, admission.device.tenant, ctl_tx.clone());
-    if let Some(previous) = previous {
-        take_over(&broker, previous, &client_id, !clean_start).await;
-    }
-    // rumqttd's clean flag both discards a stored session at attach and keeps none at detach. A
-    // 5.0 clean start whose session outlives the connection needs the first without the second:
-    // discard first, then attach as a stored session.
-    let outlives = expiry != Expiry::AtClose;
-    if clean_start && outlives {
-        afterlife::discard(&broker, &client_id).await;
-    }
-    let clean = clean_start && !outlives;
-    let link = match broker.router.attach(&client_id, clean).await {
-        Ok(link) => link,
-        Err(e) => {
-            tracing::warn!(%client_id, error = %e, "router refused an admitted client");
-            let refusal = Refusal::Unavailable;
-            return refuse(&broker, &mut stream, codec, &client_id, &refusal).await;
-        }
-    };
-    let ack = connack(
-        ConnectReturnCode::Success,
-        link.session_present,
-        (codec.version == Version::V5).then(|| success_properties(max)),
-    );
-    if write_packets(&mut stream, codec, [ack]).await.is_err() {
-        let mut link = link;
-        let _ = link.tx.send(normal_disconnect()).await;
-        return;
-    }
-    broker.gate.metrics().broker_event("session_opened");
-    // A resumed session brings back its subscriptions inside the router: know them, so that the
-    // re-check below drops those the ACL no longer allows.
-    let subscriptions = if link.session_present {
-        broker.sessions.stored_filters(&client_id)
-    } else {
-        HashSet::new()
-    };
-    // A change may have landed between the gate's answer and the registration, or the resumed
-    // session holds subscriptions: look once more.
-    if broker.gate.registry().epoch() != admission.epoch || !subscriptions.is_empty() {
-        let _ = ctl_tx.try_send(Control::Recheck);
-    }
-    let live = Live {
-        broker: Arc::clone(&broker),
-        stream,
-        codec,
-        client_id,
-        peer: peer.ip().to_string(),
-        credential_id: admission.credential_id,
-        cert_not_after: tls.as_ref().map(|t| t.identity.not_after),
-        cert_chain: tls.map(|t| t.chain),
-        device: Arc::clone(&admission.device),
-        will,
-        link,
-        rbuf,
-        wbuf: BytesMut::with_capacity(4096),
-        keep_alive: keep_alive(connect.keep_alive),
-        last_seen: Instant::now(),
-        pending_subacks: HashMap::new(),
-        refused_qos2: HashSet::new(),
-        subscriptions,
-        clean,
-        expiry,
-        outbox: Vec::new(),
-        delivery,
-        acks: Vec::new(),
-        ack_order: AckOrder::default(),
-        buffered: false,
-        yield_next: false,
-    };
-    live.run(ctl_rx, registration, Some(arrival.slot), admission)
-        .await;
-}
-
-/// Reads bytes until a complete CONNECT is buffered; picks the codec from its protocol level.
-async fn read_connect<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    buf: &mut BytesMut,
-    max: usize,
-) -> Result<Hello, FrameError> {
-    let mut codec = None;
-    loop {
-        if codec.is_none() {
-            codec = codec::sniff_version(buf, max)?.map(|v| Codec::new(v, max));
-        }
-        if let Some(c) = codec
-            && let Some(packet) = c.decode_connect(buf)?
-        {
-            return match packet {
-                Packet::Connect(connect, props, will, will_props, login) => Ok(Hello {
-                    codec: c,
-                    connect,
-                    props,
-                    will: will.map(|will| Will {
-                        will,
-                        props: will_props,
-                    }),
-                    login,
-                }),
-                _ => Err(FrameError::UnexpectedType(0)),
-            };
-        }
-        let n = stream
-            .read_buf(buf)
-            .await
-            .map_err(|e| FrameError::Malformed(e.to_string()))?;
-        if n == 0 {
-            return Err(FrameError::Malformed("closed".into()));
-        }
-    }
-}
-
-/// Runs the CONNECT through the gate and the broker's own limits.
-async fn admit(
-    broker: &Broker,
-    hello: &Hello,
-    peer: SocketAddr,
-    tls: Option<&TlsIdentity>,
-) -> Result<Admission, Refusal> {
-    // The one client-id rule (the registry's): rumqttd's router silently drops links whose id
-    // has `+ $ # /`, and control characters mark mqgate's own links.
-    let parsed = ClientId::parse(&hello.connect.client_id).map_err(|_| Refusal::BadClientId)?;
-    let client_id = parsed.as_str();
-    if hello
-        .props
-        .as_ref()
-        .is_some_and(|p| p.authentication_method.is_some())
-    {
-        return Err(Refusal::AuthMethod);
-    }
-    if tls.is_some_and(|t| t.identity.client_id != client_id) {
-        return Err(Refusal::IdentityMismatch);
-    }
-    let epoch = broker.gate.registry().epoch();
-    let login = hello.login.as_ref();
-    let request = ConnectRequest {
-        client_id: parsed.clone(),
-        username: login.map(|l| l.username.clone()).filter(|u| !u.is_empty()),
-        secret: login.map(|l| SecretString::from(l.password.clone())),
-        peer: Some(peer.ip().to_string()),
-        cert: tls.map(|t| PresentedCert::Verified(t.identity.clone())),
-    };
-    let outcome = broker.gate.connect(request).await;
-    let (true, Some(device)) = (outcome.decision.is_allow(), outcome.device) else {
-        return Err(Refusal::from_decision(&outcome.decision));
-    };
-    if let Some(will) = &hello.will {
-        let topic = std::str::from_utf8(&will.will.topic).map_err(|_| Refusal::WillNotAllowed)?;
-        let d = broker.gate.authorize(&parsed, Action::Publish, topic).await;
-        if !d.is_allow() {
-            return Err(Refusal::WillNotAllowed);
-        }
-    }
-    let capacity = Arc::clone(&broker.capacity)
-        .try_acquire_owned()
-        .map_err(|_| Refusal::TooManyConnections)?;
-    let credential_id = match outcome.decision.cause {
-        Cause::Credential { credential_id, .. } => Some(credential_id),
-        _ => None,
-    };
-    Ok(Admission {
-        device,
-        credential_id,
-        epoch,
-        _capacity: capacity,
-    })
-}
-
-/// Answers a refused CONNECT with its CONNACK code and closes.
-async fn refuse<S: AsyncWrite + Unpin>(
-    broker: &Broker,
-    stream: &mut S,
-    codec: Codec,
-    client_id: &str,
-    refusal: &Refusal,
-) {
-    let code = refusal.code(codec.version);
-    tracing::info!(
-        %client_id,
-        refusal = refusal.label(),
-        ?code,
-        "MQTT CONNECT refused"
-    );
-    broker.gate.metrics().broker_event("connect_refused");
-    let _ = write_packets(stream, codec, [connack(code, false, None)]).await;
-    let _ = timeout(Duration::from_secs(1), stream.shutdown()).await;
-}
-
-/// Tells the live session of the same client id to leave and waits (bounded) until it has.
-async fn take_over(
-    broker: &Broker,
-    previous: mpsc::Sender<Control>,
-    client_id: &str,
-    resumes: bool,
-) {
-    let (done, done_rx) = oneshot::channel();
-    if previous
-        .send(Control::TakeOver { done, resumes })
-        .await
-        .is_ok()
-    {
-        let _ = timeout(TAKEOVER_WAIT, done_rx).await;
-    }
-    tracing::info!(%client_id, "MQTT session taken over by a new connection");
-    broker.gate.metrics().broker_event("session_taken_over");
-}
-
-fn connack(
-    code: ConnectReturnCode,
-    session_present: bool,
-    props: Option<ConnAckProperties>,
-) -> Packet {
-    Packet::ConnAck(
-        ConnAck {
-            session_present,
-            code,
-        },
-        props,
-    )
-}
-
-/// 5.0 CONNACK properties: the packet limit, and no topic aliases from the client (mqgate must
-/// see every publish's real topic to authorize it).
-fn success_properties(max: usize) -> ConnAckProperties {
-    ConnAckProperties {
-        max_packet_size: u32::try_from(max).ok(),
-        topic_alias_max: Some(0),
-        retain_available: Some(1),
-        ..ConnAckProperties::default()
-    }
-}
-
-/// 1.5 × the client's keep-alive (none when it asked for 0).
-fn keep_alive(secs: u16) -> Option<Duration> {
-    (secs > 0).then(|| Duration::from_millis(u64::from(secs) * 1500))
-}
-
-async fn write_packets<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    codec: Codec,
-    packets: impl IntoIterator<Item = Packet>,
-) -> Result<(), End> {
-    let mut out = BytesMut::new();
-    for p in packets {
-        codec.encode(p, &mut out).map_err(|e| {
-            tracing::warn!(error = %e, "could not encode a packet for a client");
-            End::Io
-        })?;
-    }
-    match timeout(WRITE_TIMEOUT, stream.write_all(&out)).await {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(End::Io),
-    }
-}
-
-/// A 5.0 DISCONNECT with a reason string. Always with properties: rumqttd 0.20's 5.0 writer
-/// frames a reason code without properties one byte short.
-fn goodbye(reason_code: DisconnectReasonCode, why: &str) -> Packet {
-    let props = DisconnectProperties {
-        session_expiry_interval: None,
-        reason_string: Some(why.replace('_', " ")),
-        user_properties: Vec::new(),
-        server_reference: None,
-    };
-    Packet::Disconnect(Disconnect { reason_code }, Some(props))
-}
-
-fn normal_disconnect() -> Packet {
-    Packet::Disconnect(
-        Disconnect {
-            reason_code: DisconnectReasonCode::NormalDisconnection,
-        },
-        None,
-    )
-}
-
-/// Why a live session ended.
-enum End {
-    /// The client sent DISCONNECT (5.0 may ask for its will, and set a new session expiry).
-    ClientDisconnect {
-        with_will: bool,
-        expiry: Option<u32>,
-    },
-    /// The client closed the connection, or a read or write failed.
-    Io,
-    /// Nothing received for 1.5 × keep-alive.
-    KeepAlive,
-    /// A new connection with the same client id (resuming the session or not).
-    TakenOver(oneshot::Sender<()>, bool),
-    /// The device lost its admission (disabled, removed, credential revoked).
-    Revoked,
-    /// mqgate is shutting down.
-    Shutdown,
-    /// The client broke the protocol.
-    Protocol(DisconnectReasonCode),
-    /// The router dropped the link.
-    RouterGone,
-}
-
-impl End {
-    fn label(&self) -> &'static str {
-        match self {
-            End::ClientDisconnect { .. } => "client_disconnect",
-            End::Io => "closed",
-            End::KeepAlive => "keep_alive_timeout",
-            End::TakenOver(..) => "taken_over",
-            End::Revoked => "revoked",
-            End::Shutdown => "shutdown",
-            End::Protocol(_) => "protocol_error",
-            End::RouterGone => "router_closed",
-        }
-    }
-
-    /// The 5.0 DISCONNECT reason sent before closing, if any.
-    fn reason(&self) -> Option<DisconnectReasonCode> {
-        match self {
-            End::KeepAlive => Some(DisconnectReasonCode::KeepAliveTimeout),
-            End::TakenOver(..) => Some(DisconnectReasonCode::SessionTakenOver),
-            End::Revoked => Some(DisconnectReasonCode::NotAuthorized),
-            End::Shutdown => Some(DisconnectReasonCode::ServerShuttingDown),
-            End::Protocol(code) => Some(*code),
-            _ => None,
-        }
-    }
-
-    /// Whether the will is published (everything but a normal DISCONNECT; not when the router
-    /// is gone, as there is nothing left to publish through).
-    fn fires_will(&self) -> bool {
-        match self {
-            End::ClientDisconnect { with_will, .. } => *with_will,
-            End::RouterGone => false,
-            _ => true,
-        }
-    }
-}
 
 /// What woke the session loop. Lives on the stack for one turn; boxing the notification would
 /// cost an allocation per routed message.
@@ -501,8 +56,31 @@ enum Event {
     Expiry,
 }
 
+/// What the CONNECT phase hands to the live loop: an admitted client, attached to the router.
+pub(super) struct Attached<S> {
+    pub(super) broker: Arc<Broker>,
+    pub(super) stream: S,
+    pub(super) codec: Codec,
+    pub(super) client_id: String,
+    pub(super) peer: String,
+    pub(super) credential_id: Option<i64>,
+    pub(super) cert_chain: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+    pub(super) cert_not_after: Option<i64>,
+    pub(super) device: Arc<DeviceView>,
+    pub(super) will: Option<Will>,
+    pub(super) link: Link,
+    /// What was read after CONNECT.
+    pub(super) rbuf: BytesMut,
+    pub(super) keep_alive: Option<Duration>,
+    /// The filters of a resumed session.
+    pub(super) subscriptions: HashSet<String>,
+    pub(super) clean: bool,
+    pub(super) expiry: Expiry,
+    pub(super) delivery: Delivery,
+}
+
 /// An admitted, attached session.
-struct Live<S> {
+pub(super) struct Live<S> {
     broker: Arc<Broker>,
     stream: S,
     codec: Codec,
@@ -548,7 +126,40 @@ struct Live<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
-    async fn run(
+    /// The live session of `a`, its loop not started yet.
+    pub(super) fn new(a: Attached<S>) -> Self {
+        Live {
+            broker: a.broker,
+            stream: a.stream,
+            codec: a.codec,
+            client_id: a.client_id,
+            peer: a.peer,
+            credential_id: a.credential_id,
+            cert_chain: a.cert_chain,
+            cert_not_after: a.cert_not_after,
+            device: a.device,
+            will: a.will,
+            link: a.link,
+            rbuf: a.rbuf,
+            wbuf: BytesMut::with_capacity(4096),
+            keep_alive: a.keep_alive,
+            last_seen: Instant::now(),
+            pending_subacks: HashMap::new(),
+            refused_qos2: HashSet::new(),
+            subscriptions: a.subscriptions,
+            clean: a.clean,
+            expiry: a.expiry,
+            outbox: Vec::new(),
+            delivery: a.delivery,
+            acks: Vec::new(),
+            ack_order: AckOrder::default(),
+            buffered: false,
+            yield_next: false,
+        }
+    }
+
+    /// Runs the session until it ends, then settles what it leaves (see the module docs).
+    pub(super) async fn run(
         mut self,
         mut control: mpsc::Receiver<Control>,
         registration: Registration,
@@ -689,22 +300,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
             .credential_id
             .and_then(|id| self.device.credentials.iter().find(|c| c.id == id))
             .and_then(|c| c.expires_at);
-        match (credential, self.cert_not_after) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        rules::footing_end(credential, self.cert_not_after)
     }
 
     /// Time until `end` by the gate's clock; at least a second, so a session whose re-check
     /// still allows it is not re-checked in a tight loop.
     fn until(&self, end: Option<i64>, far: Duration) -> Duration {
-        match end {
-            Some(t) => {
-                let left = t - self.broker.gate.clock().now();
-                Duration::from_secs(u64::try_from(left.max(1)).unwrap_or(1))
-            }
-            None => far,
-        }
+        rules::until(end, self.broker.gate.clock().now(), far)
     }
 
     /// Drops (from the router) the subscriptions a changed ACL no longer allows: nothing more is
@@ -768,10 +370,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
                 Ok(None) => break,
                 Err(e) => {
                     tracing::debug!(client_id = %self.client_id, error = %e, "bad MQTT frame");
-                    ended = Some(End::Protocol(match e {
-                        FrameError::TooLarge(_) => DisconnectReasonCode::PacketTooLarge,
-                        _ => DisconnectReasonCode::MalformedPacket,
-                    }));
+                    ended = Some(rules::bad_frame(&e));
                     break;
                 }
             };
@@ -808,23 +407,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
             }
             Packet::PubRel(r, props) => {
                 if self.refused_qos2.remove(&r.pkid) {
-                    to_client.push(Packet::PubComp(
-                        PubComp {
-                            pkid: r.pkid,
-                            reason: PubCompReason::Success,
-                        },
-                        None,
-                    ));
+                    to_client.push(rules::pubcomp(r.pkid));
                 } else {
                     to_router.push(Packet::PubRel(r, props));
                 }
             }
             Packet::PingReq(_) => to_client.push(Packet::PingResp(PingResp)),
-            Packet::Disconnect(d, props) => {
-                let with_will = d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
-                let expiry = props.and_then(|p| p.session_expiry_interval);
-                return Err(End::ClientDisconnect { with_will, expiry });
-            }
+            Packet::Disconnect(d, props) => return Err(rules::client_disconnect(&d, props)),
             p @ (Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..)) => {
                 self.delivery.on_client_ack(p, &mut self.wbuf, to_router)
             }
@@ -867,29 +456,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
         // 5.0 says why; 3.1.1 has no refusal in PUBACK/PUBREC: the flow completes, the message
         // is dropped.
         let limited = matches!(decision.cause, Cause::RateLimited(_));
-        match qos {
-            1 => {
-                let reason = match (v5, limited) {
-                    (false, _) => PubAckReason::Success,
-                    (true, true) => PubAckReason::QuotaExceeded,
-                    (true, false) => PubAckReason::NotAuthorized,
-                };
-                self.ack_order
-                    .edge(Packet::PubAck(PubAck { pkid, reason }, None), to_client);
-            }
-            2 => {
-                let reason = match (v5, limited) {
-                    (false, _) => {
-                        self.refused_qos2.insert(pkid);
-                        PubRecReason::Success
-                    }
-                    (true, true) => PubRecReason::QuotaExceeded,
-                    (true, false) => PubRecReason::NotAuthorized,
-                };
-                self.ack_order
-                    .edge(Packet::PubRec(PubRec { pkid, reason }, None), to_client);
-            }
-            _ => {}
+        if !v5 && qos == 2 {
+            // Its PUBREL is answered here: the router never saw the publish.
+            self.refused_qos2.insert(pkid);
+        }
+        if let Some(ack) = rules::refused_publish_ack(v5, qos, pkid, limited) {
+            self.ack_order.edge(ack, to_client);
         }
         Ok(())
     }
@@ -916,21 +488,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
         to_client: &mut Vec<Packet>,
     ) -> Result<(), End> {
         let (qos, pkid) = codec::qos_and_pkid(publish);
-        match (self.codec.version, qos) {
-            (Version::V5, 1) => {
-                let reason = PubAckReason::QuotaExceeded;
-                self.ack_order
-                    .edge(Packet::PubAck(PubAck { pkid, reason }, None), to_client);
-                Ok(())
-            }
-            (Version::V5, 2) => {
-                let reason = PubRecReason::QuotaExceeded;
-                self.ack_order
-                    .edge(Packet::PubRec(PubRec { pkid, reason }, None), to_client);
-                Ok(())
-            }
-            _ => Err(End::Protocol(DisconnectReasonCode::QuotaExceeded)),
-        }
+        let ack = rules::over_quota_ack(self.codec.version, qos, pkid)?;
+        self.ack_order.edge(ack, to_client);
+        Ok(())
     }
 
     async fn on_subscribe(
@@ -947,8 +507,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
             metrics.broker_event("subscribe_too_many_filters");
             return Err(End::Protocol(DisconnectReasonCode::QuotaExceeded));
         }
-        let v5 = self.codec.version == Version::V5;
-        let code = |c: SubscribeReasonCode| if v5 { c } else { SubscribeReasonCode::Failure };
+        let version = self.codec.version;
+        let code = |c: SubscribeReasonCode| rules::subscribe_refusal(version, c);
         let mut slots = Vec::with_capacity(subscribe.filters.len());
         let mut allowed = Vec::with_capacity(subscribe.filters.len());
         for filter in subscribe.filters {
@@ -1065,7 +625,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
             // not at all for a filter that was not subscribed).
             Some(Packet::UnsubAck(..)) | Some(Packet::ConnAck(..)) | None => {}
             Some(Packet::Disconnect(d, _)) => {
-                self.encode(goodbye(d.reason_code, "closed by the router"));
+                self.encode(rules::goodbye(d.reason_code, "closed by the router"));
                 return Err(End::RouterGone);
             }
             Some(p @ (Packet::PubAck(..) | Packet::PubRec(..))) => {
@@ -1083,20 +643,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
 
     /// The router's SUBACK with the refused filters put back in their places.
     fn splice(&mut self, ack: SubAck) -> SubAck {
-        let Some(slots) = self.pending_subacks.remove(&ack.pkid) else {
-            return ack;
-        };
-        let mut granted = ack.return_codes.into_iter();
-        let return_codes = slots
-            .into_iter()
-            .map(|slot| {
-                slot.or_else(|| granted.next())
-                    .unwrap_or(SubscribeReasonCode::Unspecified)
-            })
-            .collect();
-        SubAck {
-            pkid: ack.pkid,
-            return_codes,
+        match self.pending_subacks.remove(&ack.pkid) {
+            Some(slots) => rules::splice(slots, ack),
+            None => ack,
         }
     }
 
@@ -1119,15 +668,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
         if end.fires_will()
             && let Some(will) = self.will.take()
         {
-            let due = match end {
-                End::Shutdown | End::TakenOver(_, false) => Duration::ZERO,
-                _ => will.due_after(self.expiry),
-            };
-            if due.is_zero() {
-                now = Some(will);
-            } else if !matches!(end, End::TakenOver(_, true)) {
-                self.broker.gate.metrics().broker_event("will_delayed");
-                held = Some((will, Instant::now() + due));
+            match end.will_fate(will.due_after(self.expiry)) {
+                WillFate::Now => now = Some(will),
+                WillFate::Held(due) => {
+                    self.broker.gate.metrics().broker_event("will_delayed");
+                    held = Some((will, Instant::now() + due));
+                }
+                WillFate::Cancelled => {}
             }
         }
         // The router first (will, then leaving), so that a client seeing the close knows its
@@ -1140,13 +687,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
             {
                 packets.push(p);
             }
-            packets.push(normal_disconnect());
+            packets.push(rules::normal_disconnect());
             let _ = self.send_to_router(packets).await;
         }
         if let (Version::V5, Some(reason_code)) = (self.codec.version, end.reason()) {
             let bye = self
                 .delivery
-                .fit_disconnect(self.codec, goodbye(reason_code, end.label()));
+                .fit_disconnect(self.codec, rules::goodbye(reason_code, end.label()));
             let _ = timeout(
                 Duration::from_secs(1),
                 write_packets(&mut self.stream, self.codec, [bye]),
@@ -1156,10 +703,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
         let _ = timeout(Duration::from_secs(1), self.stream.shutdown()).await;
         let stored = !self.clean;
         let filters = stored.then(|| std::mem::take(&mut self.subscriptions));
-        self.broker.sessions.store_filters(&self.client_id, filters);
+        self.broker
+            .directory
+            .store_filters(&self.client_id, filters);
         // A stored session lasts as long as its expiry says, unless a new connection owns it now.
         let mut expires = None;
-        if stored && !matches!(end, End::TakenOver(..) | End::RouterGone | End::Shutdown) {
+        if stored && end.starts_expiry() {
             match self.expiry.left() {
                 Some(left) if left.is_zero() => {
                     afterlife::expire(&self.broker, &self.client_id).await
@@ -1186,16 +735,6 @@ fn on_unsubscribe(
     to_router: &mut Vec<Packet>,
     to_client: &mut Vec<Packet>,
 ) {
-    let reasons = match codec.version {
-        Version::V4 => Vec::new(),
-        Version::V5 => vec![UnsubAckReason::Success; u.filters.len()],
-    };
-    to_client.push(Packet::UnsubAck(
-        UnsubAck {
-            pkid: u.pkid,
-            reasons,
-        },
-        None,
-    ));
+    to_client.push(rules::unsuback(codec.version, u.pkid, u.filters.len()));
     to_router.push(Packet::Unsubscribe(u, props));
 }

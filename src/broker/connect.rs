@@ -22,6 +22,7 @@ use super::delivery::Delivery;
 use super::directory::Control;
 use super::live::{Attached, Live};
 use super::refusal::Refusal;
+use super::router::Link;
 use super::rules::{self, End};
 use super::{Arrival, Broker, TlsIdentity};
 use crate::acl::Action;
@@ -63,37 +64,8 @@ pub(super) async fn serve<S>(
 {
     let mut rbuf = BytesMut::with_capacity(4096);
     let max = broker.settings.max_packet_size;
-    let hello = match timeout(
-        broker.settings.connect_timeout,
-        read_connect(&mut stream, &mut rbuf, max),
-    )
-    .await
-    {
-        Ok(Ok(hello)) => hello,
-        Ok(Err(FrameError::UnsupportedLevel(level))) => {
-            tracing::debug!(%peer, level, "MQTT CONNECT with an unsupported protocol level");
-            let refuse = Codec::new(Version::V4, max);
-            let _ = write_packets(
-                &mut stream,
-                refuse,
-                [rules::connack(
-                    ConnectReturnCode::RefusedProtocolVersion,
-                    false,
-                    None,
-                )],
-            )
-            .await;
-            return;
-        }
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "MQTT connection closed before CONNECT");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "MQTT CONNECT timed out");
-            broker.gate.metrics().broker_event("connect_timeout");
-            return;
-        }
+    let Some(hello) = greet(&broker, &mut stream, &mut rbuf, peer).await else {
+        return;
     };
     let admitted = admit(&broker, &hello, peer, tls.as_ref()).await;
     // Decided: no longer among the connections before their CONNACK.
@@ -133,21 +105,10 @@ pub(super) async fn serve<S>(
     if let Some(previous) = previous {
         take_over(&broker, previous, &client_id, !clean_start).await;
     }
-    // rumqttd's clean flag both discards a stored session at attach and keeps none at detach. A
-    // 5.0 clean start whose session outlives the connection needs the first without the second:
-    // discard first, then attach as a stored session.
-    let outlives = expiry != Expiry::AtClose;
-    if clean_start && outlives {
-        afterlife::discard(&broker, &client_id).await;
-    }
-    let clean = clean_start && !outlives;
-    let link = match broker.router.attach(&client_id, clean).await {
-        Ok(link) => link,
-        Err(e) => {
-            tracing::warn!(%client_id, error = %e, "router refused an admitted client");
-            let refusal = Refusal::Unavailable;
-            return refuse(&broker, &mut stream, codec, &client_id, &refusal).await;
-        }
+    let Some((link, clean)) =
+        attach(&broker, &mut stream, codec, &client_id, clean_start, expiry).await
+    else {
+        return;
     };
     let ack = rules::connack(
         ConnectReturnCode::Success,
@@ -194,6 +155,66 @@ pub(super) async fn serve<S>(
     Live::new(attached)
         .run(ctl_rx, registration, Some(arrival.slot), admission)
         .await;
+}
+
+/// Attaches the admitted client to the router, returning its link and whether it is attached
+/// clean; refuses the CONNECT (server unavailable) when the router does not take it.
+async fn attach<S: AsyncWrite + Unpin>(
+    broker: &Broker,
+    stream: &mut S,
+    codec: Codec,
+    client_id: &str,
+    clean_start: bool,
+    expiry: Expiry,
+) -> Option<(Link, bool)> {
+    // rumqttd's clean flag both discards a stored session at attach and keeps none at detach. A
+    // 5.0 clean start whose session outlives the connection needs the first without the second:
+    // discard first, then attach as a stored session.
+    let outlives = expiry != Expiry::AtClose;
+    if clean_start && outlives {
+        afterlife::discard(broker, client_id).await;
+    }
+    let clean = clean_start && !outlives;
+    match broker.router.attach(client_id, clean).await {
+        Ok(link) => Some((link, clean)),
+        Err(e) => {
+            tracing::warn!(%client_id, error = %e, "router refused an admitted client");
+            let refusal = Refusal::Unavailable;
+            refuse(broker, stream, codec, client_id, &refusal).await;
+            None
+        }
+    }
+}
+
+/// Reads the CONNECT within `connect_timeout`; `None` when there is none to decide (closed,
+/// malformed, timed out, or an unsupported protocol level, which is answered with its CONNACK).
+async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
+    broker: &Broker,
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    peer: SocketAddr,
+) -> Option<Hello> {
+    let max = broker.settings.max_packet_size;
+    let limit = broker.settings.connect_timeout;
+    match timeout(limit, read_connect(stream, rbuf, max)).await {
+        Ok(Ok(hello)) => Some(hello),
+        Ok(Err(FrameError::UnsupportedLevel(level))) => {
+            tracing::debug!(%peer, level, "MQTT CONNECT with an unsupported protocol level");
+            let refuse = Codec::new(Version::V4, max);
+            let code = ConnectReturnCode::RefusedProtocolVersion;
+            let _ = write_packets(stream, refuse, [rules::connack(code, false, None)]).await;
+            None
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "MQTT connection closed before CONNECT");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "MQTT CONNECT timed out");
+            broker.gate.metrics().broker_event("connect_timeout");
+            None
+        }
+    }
 }
 
 /// Reads bytes until a complete CONNECT is buffered; picks the codec from its protocol level.

@@ -20,6 +20,14 @@
 //! - [`tls`]: the mTLS listener (client certificates through the device-certificate verifier).
 //! - [`afterlife`]: 5.0 will delay and session expiry, after a connection has closed.
 //! - [`limits`]: resource bounds per session, device and tenant; the retained-message book.
+//!
+//! Time: what the registry decides by wall-clock time (a credential's expiry, a certificate's
+//! end) is read from the gate's [`Clock`](crate::clock::Clock), and a live session re-checks
+//! itself when the clock says its footing ends. Waiting itself is tokio's: the `Clock` reads
+//! "now" but cannot wake a task, so the MQTT intervals measured from an event on the connection
+//! (CONNECT timeout, keep-alive, write and takeover bounds, will delay, session expiry after
+//! close, the TLS handshake bound, accept back-off) are tokio timers on its monotonic clock, as
+//! a manual clock that never moves must not freeze them.
 
 mod ackorder;
 pub mod afterlife;

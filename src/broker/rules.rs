@@ -47,6 +47,16 @@ pub(super) fn keep_alive(secs: u16) -> Option<Duration> {
     (secs > 0).then(|| Duration::from_millis(u64::from(secs) * 1500))
 }
 
+/// When the keep-alive timer fires at `now`: the deadline to re-arm it at, or `None` when the
+/// client has been silent for its whole keep-alive (the session ends).
+pub(super) fn keep_alive_rearm<T>(last_seen: T, keep_alive: Duration, now: T) -> Option<T>
+where
+    T: std::ops::Add<Duration, Output = T> + Ord + Copy,
+{
+    let deadline = last_seen + keep_alive;
+    (now < deadline).then_some(deadline)
+}
+
 /// When the session's footing ends (Unix seconds): the connect credential's expiry or the
 /// certificate's end, whichever is first.
 pub(super) fn footing_end(credential: Option<i64>, cert_not_after: Option<i64>) -> Option<i64> {
@@ -329,6 +339,20 @@ mod tests {
             keep_alive(u16::MAX),
             Some(Duration::from_millis(65_535 * 1500))
         );
+    }
+
+    #[test]
+    fn the_keep_alive_timer_rearms_from_the_last_packet_and_ends_a_silent_session() {
+        let t0 = std::time::Instant::now();
+        let ka = Duration::from_secs(15);
+        let s = Duration::from_secs;
+        assert_eq!(keep_alive_rearm(t0, ka, t0 + s(10)), Some(t0 + ka));
+        assert_eq!(
+            keep_alive_rearm(t0 + s(10), ka, t0 + s(15)),
+            Some(t0 + s(25))
+        );
+        assert_eq!(keep_alive_rearm(t0, ka, t0 + ka), None);
+        assert_eq!(keep_alive_rearm(t0, ka, t0 + s(16)), None);
     }
 
     #[test]

@@ -205,12 +205,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
                 Event::Buffered => self.on_buffered().await,
                 Event::Router(r) => self.on_router(r).await,
                 Event::KeepAliveTimer => {
-                    let deadline = self.last_seen + self.keep_alive.unwrap_or(far);
-                    if Instant::now() >= deadline {
-                        Err(End::KeepAlive)
-                    } else {
-                        timer.as_mut().reset(deadline);
-                        Ok(())
+                    let ka = self.keep_alive.unwrap_or(far);
+                    match rules::keep_alive_rearm(self.last_seen, ka, Instant::now()) {
+                        Some(deadline) => {
+                            timer.as_mut().reset(deadline);
+                            Ok(())
+                        }
+                        None => Err(End::KeepAlive),
                     }
                 }
                 Event::Expiry => {

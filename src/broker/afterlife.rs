@@ -1,7 +1,7 @@
 //! What a session leaves behind when its connection closes: a 5.0 will held back by its Will
 //! Delay Interval, and a stored session that expires after its Session Expiry Interval.
 //!
-//! Until both are settled the client id stays registered in [`Sessions`](super::sessions), held
+//! Until both are settled the client id stays registered in [`Directory`](super::directory), held
 //! by a small task instead of a connection: a new CONNECT for the client id takes it over like a
 //! live session. If the new connection resumes the session (clean start off) before the delay
 //! has passed, the will is not sent; if it starts clean, the old session ends there and then, and
@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 use super::codec::{self, Version};
-use super::sessions::{Control, Registration};
+use super::directory::{Control, Registration};
 use super::{Broker, ready_now};
 use crate::acl::Action;
 
@@ -244,7 +244,7 @@ pub async fn expire(broker: &Broker, client_id: &str) {
 
 /// Discards the stored session of `client_id` inside the router: a clean attach does that.
 pub async fn discard(broker: &Broker, client_id: &str) {
-    broker.sessions.store_filters(client_id, None);
+    broker.directory.store_filters(client_id, None);
     match broker.router.attach(client_id, true).await {
         Ok(mut link) => {
             let bye = Disconnect {

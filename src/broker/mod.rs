@@ -4,29 +4,43 @@
 //! peer address, and later a verified TLS identity), checks every SUBSCRIBE filter and PUBLISH
 //! before the router sees it, and attaches admitted clients to rumqttd's router through its public
 //! local-link API ([`router`]). Each connection is its own task; the accept loop never waits on a
-//! client. Registry changes reach live sessions through [`sessions::Sessions::notify`].
+//! client. Registry changes reach live sessions through [`directory::Directory::notify`].
 //!
 //! - [`codec`]: version sniffing and guarded framing over rumqttd's protocol codec.
 //! - [`guard`]: refusals before the router sees a packet (shared subscriptions, bounds).
 //! - [`refusal`]: which CONNACK code a refusal gets.
-//! - [`session`]: one connection, from CONNECT to close.
+//! - [`connect`]: the CONNECT phase: read, admit or refuse, take over, attach, CONNACK.
+//! - [`live`]: the live loop of an admitted connection (I/O only), and its end.
+//! - [`rules`]: the pure MQTT rules: refusal acks, SUBACK splicing, UNSUBACK, keep-alive
+//!   arithmetic, what each way of ending means on the wire.
 //! - [`delivery`]: the client's 5.0 Maximum Packet Size and Receive Maximum on what it is sent.
-//! - [`sessions`]: live sessions by client id, connections per address.
+//! - [`directory`]: the directory of live connections: sessions by client id, connections per
+//!   address.
 //! - [`router`]: rumqttd's router and link building.
 //! - [`tls`]: the mTLS listener (client certificates through the device-certificate verifier).
 //! - [`afterlife`]: 5.0 will delay and session expiry, after a connection has closed.
 //! - [`limits`]: resource bounds per session, device and tenant; the retained-message book.
+//!
+//! Time: what the registry decides by wall-clock time (a credential's expiry, a certificate's
+//! end) is read from the gate's [`Clock`](crate::clock::Clock), and a live session re-checks
+//! itself when the clock says its footing ends. Waiting itself is tokio's: the `Clock` reads
+//! "now" but cannot wake a task, so the MQTT intervals measured from an event on the connection
+//! (CONNECT timeout, keep-alive, write and takeover bounds, will delay, session expiry after
+//! close, the TLS handshake bound, accept back-off) are tokio timers on its monotonic clock, as
+//! a manual clock that never moves must not freeze them.
 
 mod ackorder;
 pub mod afterlife;
 pub mod codec;
+mod connect;
 mod delivery;
+pub mod directory;
 pub mod guard;
 pub mod limits;
+mod live;
 pub mod refusal;
 pub mod router;
-pub mod session;
-pub mod sessions;
+mod rules;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -39,8 +53,8 @@ use tokio::sync::{Semaphore, broadcast, watch};
 
 use crate::gate::Gate;
 use crate::registry::Change;
+use directory::Directory;
 use router::RouterHandle;
-use sessions::Sessions;
 
 /// The broker's configuration (`mqtt_*` keys).
 #[derive(Debug, Clone, Copy)]
@@ -76,7 +90,7 @@ pub struct TlsIdentity {
 pub struct Broker {
     pub(crate) gate: Arc<Gate>,
     pub(crate) router: RouterHandle,
-    pub(crate) sessions: Arc<Sessions>,
+    pub(crate) directory: Arc<Directory>,
     pub(crate) settings: BrokerSettings,
     pub(crate) capacity: Arc<Semaphore>,
     /// Connections before their CONNACK (`mqtt_max_unauthenticated`).
@@ -110,7 +124,7 @@ impl Broker {
         let broker = Arc::new(Broker {
             gate,
             router,
-            sessions: Arc::new(Sessions::default()),
+            directory: Arc::new(Directory::default()),
             settings,
             capacity: Arc::new(Semaphore::new(settings.max_connections)),
             unanswered: Arc::new(Semaphore::new(settings.limits.max_unauthenticated)),
@@ -127,15 +141,13 @@ impl Broker {
 
     /// Number of live sessions.
     pub fn live_sessions(&self) -> usize {
-        self.sessions.len()
+        self.directory.len()
     }
 
-    /// Waits (at most `limit`) until every session has ended, after shutdown told them to.
+    /// Waits (at most `limit`) until every session has ended, after shutdown told them to: woken
+    /// by the last one leaving, not by polling.
     pub async fn drain(&self, limit: Duration) {
-        let deadline = tokio::time::Instant::now() + limit;
-        while !self.sessions.is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let _ = tokio::time::timeout(limit, self.directory.emptied()).await;
     }
 
     /// Accepts plain-TCP connections on `listener` until shutdown; each gets its own task.
@@ -173,7 +185,7 @@ impl Broker {
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        session::run(self, stream, peer, tls, arrival).await;
+        connect::serve(self, stream, peer, tls, arrival).await;
     }
 
     /// Admits a connection at accept, before any byte is read: `None` (close it) when its
@@ -186,7 +198,7 @@ impl Broker {
             return None;
         };
         let max = self.settings.max_conns_per_peer;
-        let Some(slot) = self.sessions.peer_slot(peer.ip(), max) else {
+        let Some(slot) = self.directory.peer_slot(peer.ip(), max) else {
             metrics.broker_event("peer_refused_at_accept");
             return None;
         };
@@ -200,13 +212,13 @@ impl Broker {
 /// A connection admitted at accept: its place in its address's count (for its whole life) and
 /// among the connections not answered yet (until its CONNACK).
 pub struct Arrival {
-    pub(crate) slot: sessions::PeerSlot,
+    pub(crate) slot: directory::PeerSlot,
     pub(crate) unanswered: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Ends every live session when mqgate shuts down (or the shutdown sender goes away).
 fn spawn_shutdown_watch(broker: &Arc<Broker>) {
-    let sessions = Arc::clone(&broker.sessions);
+    let directory = Arc::clone(&broker.directory);
     let mut shutdown = broker.shutdown.clone();
     tokio::spawn(async move {
         while !*shutdown.borrow_and_update() {
@@ -214,7 +226,7 @@ fn spawn_shutdown_watch(broker: &Arc<Broker>) {
                 break;
             }
         }
-        sessions.shutdown_all().await;
+        directory.shutdown_all().await;
     });
 }
 
@@ -226,7 +238,7 @@ fn spawn_revocation_watch(
     mut changes: broadcast::Receiver<Change>,
     mut reloads: broadcast::Receiver<Change>,
 ) {
-    let sessions = Arc::clone(&broker.sessions);
+    let directory = Arc::clone(&broker.directory);
     tokio::spawn(async move {
         loop {
             let received = tokio::select! {
@@ -237,9 +249,9 @@ fn spawn_revocation_watch(
                 c = reloads.recv() => c,
             };
             match received {
-                Ok(change) => sessions.notify(&change),
+                Ok(change) => directory.notify(&change),
                 // Missed some: every session re-checks.
-                Err(broadcast::error::RecvError::Lagged(_)) => sessions.notify(&Change::Resync),
+                Err(broadcast::error::RecvError::Lagged(_)) => directory.notify(&Change::Resync),
                 Err(broadcast::error::RecvError::Closed) => return,
             }
         }

@@ -1,12 +1,13 @@
-//! Who is connected: one live session per client id (a new one takes the old one over), a count
-//! of connections per peer address, and the handles revocation uses to reach live sessions.
+//! The directory of live connections: who is connected (one live session per client id, a new
+//! one takes the old one over), a count of connections per peer address, the handles revocation
+//! uses to reach live sessions, and a watch of how many are live (what shutdown waits on).
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::registry::{Change, TenantId};
 
@@ -36,8 +37,10 @@ struct Entry {
 
 /// The live sessions and connections per peer.
 #[derive(Default)]
-pub struct Sessions {
+pub struct Directory {
     by_client: Mutex<HashMap<String, Entry>>,
+    /// How many sessions `by_client` holds, sent under its lock on every change.
+    live: watch::Sender<usize>,
     per_peer: Mutex<HashMap<IpAddr, usize>>,
     next_id: AtomicU64,
     /// Filters of stored (clean session off) sessions, which the router restores on reconnect:
@@ -45,31 +48,32 @@ pub struct Sessions {
     stored_filters: Mutex<HashMap<String, HashSet<String>>>,
 }
 
-/// A live session's place in [`Sessions`]; leaving it (drop) removes the session.
+/// A live session's place in [`Directory`]; leaving it (drop) removes the session.
 pub struct Registration {
-    sessions: Arc<Sessions>,
+    directory: Arc<Directory>,
     client_id: String,
     id: u64,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut map = lock(&self.sessions.by_client);
+        let mut map = lock(&self.directory.by_client);
         if map.get(&self.client_id).is_some_and(|e| e.id == self.id) {
             map.remove(&self.client_id);
+            self.directory.live.send_replace(map.len());
         }
     }
 }
 
 /// One connection from a peer address; dropping it gives the slot back.
 pub struct PeerSlot {
-    sessions: Arc<Sessions>,
+    directory: Arc<Directory>,
     ip: IpAddr,
 }
 
 impl Drop for PeerSlot {
     fn drop(&mut self) {
-        let mut map = lock(&self.sessions.per_peer);
+        let mut map = lock(&self.directory.per_peer);
         if let Some(n) = map.get_mut(&self.ip) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -79,7 +83,7 @@ impl Drop for PeerSlot {
     }
 }
 
-impl Sessions {
+impl Directory {
     /// Counts a new connection from `ip`; `None` when `ip` already has `limit` (0: no limit).
     pub fn peer_slot(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<PeerSlot> {
         let mut map = lock(&self.per_peer);
@@ -89,7 +93,7 @@ impl Sessions {
         }
         *n += 1;
         Some(PeerSlot {
-            sessions: Arc::clone(self),
+            directory: Arc::clone(self),
             ip,
         })
     }
@@ -108,9 +112,14 @@ impl Sessions {
             tenant,
             control,
         };
-        let old = lock(&self.by_client).insert(client_id.to_string(), entry);
+        let old = {
+            let mut map = lock(&self.by_client);
+            let old = map.insert(client_id.to_string(), entry);
+            self.live.send_replace(map.len());
+            old
+        };
         let reg = Registration {
-            sessions: Arc::clone(self),
+            directory: Arc::clone(self),
             client_id: client_id.to_string(),
             id,
         };
@@ -177,6 +186,13 @@ impl Sessions {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Waits until no session is live (at once if none is).
+    pub async fn emptied(&self) {
+        let mut live = self.live.subscribe();
+        // The sender lives in `self`, so the watch cannot close while this waits.
+        let _ = live.wait_for(|n| *n == 0).await;
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -189,7 +205,7 @@ mod tests {
 
     #[test]
     fn a_peer_gets_at_most_its_limit_and_slots_come_back_on_drop() {
-        let s = Arc::new(Sessions::default());
+        let s = Arc::new(Directory::default());
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let a = s.peer_slot(ip, 2).unwrap();
         let _b = s.peer_slot(ip, 2).unwrap();
@@ -201,7 +217,7 @@ mod tests {
 
     #[test]
     fn a_second_registration_returns_the_first_and_only_the_newest_is_removed() {
-        let s = Arc::new(Sessions::default());
+        let s = Arc::new(Directory::default());
         let (tx1, _rx1) = mpsc::channel(1);
         let (tx2, _rx2) = mpsc::channel(1);
         let (first, none) = s.register("c", TenantId(1), tx1);
@@ -218,9 +234,28 @@ mod tests {
         assert!(s.is_empty());
     }
 
+    #[tokio::test]
+    async fn emptied_waits_for_the_last_session_to_leave() {
+        let s = Arc::new(Directory::default());
+        s.emptied().await;
+        let (tx, _rx) = mpsc::channel(1);
+        let (reg, _) = s.register("c", TenantId(1), tx);
+        let waiting = tokio::spawn({
+            let s = Arc::clone(&s);
+            async move { s.emptied().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "a live session keeps drain waiting");
+        drop(reg);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("drain ends once the last session leaves")
+            .unwrap();
+    }
+
     #[test]
     fn changes_reach_the_sessions_they_concern() {
-        let s = Arc::new(Sessions::default());
+        let s = Arc::new(Directory::default());
         let (tx1, mut rx1) = mpsc::channel(1);
         let (tx2, mut rx2) = mpsc::channel(1);
         let _a = s.register("a", TenantId(1), tx1);

@@ -273,6 +273,13 @@ async fn admit(
     {
         return Err(Refusal::AuthMethod);
     }
+    if hello
+        .props
+        .as_ref()
+        .is_some_and(|p| p.receive_maximum == Some(0) || p.max_packet_size == Some(0))
+    {
+        return Err(Refusal::ProtocolError);
+    }
     if tls.is_some_and(|t| t.identity.client_id != client_id) {
         return Err(Refusal::IdentityMismatch);
     }

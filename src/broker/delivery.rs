@@ -65,8 +65,8 @@ pub(super) struct Delivery {
 }
 
 impl Delivery {
-    /// The limits from a 5.0 CONNECT (`None` for 3.1.1). A 0 in either is a protocol error the
-    /// client made; it is read as "no limit".
+    /// The limits from a 5.0 CONNECT (`None` for 3.1.1). A 0 in either is a protocol error,
+    /// refused at CONNECT (0x82); should one reach here, it is read as "no limit".
     pub(super) fn new(receive_max: Option<u16>, max_packet: Option<u32>) -> Self {
         let max_packet = max_packet
             .filter(|m| *m > 0)

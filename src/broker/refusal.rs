@@ -11,6 +11,7 @@
 //! | registry unavailable, verification interrupted, router refused | 3 server unavailable | 0x88 server unavailable |
 //! | client id the registry would refuse (empty, over 256 bytes, `+ # / $`, control characters) | 2 identifier rejected | 0x85 |
 //! | enhanced authentication (5.0 AUTH method) | 5 not authorized | 0x8C bad authentication method |
+//! | 5.0 Receive Maximum or Maximum Packet Size of 0 (MQTT-3.1.2-24 / §3.1.2.11.4: a protocol error) | — | 0x82 protocol error |
 
 use rumqttd::protocol::ConnectReturnCode as Code;
 
@@ -35,6 +36,9 @@ pub enum Refusal {
     BadClientId,
     /// 5.0 enhanced authentication, which mqgate does not offer.
     AuthMethod,
+    /// A 5.0 CONNECT property the specification calls a protocol error (Receive Maximum or
+    /// Maximum Packet Size of 0).
+    ProtocolError,
 }
 
 impl Refusal {
@@ -53,6 +57,7 @@ impl Refusal {
             Refusal::Unavailable => "unavailable",
             Refusal::BadClientId => "bad_client_id",
             Refusal::AuthMethod => "auth_method",
+            Refusal::ProtocolError => "protocol_error",
         }
     }
 
@@ -73,6 +78,7 @@ impl Refusal {
             (Refusal::Unavailable, V5) => Code::ServerUnavailable,
             (Refusal::BadClientId, _) => Code::ClientIdentifierNotValid,
             (Refusal::AuthMethod, V5) => Code::BadAuthenticationMethod,
+            (Refusal::ProtocolError, V5) => Code::ProtocolError,
             _ => Code::NotAuthorized,
         }
     }

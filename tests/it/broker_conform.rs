@@ -519,3 +519,41 @@ async fn pubacks_keep_the_order_of_the_publishes_when_some_are_refused() {
         raw.send(&[0xE0, 0]).await;
     }
 }
+
+/// A 5.0 CONNECT with Receive Maximum 0 or Maximum Packet Size 0 is a protocol error (MQTT 5.0
+/// §3.1.2.11.3, §3.1.2.11.4): CONNACK 0x82, then close. Raw bytes (a library will not send them).
+#[tokio::test]
+async fn a_zero_receive_maximum_or_maximum_packet_size_is_a_protocol_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (store, _dir) = sqlite_store().await;
+    let app = TestApp::start(store).await;
+    let addr = app.mqtt.expect("embedded broker is on in tests");
+    let token = app.device("acme", "dev-1").await;
+    let connect = |props: &[u8]| {
+        let s = |v: &[u8]| [&(v.len() as u16).to_be_bytes()[..], v].concat();
+        let mut body = s(b"MQTT");
+        body.extend([5, 0b1100_0010, 0, 60, props.len() as u8]);
+        body.extend(props);
+        body.extend(s(b"dev-1"));
+        body.extend(s(b"dev-1"));
+        body.extend(s(token.as_bytes()));
+        crate::raw::frame(0x10, &body)
+    };
+    let cases: [(&[u8], u8); 4] = [
+        (&[0x21, 0, 0], 0x82),
+        (&[0x27, 0, 0, 0, 0], 0x82),
+        (&[0x21, 0, 10], 0),
+        (&[0x27, 0, 1, 0, 0], 0),
+    ];
+    for (props, want) in cases {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(&connect(props)).await.unwrap();
+        let mut head = [0u8; 4];
+        tokio::time::timeout(WAIT, s.read_exact(&mut head))
+            .await
+            .expect("a CONNACK")
+            .unwrap();
+        assert_eq!((head[0], head[3]), (0x20, want), "properties {props:?}");
+        s.write_all(&[0xE0, 0]).await.unwrap();
+    }
+}

@@ -53,7 +53,7 @@ fn main() {
     let snap = trust.current();
     let start = Instant::now();
     for d in &devices {
-        assert_eq!(snap.identify(d, &[], now).unwrap().tenant, TenantId(1));
+        assert_eq!(snap.identify(d, &[], now).unwrap().tenant(), TenantId(1));
     }
     report("first sight (parse + chain check)", devices.len(), start);
     let start = Instant::now();
@@ -61,7 +61,7 @@ fn main() {
         let id = snap
             .identify(&devices[i % devices.len()], &[], now)
             .unwrap();
-        assert_eq!(id.tenant, TenantId(1));
+        assert_eq!(id.tenant(), TenantId(1));
     }
     report("seen before (remembered)", n, start);
 }

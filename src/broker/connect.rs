@@ -140,7 +140,7 @@ pub(super) async fn serve<S>(
         client_id,
         peer: peer.ip().to_string(),
         credential_id: admission.credential_id,
-        cert_not_after: tls.as_ref().map(|t| t.identity.not_after),
+        cert_not_after: tls.as_ref().map(|t| t.identity.not_after()),
         cert_chain: tls.map(|t| t.chain),
         device: Arc::clone(&admission.device),
         will,
@@ -280,7 +280,7 @@ async fn admit(
     {
         return Err(Refusal::ProtocolError);
     }
-    if tls.is_some_and(|t| t.identity.client_id != client_id) {
+    if tls.is_some_and(|t| t.identity.client_id() != client_id) {
         return Err(Refusal::IdentityMismatch);
     }
     let epoch = broker.gate.registry().epoch();

@@ -184,12 +184,12 @@ pub fn decide_connect(device: &DeviceView, proof: Option<&VerifiedSecret>, now: 
 /// Checks that a certificate identity belongs to the connecting `device`: same tenant, same
 /// client id. `Err` carries the deny.
 pub fn check_cert_identity(device: &DeviceView, id: &CertIdentity) -> Result<(), Decision> {
-    if id.tenant != device.tenant {
+    if id.tenant() != device.tenant {
         return Err(Decision::deny(Cause::CertRejected(
             CertRejection::WrongTenant,
         )));
     }
-    if id.client_id != device.client_id {
+    if id.client_id() != device.client_id {
         return Err(Decision::deny(Cause::CertRejected(CertRejection::Mismatch)));
     }
     Ok(())
@@ -198,8 +198,8 @@ pub fn check_cert_identity(device: &DeviceView, id: &CertIdentity) -> Result<(),
 /// The allow for a device identified by certificate alone.
 pub fn allow_by_certificate(id: &CertIdentity, names_only: bool) -> Decision {
     Decision::allow(Cause::Certificate {
-        fingerprint: id.fingerprint.clone(),
-        not_after: id.not_after,
+        fingerprint: id.fingerprint().to_string(),
+        not_after: id.not_after(),
         names_only,
     })
 }

@@ -121,21 +121,48 @@ impl CertRejection {
     }
 }
 
-/// The device a certificate identifies.
+/// The device a certificate identifies: a proof, made only by the trust decision
+/// ([`TrustSnapshot`]), so that no other code can present an unverified certificate as verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertIdentity {
+    tenant: TenantId,
+    tenant_name: String,
+    client_id: String,
+    fingerprint: String,
+    not_after: i64,
+    ca: Option<String>,
+}
+
+impl CertIdentity {
     /// Tenant.
-    pub tenant: TenantId,
+    pub fn tenant(&self) -> TenantId {
+        self.tenant
+    }
+
     /// Tenant name.
-    pub tenant_name: String,
+    pub fn tenant_name(&self) -> &str {
+        &self.tenant_name
+    }
+
     /// MQTT client id.
-    pub client_id: String,
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
     /// SHA-256 fingerprint, hex.
-    pub fingerprint: String,
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
     /// Validity end, Unix seconds.
-    pub not_after: i64,
+    pub fn not_after(&self) -> i64 {
+        self.not_after
+    }
+
     /// The issuing CA's name, when one of the tenant's CAs issued it.
-    pub ca: Option<String>,
+    pub fn ca(&self) -> Option<&str> {
+        self.ca.as_deref()
+    }
 }
 
 /// A CA's state as operators see it (`ca list`, metrics).

@@ -79,6 +79,9 @@ pub enum Cause {
     },
     /// The client certificate was refused.
     CertRejected(CertRejection),
+    /// A live session admitted by its TLS identity (no stored credential) stays: the device still
+    /// exists and is enabled (its certificate is re-checked on every trust change).
+    DeviceStands,
 }
 
 impl Cause {
@@ -99,6 +102,7 @@ impl Cause {
         match self {
             Cause::UnknownClient => "unknown_client",
             Cause::DeviceDisabled => "device_disabled",
+            Cause::DeviceStands => "device_stands",
             Cause::UsernameMismatch => "username_mismatch",
             Cause::NoSecret => "no_secret",
             Cause::BadSecret => "bad_secret",
@@ -124,6 +128,7 @@ impl Cause {
         match self {
             Cause::UnknownClient => "unknown client id".into(),
             Cause::DeviceDisabled => "device is disabled".into(),
+            Cause::DeviceStands => "device still exists and is enabled".into(),
             Cause::UsernameMismatch => "username does not match the device".into(),
             Cause::NoSecret => "no password or token presented".into(),
             Cause::BadSecret => "secret matches no credential of the device".into(),

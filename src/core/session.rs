@@ -17,7 +17,7 @@ pub fn decide_session(
     }
     let Some(id) = credential_id else {
         // Admitted without a stored credential (a TLS identity): the device's state decides.
-        return Decision::allow(Cause::Acl(crate::acl::AclVerdict::NoRule));
+        return Decision::allow(Cause::DeviceStands);
     };
     match device.credentials.iter().find(|c| c.id == id) {
         Some(c) if c.is_active(now) => Decision::allow(Cause::Credential {
@@ -56,6 +56,14 @@ mod tests {
     #[test]
     fn a_session_stays_while_device_and_credential_hold() {
         assert!(decide_session(Some(&device(true, None)), Some(7), 100).is_allow());
+    }
+
+    #[test]
+    fn a_session_without_a_credential_stands_on_the_device_alone() {
+        let d = decide_session(Some(&device(true, None)), None, 100);
+        assert_eq!(d, Decision::allow(Cause::DeviceStands));
+        let off = decide_session(Some(&device(false, None)), None, 100);
+        assert_eq!(off.cause, Cause::DeviceDisabled);
     }
 
     #[test]

@@ -134,8 +134,7 @@ impl PgStore {
         )
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
-        Ok(())
+        Self::commit_announcing(tx, &certs_payload(t)).await
     }
 
     pub(crate) async fn update_ca_crl(

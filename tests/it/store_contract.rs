@@ -965,3 +965,229 @@ both_stores!(
     contract_every_write_announced,
     every_registry_write_announces_exactly_its_scope
 );
+
+async fn familiar_addresses_are_bounded_newest_first_and_per_device(store: Store) {
+    let s = migrated(store).await;
+    let a = s.create_tenant("acme", NOW).await.unwrap().id;
+    let b = s.create_tenant("globex", NOW).await.unwrap().id;
+    s.create_device(a, &dev("d1"), NOW).await.unwrap();
+    s.create_device(a, &dev("d2"), NOW).await.unwrap();
+    for (addr, at) in [("10.0.0.1", 5), ("10.0.0.2", 7), ("10.0.0.3", 6)] {
+        s.remember_address(a, "d1", addr, at, 2).await.unwrap();
+    }
+    s.remember_address(a, "d2", "10.0.0.9", 1, 2).await.unwrap();
+    s.remember_address(a, "nobody", "10.0.0.8", 1, 2)
+        .await
+        .expect("a device that is gone is ignored");
+    s.remember_address(b, "d1", "10.6.6.6", 99, 2)
+        .await
+        .expect("another tenant's device is ignored");
+    let of = |v: Vec<(String, i64)>| v;
+    assert_eq!(
+        of(s.familiar_addresses(a, "d1").await.unwrap()),
+        vec![("10.0.0.2".to_string(), 7), ("10.0.0.3".to_string(), 6)],
+        "the two newest, newest first"
+    );
+    s.remember_address(a, "d1", "10.0.0.3", 4, 2).await.unwrap();
+    assert_eq!(
+        s.familiar_addresses(a, "d1").await.unwrap(),
+        vec![("10.0.0.2".to_string(), 7), ("10.0.0.3".to_string(), 6)],
+        "an older login never moves the time back"
+    );
+    assert_eq!(
+        s.familiar_addresses(a, "d2").await.unwrap(),
+        vec![("10.0.0.9".to_string(), 1)]
+    );
+    assert_eq!(s.familiar_addresses(b, "d1").await.unwrap(), vec![]);
+    s.remove_device(a, "d1").await.unwrap();
+    s.create_device(a, &dev("d1"), NOW).await.unwrap();
+    assert_eq!(
+        s.familiar_addresses(a, "d1").await.unwrap(),
+        vec![],
+        "gone with the device"
+    );
+}
+both_stores!(
+    contract_familiar_addresses,
+    familiar_addresses_are_bounded_newest_first_and_per_device
+);
+
+async fn failures_lock_out_once_per_window_and_clear_and_purge(store: Store) {
+    use mqgate::registry::{FailureRule, LockScope, StoredLockout};
+    let s = migrated(store).await;
+    let rule = FailureRule {
+        max: 3,
+        window_ms: 1_000,
+        lockout_ms: 5_000,
+    };
+    let t0 = 1_000_000;
+    let id = LockScope::ClientId;
+    assert_eq!(s.count_failure(id, "d1", t0, rule).await.unwrap(), None);
+    assert_eq!(
+        s.count_failure(id, "d1", t0 + 2_000, rule).await.unwrap(),
+        None,
+        "a failure after the window starts it again"
+    );
+    assert_eq!(
+        s.count_failure(id, "d1", t0 + 2_100, rule).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        s.count_failure(id, "d1", t0 + 2_200, rule).await.unwrap(),
+        Some(t0 + 7_200)
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            s.count_failure(id, "d1", t0 + 2_300, rule).await.unwrap(),
+            None,
+            "failures during a lockout never start another"
+        );
+    }
+    assert_eq!(
+        s.count_failure(LockScope::Address, "d1", t0, rule)
+            .await
+            .unwrap(),
+        None,
+        "scopes count apart"
+    );
+    let held = StoredLockout {
+        scope: LockScope::Address,
+        key: "10.0.0.1".into(),
+        until_ms: t0 + 9_000,
+    };
+    s.put_lockout(&held).await.unwrap();
+    s.put_lockout(&StoredLockout {
+        until_ms: t0 + 100,
+        ..held.clone()
+    })
+    .await
+    .unwrap();
+    let mut active = s.active_lockouts(t0 + 3_000).await.unwrap();
+    active.sort_by_key(|l| l.until_ms);
+    assert_eq!(
+        active,
+        vec![
+            StoredLockout {
+                scope: id,
+                key: "d1".into(),
+                until_ms: t0 + 7_200
+            },
+            held.clone()
+        ],
+        "a later end is kept"
+    );
+    assert_eq!(s.active_lockouts(t0 + 8_000).await.unwrap(), vec![held]);
+    assert!(s.clear_failures("d1").await.unwrap(), "both scopes of d1");
+    assert!(!s.clear_failures("d1").await.unwrap());
+    assert_eq!(s.active_lockouts(t0).await.unwrap().len(), 1);
+    s.count_failure(id, "d2", t0, rule).await.unwrap();
+    assert_eq!(
+        s.purge_failures(t0 + 500, 1_000).await.unwrap(),
+        0,
+        "a window still open and a lockout in force stay"
+    );
+    assert_eq!(s.purge_failures(t0 + 10_000, 1_000).await.unwrap(), 2);
+    assert!(s.active_lockouts(0).await.unwrap().is_empty());
+    assert!(!s.clear_failures("d2").await.unwrap());
+}
+both_stores!(
+    contract_failures,
+    failures_lock_out_once_per_window_and_clear_and_purge
+);
+
+async fn audit_appends_chain_in_order_and_page(store: Store) {
+    use mqgate::audit::{AuditEvent, AuditRecord, chain};
+    let s = migrated(store).await;
+    let rec = |at_ms, tenant, client_id: &str| AuditRecord {
+        at_ms,
+        tenant,
+        event: AuditEvent::Connect {
+            client_id: client_id.into(),
+            peer: "10.0.0.1:1".into(),
+            verdict: "deny",
+            cause: "unknown_client",
+            reason: "no such device".into(),
+        },
+    };
+    assert!(s.list_audit(0, 10).await.unwrap().is_empty());
+    s.append_audit(&[rec(1, None, "a"), rec(2, Some(1), "b")])
+        .await
+        .unwrap();
+    s.append_audit(&[]).await.unwrap();
+    s.append_audit(&[rec(3, Some(2), "c")]).await.unwrap();
+    let all = s.list_audit(0, 10).await.unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|e| (e.at_ms, e.tenant, e.kind.as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            (1, None, "connect"),
+            (2, Some(1), "connect"),
+            (3, Some(2), "connect")
+        ]
+    );
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(all[0].prev_hash, chain::GENESIS);
+    let (_, detail) = rec(3, Some(2), "c").encode();
+    assert_eq!(all[2].detail, detail);
+    chain::verify(&all, chain::GENESIS.into()).expect("one unbroken chain across appends");
+    let page = s.list_audit(all[0].id, 1).await.unwrap();
+    assert_eq!(page, vec![all[1].clone()]);
+    assert!(s.list_audit(all[2].id, 10).await.unwrap().is_empty());
+}
+both_stores!(contract_audit, audit_appends_chain_in_order_and_page);
+
+async fn ping_answers_and_close_is_seen(store: Store) {
+    let s = migrated(store).await;
+    s.ping().await.unwrap();
+    assert!(!s.is_closed());
+    s.close().await;
+    assert!(s.is_closed());
+    assert!(s.ping().await.is_err(), "a closed store does not answer");
+}
+both_stores!(contract_ping_close, ping_answers_and_close_is_seen);
+
+/// PostgreSQL replicas share lockouts through the feed (SQLite is one node: nothing to announce).
+#[sqlx::test(migrations = false)]
+async fn lockouts_that_begin_or_are_cleared_are_announced(pool: sqlx::PgPool) {
+    use mqgate::registry::{FailureRule, LockScope, StoredLockout};
+    let s = migrated(Store::Postgres(mqgate::registry::pg::PgStore::from_pool(
+        pool,
+    )))
+    .await;
+    let mut rx = s.subscribe_changes().await.unwrap().unwrap();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("announced")
+            .unwrap()
+    };
+    let rule = FailureRule {
+        max: 1,
+        window_ms: 1_000,
+        lockout_ms: 5_000,
+    };
+    let until = s
+        .count_failure(LockScope::ClientId, "d1", 10, rule)
+        .await
+        .unwrap()
+        .unwrap();
+    let lock = |scope, key: &str, until_ms| {
+        Change::Lockout(StoredLockout {
+            scope,
+            key: key.into(),
+            until_ms,
+        })
+    };
+    assert_eq!(next().await, lock(LockScope::ClientId, "d1", until));
+    let put = StoredLockout {
+        scope: LockScope::Address,
+        key: "10.0.0.1".into(),
+        until_ms: 99,
+    };
+    s.put_lockout(&put).await.unwrap();
+    assert_eq!(next().await, Change::Lockout(put));
+    assert!(s.clear_failures("d1").await.unwrap());
+    assert_eq!(next().await, lock(LockScope::ClientId, "d1", 0));
+    s.close().await;
+}

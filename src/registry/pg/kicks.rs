@@ -47,17 +47,19 @@ impl PgStore {
     }
 
     pub(crate) async fn prune_kicks(&self, now: i64, keep_pending: i64) -> StoreResult<u64> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query!(
             "UPDATE emqx_kicks SET keep_until = $2 WHERE keep_until IS NULL AND done_at IS NULL \
              AND (due_at IS NULL OR due_at <= $1)",
             now,
             now.saturating_add(keep_pending)
         )
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         let gone = sqlx::query!("DELETE FROM emqx_kicks WHERE keep_until < $1", now)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(gone.rows_affected())
     }
 

@@ -155,7 +155,8 @@ impl SqliteStore {
         c: &NewDeviceCert,
         now: i64,
     ) -> StoreResult<StoredDeviceCert> {
-        let device_id = self.device_id(t, client_id).await?;
+        let mut tx = self.write().await?;
+        let device_id = Self::device_id(&mut tx, t, client_id).await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO device_certs (tenant_id, device_id, ca_id, fingerprint, serial, subject, not_before, not_after, created_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
@@ -169,14 +170,15 @@ impl SqliteStore {
         .bind(c.not_before)
         .bind(c.not_after)
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(|e| rows::conflict(e, || format!("certificate {}", c.fingerprint)))?;
         let r = sqlx::query(cert_select!("c.id = ?"))
             .bind(t.0)
             .bind(id)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(device_cert(&r)?)
     }
 
@@ -197,20 +199,22 @@ impl SqliteStore {
         fingerprint: &str,
         at: i64,
     ) -> StoreResult<StoredDeviceCert> {
+        let mut tx = self.write().await?;
         sqlx::query(
             "UPDATE device_certs SET revoked_at = COALESCE(revoked_at, ?) WHERE tenant_id = ? AND fingerprint = ?",
         )
         .bind(at)
         .bind(t.0)
         .bind(fingerprint)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         let r = sqlx::query(cert_select!("c.fingerprint = ?"))
             .bind(t.0)
             .bind(fingerprint)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("certificate {fingerprint}")))?;
+        tx.commit().await?;
         Ok(device_cert(&r)?)
     }
 }

@@ -50,18 +50,20 @@ impl SqliteStore {
     }
 
     pub(crate) async fn prune_kicks(&self, now: i64, keep_pending: i64) -> StoreResult<u64> {
+        let mut tx = self.write().await?;
         sqlx::query(
             "UPDATE emqx_kicks SET keep_until = ? WHERE keep_until IS NULL AND done_at IS NULL \
              AND (due_at IS NULL OR due_at <= ?)",
         )
         .bind(now.saturating_add(keep_pending))
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         let gone = sqlx::query("DELETE FROM emqx_kicks WHERE keep_until < ?")
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(gone.rows_affected())
     }
 

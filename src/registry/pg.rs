@@ -3,9 +3,10 @@
 //!
 //! Every tenant-scoped statement runs in a transaction that first sets `mqgate.tenant_id`
 //! (transaction-local); the tables' policies then hide every other tenant's rows even from a query
-//! that forgot its `WHERE tenant_id = …` (it never does: that clause is the first fence). Writes
-//! announce themselves with `pg_notify` inside the same transaction, so a change and its
-//! notification commit together.
+//! that forgot its `WHERE tenant_id = …` (it never does: that clause is the first fence). Registry
+//! rows announce their changes from triggers calling `pg_notify` (migration 0009, as SQLite's
+//! triggers feed its change table), so a change and its notification commit together whoever
+//! writes; lockouts, which are no registry rows, are announced here.
 
 mod audit;
 mod certs;
@@ -58,23 +59,6 @@ impl From<DeviceRow> for Device {
             created_at: r.created_at,
         }
     }
-}
-
-fn device_payload(t: TenantId, client_id: &str) -> String {
-    format!("d:{}:{client_id}", t.0)
-}
-
-/// The payload for a change to one device (`Some`) or to the whole tenant.
-fn scope_payload(t: TenantId, client_id: Option<&str>) -> String {
-    match client_id {
-        Some(c) => device_payload(t, c),
-        None => format!("t:{}", t.0),
-    }
-}
-
-/// The payload for a change to a tenant's certificates.
-fn certs_payload(t: TenantId) -> String {
-    format!("c:{}", t.0)
 }
 
 /// The payload for a lockout that began or (`until_ms` 0) was cleared.
@@ -155,8 +139,8 @@ impl PgStore {
         Ok(tx)
     }
 
-    /// Announces the change on the NOTIFY channel and commits: the notification is delivered
-    /// with the commit, never for a change that rolled back.
+    /// Announces a lockout on the NOTIFY channel and commits: the notification is delivered with
+    /// the commit, never for a change that rolled back.
     async fn commit_announcing(mut tx: Tx, payload: &str) -> StoreResult<()> {
         sqlx::query!("SELECT pg_notify($1, $2)", CHANNEL, payload)
             .fetch_one(&mut *tx)
@@ -248,7 +232,7 @@ impl PgStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| rows::conflict(e, conflict))?;
-        Self::commit_announcing(tx, &device_payload(t, &d.client_id)).await?;
+        tx.commit().await?;
         Ok(r.into())
     }
 
@@ -268,7 +252,7 @@ impl PgStore {
         .execute(&mut *tx)
         .await?;
         rows::one(done.rows_affected(), client_id)?;
-        Self::commit_announcing(tx, &device_payload(t, client_id)).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -289,7 +273,7 @@ impl PgStore {
         )
         .execute(&mut *tx)
         .await?;
-        Self::commit_announcing(tx, &device_payload(t, client_id)).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -326,7 +310,7 @@ impl PgStore {
         )
         .fetch_one(&mut *tx)
         .await?;
-        Self::commit_announcing(tx, &device_payload(t, client_id)).await?;
+        tx.commit().await?;
         Ok(id)
     }
 
@@ -350,7 +334,7 @@ impl PgStore {
         )
         .execute(&mut *tx)
         .await?;
-        Self::commit_announcing(tx, &device_payload(t, client_id)).await?;
+        tx.commit().await?;
         Ok(done.rows_affected())
     }
 
@@ -362,7 +346,7 @@ impl PgStore {
         digest: &str,
     ) -> StoreResult<()> {
         let mut tx = self.scoped(t).await?;
-        let owner = sqlx::query_scalar!(
+        sqlx::query_scalar!(
             "UPDATE credentials c SET kind = $3, digest = $4 FROM devices d \
              WHERE c.tenant_id = $1 AND c.id = $2 AND d.tenant_id = $1 AND d.id = c.device_id RETURNING d.client_id",
             t.0,
@@ -373,7 +357,7 @@ impl PgStore {
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("credential {credential_id}")))?;
-        Self::commit_announcing(tx, &device_payload(t, &owner)).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -408,7 +392,7 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         }
-        Self::commit_announcing(tx, &scope_payload(t, client_id)).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -455,7 +439,7 @@ impl PgStore {
         )
         .fetch_one(&mut *tx)
         .await?;
-        Self::commit_announcing(tx, &scope_payload(t, client_id)).await?;
+        tx.commit().await?;
         Ok(id)
     }
 
@@ -501,7 +485,7 @@ impl PgStore {
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("rule {rule_id}")))?
         .client_id;
-        Self::commit_announcing(tx, &scope_payload(t, owner.as_deref())).await?;
+        tx.commit().await?;
         Ok(owner)
     }
 
@@ -578,7 +562,8 @@ mod tests {
 
     #[test]
     fn notification_payloads_round_trip() {
-        let c = parse_payload(&device_payload(TenantId(7), "a:b:c")).unwrap();
+        // Written by the triggers of `migrations/postgres/0009_change_triggers.sql`.
+        let c = parse_payload("d:7:a:b:c").unwrap();
         assert_eq!(
             c,
             Change::Device {
@@ -587,10 +572,7 @@ mod tests {
             }
         );
         assert_eq!(parse_payload("t:3"), Some(Change::Tenant(TenantId(3))));
-        assert_eq!(
-            parse_payload(&certs_payload(TenantId(4))),
-            Some(Change::Certs(TenantId(4)))
-        );
+        assert_eq!(parse_payload("c:4"), Some(Change::Certs(TenantId(4))));
         let l = StoredLockout {
             scope: LockScope::Address,
             key: "2001:db8::1".into(),

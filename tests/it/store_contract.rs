@@ -1191,3 +1191,38 @@ async fn lockouts_that_begin_or_are_cleared_are_announced(pool: sqlx::PgPool) {
     assert_eq!(next().await, lock(LockScope::ClientId, "d1", 0));
     s.close().await;
 }
+
+/// Announcements come from the tables' triggers, so a change made outside mqgate (an operator's
+/// hand-written statement) reaches every replica too, and a rolled-back one never does.
+#[sqlx::test(migrations = false)]
+async fn a_change_written_by_hand_is_announced_and_a_rolled_back_one_is_not(pool: sqlx::PgPool) {
+    let s = migrated(Store::Postgres(mqgate::registry::pg::PgStore::from_pool(
+        pool.clone(),
+    )))
+    .await;
+    let a = s.create_tenant("acme", NOW).await.unwrap().id;
+    s.create_device(a, &dev("dev-1"), NOW).await.unwrap();
+    let mut rx = s.subscribe_changes().await.unwrap().unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("UPDATE devices SET enabled = FALSE WHERE tenant_id = $1")
+        .bind(a.0)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    sqlx::query("INSERT INTO acl_rules (tenant_id, permission, action, topic, created_at) VALUES ($1, 'allow', 'all', 'x', 0)")
+        .bind(a.0)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got,
+        Change::Tenant(a),
+        "the rolled-back update said nothing"
+    );
+    s.close().await;
+}

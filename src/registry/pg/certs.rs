@@ -1,5 +1,5 @@
 //! Certificate authorities and device certificates in PostgreSQL, fenced by tenant; every write
-//! announces `c:<tenant>` so each replica reloads its trust.
+//! announces `c:<tenant>` (from the tables' triggers) so each replica reloads its trust.
 
 use super::*;
 
@@ -100,7 +100,7 @@ impl PgStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| rows::conflict(e, || format!("CA {} (or this certificate)", c.name)))?;
-        Self::commit_announcing(tx, &certs_payload(t)).await?;
+        tx.commit().await?;
         Ok(row.into())
     }
 
@@ -134,7 +134,7 @@ impl PgStore {
         )
         .execute(&mut *tx)
         .await?;
-        Self::commit_announcing(tx, &certs_payload(t)).await
+        Ok(tx.commit().await?)
     }
 
     pub(crate) async fn update_ca_crl(
@@ -172,7 +172,7 @@ impl PgStore {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("CA {ca_id}")));
         }
-        Self::commit_announcing(tx, &certs_payload(t)).await
+        Ok(tx.commit().await?)
     }
 
     pub(crate) async fn add_device_cert(
@@ -204,7 +204,7 @@ impl PgStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| rows::conflict(e, || format!("certificate {}", c.fingerprint)))?;
-        Self::commit_announcing(tx, &certs_payload(t)).await?;
+        tx.commit().await?;
         Ok(row.into())
     }
 
@@ -248,7 +248,7 @@ impl PgStore {
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("certificate {fingerprint}")))?;
-        Self::commit_announcing(tx, &certs_payload(t)).await?;
+        tx.commit().await?;
         Ok(row.into())
     }
 }

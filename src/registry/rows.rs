@@ -146,57 +146,168 @@ pub(crate) fn chain_rows(
         .collect()
 }
 
-/// One row of a one-device cache fill: `src` says what it is (`c` credential, `r` rule, `l` limit)
-/// and the generic columns hold its fields (see `load_client` in either store).
-pub(crate) struct ChildRow {
-    pub src: String,
-    pub id: i64,
-    pub device_id: Option<i64>,
-    pub s1: Option<String>,
-    pub s2: Option<String>,
-    pub s3: Option<String>,
-    pub n1: Option<i64>,
-    pub n2: Option<i64>,
-    pub f1: Option<f64>,
+/// The cache fill of one device: one JSON document, built by either database (PostgreSQL's
+/// `mqgate_fill_clients`, migration 0010; SQLite's `FILL_SQL`) and decoded here, the one place
+/// that turns a fill into a [`DeviceRecord`].
+#[derive(serde::Deserialize)]
+pub(crate) struct FillDoc {
+    tenant_name: String,
+    device: FillDevice,
+    credentials: Vec<FillCredential>,
+    rules: Vec<FillRule>,
+    limits: Vec<FillLimit>,
 }
 
-/// Builds the record of `dev` from its fill rows.
-pub(crate) fn from_children(
-    tenant_name: &str,
-    dev: Device,
-    children: Vec<ChildRow>,
-) -> StoreResult<Option<DeviceRecord>> {
-    let missing = || StoreError::Invalid("incomplete row in a cache fill".into());
-    let (mut creds, mut rules, mut limits) = (vec![], vec![], vec![]);
-    for r in children {
-        match r.src.as_str() {
-            "c" => creds.push((
-                dev.id,
-                Credential {
-                    id: r.id,
-                    kind: kind(r.s1.as_deref().ok_or_else(missing)?)?,
-                    digest: r.s2.ok_or_else(missing)?,
-                    created_at: r.n1.ok_or_else(missing)?,
-                    expires_at: r.n2,
-                },
-            )),
-            "r" => rules.push(
+#[derive(serde::Deserialize)]
+struct FillDevice {
+    id: i64,
+    tenant_id: i64,
+    client_id: String,
+    username: Option<String>,
+    enabled: bool,
+    created_at: i64,
+}
+
+#[derive(serde::Deserialize)]
+struct FillCredential {
+    id: i64,
+    kind: String,
+    digest: String,
+    created_at: i64,
+    expires_at: Option<i64>,
+}
+
+#[derive(serde::Deserialize)]
+struct FillRule {
+    id: i64,
+    device_id: Option<i64>,
+    permission: String,
+    action: String,
+    topic: String,
+}
+
+#[derive(serde::Deserialize)]
+struct FillLimit {
+    device_id: Option<i64>,
+    per_sec: f64,
+    burst: i64,
+}
+
+impl FillDoc {
+    /// Decodes a fill document (never echoing it: it holds credential digests).
+    pub(crate) fn parse(json: &str) -> StoreResult<FillDoc> {
+        serde_json::from_str(json).map_err(|e| {
+            StoreError::Invalid(format!(
+                "malformed cache fill (line {}, column {})",
+                e.line(),
+                e.column()
+            ))
+        })
+    }
+
+    /// The record: credentials in id order, the device's own rules then the tenant's (each in id
+    /// order), whatever order the database aggregated them in.
+    pub(crate) fn into_record(self) -> StoreResult<DeviceRecord> {
+        let d = self.device;
+        let device = Device {
+            id: d.id,
+            tenant_id: TenantId(d.tenant_id),
+            client_id: d.client_id,
+            username: d.username,
+            enabled: d.enabled,
+            created_at: d.created_at,
+        };
+        let creds = self
+            .credentials
+            .into_iter()
+            .map(|c| {
+                let cred = Credential {
+                    id: c.id,
+                    kind: kind(&c.kind)?,
+                    digest: c.digest,
+                    created_at: c.created_at,
+                    expires_at: c.expires_at,
+                };
+                Ok((device.id, cred))
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        let mut creds = creds;
+        creds.sort_by_key(|(_, c)| c.id);
+        let mut rules = self.rules;
+        rules.sort_by_key(|r| (r.device_id.is_none(), r.id));
+        let rules = rules
+            .into_iter()
+            .map(|r| {
                 RuleRow {
                     id: r.id,
                     device_id: r.device_id,
-                    client_id: r.device_id.map(|_| dev.client_id.clone()),
-                    permission: r.s1.ok_or_else(missing)?,
-                    action: r.s2.ok_or_else(missing)?,
-                    topic: r.s3.ok_or_else(missing)?,
+                    client_id: r.device_id.map(|_| device.client_id.clone()),
+                    permission: r.permission,
+                    action: r.action,
+                    topic: r.topic,
                 }
-                .into_stored()?,
-            ),
-            "l" => limits.push((
-                r.device_id,
-                rate(r.f1.ok_or_else(missing)?, r.n1.ok_or_else(missing)?)?,
-            )),
-            _ => {}
+                .into_stored()
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        let limits = self
+            .limits
+            .into_iter()
+            .map(|l| Ok((l.device_id, rate(l.per_sec, l.burst)?)))
+            .collect::<StoreResult<Vec<_>>>()?;
+        assemble(&self.tenant_name, vec![device], creds, rules, limits)
+            .pop()
+            .ok_or_else(|| StoreError::Invalid("empty cache fill".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = r#"{"tenant_name":"acme",
+        "device":{"id":4,"tenant_id":1,"client_id":"d","username":null,"enabled":true,"created_at":9},
+        "credentials":[{"id":8,"kind":"token","digest":"secret-digest","created_at":1,"expires_at":null},
+                       {"id":2,"kind":"argon2","digest":"$argon2id$x","created_at":1,"expires_at":5}],
+        "rules":[{"id":1,"device_id":null,"permission":"deny","action":"all","topic":"t"},
+                 {"id":7,"device_id":4,"permission":"allow","action":"publish","topic":"d"},
+                 {"id":3,"device_id":4,"permission":"allow","action":"subscribe","topic":"e"}],
+        "limits":[{"device_id":null,"per_sec":5,"burst":5},{"device_id":4,"per_sec":0.5,"burst":1}]}"#;
+
+    #[test]
+    fn a_fill_document_decodes_in_evaluation_order() {
+        let rec = FillDoc::parse(DOC).unwrap().into_record().unwrap();
+        assert_eq!(rec.tenant_name, "acme");
+        assert_eq!((rec.device.id, rec.device.tenant_id), (4, TenantId(1)));
+        assert_eq!(
+            rec.credentials.iter().map(|c| c.id).collect::<Vec<_>>(),
+            [2, 8]
+        );
+        assert_eq!(
+            rec.rules.iter().map(|r| r.id).collect::<Vec<_>>(),
+            [3, 7, 1]
+        );
+        assert_eq!(rec.rules[0].client_id.as_deref(), Some("d"));
+        assert_eq!(rec.rules[2].client_id, None);
+        assert_eq!(
+            (rec.device_limit, rec.tenant_limit),
+            (Rate::new(0.5, 1), Rate::new(5.0, 5))
+        );
+    }
+
+    #[test]
+    fn a_bad_fill_document_is_refused_without_echoing_it() {
+        for bad in [
+            DOC.replace("\"token\"", "\"rot13\""),
+            DOC.replace("\"burst\":1}", "\"burst\":0}"),
+            DOC.replace("\"enabled\":true", "\"enabled\":1"),
+            DOC.replace("\"tenant_name\":\"acme\",", ""),
+            "{\"secret-digest\"".to_string(),
+        ] {
+            let e = FillDoc::parse(&bad)
+                .and_then(FillDoc::into_record)
+                .expect_err("refused");
+            assert!(matches!(e, StoreError::Invalid(_)), "{e}");
+            assert!(!e.to_string().contains("secret-digest"), "{e}");
         }
     }
-    Ok(assemble(tenant_name, vec![dev], creds, rules, limits).pop())
 }

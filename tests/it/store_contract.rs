@@ -1226,3 +1226,78 @@ async fn a_change_written_by_hand_is_announced_and_a_rolled_back_one_is_not(pool
     );
     s.close().await;
 }
+
+async fn the_cache_fill_carries_every_field_the_loads_do(store: Store) {
+    let s = migrated(store).await;
+    let a = s.create_tenant("acme", NOW).await.unwrap().id;
+    s.create_device(
+        a,
+        &NewDevice {
+            client_id: "dev-\"1\"".into(),
+            username: Some("ü \\ name".into()),
+        },
+        NOW,
+    )
+    .await
+    .unwrap();
+    let c = "dev-\"1\"";
+    s.create_device(a, &dev("plain"), NOW).await.unwrap();
+    s.add_credential(a, c, &cred(CredentialKind::Token, "t2", Some(NOW + 7)), NOW)
+        .await
+        .unwrap();
+    s.add_credential(a, c, &cred(CredentialKind::Bcrypt, "$2b$x", None), NOW)
+        .await
+        .unwrap();
+    s.add_acl_rule(a, None, &rule(Permission::Deny, "t/#"), NOW)
+        .await
+        .unwrap();
+    s.add_acl_rule(a, Some(c), &rule(Permission::Allow, "d/\"q\"/+"), NOW)
+        .await
+        .unwrap();
+    s.set_rate_limit(a, Some(c), Rate::new(0.1, 3), NOW)
+        .await
+        .unwrap();
+    s.set_rate_limit(a, None, Rate::new(2.5, 7), NOW)
+        .await
+        .unwrap();
+    s.set_device_enabled(a, c, false).await.unwrap();
+    let loaded = s.load_device(a, c).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            loaded.device.enabled,
+            loaded.device.username.as_deref(),
+            loaded.credentials.len(),
+            loaded.rules.len(),
+            loaded.device_limit,
+            loaded.tenant_limit
+        ),
+        (
+            false,
+            Some("ü \\ name"),
+            2,
+            2,
+            Rate::new(0.1, 3),
+            Rate::new(2.5, 7)
+        )
+    );
+    assert_eq!(s.load_client(c).await.unwrap().as_ref(), Some(&loaded));
+    let plain = s.load_device(a, "plain").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            plain.credentials.len(),
+            plain.rules.len(),
+            plain.device_limit
+        ),
+        (0, 1, None)
+    );
+    let many = s
+        .load_clients(&[c.to_string(), "plain".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(many.get(c), Some(&loaded));
+    assert_eq!(many.get("plain"), Some(&plain));
+}
+both_stores!(
+    contract_fill_fields,
+    the_cache_fill_carries_every_field_the_loads_do
+);

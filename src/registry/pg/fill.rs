@@ -1,4 +1,5 @@
-//! Reads for the hot path: resolving a client id, the one-round-trip cache fill, and bulk loads for warm-up.
+//! Reads for the hot path: resolving a client id, the one-round-trip cache fill (one JSON document
+//! per device), and bulk loads for warm-up.
 
 use std::collections::HashMap;
 
@@ -23,55 +24,23 @@ impl PgStore {
             .remove(client_id))
     }
 
-    /// Cache fills for many client ids in one round trip (`mqgate_load_clients`, migration 0005).
+    /// Cache fills for many client ids in one round trip: one JSON document per device from
+    /// `mqgate_fill_clients` (migration 0010), decoded by the shared [`rows::FillDoc`].
     pub(crate) async fn load_clients(
         &self,
         ids: &[String],
     ) -> StoreResult<HashMap<String, DeviceRecord>> {
-        let rows = sqlx::query!("SELECT * FROM mqgate_load_clients($1)", ids)
+        let rows = sqlx::query!("SELECT cid, doc FROM mqgate_fill_clients($1)", ids)
             .fetch_all(&self.pool)
             .await?;
-        let mut by_client: HashMap<String, Vec<_>> = HashMap::new();
+        let mut out = HashMap::with_capacity(rows.len());
         for r in rows {
-            by_client
-                .entry(r.cid.clone().unwrap_or_default())
-                .or_default()
-                .push(r);
-        }
-        let missing = || StoreError::Invalid("incomplete row from mqgate_load_clients".into());
-        let mut out = HashMap::with_capacity(by_client.len());
-        for (cid, rows) in by_client {
-            let Some(d) = rows.iter().find(|r| r.src.as_deref() == Some("d")) else {
-                continue;
+            let (Some(cid), Some(doc)) = (r.cid, r.doc) else {
+                return Err(StoreError::Invalid(
+                    "incomplete row from mqgate_fill_clients".into(),
+                ));
             };
-            let dev = Device {
-                id: d.id.ok_or_else(missing)?,
-                tenant_id: TenantId(d.t_id.ok_or_else(missing)?),
-                client_id: d.s1.clone().ok_or_else(missing)?,
-                username: d.s2.clone(),
-                enabled: d.b1.ok_or_else(missing)?,
-                created_at: d.n1.ok_or_else(missing)?,
-            };
-            let name = d.s3.clone().ok_or_else(missing)?;
-            let children = rows
-                .into_iter()
-                .filter_map(|r| {
-                    Some(rows::ChildRow {
-                        src: r.src?,
-                        id: r.id?,
-                        device_id: r.device_id,
-                        s1: r.s1,
-                        s2: r.s2,
-                        s3: r.s3,
-                        n1: r.n1,
-                        n2: r.n2,
-                        f1: r.f1,
-                    })
-                })
-                .collect();
-            if let Some(rec) = rows::from_children(&name, dev, children)? {
-                out.insert(cid, rec);
-            }
+            out.insert(cid, rows::FillDoc::parse(&doc)?.into_record()?);
         }
         Ok(out)
     }

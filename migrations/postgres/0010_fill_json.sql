@@ -21,8 +21,8 @@ BEGIN
                     'username', d.username, 'enabled', d.enabled, 'created_at', d.created_at),
                 'credentials', COALESCE((
                     SELECT json_agg(json_build_object(
-                        'id', c.id, 'kind', c.kind, 'digest', c.digest,
-                        'created_at', c.created_at, 'expires_at', c.expires_at) ORDER BY c.id)
+                        'id', c.id, 'kind', c.kind, 'digest', c.digest, 'expires_at', c.expires_at)
+                        ORDER BY c.id)
                     FROM credentials c WHERE c.tenant_id = t AND c.device_id = d.id), '[]'::JSON),
                 'rules', COALESCE((
                     SELECT json_agg(json_build_object(

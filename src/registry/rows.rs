@@ -74,7 +74,7 @@ impl RuleRow {
 pub(crate) fn assemble(
     tenant_name: &str,
     devices: Vec<Device>,
-    creds: Vec<(i64, Credential)>,
+    creds: Vec<(i64, CredentialView)>,
     rules: Vec<StoredAclRule>,
     limits: Vec<(Option<i64>, Rate)>,
 ) -> Vec<DeviceRecord> {
@@ -83,7 +83,7 @@ pub(crate) fn assemble(
         .into_iter()
         .filter_map(|(d, r)| Some((d?, r)))
         .collect();
-    let mut by_device: HashMap<i64, Vec<Credential>> = HashMap::new();
+    let mut by_device: HashMap<i64, Vec<CredentialView>> = HashMap::new();
     for (device_id, c) in creds {
         by_device.entry(device_id).or_default().push(c);
     }
@@ -173,7 +173,6 @@ struct FillCredential {
     id: i64,
     kind: String,
     digest: String,
-    created_at: i64,
     expires_at: Option<i64>,
 }
 
@@ -221,11 +220,10 @@ impl FillDoc {
             .credentials
             .into_iter()
             .map(|c| {
-                let cred = Credential {
+                let cred = CredentialView {
                     id: c.id,
                     kind: kind(&c.kind)?,
                     digest: c.digest,
-                    created_at: c.created_at,
                     expires_at: c.expires_at,
                 };
                 Ok((device.id, cred))
@@ -266,8 +264,8 @@ mod tests {
 
     const DOC: &str = r#"{"tenant_name":"acme",
         "device":{"id":4,"tenant_id":1,"client_id":"d","username":null,"enabled":true,"created_at":9},
-        "credentials":[{"id":8,"kind":"token","digest":"secret-digest","created_at":1,"expires_at":null},
-                       {"id":2,"kind":"argon2","digest":"$argon2id$x","created_at":1,"expires_at":5}],
+        "credentials":[{"id":8,"kind":"token","digest":"secret-digest","expires_at":null},
+                       {"id":2,"kind":"argon2","digest":"$argon2id$x","expires_at":5}],
         "rules":[{"id":1,"device_id":null,"permission":"deny","action":"all","topic":"t"},
                  {"id":7,"device_id":4,"permission":"allow","action":"publish","topic":"d"},
                  {"id":3,"device_id":4,"permission":"allow","action":"subscribe","topic":"e"}],

@@ -44,15 +44,14 @@ fn tenant(r: &SqliteRow) -> Result<Tenant, sqlx::Error> {
     })
 }
 
-fn credential(r: &SqliteRow) -> StoreResult<(i64, Credential)> {
+fn credential(r: &SqliteRow) -> StoreResult<(i64, CredentialView)> {
     let kind: String = r.try_get("kind")?;
     Ok((
         r.try_get("device_id")?,
-        Credential {
+        CredentialView {
             id: r.try_get("id")?,
             kind: rows::kind(&kind)?,
             digest: r.try_get("digest")?,
-            created_at: r.try_get("created_at")?,
             expires_at: r.try_get("expires_at")?,
         },
     ))

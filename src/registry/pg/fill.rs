@@ -98,11 +98,10 @@ impl PgStore {
         .await?
         .into_iter()
         .map(|r| {
-            let c = Credential {
+            let c = CredentialView {
                 id: r.id,
                 kind: rows::kind(&r.kind)?,
                 digest: r.digest,
-                created_at: r.created_at,
                 expires_at: r.expires_at,
             };
             Ok((r.device_id, c))

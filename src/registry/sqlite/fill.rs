@@ -12,8 +12,7 @@ const FILL_SQL: &str = "SELECT json_object(
         'enabled', json(CASE WHEN d.enabled THEN 'true' ELSE 'false' END), 'created_at', d.created_at),
     'credentials', json((
         SELECT json_group_array(json_object(
-            'id', c.id, 'kind', c.kind, 'digest', c.digest, 'created_at', c.created_at,
-            'expires_at', c.expires_at))
+            'id', c.id, 'kind', c.kind, 'digest', c.digest, 'expires_at', c.expires_at))
         FROM credentials c WHERE c.tenant_id = d.tenant_id AND c.device_id = d.id)),
     'rules', json((
         SELECT json_group_array(json_object(

@@ -18,7 +18,7 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 use tokio::sync::mpsc;
 
-use super::rows::{self, RuleRow};
+use super::rows::{self, DeviceRow, RuleRow, TenantRow};
 use super::*;
 
 /// The NOTIFY channel.
@@ -37,29 +37,6 @@ pub struct PgStore {
 }
 
 type Tx = Transaction<'static, Postgres>;
-
-/// A `devices` row as the macros return it.
-struct DeviceRow {
-    id: i64,
-    tenant_id: i64,
-    client_id: String,
-    username: Option<String>,
-    enabled: bool,
-    created_at: i64,
-}
-
-impl From<DeviceRow> for Device {
-    fn from(r: DeviceRow) -> Device {
-        Device {
-            id: r.id,
-            tenant_id: TenantId(r.tenant_id),
-            client_id: r.client_id,
-            username: r.username,
-            enabled: r.enabled,
-            created_at: r.created_at,
-        }
-    }
-}
 
 /// The payload for a lockout that began or (`until_ms` 0) was cleared.
 fn lockout_payload(l: &StoredLockout) -> String {
@@ -161,7 +138,8 @@ impl PgStore {
     }
 
     pub(crate) async fn create_tenant(&self, name: &str, now: i64) -> StoreResult<Tenant> {
-        let r = sqlx::query!(
+        let r = sqlx::query_as!(
+            TenantRow,
             "INSERT INTO tenants (name, created_at) VALUES ($1, $2) RETURNING id, name, created_at",
             name,
             now
@@ -169,39 +147,28 @@ impl PgStore {
         .fetch_one(&self.pool)
         .await
         .map_err(|e| rows::conflict(e, || format!("tenant {name}")))?;
-        Ok(Tenant {
-            id: TenantId(r.id),
-            name: r.name,
-            created_at: r.created_at,
-        })
+        Ok(r.into())
     }
 
     pub(crate) async fn tenant_by_name(&self, name: &str) -> StoreResult<Option<Tenant>> {
-        let r = sqlx::query!(
+        let r = sqlx::query_as!(
+            TenantRow,
             "SELECT id, name, created_at FROM tenants WHERE name = $1",
             name
         )
         .fetch_optional(&self.pool)
         .await?;
-        Ok(r.map(|r| Tenant {
-            id: TenantId(r.id),
-            name: r.name,
-            created_at: r.created_at,
-        }))
+        Ok(r.map(Tenant::from))
     }
 
     pub(crate) async fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
-        let rs = sqlx::query!("SELECT id, name, created_at FROM tenants ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rs
-            .into_iter()
-            .map(|r| Tenant {
-                id: TenantId(r.id),
-                name: r.name,
-                created_at: r.created_at,
-            })
-            .collect())
+        let rs = sqlx::query_as!(
+            TenantRow,
+            "SELECT id, name, created_at FROM tenants ORDER BY name"
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rs.into_iter().map(Tenant::from).collect())
     }
 
     pub(crate) async fn create_device(

@@ -1,5 +1,6 @@
-//! Row plumbing shared by both stores: column encodings, error mapping, and assembling
-//! `DeviceRecord`s from the rows of a bulk load.
+//! Row plumbing shared by both stores: the row types both read (PostgreSQL through `query_as!`,
+//! SQLite through `FromRow`), column encodings, error mapping, the cache-fill document, and
+//! assembling `DeviceRecord`s from the rows of a bulk load.
 
 use std::collections::HashMap;
 
@@ -38,6 +39,122 @@ pub(crate) fn one(affected: u64, client_id: &str) -> StoreResult<()> {
         Err(no_device(client_id))
     } else {
         Ok(())
+    }
+}
+
+/// A `tenants` row, as both stores read it.
+#[derive(sqlx::FromRow)]
+pub(crate) struct TenantRow {
+    pub id: i64,
+    pub name: String,
+    pub created_at: i64,
+}
+
+impl From<TenantRow> for Tenant {
+    fn from(r: TenantRow) -> Tenant {
+        Tenant {
+            id: TenantId(r.id),
+            name: r.name,
+            created_at: r.created_at,
+        }
+    }
+}
+
+/// A `devices` row, as both stores read it.
+#[derive(sqlx::FromRow)]
+pub(crate) struct DeviceRow {
+    pub id: i64,
+    pub tenant_id: i64,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub enabled: bool,
+    pub created_at: i64,
+}
+
+impl From<DeviceRow> for Device {
+    fn from(r: DeviceRow) -> Device {
+        Device {
+            id: r.id,
+            tenant_id: TenantId(r.tenant_id),
+            client_id: r.client_id,
+            username: r.username,
+            enabled: r.enabled,
+            created_at: r.created_at,
+        }
+    }
+}
+
+/// A `cas` row, as both stores read it.
+#[derive(sqlx::FromRow)]
+pub(crate) struct CaRow {
+    pub id: i64,
+    pub tenant_id: i64,
+    pub name: String,
+    pub cert_der: Vec<u8>,
+    pub fingerprint: String,
+    pub subject: String,
+    pub not_after: i64,
+    pub key_sealed: Option<Vec<u8>>,
+    pub crl_url: Option<String>,
+    pub crl_der: Option<Vec<u8>>,
+    pub crl_number: i64,
+    pub crl_next_update: Option<i64>,
+    pub crl_error: Option<String>,
+    pub created_at: i64,
+}
+
+impl From<CaRow> for StoredCa {
+    fn from(r: CaRow) -> StoredCa {
+        StoredCa {
+            id: r.id,
+            tenant_id: TenantId(r.tenant_id),
+            name: r.name,
+            cert_der: r.cert_der,
+            fingerprint: r.fingerprint,
+            subject: r.subject,
+            not_after: r.not_after,
+            key_sealed: r.key_sealed,
+            crl_url: r.crl_url,
+            crl_der: r.crl_der,
+            crl_number: r.crl_number,
+            crl_next_update: r.crl_next_update,
+            crl_error: r.crl_error,
+            created_at: r.created_at,
+        }
+    }
+}
+
+/// A `device_certs` row with its device's client id, as both stores read it.
+#[derive(sqlx::FromRow)]
+pub(crate) struct CertRow {
+    pub id: i64,
+    pub tenant_id: i64,
+    pub client_id: String,
+    pub ca_id: Option<i64>,
+    pub fingerprint: String,
+    pub serial: String,
+    pub subject: String,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub revoked_at: Option<i64>,
+    pub created_at: i64,
+}
+
+impl From<CertRow> for StoredDeviceCert {
+    fn from(r: CertRow) -> StoredDeviceCert {
+        StoredDeviceCert {
+            id: r.id,
+            tenant_id: TenantId(r.tenant_id),
+            client_id: r.client_id,
+            ca_id: r.ca_id,
+            fingerprint: r.fingerprint,
+            serial: r.serial,
+            subject: r.subject,
+            not_before: r.not_before,
+            not_after: r.not_after,
+            revoked_at: r.revoked_at,
+            created_at: r.created_at,
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
-use sqlx::{Row, SqlitePool};
+use sqlx::{FromRow, Row, SqlitePool};
 
 use super::rows::{self, RuleRow};
 use super::*;
@@ -26,22 +26,11 @@ macro_rules! device_cols {
 }
 
 fn device(r: &SqliteRow) -> Result<Device, sqlx::Error> {
-    Ok(Device {
-        id: r.try_get("id")?,
-        tenant_id: TenantId(r.try_get("tenant_id")?),
-        client_id: r.try_get("client_id")?,
-        username: r.try_get("username")?,
-        enabled: r.try_get("enabled")?,
-        created_at: r.try_get("created_at")?,
-    })
+    rows::DeviceRow::from_row(r).map(Device::from)
 }
 
 fn tenant(r: &SqliteRow) -> Result<Tenant, sqlx::Error> {
-    Ok(Tenant {
-        id: TenantId(r.try_get("id")?),
-        name: r.try_get("name")?,
-        created_at: r.try_get("created_at")?,
-    })
+    rows::TenantRow::from_row(r).map(Tenant::from)
 }
 
 fn credential(r: &SqliteRow) -> StoreResult<(i64, CredentialView)> {

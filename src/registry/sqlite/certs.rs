@@ -22,38 +22,11 @@ macro_rules! cert_select {
 }
 
 fn ca(r: &SqliteRow) -> Result<StoredCa, sqlx::Error> {
-    Ok(StoredCa {
-        id: r.try_get("id")?,
-        tenant_id: TenantId(r.try_get("tenant_id")?),
-        name: r.try_get("name")?,
-        cert_der: r.try_get("cert_der")?,
-        fingerprint: r.try_get("fingerprint")?,
-        subject: r.try_get("subject")?,
-        not_after: r.try_get("not_after")?,
-        key_sealed: r.try_get("key_sealed")?,
-        crl_url: r.try_get("crl_url")?,
-        crl_der: r.try_get("crl_der")?,
-        crl_number: r.try_get("crl_number")?,
-        crl_next_update: r.try_get("crl_next_update")?,
-        crl_error: r.try_get("crl_error")?,
-        created_at: r.try_get("created_at")?,
-    })
+    rows::CaRow::from_row(r).map(StoredCa::from)
 }
 
 fn device_cert(r: &SqliteRow) -> Result<StoredDeviceCert, sqlx::Error> {
-    Ok(StoredDeviceCert {
-        id: r.try_get("id")?,
-        tenant_id: TenantId(r.try_get("tenant_id")?),
-        client_id: r.try_get("client_id")?,
-        ca_id: r.try_get("ca_id")?,
-        fingerprint: r.try_get("fingerprint")?,
-        serial: r.try_get("serial")?,
-        subject: r.try_get("subject")?,
-        not_before: r.try_get("not_before")?,
-        not_after: r.try_get("not_after")?,
-        revoked_at: r.try_get("revoked_at")?,
-        created_at: r.try_get("created_at")?,
-    })
+    rows::CertRow::from_row(r).map(StoredDeviceCert::from)
 }
 
 impl SqliteStore {

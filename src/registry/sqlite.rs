@@ -33,26 +33,6 @@ fn tenant(r: &SqliteRow) -> Result<Tenant, sqlx::Error> {
     rows::TenantRow::from_row(r).map(Tenant::from)
 }
 
-fn credential(r: &SqliteRow) -> StoreResult<(i64, CredentialView)> {
-    let kind: String = r.try_get("kind")?;
-    Ok((
-        r.try_get("device_id")?,
-        CredentialView {
-            id: r.try_get("id")?,
-            kind: rows::kind(&kind)?,
-            digest: r.try_get("digest")?,
-            expires_at: r.try_get("expires_at")?,
-        },
-    ))
-}
-
-fn limit(r: &SqliteRow) -> StoreResult<(Option<i64>, Rate)> {
-    Ok((
-        r.try_get("device_id")?,
-        rows::rate(r.try_get("per_sec")?, r.try_get("burst")?)?,
-    ))
-}
-
 fn rule(r: &SqliteRow) -> StoreResult<StoredAclRule> {
     RuleRow {
         id: r.try_get("id")?,

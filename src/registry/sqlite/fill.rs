@@ -3,9 +3,12 @@
 
 use super::*;
 
-/// The cache fill of one client id: the same document PostgreSQL's `mqgate_fill_clients` builds
-/// (`json(…)` keeps nested documents JSON through the scalar subqueries).
-const FILL_SQL: &str = "SELECT json_object(
+/// One device's record as a JSON document over `devices d JOIN tenants t`: the same document
+/// PostgreSQL's `mqgate_device_doc` builds (`json(…)` keeps nested documents JSON through the
+/// scalar subqueries). Followed by the FROM clause.
+macro_rules! device_doc {
+    ($from:literal) => {
+        concat!("SELECT json_object(
     'tenant_name', t.name,
     'device', json_object(
         'id', d.id, 'tenant_id', d.tenant_id, 'client_id', d.client_id, 'username', d.username,
@@ -24,10 +27,22 @@ const FILL_SQL: &str = "SELECT json_object(
             'device_id', l.device_id, 'per_sec', l.per_sec, 'burst', l.burst))
         FROM rate_limits l WHERE l.tenant_id = d.tenant_id AND (l.device_id = d.id OR l.device_id IS NULL)))
 )
-FROM client_directory cd
-JOIN devices d ON d.tenant_id = cd.tenant_id AND d.client_id = cd.client_id
-JOIN tenants t ON t.id = d.tenant_id
-WHERE cd.client_id = ?";
+", $from)
+    };
+}
+
+/// The cache fill of one client id.
+const FILL_SQL: &str = device_doc!(
+    " FROM client_directory cd \
+     JOIN devices d ON d.tenant_id = cd.tenant_id AND d.client_id = cd.client_id \
+     JOIN tenants t ON t.id = d.tenant_id WHERE cd.client_id = ?"
+);
+
+/// One device (`?2`) or, with `?2` NULL, every device of tenant `?1`, by client id.
+const LOAD_SQL: &str = device_doc!(
+    " FROM devices d JOIN tenants t ON t.id = d.tenant_id \
+     WHERE d.tenant_id = ?1 AND (?2 IS NULL OR d.client_id = ?2) ORDER BY d.client_id"
+);
 
 impl SqliteStore {
     pub(crate) async fn resolve_client(&self, client_id: &str) -> StoreResult<Option<TenantId>> {
@@ -78,91 +93,15 @@ impl SqliteStore {
         self.load(t, None).await
     }
 
-    /// One device (`Some`) or all of a tenant's, in five indexed queries whatever the count.
+    /// One device (`Some`) or all of a tenant's: the same documents as the cache fill.
     async fn load(&self, t: TenantId, one: Option<&str>) -> StoreResult<Vec<DeviceRecord>> {
-        let name: Option<String> = sqlx::query_scalar("SELECT name FROM tenants WHERE id = ?")
+        let docs: Vec<String> = sqlx::query_scalar(LOAD_SQL)
             .bind(t.0)
-            .fetch_optional(&self.pool)
-            .await?;
-        let Some(name) = name else { return Ok(vec![]) };
-        let q = match one {
-            Some(c) => sqlx::query(concat!(
-                "SELECT ",
-                device_cols!(),
-                " FROM devices WHERE tenant_id = ? AND client_id = ?"
-            ))
-            .bind(t.0)
-            .bind(c),
-            None => sqlx::query(concat!(
-                "SELECT ",
-                device_cols!(),
-                " FROM devices WHERE tenant_id = ? ORDER BY client_id"
-            ))
-            .bind(t.0),
-        };
-        let devices: Vec<Device> = q
+            .bind(one)
             .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(device)
-            .collect::<Result<_, _>>()?;
-        let one_id = match (one, devices.first()) {
-            (_, None) => return Ok(vec![]),
-            (Some(_), Some(d)) => Some(d.id),
-            (None, Some(_)) => None,
-        };
-        let creds = self
-            .scoped_rows(
-                t,
-                one_id,
-                "SELECT id, device_id, kind, digest, created_at, expires_at FROM credentials WHERE tenant_id = ?1 AND device_id = ?2 ORDER BY id",
-                "SELECT id, device_id, kind, digest, created_at, expires_at FROM credentials WHERE tenant_id = ?1 ORDER BY id",
-            )
-            .await?
-            .iter()
-            .map(credential)
-            .collect::<StoreResult<Vec<_>>>()?;
-        let rules = self
-            .scoped_rows(
-                t,
-                one_id,
-                "SELECT r.id, r.device_id, NULL AS client_id, r.permission, r.action, r.topic FROM acl_rules r WHERE r.tenant_id = ?1 AND r.device_id IS NULL \
-                 UNION ALL SELECT r.id, r.device_id, d.client_id, r.permission, r.action, r.topic FROM acl_rules r JOIN devices d ON d.id = r.device_id \
-                 WHERE r.tenant_id = ?1 AND r.device_id = ?2 ORDER BY 1",
-                "SELECT r.id, r.device_id, d.client_id, r.permission, r.action, r.topic FROM acl_rules r LEFT JOIN devices d ON d.id = r.device_id \
-                 WHERE r.tenant_id = ?1 ORDER BY r.id",
-            )
-            .await?
-            .iter()
-            .map(rule)
-            .collect::<StoreResult<Vec<_>>>()?;
-        let limits = self
-            .scoped_rows(
-                t,
-                one_id,
-                "SELECT device_id, per_sec, burst FROM rate_limits WHERE tenant_id = ?1 AND (device_id IS NULL) \
-                 UNION ALL SELECT device_id, per_sec, burst FROM rate_limits WHERE tenant_id = ?1 AND device_id = ?2",
-                "SELECT device_id, per_sec, burst FROM rate_limits WHERE tenant_id = ?1",
-            )
-            .await?
-            .iter()
-            .map(limit)
-            .collect::<StoreResult<Vec<_>>>()?;
-        Ok(rows::assemble(&name, devices, creds, rules, limits))
-    }
-
-    /// Runs `for_one` (binding the device id as `?2`) or `for_all`, both scoped to tenant `?1`.
-    async fn scoped_rows(
-        &self,
-        t: TenantId,
-        one: Option<i64>,
-        for_one: &'static str,
-        for_all: &'static str,
-    ) -> StoreResult<Vec<SqliteRow>> {
-        let q = match one {
-            Some(id) => sqlx::query(for_one).bind(t.0).bind(id),
-            None => sqlx::query(for_all).bind(t.0),
-        };
-        Ok(q.fetch_all(&self.pool).await?)
+            .await?;
+        docs.iter()
+            .map(|d| rows::FillDoc::parse(d)?.into_record())
+            .collect()
     }
 }

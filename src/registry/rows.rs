@@ -1,8 +1,5 @@
 //! Row plumbing shared by both stores: the row types both read (PostgreSQL through `query_as!`,
-//! SQLite through `FromRow`), column encodings, error mapping, the cache-fill document, and
-//! assembling `DeviceRecord`s from the rows of a bulk load.
-
-use std::collections::HashMap;
+//! SQLite through `FromRow`), column encodings, error mapping, and the device-record document.
 
 use super::*;
 
@@ -186,50 +183,6 @@ impl RuleRow {
     }
 }
 
-/// Builds one record per device from bulk rows: credentials by device id (rows in id order), and
-/// rules with the device's own first, then the tenant-wide ones (each in id order).
-pub(crate) fn assemble(
-    tenant_name: &str,
-    devices: Vec<Device>,
-    creds: Vec<(i64, CredentialView)>,
-    rules: Vec<StoredAclRule>,
-    limits: Vec<(Option<i64>, Rate)>,
-) -> Vec<DeviceRecord> {
-    let tenant_limit = limits.iter().find(|(d, _)| d.is_none()).map(|(_, r)| *r);
-    let device_limits: HashMap<i64, Rate> = limits
-        .into_iter()
-        .filter_map(|(d, r)| Some((d?, r)))
-        .collect();
-    let mut by_device: HashMap<i64, Vec<CredentialView>> = HashMap::new();
-    for (device_id, c) in creds {
-        by_device.entry(device_id).or_default().push(c);
-    }
-    let (tenant_rules, device_rules): (Vec<_>, Vec<_>) =
-        rules.into_iter().partition(|r| r.client_id.is_none());
-    let mut rules_of: HashMap<String, Vec<StoredAclRule>> = HashMap::new();
-    for r in device_rules {
-        rules_of
-            .entry(r.client_id.clone().unwrap_or_default())
-            .or_default()
-            .push(r);
-    }
-    devices
-        .into_iter()
-        .map(|device| {
-            let mut rules = rules_of.remove(&device.client_id).unwrap_or_default();
-            rules.extend(tenant_rules.iter().cloned());
-            DeviceRecord {
-                tenant_name: tenant_name.to_string(),
-                device_limit: device_limits.get(&device.id).copied(),
-                tenant_limit,
-                credentials: by_device.remove(&device.id).unwrap_or_default(),
-                rules,
-                device,
-            }
-        })
-        .collect()
-}
-
 /// An audit row ready to insert, linked onto the chain.
 pub(crate) struct ChainedRow {
     pub at: i64,
@@ -264,7 +217,7 @@ pub(crate) fn chain_rows(
 }
 
 /// The cache fill of one device: one JSON document, built by either database (PostgreSQL's
-/// `mqgate_fill_clients`, migration 0010; SQLite's `FILL_SQL`) and decoded here, the one place
+/// `mqgate_device_doc`, migration 0010; SQLite's `device_doc!`) and decoded here, the one place
 /// that turns a fill into a [`DeviceRecord`].
 #[derive(serde::Deserialize)]
 pub(crate) struct FillDoc {
@@ -325,29 +278,19 @@ impl FillDoc {
     /// order), whatever order the database aggregated them in.
     pub(crate) fn into_record(self) -> StoreResult<DeviceRecord> {
         let d = self.device;
-        let device = Device {
-            id: d.id,
-            tenant_id: TenantId(d.tenant_id),
-            client_id: d.client_id,
-            username: d.username,
-            enabled: d.enabled,
-            created_at: d.created_at,
-        };
-        let creds = self
+        let mut credentials = self
             .credentials
             .into_iter()
             .map(|c| {
-                let cred = CredentialView {
+                Ok(CredentialView {
                     id: c.id,
                     kind: kind(&c.kind)?,
                     digest: c.digest,
                     expires_at: c.expires_at,
-                };
-                Ok((device.id, cred))
+                })
             })
             .collect::<StoreResult<Vec<_>>>()?;
-        let mut creds = creds;
-        creds.sort_by_key(|(_, c)| c.id);
+        credentials.sort_by_key(|c| c.id);
         let mut rules = self.rules;
         rules.sort_by_key(|r| (r.device_id.is_none(), r.id));
         let rules = rules
@@ -356,7 +299,7 @@ impl FillDoc {
                 RuleRow {
                     id: r.id,
                     device_id: r.device_id,
-                    client_id: r.device_id.map(|_| device.client_id.clone()),
+                    client_id: r.device_id.map(|_| d.client_id.clone()),
                     permission: r.permission,
                     action: r.action,
                     topic: r.topic,
@@ -364,14 +307,29 @@ impl FillDoc {
                 .into_stored()
             })
             .collect::<StoreResult<Vec<_>>>()?;
-        let limits = self
-            .limits
-            .into_iter()
-            .map(|l| Ok((l.device_id, rate(l.per_sec, l.burst)?)))
-            .collect::<StoreResult<Vec<_>>>()?;
-        assemble(&self.tenant_name, vec![device], creds, rules, limits)
-            .pop()
-            .ok_or_else(|| StoreError::Invalid("empty cache fill".into()))
+        let (mut device_limit, mut tenant_limit) = (None, None);
+        for l in self.limits {
+            let slot = match l.device_id {
+                Some(_) => &mut device_limit,
+                None => &mut tenant_limit,
+            };
+            *slot = Some(rate(l.per_sec, l.burst)?);
+        }
+        Ok(DeviceRecord {
+            tenant_name: self.tenant_name,
+            device: Device {
+                id: d.id,
+                tenant_id: TenantId(d.tenant_id),
+                client_id: d.client_id,
+                username: d.username,
+                enabled: d.enabled,
+                created_at: d.created_at,
+            },
+            credentials,
+            rules,
+            device_limit,
+            tenant_limit,
+        })
     }
 }
 

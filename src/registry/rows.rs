@@ -155,6 +155,52 @@ impl From<CertRow> for StoredDeviceCert {
     }
 }
 
+/// An `emqx_kicks` row being claimed, as both stores read it.
+#[derive(sqlx::FromRow)]
+pub(crate) struct PendingKickRow {
+    pub id: i64,
+    pub tenant_id: i64,
+    pub client_id: String,
+    pub reason: String,
+}
+
+impl From<PendingKickRow> for PendingKick {
+    fn from(r: PendingKickRow) -> PendingKick {
+        PendingKick {
+            id: r.id,
+            tenant: TenantId(r.tenant_id),
+            client_id: r.client_id,
+            reason: r.reason,
+        }
+    }
+}
+
+/// An `emqx_kicks` row as listed, as both stores read it.
+#[derive(sqlx::FromRow)]
+pub(crate) struct KickOutboxRow {
+    pub id: i64,
+    pub tenant_id: i64,
+    pub client_id: String,
+    pub reason: String,
+    pub due_at: Option<i64>,
+    pub done_at: Option<i64>,
+    pub outcome: Option<String>,
+}
+
+impl From<KickOutboxRow> for KickRow {
+    fn from(r: KickOutboxRow) -> KickRow {
+        KickRow {
+            id: r.id,
+            tenant: TenantId(r.tenant_id),
+            client_id: r.client_id,
+            reason: r.reason,
+            due_at: r.due_at,
+            done_at: r.done_at,
+            outcome: r.outcome,
+        }
+    }
+}
+
 /// An `acl_rules` row joined with its device's client id.
 pub(crate) struct RuleRow {
     pub id: i64,

@@ -3,10 +3,12 @@
 //! so concurrent replicas never take the same row.
 
 use super::*;
+use crate::registry::rows::{KickOutboxRow, PendingKickRow};
 
 impl PgStore {
     pub(crate) async fn claim_kicks(&self, c: KickClaim) -> StoreResult<Vec<PendingKick>> {
-        let rows = sqlx::query!(
+        let rows = sqlx::query_as!(
+            PendingKickRow,
             "UPDATE emqx_kicks SET claimed_until = $3 WHERE id IN ( \
                  SELECT id FROM emqx_kicks WHERE done_at IS NULL \
                  AND (due_at IS NULL OR due_at <= $1) \
@@ -20,15 +22,7 @@ impl PgStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        let mut kicks: Vec<PendingKick> = rows
-            .into_iter()
-            .map(|r| PendingKick {
-                id: r.id,
-                tenant: TenantId(r.tenant_id),
-                client_id: r.client_id,
-                reason: r.reason,
-            })
-            .collect();
+        let mut kicks: Vec<PendingKick> = rows.into_iter().map(PendingKick::from).collect();
         kicks.sort_by_key(|k| k.id);
         Ok(kicks)
     }
@@ -64,23 +58,13 @@ impl PgStore {
     }
 
     pub(crate) async fn list_kicks(&self) -> StoreResult<Vec<KickRow>> {
-        let rows = sqlx::query!(
+        let rows = sqlx::query_as!(
+            KickOutboxRow,
             "SELECT id, tenant_id, client_id, reason, due_at, done_at, outcome FROM emqx_kicks ORDER BY id"
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| KickRow {
-                id: r.id,
-                tenant: TenantId(r.tenant_id),
-                client_id: r.client_id,
-                reason: r.reason,
-                due_at: r.due_at,
-                done_at: r.done_at,
-                outcome: r.outcome,
-            })
-            .collect())
+        Ok(rows.into_iter().map(KickRow::from).collect())
     }
 
     pub(crate) async fn kick_revoked_serials(

@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use super::health::Health;
 use super::{Change, DeviceRecord, Store, StoreError, StoreResult};
 use crate::acl::{Rule, RuleSource};
-use crate::core::{CredentialView, DeviceView};
+use crate::core::DeviceView;
 
 type Entry = Option<Arc<DeviceView>>;
 
@@ -252,16 +252,7 @@ pub fn compile_view(r: DeviceRecord, file_rules: &[Rule]) -> DeviceView {
         })
         .chain(file_rules.iter().cloned())
         .collect();
-    let creds = r
-        .credentials
-        .into_iter()
-        .map(|c| CredentialView {
-            id: c.id,
-            kind: c.kind,
-            digest: c.digest,
-            expires_at: c.expires_at,
-        })
-        .collect();
+    let creds = r.credentials;
     let (device_rate, tenant_rate) = (r.device_limit, r.tenant_limit);
     let d = r.device;
     let mut view = DeviceView::new(

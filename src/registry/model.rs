@@ -100,30 +100,9 @@ impl std::fmt::Debug for NewCredential {
     }
 }
 
-/// A stored credential as the hot path needs it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Credential {
-    /// Store id.
-    pub id: i64,
-    /// Storage kind.
-    pub kind: CredentialKind,
-    /// Digest or password hash.
-    pub digest: String,
-    /// Unix seconds.
-    pub created_at: i64,
-    /// Unix seconds after which it no longer works.
-    pub expires_at: Option<i64>,
-}
-
-impl std::fmt::Debug for Credential {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credential")
-            .field("id", &self.id)
-            .field("kind", &self.kind)
-            .field("expires_at", &self.expires_at)
-            .finish_non_exhaustive()
-    }
-}
+/// A stored credential is the core's [`CredentialView`] (digests only; its `Debug` hides them):
+/// one type from the row to the decision.
+pub use crate::core::CredentialView;
 
 /// A rule to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,7 +138,7 @@ pub struct DeviceRecord {
     /// The device row.
     pub device: Device,
     /// All its credentials, expired ones included (so a deny can say "expired").
-    pub credentials: Vec<Credential>,
+    pub credentials: Vec<CredentialView>,
     /// Device rules then tenant rules, each in ascending id order.
     pub rules: Vec<StoredAclRule>,
     /// The device's ingestion limit override, if any.

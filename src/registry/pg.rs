@@ -3,9 +3,10 @@
 //!
 //! Every tenant-scoped statement runs in a transaction that first sets `mqgate.tenant_id`
 //! (transaction-local); the tables' policies then hide every other tenant's rows even from a query
-//! that forgot its `WHERE tenant_id = …` (it never does: that clause is the first fence). Writes
-//! announce themselves with `pg_notify` inside the same transaction, so a change and its
-//! notification commit together.
+//! that forgot its `WHERE tenant_id = …` (it never does: that clause is the first fence). Registry
+//! rows announce their changes from triggers calling `pg_notify` (migration 0009, as SQLite's
+//! triggers feed its change table), so a change and its notification commit together whoever
+//! writes; lockouts, which are no registry rows, are announced here.
 
 mod audit;
 mod certs;
@@ -17,7 +18,7 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 use tokio::sync::mpsc;
 
-use super::rows::{self, RuleRow};
+use super::rows::{self, DeviceRow, RuleRow, TenantRow};
 use super::*;
 
 /// The NOTIFY channel.
@@ -36,46 +37,6 @@ pub struct PgStore {
 }
 
 type Tx = Transaction<'static, Postgres>;
-
-/// A `devices` row as the macros return it.
-struct DeviceRow {
-    id: i64,
-    tenant_id: i64,
-    client_id: String,
-    username: Option<String>,
-    enabled: bool,
-    created_at: i64,
-}
-
-impl From<DeviceRow> for Device {
-    fn from(r: DeviceRow) -> Device {
-        Device {
-            id: r.id,
-            tenant_id: TenantId(r.tenant_id),
-            client_id: r.client_id,
-            username: r.username,
-            enabled: r.enabled,
-            created_at: r.created_at,
-        }
-    }
-}
-
-fn device_payload(t: TenantId, client_id: &str) -> String {
-    format!("d:{}:{client_id}", t.0)
-}
-
-/// The payload for a change to one device (`Some`) or to the whole tenant.
-fn scope_payload(t: TenantId, client_id: Option<&str>) -> String {
-    match client_id {
-        Some(c) => device_payload(t, c),
-        None => format!("t:{}", t.0),
-    }
-}
-
-/// The payload for a change to a tenant's certificates.
-fn certs_payload(t: TenantId) -> String {
-    format!("c:{}", t.0)
-}
 
 /// The payload for a lockout that began or (`until_ms` 0) was cleared.
 fn lockout_payload(l: &StoredLockout) -> String {
@@ -155,8 +116,8 @@ impl PgStore {
         Ok(tx)
     }
 
-    /// Announces the change on the NOTIFY channel and commits: the notification is delivered
-    /// with the commit, never for a change that rolled back.
+    /// Announces a lockout on the NOTIFY channel and commits: the notification is delivered with
+    /// the commit, never for a change that rolled back.
     async fn commit_announcing(mut tx: Tx, payload: &str) -> StoreResult<()> {
         sqlx::query!("SELECT pg_notify($1, $2)", CHANNEL, payload)
             .fetch_one(&mut *tx)
@@ -177,7 +138,8 @@ impl PgStore {
     }
 
     pub(crate) async fn create_tenant(&self, name: &str, now: i64) -> StoreResult<Tenant> {
-        let r = sqlx::query!(
+        let r = sqlx::query_as!(
+            TenantRow,
             "INSERT INTO tenants (name, created_at) VALUES ($1, $2) RETURNING id, name, created_at",
             name,
             now
@@ -185,39 +147,28 @@ impl PgStore {
         .fetch_one(&self.pool)
         .await
         .map_err(|e| rows::conflict(e, || format!("tenant {name}")))?;
-        Ok(Tenant {
-            id: TenantId(r.id),
-            name: r.name,
-            created_at: r.created_at,
-        })
+        Ok(r.into())
     }
 
     pub(crate) async fn tenant_by_name(&self, name: &str) -> StoreResult<Option<Tenant>> {
-        let r = sqlx::query!(
+        let r = sqlx::query_as!(
+            TenantRow,
             "SELECT id, name, created_at FROM tenants WHERE name = $1",
             name
         )
         .fetch_optional(&self.pool)
         .await?;
-        Ok(r.map(|r| Tenant {
-            id: TenantId(r.id),
-            name: r.name,
-            created_at: r.created_at,
-        }))
+        Ok(r.map(Tenant::from))
     }
 
     pub(crate) async fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
-        let rs = sqlx::query!("SELECT id, name, created_at FROM tenants ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rs
-            .into_iter()
-            .map(|r| Tenant {
-                id: TenantId(r.id),
-                name: r.name,
-                created_at: r.created_at,
-            })
-            .collect())
+        let rs = sqlx::query_as!(
+            TenantRow,
+            "SELECT id, name, created_at FROM tenants ORDER BY name"
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rs.into_iter().map(Tenant::from).collect())
     }
 
     pub(crate) async fn create_device(
@@ -248,7 +199,7 @@ impl PgStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| rows::conflict(e, conflict))?;
-        Self::commit_announcing(tx, &device_payload(t, &d.client_id)).await?;
+        tx.commit().await?;
         Ok(r.into())
     }
 
@@ -268,7 +219,7 @@ impl PgStore {
         .execute(&mut *tx)
         .await?;
         rows::one(done.rows_affected(), client_id)?;
-        Self::commit_announcing(tx, &device_payload(t, client_id)).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -289,7 +240,7 @@ impl PgStore {
         )
         .execute(&mut *tx)
         .await?;
-        Self::commit_announcing(tx, &device_payload(t, client_id)).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -326,7 +277,7 @@ impl PgStore {
         )
         .fetch_one(&mut *tx)
         .await?;
-        Self::commit_announcing(tx, &device_payload(t, client_id)).await?;
+        tx.commit().await?;
         Ok(id)
     }
 
@@ -350,7 +301,7 @@ impl PgStore {
         )
         .execute(&mut *tx)
         .await?;
-        Self::commit_announcing(tx, &device_payload(t, client_id)).await?;
+        tx.commit().await?;
         Ok(done.rows_affected())
     }
 
@@ -362,7 +313,7 @@ impl PgStore {
         digest: &str,
     ) -> StoreResult<()> {
         let mut tx = self.scoped(t).await?;
-        let owner = sqlx::query_scalar!(
+        sqlx::query_scalar!(
             "UPDATE credentials c SET kind = $3, digest = $4 FROM devices d \
              WHERE c.tenant_id = $1 AND c.id = $2 AND d.tenant_id = $1 AND d.id = c.device_id RETURNING d.client_id",
             t.0,
@@ -373,7 +324,7 @@ impl PgStore {
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("credential {credential_id}")))?;
-        Self::commit_announcing(tx, &device_payload(t, &owner)).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -408,7 +359,7 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         }
-        Self::commit_announcing(tx, &scope_payload(t, client_id)).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -455,7 +406,7 @@ impl PgStore {
         )
         .fetch_one(&mut *tx)
         .await?;
-        Self::commit_announcing(tx, &scope_payload(t, client_id)).await?;
+        tx.commit().await?;
         Ok(id)
     }
 
@@ -501,7 +452,7 @@ impl PgStore {
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("rule {rule_id}")))?
         .client_id;
-        Self::commit_announcing(tx, &scope_payload(t, owner.as_deref())).await?;
+        tx.commit().await?;
         Ok(owner)
     }
 
@@ -578,7 +529,8 @@ mod tests {
 
     #[test]
     fn notification_payloads_round_trip() {
-        let c = parse_payload(&device_payload(TenantId(7), "a:b:c")).unwrap();
+        // Written by the triggers of `migrations/postgres/0009_change_triggers.sql`.
+        let c = parse_payload("d:7:a:b:c").unwrap();
         assert_eq!(
             c,
             Change::Device {
@@ -587,10 +539,7 @@ mod tests {
             }
         );
         assert_eq!(parse_payload("t:3"), Some(Change::Tenant(TenantId(3))));
-        assert_eq!(
-            parse_payload(&certs_payload(TenantId(4))),
-            Some(Change::Certs(TenantId(4)))
-        );
+        assert_eq!(parse_payload("c:4"), Some(Change::Certs(TenantId(4))));
         let l = StoredLockout {
             scope: LockScope::Address,
             key: "2001:db8::1".into(),

@@ -1,7 +1,5 @@
-//! Row plumbing shared by both stores: column encodings, error mapping, and assembling
-//! `DeviceRecord`s from the rows of a bulk load.
-
-use std::collections::HashMap;
+//! Row plumbing shared by both stores: the row types both read (PostgreSQL through `query_as!`,
+//! SQLite through `FromRow`), column encodings, error mapping, and the device-record document.
 
 use super::*;
 
@@ -41,6 +39,168 @@ pub(crate) fn one(affected: u64, client_id: &str) -> StoreResult<()> {
     }
 }
 
+/// A `tenants` row, as both stores read it.
+#[derive(sqlx::FromRow)]
+pub(crate) struct TenantRow {
+    pub id: i64,
+    pub name: String,
+    pub created_at: i64,
+}
+
+impl From<TenantRow> for Tenant {
+    fn from(r: TenantRow) -> Tenant {
+        Tenant {
+            id: TenantId(r.id),
+            name: r.name,
+            created_at: r.created_at,
+        }
+    }
+}
+
+/// A `devices` row, as both stores read it.
+#[derive(sqlx::FromRow)]
+pub(crate) struct DeviceRow {
+    pub id: i64,
+    pub tenant_id: i64,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub enabled: bool,
+    pub created_at: i64,
+}
+
+impl From<DeviceRow> for Device {
+    fn from(r: DeviceRow) -> Device {
+        Device {
+            id: r.id,
+            tenant_id: TenantId(r.tenant_id),
+            client_id: r.client_id,
+            username: r.username,
+            enabled: r.enabled,
+            created_at: r.created_at,
+        }
+    }
+}
+
+/// A `cas` row, as both stores read it.
+#[derive(sqlx::FromRow)]
+pub(crate) struct CaRow {
+    pub id: i64,
+    pub tenant_id: i64,
+    pub name: String,
+    pub cert_der: Vec<u8>,
+    pub fingerprint: String,
+    pub subject: String,
+    pub not_after: i64,
+    pub key_sealed: Option<Vec<u8>>,
+    pub crl_url: Option<String>,
+    pub crl_der: Option<Vec<u8>>,
+    pub crl_number: i64,
+    pub crl_next_update: Option<i64>,
+    pub crl_error: Option<String>,
+    pub created_at: i64,
+}
+
+impl From<CaRow> for StoredCa {
+    fn from(r: CaRow) -> StoredCa {
+        StoredCa {
+            id: r.id,
+            tenant_id: TenantId(r.tenant_id),
+            name: r.name,
+            cert_der: r.cert_der,
+            fingerprint: r.fingerprint,
+            subject: r.subject,
+            not_after: r.not_after,
+            key_sealed: r.key_sealed,
+            crl_url: r.crl_url,
+            crl_der: r.crl_der,
+            crl_number: r.crl_number,
+            crl_next_update: r.crl_next_update,
+            crl_error: r.crl_error,
+            created_at: r.created_at,
+        }
+    }
+}
+
+/// A `device_certs` row with its device's client id, as both stores read it.
+#[derive(sqlx::FromRow)]
+pub(crate) struct CertRow {
+    pub id: i64,
+    pub tenant_id: i64,
+    pub client_id: String,
+    pub ca_id: Option<i64>,
+    pub fingerprint: String,
+    pub serial: String,
+    pub subject: String,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub revoked_at: Option<i64>,
+    pub created_at: i64,
+}
+
+impl From<CertRow> for StoredDeviceCert {
+    fn from(r: CertRow) -> StoredDeviceCert {
+        StoredDeviceCert {
+            id: r.id,
+            tenant_id: TenantId(r.tenant_id),
+            client_id: r.client_id,
+            ca_id: r.ca_id,
+            fingerprint: r.fingerprint,
+            serial: r.serial,
+            subject: r.subject,
+            not_before: r.not_before,
+            not_after: r.not_after,
+            revoked_at: r.revoked_at,
+            created_at: r.created_at,
+        }
+    }
+}
+
+/// An `emqx_kicks` row being claimed, as both stores read it.
+#[derive(sqlx::FromRow)]
+pub(crate) struct PendingKickRow {
+    pub id: i64,
+    pub tenant_id: i64,
+    pub client_id: String,
+    pub reason: String,
+}
+
+impl From<PendingKickRow> for PendingKick {
+    fn from(r: PendingKickRow) -> PendingKick {
+        PendingKick {
+            id: r.id,
+            tenant: TenantId(r.tenant_id),
+            client_id: r.client_id,
+            reason: r.reason,
+        }
+    }
+}
+
+/// An `emqx_kicks` row as listed, as both stores read it.
+#[derive(sqlx::FromRow)]
+pub(crate) struct KickOutboxRow {
+    pub id: i64,
+    pub tenant_id: i64,
+    pub client_id: String,
+    pub reason: String,
+    pub due_at: Option<i64>,
+    pub done_at: Option<i64>,
+    pub outcome: Option<String>,
+}
+
+impl From<KickOutboxRow> for KickRow {
+    fn from(r: KickOutboxRow) -> KickRow {
+        KickRow {
+            id: r.id,
+            tenant: TenantId(r.tenant_id),
+            client_id: r.client_id,
+            reason: r.reason,
+            due_at: r.due_at,
+            done_at: r.done_at,
+            outcome: r.outcome,
+        }
+    }
+}
+
 /// An `acl_rules` row joined with its device's client id.
 pub(crate) struct RuleRow {
     pub id: i64,
@@ -67,50 +227,6 @@ impl RuleRow {
             topic: self.topic,
         })
     }
-}
-
-/// Builds one record per device from bulk rows: credentials by device id (rows in id order), and
-/// rules with the device's own first, then the tenant-wide ones (each in id order).
-pub(crate) fn assemble(
-    tenant_name: &str,
-    devices: Vec<Device>,
-    creds: Vec<(i64, Credential)>,
-    rules: Vec<StoredAclRule>,
-    limits: Vec<(Option<i64>, Rate)>,
-) -> Vec<DeviceRecord> {
-    let tenant_limit = limits.iter().find(|(d, _)| d.is_none()).map(|(_, r)| *r);
-    let device_limits: HashMap<i64, Rate> = limits
-        .into_iter()
-        .filter_map(|(d, r)| Some((d?, r)))
-        .collect();
-    let mut by_device: HashMap<i64, Vec<Credential>> = HashMap::new();
-    for (device_id, c) in creds {
-        by_device.entry(device_id).or_default().push(c);
-    }
-    let (tenant_rules, device_rules): (Vec<_>, Vec<_>) =
-        rules.into_iter().partition(|r| r.client_id.is_none());
-    let mut rules_of: HashMap<String, Vec<StoredAclRule>> = HashMap::new();
-    for r in device_rules {
-        rules_of
-            .entry(r.client_id.clone().unwrap_or_default())
-            .or_default()
-            .push(r);
-    }
-    devices
-        .into_iter()
-        .map(|device| {
-            let mut rules = rules_of.remove(&device.client_id).unwrap_or_default();
-            rules.extend(tenant_rules.iter().cloned());
-            DeviceRecord {
-                tenant_name: tenant_name.to_string(),
-                device_limit: device_limits.get(&device.id).copied(),
-                tenant_limit,
-                credentials: by_device.remove(&device.id).unwrap_or_default(),
-                rules,
-                device,
-            }
-        })
-        .collect()
 }
 
 /// An audit row ready to insert, linked onto the chain.
@@ -146,57 +262,171 @@ pub(crate) fn chain_rows(
         .collect()
 }
 
-/// One row of a one-device cache fill: `src` says what it is (`c` credential, `r` rule, `l` limit)
-/// and the generic columns hold its fields (see `load_client` in either store).
-pub(crate) struct ChildRow {
-    pub src: String,
-    pub id: i64,
-    pub device_id: Option<i64>,
-    pub s1: Option<String>,
-    pub s2: Option<String>,
-    pub s3: Option<String>,
-    pub n1: Option<i64>,
-    pub n2: Option<i64>,
-    pub f1: Option<f64>,
+/// The cache fill of one device: one JSON document, built by either database (PostgreSQL's
+/// `mqgate_device_doc`, migration 0010; SQLite's `device_doc!`) and decoded here, the one place
+/// that turns a fill into a [`DeviceRecord`].
+#[derive(serde::Deserialize)]
+pub(crate) struct FillDoc {
+    tenant_name: String,
+    device: FillDevice,
+    credentials: Vec<FillCredential>,
+    rules: Vec<FillRule>,
+    limits: Vec<FillLimit>,
 }
 
-/// Builds the record of `dev` from its fill rows.
-pub(crate) fn from_children(
-    tenant_name: &str,
-    dev: Device,
-    children: Vec<ChildRow>,
-) -> StoreResult<Option<DeviceRecord>> {
-    let missing = || StoreError::Invalid("incomplete row in a cache fill".into());
-    let (mut creds, mut rules, mut limits) = (vec![], vec![], vec![]);
-    for r in children {
-        match r.src.as_str() {
-            "c" => creds.push((
-                dev.id,
-                Credential {
-                    id: r.id,
-                    kind: kind(r.s1.as_deref().ok_or_else(missing)?)?,
-                    digest: r.s2.ok_or_else(missing)?,
-                    created_at: r.n1.ok_or_else(missing)?,
-                    expires_at: r.n2,
-                },
-            )),
-            "r" => rules.push(
+#[derive(serde::Deserialize)]
+struct FillDevice {
+    id: i64,
+    tenant_id: i64,
+    client_id: String,
+    username: Option<String>,
+    enabled: bool,
+    created_at: i64,
+}
+
+#[derive(serde::Deserialize)]
+struct FillCredential {
+    id: i64,
+    kind: String,
+    digest: String,
+    expires_at: Option<i64>,
+}
+
+#[derive(serde::Deserialize)]
+struct FillRule {
+    id: i64,
+    device_id: Option<i64>,
+    permission: String,
+    action: String,
+    topic: String,
+}
+
+#[derive(serde::Deserialize)]
+struct FillLimit {
+    device_id: Option<i64>,
+    per_sec: f64,
+    burst: i64,
+}
+
+impl FillDoc {
+    /// Decodes a fill document (never echoing it: it holds credential digests).
+    pub(crate) fn parse(json: &str) -> StoreResult<FillDoc> {
+        serde_json::from_str(json).map_err(|e| {
+            StoreError::Invalid(format!(
+                "malformed cache fill (line {}, column {})",
+                e.line(),
+                e.column()
+            ))
+        })
+    }
+
+    /// The record: credentials in id order, the device's own rules then the tenant's (each in id
+    /// order), whatever order the database aggregated them in.
+    pub(crate) fn into_record(self) -> StoreResult<DeviceRecord> {
+        let d = self.device;
+        let mut credentials = self
+            .credentials
+            .into_iter()
+            .map(|c| {
+                Ok(CredentialView {
+                    id: c.id,
+                    kind: kind(&c.kind)?,
+                    digest: c.digest,
+                    expires_at: c.expires_at,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        credentials.sort_by_key(|c| c.id);
+        let mut rules = self.rules;
+        rules.sort_by_key(|r| (r.device_id.is_none(), r.id));
+        let rules = rules
+            .into_iter()
+            .map(|r| {
                 RuleRow {
                     id: r.id,
                     device_id: r.device_id,
-                    client_id: r.device_id.map(|_| dev.client_id.clone()),
-                    permission: r.s1.ok_or_else(missing)?,
-                    action: r.s2.ok_or_else(missing)?,
-                    topic: r.s3.ok_or_else(missing)?,
+                    client_id: r.device_id.map(|_| d.client_id.clone()),
+                    permission: r.permission,
+                    action: r.action,
+                    topic: r.topic,
                 }
-                .into_stored()?,
-            ),
-            "l" => limits.push((
-                r.device_id,
-                rate(r.f1.ok_or_else(missing)?, r.n1.ok_or_else(missing)?)?,
-            )),
-            _ => {}
+                .into_stored()
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        let (mut device_limit, mut tenant_limit) = (None, None);
+        for l in self.limits {
+            let slot = match l.device_id {
+                Some(_) => &mut device_limit,
+                None => &mut tenant_limit,
+            };
+            *slot = Some(rate(l.per_sec, l.burst)?);
+        }
+        Ok(DeviceRecord {
+            tenant_name: self.tenant_name,
+            device: Device {
+                id: d.id,
+                tenant_id: TenantId(d.tenant_id),
+                client_id: d.client_id,
+                username: d.username,
+                enabled: d.enabled,
+                created_at: d.created_at,
+            },
+            credentials,
+            rules,
+            device_limit,
+            tenant_limit,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = r#"{"tenant_name":"acme",
+        "device":{"id":4,"tenant_id":1,"client_id":"d","username":null,"enabled":true,"created_at":9},
+        "credentials":[{"id":8,"kind":"token","digest":"secret-digest","expires_at":null},
+                       {"id":2,"kind":"argon2","digest":"$argon2id$x","expires_at":5}],
+        "rules":[{"id":1,"device_id":null,"permission":"deny","action":"all","topic":"t"},
+                 {"id":7,"device_id":4,"permission":"allow","action":"publish","topic":"d"},
+                 {"id":3,"device_id":4,"permission":"allow","action":"subscribe","topic":"e"}],
+        "limits":[{"device_id":null,"per_sec":5,"burst":5},{"device_id":4,"per_sec":0.5,"burst":1}]}"#;
+
+    #[test]
+    fn a_fill_document_decodes_in_evaluation_order() {
+        let rec = FillDoc::parse(DOC).unwrap().into_record().unwrap();
+        assert_eq!(rec.tenant_name, "acme");
+        assert_eq!((rec.device.id, rec.device.tenant_id), (4, TenantId(1)));
+        assert_eq!(
+            rec.credentials.iter().map(|c| c.id).collect::<Vec<_>>(),
+            [2, 8]
+        );
+        assert_eq!(
+            rec.rules.iter().map(|r| r.id).collect::<Vec<_>>(),
+            [3, 7, 1]
+        );
+        assert_eq!(rec.rules[0].client_id.as_deref(), Some("d"));
+        assert_eq!(rec.rules[2].client_id, None);
+        assert_eq!(
+            (rec.device_limit, rec.tenant_limit),
+            (Rate::new(0.5, 1), Rate::new(5.0, 5))
+        );
+    }
+
+    #[test]
+    fn a_bad_fill_document_is_refused_without_echoing_it() {
+        for bad in [
+            DOC.replace("\"token\"", "\"rot13\""),
+            DOC.replace("\"burst\":1}", "\"burst\":0}"),
+            DOC.replace("\"enabled\":true", "\"enabled\":1"),
+            DOC.replace("\"tenant_name\":\"acme\",", ""),
+            "{\"secret-digest\"".to_string(),
+        ] {
+            let e = FillDoc::parse(&bad)
+                .and_then(FillDoc::into_record)
+                .expect_err("refused");
+            assert!(matches!(e, StoreError::Invalid(_)), "{e}");
+            assert!(!e.to_string().contains("secret-digest"), "{e}");
         }
     }
-    Ok(assemble(tenant_name, vec![dev], creds, rules, limits).pop())
 }

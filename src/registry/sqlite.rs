@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
-use sqlx::{Row, SqlitePool};
+use sqlx::{FromRow, Row, SqlitePool};
 
 use super::rows::{self, RuleRow};
 use super::*;
@@ -17,6 +17,8 @@ pub struct SqliteStore {
     pool: SqlitePool,
 }
 
+type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
+
 macro_rules! device_cols {
     () => {
         "id, tenant_id, client_id, username, enabled, created_at"
@@ -24,43 +26,11 @@ macro_rules! device_cols {
 }
 
 fn device(r: &SqliteRow) -> Result<Device, sqlx::Error> {
-    Ok(Device {
-        id: r.try_get("id")?,
-        tenant_id: TenantId(r.try_get("tenant_id")?),
-        client_id: r.try_get("client_id")?,
-        username: r.try_get("username")?,
-        enabled: r.try_get("enabled")?,
-        created_at: r.try_get("created_at")?,
-    })
+    rows::DeviceRow::from_row(r).map(Device::from)
 }
 
 fn tenant(r: &SqliteRow) -> Result<Tenant, sqlx::Error> {
-    Ok(Tenant {
-        id: TenantId(r.try_get("id")?),
-        name: r.try_get("name")?,
-        created_at: r.try_get("created_at")?,
-    })
-}
-
-fn credential(r: &SqliteRow) -> StoreResult<(i64, Credential)> {
-    let kind: String = r.try_get("kind")?;
-    Ok((
-        r.try_get("device_id")?,
-        Credential {
-            id: r.try_get("id")?,
-            kind: rows::kind(&kind)?,
-            digest: r.try_get("digest")?,
-            created_at: r.try_get("created_at")?,
-            expires_at: r.try_get("expires_at")?,
-        },
-    ))
-}
-
-fn limit(r: &SqliteRow) -> StoreResult<(Option<i64>, Rate)> {
-    Ok((
-        r.try_get("device_id")?,
-        rows::rate(r.try_get("per_sec")?, r.try_get("burst")?)?,
-    ))
+    rows::TenantRow::from_row(r).map(Tenant::from)
 }
 
 fn rule(r: &SqliteRow) -> StoreResult<StoredAclRule> {
@@ -169,13 +139,32 @@ impl SqliteStore {
         Ok(device(&r)?)
     }
 
-    async fn device_id(&self, t: TenantId, client_id: &str) -> StoreResult<i64> {
+    /// Begins a write transaction holding SQLite's write lock from its first statement: one that
+    /// reads before it writes would otherwise have to upgrade its lock later, which SQLite refuses
+    /// (busy) while another connection writes.
+    async fn write(&self) -> StoreResult<Tx> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    async fn device_id(tx: &mut Tx, t: TenantId, client_id: &str) -> StoreResult<i64> {
         sqlx::query_scalar("SELECT id FROM devices WHERE tenant_id = ? AND client_id = ?")
             .bind(t.0)
             .bind(client_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut **tx)
             .await?
             .ok_or_else(|| rows::no_device(client_id))
+    }
+
+    /// The device id of `client_id`, or `None` for the whole tenant.
+    async fn scope_id(
+        tx: &mut Tx,
+        t: TenantId,
+        client_id: Option<&str>,
+    ) -> StoreResult<Option<i64>> {
+        match client_id {
+            Some(c) => Ok(Some(Self::device_id(tx, t, c).await?)),
+            None => Ok(None),
+        }
     }
 
     pub(crate) async fn set_device_enabled(
@@ -228,7 +217,8 @@ impl SqliteStore {
         c: &NewCredential,
         now: i64,
     ) -> StoreResult<i64> {
-        let device_id = self.device_id(t, client_id).await?;
+        let mut tx = self.write().await?;
+        let device_id = Self::device_id(&mut tx, t, client_id).await?;
         let id = sqlx::query_scalar(
             "INSERT INTO credentials (tenant_id, device_id, kind, digest, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
         )
@@ -238,8 +228,9 @@ impl SqliteStore {
         .bind(&c.digest)
         .bind(now)
         .bind(c.expires_at)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(id)
     }
 
@@ -250,7 +241,8 @@ impl SqliteStore {
         kinds: &[CredentialKind],
         at: i64,
     ) -> StoreResult<u64> {
-        let device_id = self.device_id(t, client_id).await?;
+        let mut tx = self.write().await?;
+        let device_id = Self::device_id(&mut tx, t, client_id).await?;
         let mut changed = 0;
         for kind in kinds {
             let done = sqlx::query(
@@ -261,10 +253,11 @@ impl SqliteStore {
             .bind(device_id)
             .bind(kind.as_str())
             .bind(at)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
             changed += done.rows_affected();
         }
+        tx.commit().await?;
         Ok(changed)
     }
 
@@ -297,11 +290,8 @@ impl SqliteStore {
         limit: Option<Rate>,
         now: i64,
     ) -> StoreResult<()> {
-        let device_id = match client_id {
-            Some(c) => Some(self.device_id(t, c).await?),
-            None => None,
-        };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
+        let device_id = Self::scope_id(&mut tx, t, client_id).await?;
         sqlx::query("DELETE FROM rate_limits WHERE tenant_id = ? AND device_id IS ?")
             .bind(t.0)
             .bind(device_id)
@@ -346,10 +336,8 @@ impl SqliteStore {
         r: &NewAclRule,
         now: i64,
     ) -> StoreResult<i64> {
-        let device_id = match client_id {
-            Some(c) => Some(self.device_id(t, c).await?),
-            None => None,
-        };
+        let mut tx = self.write().await?;
+        let device_id = Self::scope_id(&mut tx, t, client_id).await?;
         let id = sqlx::query_scalar(
             "INSERT INTO acl_rules (tenant_id, device_id, permission, action, topic, created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
         )
@@ -359,8 +347,9 @@ impl SqliteStore {
         .bind(r.action.as_str())
         .bind(&r.topic)
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(id)
     }
 
@@ -380,20 +369,17 @@ impl SqliteStore {
         t: TenantId,
         rule_id: i64,
     ) -> StoreResult<Option<String>> {
+        // One statement: the owner is read from the row being deleted, never from a row that
+        // another writer could change in between.
         let owner: Option<Option<String>> = sqlx::query_scalar(
-            "SELECT d.client_id FROM acl_rules r LEFT JOIN devices d ON d.id = r.device_id WHERE r.tenant_id = ? AND r.id = ?",
+            "DELETE FROM acl_rules WHERE tenant_id = ?1 AND id = ?2 \
+             RETURNING (SELECT d.client_id FROM devices d WHERE d.id = acl_rules.device_id AND d.tenant_id = ?1)",
         )
         .bind(t.0)
         .bind(rule_id)
         .fetch_optional(&self.pool)
         .await?;
-        let owner = owner.ok_or_else(|| StoreError::NotFound(format!("rule {rule_id}")))?;
-        sqlx::query("DELETE FROM acl_rules WHERE tenant_id = ? AND id = ?")
-            .bind(t.0)
-            .bind(rule_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(owner)
+        owner.ok_or_else(|| StoreError::NotFound(format!("rule {rule_id}")))
     }
 }
 

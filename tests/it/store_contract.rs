@@ -7,7 +7,8 @@ use crate::both_stores;
 use mqgate::acl::{Permission, RuleAction};
 use mqgate::limit::bucket::Rate;
 use mqgate::registry::{
-    Change, CredentialKind, NewAclRule, NewCredential, NewDevice, Store, StoreError,
+    Change, CredentialKind, CrlUpdate, NewAclRule, NewCa, NewCredential, NewDevice, NewDeviceCert,
+    Store, StoreError,
 };
 
 const NOW: i64 = 1_800_000_000;
@@ -532,3 +533,771 @@ async fn a_second_store_on_the_same_database_hears_each_change(pool: sqlx::PgPoo
     );
     reader.close().await;
 }
+
+fn new_ca(name: &str, fingerprint: &str, key: Option<&[u8]>) -> NewCa {
+    NewCa {
+        name: name.into(),
+        cert_der: vec![0x30, 0x01, 0x02],
+        fingerprint: fingerprint.into(),
+        subject: format!("CN={name}"),
+        not_after: NOW + 1000,
+        key_sealed: key.map(<[u8]>::to_vec),
+        crl_url: Some("http://crl.example/ca.crl".into()),
+    }
+}
+
+fn new_cert(ca_id: Option<i64>, fingerprint: &str, not_after: i64) -> NewDeviceCert {
+    NewDeviceCert {
+        ca_id,
+        fingerprint: fingerprint.into(),
+        serial: format!("serial-{fingerprint}"),
+        subject: format!("CN={fingerprint}"),
+        not_before: NOW - 10,
+        not_after,
+    }
+}
+
+async fn cas_are_unique_per_tenant_and_fingerprint_and_keep_their_crl_state(store: Store) {
+    let s = migrated(store).await;
+    let a = s.create_tenant("acme", NOW).await.unwrap().id;
+    let b = s.create_tenant("globex", NOW).await.unwrap().id;
+    let z = s
+        .create_ca(a, &new_ca("zeta", "fp-z", Some(b"sealed-1")), NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            z.tenant_id,
+            z.name.as_str(),
+            z.fingerprint.as_str(),
+            z.subject.as_str(),
+            z.not_after,
+            z.key_sealed.as_deref(),
+            z.crl_url.as_deref(),
+            z.crl_der.as_deref(),
+            z.crl_number,
+            z.crl_next_update,
+            z.crl_error.as_deref(),
+            z.created_at,
+        ),
+        (
+            a,
+            "zeta",
+            "fp-z",
+            "CN=zeta",
+            NOW + 1000,
+            Some(&b"sealed-1"[..]),
+            Some("http://crl.example/ca.crl"),
+            None,
+            0,
+            None,
+            None,
+            NOW,
+        )
+    );
+    assert_eq!(z.cert_der, [0x30, 0x01, 0x02]);
+    let alpha = s
+        .create_ca(a, &new_ca("alpha", "fp-a", None), NOW)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.create_ca(a, &new_ca("zeta", "fp-other", None), NOW).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.create_ca(b, &new_ca("elsewhere", "fp-z", None), NOW)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let g = s
+        .create_ca(b, &new_ca("zeta", "fp-g", None), NOW)
+        .await
+        .unwrap();
+    assert_eq!(s.list_cas(a).await.unwrap(), vec![alpha.clone(), z.clone()]);
+    assert_eq!(s.list_cas(b).await.unwrap(), vec![g.clone()]);
+
+    let accepted = CrlUpdate::Accepted {
+        der: b"crl-1",
+        number: 7,
+        next_update: NOW + 60,
+    };
+    s.update_ca_crl(a, z.id, CrlUpdate::Refused("bad signature"))
+        .await
+        .unwrap();
+    s.update_ca_crl(a, z.id, accepted.clone()).await.unwrap();
+    s.update_ca_crl(a, z.id, CrlUpdate::Refused("number went back"))
+        .await
+        .unwrap();
+    let after = s.list_cas(a).await.unwrap().pop().unwrap();
+    assert_eq!(
+        (
+            after.crl_der.as_deref(),
+            after.crl_number,
+            after.crl_next_update,
+            after.crl_error.as_deref()
+        ),
+        (
+            Some(&b"crl-1"[..]),
+            7,
+            Some(NOW + 60),
+            Some("number went back")
+        ),
+        "a refusal keeps the CRL held and records why"
+    );
+    s.update_ca_crl(a, z.id, accepted.clone()).await.unwrap();
+    let after = s.list_cas(a).await.unwrap().pop().unwrap();
+    assert_eq!(after.crl_error, None, "an accepted CRL clears the error");
+    for (t, id) in [(b, z.id), (a, g.id), (a, i64::MAX)] {
+        assert!(matches!(
+            s.update_ca_crl(t, id, accepted.clone()).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            s.update_ca_crl(t, id, CrlUpdate::Refused("x")).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+    assert_eq!(s.list_cas(b).await.unwrap(), vec![g.clone()]);
+
+    s.update_ca_key(a, z.id, b"sealed-2").await.unwrap();
+    s.update_ca_key(a, alpha.id, b"never").await.unwrap();
+    s.update_ca_key(b, z.id, b"stolen").await.unwrap();
+    let cas = s.list_cas(a).await.unwrap();
+    assert_eq!(
+        cas.iter()
+            .map(|c| c.key_sealed.as_deref())
+            .collect::<Vec<_>>(),
+        vec![None, Some(&b"sealed-2"[..])],
+        "only an internal CA's key is replaced, and only in its tenant"
+    );
+}
+both_stores!(
+    contract_cas,
+    cas_are_unique_per_tenant_and_fingerprint_and_keep_their_crl_state
+);
+
+async fn device_certs_bind_once_list_in_order_and_revoke_at_the_first_time(store: Store) {
+    let s = migrated(store).await;
+    let a = s.create_tenant("acme", NOW).await.unwrap().id;
+    let b = s.create_tenant("globex", NOW).await.unwrap().id;
+    for c in ["d1", "d2"] {
+        s.create_device(a, &dev(c), NOW).await.unwrap();
+    }
+    s.create_device(b, &dev("b1"), NOW).await.unwrap();
+    let ca = s
+        .create_ca(a, &new_ca("root", "fp-ca", None), NOW)
+        .await
+        .unwrap();
+    let late = s
+        .add_device_cert(a, "d1", &new_cert(Some(ca.id), "fp-late", NOW + 900), NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            late.tenant_id,
+            late.client_id.as_str(),
+            late.ca_id,
+            late.fingerprint.as_str(),
+            late.serial.as_str(),
+            late.subject.as_str(),
+            late.not_before,
+            late.not_after,
+            late.revoked_at,
+            late.created_at,
+        ),
+        (
+            a,
+            "d1",
+            Some(ca.id),
+            "fp-late",
+            "serial-fp-late",
+            "CN=fp-late",
+            NOW - 10,
+            NOW + 900,
+            None,
+            NOW
+        )
+    );
+    let d2 = s
+        .add_device_cert(a, "d2", &new_cert(None, "fp-d2", NOW + 1), NOW)
+        .await
+        .unwrap();
+    let soon = s
+        .add_device_cert(a, "d1", &new_cert(Some(ca.id), "fp-soon", NOW + 100), NOW)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.add_device_cert(a, "d2", &new_cert(None, "fp-late", NOW), NOW)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.add_device_cert(b, "b1", &new_cert(None, "fp-soon", NOW), NOW)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.add_device_cert(b, "d1", &new_cert(None, "fp-new", NOW), NOW)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        s.list_device_certs(a).await.unwrap(),
+        vec![soon.clone(), late.clone(), d2.clone()],
+        "by client id, then validity end"
+    );
+    assert_eq!(s.list_device_certs(b).await.unwrap(), vec![]);
+
+    let revoked = s.revoke_device_cert(a, "fp-soon", NOW + 5).await.unwrap();
+    assert_eq!(
+        revoked,
+        mqgate::registry::StoredDeviceCert {
+            revoked_at: Some(NOW + 5),
+            ..soon.clone()
+        }
+    );
+    let again = s.revoke_device_cert(a, "fp-soon", NOW + 50).await.unwrap();
+    assert_eq!(
+        again.revoked_at,
+        Some(NOW + 5),
+        "the first revocation stays"
+    );
+    for (t, fp) in [(b, "fp-late"), (a, "fp-none")] {
+        assert!(matches!(
+            s.revoke_device_cert(t, fp, NOW).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+    assert_eq!(
+        s.list_device_certs(a).await.unwrap(),
+        vec![again, late.clone(), d2],
+        "another tenant revoked nothing"
+    );
+    s.remove_device(a, "d2").await.unwrap();
+    assert_eq!(
+        s.list_device_certs(a)
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.fingerprint.as_str())
+            .collect::<Vec<_>>(),
+        ["fp-soon", "fp-late"],
+        "a removed device's certificates go with it"
+    );
+}
+both_stores!(
+    contract_device_certs,
+    device_certs_bind_once_list_in_order_and_revoke_at_the_first_time
+);
+
+/// Reads the change feed up to the announcement of a marker write (a device created in tenant
+/// `mark` with a fresh client id) and returns what came before it: the feed is ordered, so that
+/// is exactly what the writes since the previous marker announced.
+async fn announced_before_marker(
+    s: &Store,
+    rx: &mut tokio::sync::mpsc::Receiver<Change>,
+    mark: mqgate::registry::TenantId,
+    n: &mut u32,
+) -> Vec<Change> {
+    *n += 1;
+    let client_id = format!("marker-{n}");
+    s.create_device(mark, &dev(&client_id), NOW).await.unwrap();
+    let marker = Change::Device {
+        tenant: mark,
+        client_id,
+    };
+    let mut seen = Vec::new();
+    loop {
+        let c = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("marker announced")
+            .unwrap();
+        if c == marker {
+            return seen;
+        }
+        seen.push(c);
+    }
+}
+
+async fn every_registry_write_announces_exactly_its_scope(store: Store) {
+    let s = migrated(store).await;
+    let a = s.create_tenant("acme", NOW).await.unwrap().id;
+    let mark = s.create_tenant("marks", NOW).await.unwrap().id;
+    let mut rx = s
+        .subscribe_changes()
+        .await
+        .unwrap()
+        .expect("both stores have a change feed");
+    let mut n = 0;
+    let device = |c: &str| Change::Device {
+        tenant: a,
+        client_id: c.into(),
+    };
+    let tenant = Change::Tenant(a);
+    let certs = Change::Certs(a);
+
+    macro_rules! announces {
+        ($write:expr, $want:expr) => {{
+            let out = $write;
+            let seen = announced_before_marker(&s, &mut rx, mark, &mut n).await;
+            let want: Change = $want;
+            assert!(!seen.is_empty(), "{} announced nothing", stringify!($write));
+            assert!(
+                seen.iter().all(|c| *c == want),
+                "{} announced {seen:?}, want only {want:?}",
+                stringify!($write)
+            );
+            out
+        }};
+    }
+
+    announces!(
+        s.create_device(a, &dev("dev-1"), NOW).await.unwrap(),
+        device("dev-1")
+    );
+    announces!(
+        s.set_device_enabled(a, "dev-1", false).await.unwrap(),
+        device("dev-1")
+    );
+    let c = announces!(
+        s.add_credential(a, "dev-1", &cred(CredentialKind::Token, "t", None), NOW)
+            .await
+            .unwrap(),
+        device("dev-1")
+    );
+    announces!(
+        s.expire_credentials(a, "dev-1", &[CredentialKind::Token], NOW + 9)
+            .await
+            .unwrap(),
+        device("dev-1")
+    );
+    announces!(
+        s.replace_credential_digest(a, c, CredentialKind::Argon2, "$argon2id$y")
+            .await
+            .unwrap(),
+        device("dev-1")
+    );
+    let dr = announces!(
+        s.add_acl_rule(a, Some("dev-1"), &rule(Permission::Allow, "d"), NOW)
+            .await
+            .unwrap(),
+        device("dev-1")
+    );
+    let tr = announces!(
+        s.add_acl_rule(a, None, &rule(Permission::Allow, "t"), NOW)
+            .await
+            .unwrap(),
+        tenant.clone()
+    );
+    announces!(s.remove_acl_rule(a, dr).await.unwrap(), device("dev-1"));
+    announces!(s.remove_acl_rule(a, tr).await.unwrap(), tenant.clone());
+    announces!(
+        s.set_rate_limit(a, Some("dev-1"), Rate::new(1.0, 1), NOW)
+            .await
+            .unwrap(),
+        device("dev-1")
+    );
+    announces!(
+        s.set_rate_limit(a, Some("dev-1"), None, NOW).await.unwrap(),
+        device("dev-1")
+    );
+    announces!(
+        s.set_rate_limit(a, None, Rate::new(2.0, 2), NOW)
+            .await
+            .unwrap(),
+        tenant.clone()
+    );
+    announces!(
+        s.set_rate_limit(a, None, None, NOW).await.unwrap(),
+        tenant.clone()
+    );
+    let ca = announces!(
+        s.create_ca(a, &new_ca("root", "fp-ca", Some(b"k")), NOW)
+            .await
+            .unwrap(),
+        certs.clone()
+    );
+    announces!(
+        s.update_ca_crl(
+            a,
+            ca.id,
+            CrlUpdate::Accepted {
+                der: b"crl",
+                number: 1,
+                next_update: NOW + 60
+            }
+        )
+        .await
+        .unwrap(),
+        certs.clone()
+    );
+    announces!(
+        s.update_ca_crl(a, ca.id, CrlUpdate::Refused("stale"))
+            .await
+            .unwrap(),
+        certs.clone()
+    );
+    announces!(
+        s.update_ca_key(a, ca.id, b"k2").await.unwrap(),
+        certs.clone()
+    );
+    announces!(
+        s.add_device_cert(a, "dev-1", &new_cert(Some(ca.id), "fp-1", NOW + 100), NOW)
+            .await
+            .unwrap(),
+        certs.clone()
+    );
+    announces!(
+        s.revoke_device_cert(a, "fp-1", NOW).await.unwrap(),
+        certs.clone()
+    );
+    // Removal takes the device's certificates along: its own change, and (for the trust) the
+    // tenant's certificates may be announced as well.
+    s.remove_device(a, "dev-1").await.unwrap();
+    let seen = announced_before_marker(&s, &mut rx, mark, &mut n).await;
+    assert!(seen.contains(&device("dev-1")), "{seen:?}");
+    assert!(
+        seen.iter().all(|c| *c == device("dev-1") || *c == certs),
+        "{seen:?}"
+    );
+}
+both_stores!(
+    contract_every_write_announced,
+    every_registry_write_announces_exactly_its_scope
+);
+
+async fn familiar_addresses_are_bounded_newest_first_and_per_device(store: Store) {
+    let s = migrated(store).await;
+    let a = s.create_tenant("acme", NOW).await.unwrap().id;
+    let b = s.create_tenant("globex", NOW).await.unwrap().id;
+    s.create_device(a, &dev("d1"), NOW).await.unwrap();
+    s.create_device(a, &dev("d2"), NOW).await.unwrap();
+    for (addr, at) in [("10.0.0.1", 5), ("10.0.0.2", 7), ("10.0.0.3", 6)] {
+        s.remember_address(a, "d1", addr, at, 2).await.unwrap();
+    }
+    s.remember_address(a, "d2", "10.0.0.9", 1, 2).await.unwrap();
+    s.remember_address(a, "nobody", "10.0.0.8", 1, 2)
+        .await
+        .expect("a device that is gone is ignored");
+    s.remember_address(b, "d1", "10.6.6.6", 99, 2)
+        .await
+        .expect("another tenant's device is ignored");
+    let of = |v: Vec<(String, i64)>| v;
+    assert_eq!(
+        of(s.familiar_addresses(a, "d1").await.unwrap()),
+        vec![("10.0.0.2".to_string(), 7), ("10.0.0.3".to_string(), 6)],
+        "the two newest, newest first"
+    );
+    s.remember_address(a, "d1", "10.0.0.3", 4, 2).await.unwrap();
+    assert_eq!(
+        s.familiar_addresses(a, "d1").await.unwrap(),
+        vec![("10.0.0.2".to_string(), 7), ("10.0.0.3".to_string(), 6)],
+        "an older login never moves the time back"
+    );
+    assert_eq!(
+        s.familiar_addresses(a, "d2").await.unwrap(),
+        vec![("10.0.0.9".to_string(), 1)]
+    );
+    assert_eq!(s.familiar_addresses(b, "d1").await.unwrap(), vec![]);
+    s.remove_device(a, "d1").await.unwrap();
+    s.create_device(a, &dev("d1"), NOW).await.unwrap();
+    assert_eq!(
+        s.familiar_addresses(a, "d1").await.unwrap(),
+        vec![],
+        "gone with the device"
+    );
+}
+both_stores!(
+    contract_familiar_addresses,
+    familiar_addresses_are_bounded_newest_first_and_per_device
+);
+
+async fn failures_lock_out_once_per_window_and_clear_and_purge(store: Store) {
+    use mqgate::registry::{FailureRule, LockScope, StoredLockout};
+    let s = migrated(store).await;
+    let rule = FailureRule {
+        max: 3,
+        window_ms: 1_000,
+        lockout_ms: 5_000,
+    };
+    let t0 = 1_000_000;
+    let id = LockScope::ClientId;
+    assert_eq!(s.count_failure(id, "d1", t0, rule).await.unwrap(), None);
+    assert_eq!(
+        s.count_failure(id, "d1", t0 + 2_000, rule).await.unwrap(),
+        None,
+        "a failure after the window starts it again"
+    );
+    assert_eq!(
+        s.count_failure(id, "d1", t0 + 2_100, rule).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        s.count_failure(id, "d1", t0 + 2_200, rule).await.unwrap(),
+        Some(t0 + 7_200)
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            s.count_failure(id, "d1", t0 + 2_300, rule).await.unwrap(),
+            None,
+            "failures during a lockout never start another"
+        );
+    }
+    assert_eq!(
+        s.count_failure(LockScope::Address, "d1", t0, rule)
+            .await
+            .unwrap(),
+        None,
+        "scopes count apart"
+    );
+    let held = StoredLockout {
+        scope: LockScope::Address,
+        key: "10.0.0.1".into(),
+        until_ms: t0 + 9_000,
+    };
+    s.put_lockout(&held).await.unwrap();
+    s.put_lockout(&StoredLockout {
+        until_ms: t0 + 100,
+        ..held.clone()
+    })
+    .await
+    .unwrap();
+    let mut active = s.active_lockouts(t0 + 3_000).await.unwrap();
+    active.sort_by_key(|l| l.until_ms);
+    assert_eq!(
+        active,
+        vec![
+            StoredLockout {
+                scope: id,
+                key: "d1".into(),
+                until_ms: t0 + 7_200
+            },
+            held.clone()
+        ],
+        "a later end is kept"
+    );
+    assert_eq!(s.active_lockouts(t0 + 8_000).await.unwrap(), vec![held]);
+    assert!(s.clear_failures("d1").await.unwrap(), "both scopes of d1");
+    assert!(!s.clear_failures("d1").await.unwrap());
+    assert_eq!(s.active_lockouts(t0).await.unwrap().len(), 1);
+    s.count_failure(id, "d2", t0, rule).await.unwrap();
+    assert_eq!(
+        s.purge_failures(t0 + 500, 1_000).await.unwrap(),
+        0,
+        "a window still open and a lockout in force stay"
+    );
+    assert_eq!(s.purge_failures(t0 + 10_000, 1_000).await.unwrap(), 2);
+    assert!(s.active_lockouts(0).await.unwrap().is_empty());
+    assert!(!s.clear_failures("d2").await.unwrap());
+}
+both_stores!(
+    contract_failures,
+    failures_lock_out_once_per_window_and_clear_and_purge
+);
+
+async fn audit_appends_chain_in_order_and_page(store: Store) {
+    use mqgate::audit::{AuditEvent, AuditRecord, chain};
+    let s = migrated(store).await;
+    let rec = |at_ms, tenant, client_id: &str| AuditRecord {
+        at_ms,
+        tenant,
+        event: AuditEvent::Connect {
+            client_id: client_id.into(),
+            peer: "10.0.0.1:1".into(),
+            verdict: "deny",
+            cause: "unknown_client",
+            reason: "no such device".into(),
+        },
+    };
+    assert!(s.list_audit(0, 10).await.unwrap().is_empty());
+    s.append_audit(&[rec(1, None, "a"), rec(2, Some(1), "b")])
+        .await
+        .unwrap();
+    s.append_audit(&[]).await.unwrap();
+    s.append_audit(&[rec(3, Some(2), "c")]).await.unwrap();
+    let all = s.list_audit(0, 10).await.unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|e| (e.at_ms, e.tenant, e.kind.as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            (1, None, "connect"),
+            (2, Some(1), "connect"),
+            (3, Some(2), "connect")
+        ]
+    );
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(all[0].prev_hash, chain::GENESIS);
+    let (_, detail) = rec(3, Some(2), "c").encode();
+    assert_eq!(all[2].detail, detail);
+    chain::verify(&all, chain::GENESIS.into()).expect("one unbroken chain across appends");
+    let page = s.list_audit(all[0].id, 1).await.unwrap();
+    assert_eq!(page, vec![all[1].clone()]);
+    assert!(s.list_audit(all[2].id, 10).await.unwrap().is_empty());
+}
+both_stores!(contract_audit, audit_appends_chain_in_order_and_page);
+
+async fn ping_answers_and_close_is_seen(store: Store) {
+    let s = migrated(store).await;
+    s.ping().await.unwrap();
+    assert!(!s.is_closed());
+    s.close().await;
+    assert!(s.is_closed());
+    assert!(s.ping().await.is_err(), "a closed store does not answer");
+}
+both_stores!(contract_ping_close, ping_answers_and_close_is_seen);
+
+/// PostgreSQL replicas share lockouts through the feed (SQLite is one node: nothing to announce).
+#[sqlx::test(migrations = false)]
+async fn lockouts_that_begin_or_are_cleared_are_announced(pool: sqlx::PgPool) {
+    use mqgate::registry::{FailureRule, LockScope, StoredLockout};
+    let s = migrated(Store::Postgres(mqgate::registry::pg::PgStore::from_pool(
+        pool,
+    )))
+    .await;
+    let mut rx = s.subscribe_changes().await.unwrap().unwrap();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("announced")
+            .unwrap()
+    };
+    let rule = FailureRule {
+        max: 1,
+        window_ms: 1_000,
+        lockout_ms: 5_000,
+    };
+    let until = s
+        .count_failure(LockScope::ClientId, "d1", 10, rule)
+        .await
+        .unwrap()
+        .unwrap();
+    let lock = |scope, key: &str, until_ms| {
+        Change::Lockout(StoredLockout {
+            scope,
+            key: key.into(),
+            until_ms,
+        })
+    };
+    assert_eq!(next().await, lock(LockScope::ClientId, "d1", until));
+    let put = StoredLockout {
+        scope: LockScope::Address,
+        key: "10.0.0.1".into(),
+        until_ms: 99,
+    };
+    s.put_lockout(&put).await.unwrap();
+    assert_eq!(next().await, Change::Lockout(put));
+    assert!(s.clear_failures("d1").await.unwrap());
+    assert_eq!(next().await, lock(LockScope::ClientId, "d1", 0));
+    s.close().await;
+}
+
+/// Announcements come from the tables' triggers, so a change made outside mqgate (an operator's
+/// hand-written statement) reaches every replica too, and a rolled-back one never does.
+#[sqlx::test(migrations = false)]
+async fn a_change_written_by_hand_is_announced_and_a_rolled_back_one_is_not(pool: sqlx::PgPool) {
+    let s = migrated(Store::Postgres(mqgate::registry::pg::PgStore::from_pool(
+        pool.clone(),
+    )))
+    .await;
+    let a = s.create_tenant("acme", NOW).await.unwrap().id;
+    s.create_device(a, &dev("dev-1"), NOW).await.unwrap();
+    let mut rx = s.subscribe_changes().await.unwrap().unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("UPDATE devices SET enabled = FALSE WHERE tenant_id = $1")
+        .bind(a.0)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    sqlx::query("INSERT INTO acl_rules (tenant_id, permission, action, topic, created_at) VALUES ($1, 'allow', 'all', 'x', 0)")
+        .bind(a.0)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got,
+        Change::Tenant(a),
+        "the rolled-back update said nothing"
+    );
+    s.close().await;
+}
+
+async fn the_cache_fill_carries_every_field_the_loads_do(store: Store) {
+    let s = migrated(store).await;
+    let a = s.create_tenant("acme", NOW).await.unwrap().id;
+    s.create_device(
+        a,
+        &NewDevice {
+            client_id: "dev-\"1\"".into(),
+            username: Some("ü \\ name".into()),
+        },
+        NOW,
+    )
+    .await
+    .unwrap();
+    let c = "dev-\"1\"";
+    s.create_device(a, &dev("plain"), NOW).await.unwrap();
+    s.add_credential(a, c, &cred(CredentialKind::Token, "t2", Some(NOW + 7)), NOW)
+        .await
+        .unwrap();
+    s.add_credential(a, c, &cred(CredentialKind::Bcrypt, "$2b$x", None), NOW)
+        .await
+        .unwrap();
+    s.add_acl_rule(a, None, &rule(Permission::Deny, "t/#"), NOW)
+        .await
+        .unwrap();
+    s.add_acl_rule(a, Some(c), &rule(Permission::Allow, "d/\"q\"/+"), NOW)
+        .await
+        .unwrap();
+    s.set_rate_limit(a, Some(c), Rate::new(0.1, 3), NOW)
+        .await
+        .unwrap();
+    s.set_rate_limit(a, None, Rate::new(2.5, 7), NOW)
+        .await
+        .unwrap();
+    s.set_device_enabled(a, c, false).await.unwrap();
+    let loaded = s.load_device(a, c).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            loaded.device.enabled,
+            loaded.device.username.as_deref(),
+            loaded.credentials.len(),
+            loaded.rules.len(),
+            loaded.device_limit,
+            loaded.tenant_limit
+        ),
+        (
+            false,
+            Some("ü \\ name"),
+            2,
+            2,
+            Rate::new(0.1, 3),
+            Rate::new(2.5, 7)
+        )
+    );
+    assert_eq!(s.load_client(c).await.unwrap().as_ref(), Some(&loaded));
+    let plain = s.load_device(a, "plain").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            plain.credentials.len(),
+            plain.rules.len(),
+            plain.device_limit
+        ),
+        (0, 1, None)
+    );
+    let many = s
+        .load_clients(&[c.to_string(), "plain".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(many.get(c), Some(&loaded));
+    assert_eq!(many.get("plain"), Some(&plain));
+}
+both_stores!(
+    contract_fill_fields,
+    the_cache_fill_carries_every_field_the_loads_do
+);

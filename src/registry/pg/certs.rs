@@ -1,77 +1,8 @@
 //! Certificate authorities and device certificates in PostgreSQL, fenced by tenant; every write
-//! announces `c:<tenant>` so each replica reloads its trust.
+//! announces `c:<tenant>` (from the tables' triggers) so each replica reloads its trust.
 
 use super::*;
-
-struct CaRow {
-    id: i64,
-    tenant_id: i64,
-    name: String,
-    cert_der: Vec<u8>,
-    fingerprint: String,
-    subject: String,
-    not_after: i64,
-    key_sealed: Option<Vec<u8>>,
-    crl_url: Option<String>,
-    crl_der: Option<Vec<u8>>,
-    crl_number: i64,
-    crl_next_update: Option<i64>,
-    crl_error: Option<String>,
-    created_at: i64,
-}
-
-impl From<CaRow> for StoredCa {
-    fn from(r: CaRow) -> StoredCa {
-        StoredCa {
-            id: r.id,
-            tenant_id: TenantId(r.tenant_id),
-            name: r.name,
-            cert_der: r.cert_der,
-            fingerprint: r.fingerprint,
-            subject: r.subject,
-            not_after: r.not_after,
-            key_sealed: r.key_sealed,
-            crl_url: r.crl_url,
-            crl_der: r.crl_der,
-            crl_number: r.crl_number,
-            crl_next_update: r.crl_next_update,
-            crl_error: r.crl_error,
-            created_at: r.created_at,
-        }
-    }
-}
-
-struct CertRow {
-    id: i64,
-    tenant_id: i64,
-    client_id: String,
-    ca_id: Option<i64>,
-    fingerprint: String,
-    serial: String,
-    subject: String,
-    not_before: i64,
-    not_after: i64,
-    revoked_at: Option<i64>,
-    created_at: i64,
-}
-
-impl From<CertRow> for StoredDeviceCert {
-    fn from(r: CertRow) -> StoredDeviceCert {
-        StoredDeviceCert {
-            id: r.id,
-            tenant_id: TenantId(r.tenant_id),
-            client_id: r.client_id,
-            ca_id: r.ca_id,
-            fingerprint: r.fingerprint,
-            serial: r.serial,
-            subject: r.subject,
-            not_before: r.not_before,
-            not_after: r.not_after,
-            revoked_at: r.revoked_at,
-            created_at: r.created_at,
-        }
-    }
-}
+use crate::registry::rows::{CaRow, CertRow};
 
 impl PgStore {
     pub(crate) async fn create_ca(
@@ -100,7 +31,7 @@ impl PgStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| rows::conflict(e, || format!("CA {} (or this certificate)", c.name)))?;
-        Self::commit_announcing(tx, &certs_payload(t)).await?;
+        tx.commit().await?;
         Ok(row.into())
     }
 
@@ -134,8 +65,7 @@ impl PgStore {
         )
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
-        Ok(())
+        Ok(tx.commit().await?)
     }
 
     pub(crate) async fn update_ca_crl(
@@ -173,7 +103,7 @@ impl PgStore {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("CA {ca_id}")));
         }
-        Self::commit_announcing(tx, &certs_payload(t)).await
+        Ok(tx.commit().await?)
     }
 
     pub(crate) async fn add_device_cert(
@@ -205,7 +135,7 @@ impl PgStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| rows::conflict(e, || format!("certificate {}", c.fingerprint)))?;
-        Self::commit_announcing(tx, &certs_payload(t)).await?;
+        tx.commit().await?;
         Ok(row.into())
     }
 
@@ -249,7 +179,7 @@ impl PgStore {
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("certificate {fingerprint}")))?;
-        Self::commit_announcing(tx, &certs_payload(t)).await?;
+        tx.commit().await?;
         Ok(row.into())
     }
 }

@@ -1,4 +1,5 @@
-//! Reads for the hot path: resolving a client id, the one-round-trip cache fill, and bulk loads for warm-up.
+//! Reads for the hot path: resolving a client id, the one-round-trip cache fill (one JSON document
+//! per device), and bulk loads for warm-up.
 
 use std::collections::HashMap;
 
@@ -23,55 +24,23 @@ impl PgStore {
             .remove(client_id))
     }
 
-    /// Cache fills for many client ids in one round trip (`mqgate_load_clients`, migration 0005).
+    /// Cache fills for many client ids in one round trip: one JSON document per device from
+    /// `mqgate_fill_clients` (migration 0010), decoded by the shared [`rows::FillDoc`].
     pub(crate) async fn load_clients(
         &self,
         ids: &[String],
     ) -> StoreResult<HashMap<String, DeviceRecord>> {
-        let rows = sqlx::query!("SELECT * FROM mqgate_load_clients($1)", ids)
+        let rows = sqlx::query!("SELECT cid, doc FROM mqgate_fill_clients($1)", ids)
             .fetch_all(&self.pool)
             .await?;
-        let mut by_client: HashMap<String, Vec<_>> = HashMap::new();
+        let mut out = HashMap::with_capacity(rows.len());
         for r in rows {
-            by_client
-                .entry(r.cid.clone().unwrap_or_default())
-                .or_default()
-                .push(r);
-        }
-        let missing = || StoreError::Invalid("incomplete row from mqgate_load_clients".into());
-        let mut out = HashMap::with_capacity(by_client.len());
-        for (cid, rows) in by_client {
-            let Some(d) = rows.iter().find(|r| r.src.as_deref() == Some("d")) else {
-                continue;
+            let (Some(cid), Some(doc)) = (r.cid, r.doc) else {
+                return Err(StoreError::Invalid(
+                    "incomplete row from mqgate_fill_clients".into(),
+                ));
             };
-            let dev = Device {
-                id: d.id.ok_or_else(missing)?,
-                tenant_id: TenantId(d.t_id.ok_or_else(missing)?),
-                client_id: d.s1.clone().ok_or_else(missing)?,
-                username: d.s2.clone(),
-                enabled: d.b1.ok_or_else(missing)?,
-                created_at: d.n1.ok_or_else(missing)?,
-            };
-            let name = d.s3.clone().ok_or_else(missing)?;
-            let children = rows
-                .into_iter()
-                .filter_map(|r| {
-                    Some(rows::ChildRow {
-                        src: r.src?,
-                        id: r.id?,
-                        device_id: r.device_id,
-                        s1: r.s1,
-                        s2: r.s2,
-                        s3: r.s3,
-                        n1: r.n1,
-                        n2: r.n2,
-                        f1: r.f1,
-                    })
-                })
-                .collect();
-            if let Some(rec) = rows::from_children(&name, dev, children)? {
-                out.insert(cid, rec);
-            }
+            out.insert(cid, rows::FillDoc::parse(&doc)?.into_record()?);
         }
         Ok(out)
     }
@@ -88,87 +57,21 @@ impl PgStore {
         self.load(t, None).await
     }
 
-    /// One device (`Some`) or all of a tenant's, in a fixed number of indexed queries whatever
-    /// the count: children are fetched by `device_id = ANY(ids)`.
+    /// One device (`Some`) or all of a tenant's (by client id): one document per device from
+    /// `mqgate_device_doc` (migration 0010), the same as the cache fill.
     async fn load(&self, t: TenantId, only: Option<&str>) -> StoreResult<Vec<DeviceRecord>> {
         let mut tx = self.scoped(t).await?;
-        let Some(name) = sqlx::query_scalar!("SELECT name FROM tenants WHERE id = $1", t.0)
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
-            return Ok(vec![]);
-        };
-        let devices = match only {
-            Some(c) => sqlx::query_as!(
-                DeviceRow,
-                "SELECT id, tenant_id, client_id, username, enabled, created_at FROM devices WHERE tenant_id = $1 AND client_id = $2",
-                t.0,
-                c
-            )
-            .fetch_all(&mut *tx)
-            .await?,
-            None => sqlx::query_as!(
-                DeviceRow,
-                "SELECT id, tenant_id, client_id, username, enabled, created_at FROM devices WHERE tenant_id = $1 ORDER BY client_id",
-                t.0
-            )
-            .fetch_all(&mut *tx)
-            .await?,
-        };
-        if devices.is_empty() {
-            return Ok(vec![]);
-        }
-        let ids: Vec<i64> = devices.iter().map(|d| d.id).collect();
-        let creds = sqlx::query!(
-            "SELECT id, device_id, kind, digest, created_at, expires_at FROM credentials \
-             WHERE tenant_id = $1 AND device_id = ANY($2) ORDER BY id",
+        let docs = sqlx::query_scalar!(
+            r#"SELECT mqgate_device_doc(d) AS "doc!" FROM devices d
+               WHERE d.tenant_id = $1 AND ($2::TEXT IS NULL OR d.client_id = $2) ORDER BY d.client_id"#,
             t.0,
-            &ids
+            only
         )
         .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|r| {
-            let c = Credential {
-                id: r.id,
-                kind: rows::kind(&r.kind)?,
-                digest: r.digest,
-                created_at: r.created_at,
-                expires_at: r.expires_at,
-            };
-            Ok((r.device_id, c))
-        })
-        .collect::<StoreResult<Vec<_>>>()?;
-        let rules = sqlx::query!(
-            r#"SELECT r.id AS "id!", r.device_id, NULL::TEXT AS "client_id?", r.permission AS "permission!", r.action AS "action!", r.topic AS "topic!"
-               FROM acl_rules r WHERE r.tenant_id = $1 AND r.device_id IS NULL
-               UNION ALL
-               SELECT r.id, r.device_id, d.client_id, r.permission, r.action, r.topic
-               FROM acl_rules r JOIN devices d ON d.id = r.device_id
-               WHERE r.tenant_id = $1 AND d.tenant_id = $1 AND r.device_id = ANY($2)
-               ORDER BY 1"#,
-            t.0,
-            &ids
-        )
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|r| RuleRow { id: r.id, device_id: r.device_id, client_id: r.client_id, permission: r.permission, action: r.action, topic: r.topic }.into_stored())
-        .collect::<StoreResult<Vec<_>>>()?;
-        let limits = sqlx::query!(
-            r#"SELECT device_id, per_sec AS "per_sec!", burst AS "burst!" FROM rate_limits WHERE tenant_id = $1 AND device_id IS NULL
-               UNION ALL
-               SELECT device_id, per_sec, burst FROM rate_limits WHERE tenant_id = $1 AND device_id = ANY($2)"#,
-            t.0,
-            &ids
-        )
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|r| Ok((r.device_id, rows::rate(r.per_sec, i64::from(r.burst))?)))
-        .collect::<StoreResult<Vec<_>>>()?;
+        .await?;
         tx.commit().await?;
-        let devices = devices.into_iter().map(Device::from).collect();
-        Ok(rows::assemble(&name, devices, creds, rules, limits))
+        docs.iter()
+            .map(|d| rows::FillDoc::parse(d)?.into_record())
+            .collect()
     }
 }

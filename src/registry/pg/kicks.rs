@@ -3,10 +3,12 @@
 //! so concurrent replicas never take the same row.
 
 use super::*;
+use crate::registry::rows::{KickOutboxRow, PendingKickRow};
 
 impl PgStore {
     pub(crate) async fn claim_kicks(&self, c: KickClaim) -> StoreResult<Vec<PendingKick>> {
-        let rows = sqlx::query!(
+        let rows = sqlx::query_as!(
+            PendingKickRow,
             "UPDATE emqx_kicks SET claimed_until = $3 WHERE id IN ( \
                  SELECT id FROM emqx_kicks WHERE done_at IS NULL \
                  AND (due_at IS NULL OR due_at <= $1) \
@@ -20,15 +22,7 @@ impl PgStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        let mut kicks: Vec<PendingKick> = rows
-            .into_iter()
-            .map(|r| PendingKick {
-                id: r.id,
-                tenant: TenantId(r.tenant_id),
-                client_id: r.client_id,
-                reason: r.reason,
-            })
-            .collect();
+        let mut kicks: Vec<PendingKick> = rows.into_iter().map(PendingKick::from).collect();
         kicks.sort_by_key(|k| k.id);
         Ok(kicks)
     }
@@ -47,38 +41,30 @@ impl PgStore {
     }
 
     pub(crate) async fn prune_kicks(&self, now: i64, keep_pending: i64) -> StoreResult<u64> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query!(
             "UPDATE emqx_kicks SET keep_until = $2 WHERE keep_until IS NULL AND done_at IS NULL \
              AND (due_at IS NULL OR due_at <= $1)",
             now,
             now.saturating_add(keep_pending)
         )
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         let gone = sqlx::query!("DELETE FROM emqx_kicks WHERE keep_until < $1", now)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(gone.rows_affected())
     }
 
     pub(crate) async fn list_kicks(&self) -> StoreResult<Vec<KickRow>> {
-        let rows = sqlx::query!(
+        let rows = sqlx::query_as!(
+            KickOutboxRow,
             "SELECT id, tenant_id, client_id, reason, due_at, done_at, outcome FROM emqx_kicks ORDER BY id"
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| KickRow {
-                id: r.id,
-                tenant: TenantId(r.tenant_id),
-                client_id: r.client_id,
-                reason: r.reason,
-                due_at: r.due_at,
-                done_at: r.done_at,
-                outcome: r.outcome,
-            })
-            .collect())
+        Ok(rows.into_iter().map(KickRow::from).collect())
     }
 
     pub(crate) async fn kick_revoked_serials(

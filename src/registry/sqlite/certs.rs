@@ -22,38 +22,11 @@ macro_rules! cert_select {
 }
 
 fn ca(r: &SqliteRow) -> Result<StoredCa, sqlx::Error> {
-    Ok(StoredCa {
-        id: r.try_get("id")?,
-        tenant_id: TenantId(r.try_get("tenant_id")?),
-        name: r.try_get("name")?,
-        cert_der: r.try_get("cert_der")?,
-        fingerprint: r.try_get("fingerprint")?,
-        subject: r.try_get("subject")?,
-        not_after: r.try_get("not_after")?,
-        key_sealed: r.try_get("key_sealed")?,
-        crl_url: r.try_get("crl_url")?,
-        crl_der: r.try_get("crl_der")?,
-        crl_number: r.try_get("crl_number")?,
-        crl_next_update: r.try_get("crl_next_update")?,
-        crl_error: r.try_get("crl_error")?,
-        created_at: r.try_get("created_at")?,
-    })
+    rows::CaRow::from_row(r).map(StoredCa::from)
 }
 
 fn device_cert(r: &SqliteRow) -> Result<StoredDeviceCert, sqlx::Error> {
-    Ok(StoredDeviceCert {
-        id: r.try_get("id")?,
-        tenant_id: TenantId(r.try_get("tenant_id")?),
-        client_id: r.try_get("client_id")?,
-        ca_id: r.try_get("ca_id")?,
-        fingerprint: r.try_get("fingerprint")?,
-        serial: r.try_get("serial")?,
-        subject: r.try_get("subject")?,
-        not_before: r.try_get("not_before")?,
-        not_after: r.try_get("not_after")?,
-        revoked_at: r.try_get("revoked_at")?,
-        created_at: r.try_get("created_at")?,
-    })
+    rows::CertRow::from_row(r).map(StoredDeviceCert::from)
 }
 
 impl SqliteStore {
@@ -155,7 +128,8 @@ impl SqliteStore {
         c: &NewDeviceCert,
         now: i64,
     ) -> StoreResult<StoredDeviceCert> {
-        let device_id = self.device_id(t, client_id).await?;
+        let mut tx = self.write().await?;
+        let device_id = Self::device_id(&mut tx, t, client_id).await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO device_certs (tenant_id, device_id, ca_id, fingerprint, serial, subject, not_before, not_after, created_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
@@ -169,14 +143,15 @@ impl SqliteStore {
         .bind(c.not_before)
         .bind(c.not_after)
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(|e| rows::conflict(e, || format!("certificate {}", c.fingerprint)))?;
         let r = sqlx::query(cert_select!("c.id = ?"))
             .bind(t.0)
             .bind(id)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(device_cert(&r)?)
     }
 
@@ -197,20 +172,22 @@ impl SqliteStore {
         fingerprint: &str,
         at: i64,
     ) -> StoreResult<StoredDeviceCert> {
+        let mut tx = self.write().await?;
         sqlx::query(
             "UPDATE device_certs SET revoked_at = COALESCE(revoked_at, ?) WHERE tenant_id = ? AND fingerprint = ?",
         )
         .bind(at)
         .bind(t.0)
         .bind(fingerprint)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         let r = sqlx::query(cert_select!("c.fingerprint = ?"))
             .bind(t.0)
             .bind(fingerprint)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("certificate {fingerprint}")))?;
+        tx.commit().await?;
         Ok(device_cert(&r)?)
     }
 }

@@ -1,6 +1,48 @@
-//! Reads for the hot path: resolving a client id, the two-query cache fill, and bulk loads for warm-up.
+//! Reads for the hot path: resolving a client id, the one-query cache fill (one JSON document),
+//! and bulk loads for warm-up.
 
 use super::*;
+
+/// One device's record as a JSON document over `devices d JOIN tenants t`: the same document
+/// PostgreSQL's `mqgate_device_doc` builds (`json(…)` keeps nested documents JSON through the
+/// scalar subqueries). Followed by the FROM clause.
+macro_rules! device_doc {
+    ($from:literal) => {
+        concat!("SELECT json_object(
+    'tenant_name', t.name,
+    'device', json_object(
+        'id', d.id, 'tenant_id', d.tenant_id, 'client_id', d.client_id, 'username', d.username,
+        'enabled', json(CASE WHEN d.enabled THEN 'true' ELSE 'false' END), 'created_at', d.created_at),
+    'credentials', json((
+        SELECT json_group_array(json_object(
+            'id', c.id, 'kind', c.kind, 'digest', c.digest, 'expires_at', c.expires_at))
+        FROM credentials c WHERE c.tenant_id = d.tenant_id AND c.device_id = d.id)),
+    'rules', json((
+        SELECT json_group_array(json_object(
+            'id', r.id, 'device_id', r.device_id, 'permission', r.permission, 'action', r.action,
+            'topic', r.topic))
+        FROM acl_rules r WHERE r.tenant_id = d.tenant_id AND (r.device_id = d.id OR r.device_id IS NULL))),
+    'limits', json((
+        SELECT json_group_array(json_object(
+            'device_id', l.device_id, 'per_sec', l.per_sec, 'burst', l.burst))
+        FROM rate_limits l WHERE l.tenant_id = d.tenant_id AND (l.device_id = d.id OR l.device_id IS NULL)))
+)
+", $from)
+    };
+}
+
+/// The cache fill of one client id.
+const FILL_SQL: &str = device_doc!(
+    " FROM client_directory cd \
+     JOIN devices d ON d.tenant_id = cd.tenant_id AND d.client_id = cd.client_id \
+     JOIN tenants t ON t.id = d.tenant_id WHERE cd.client_id = ?"
+);
+
+/// One device (`?2`) or, with `?2` NULL, every device of tenant `?1`, by client id.
+const LOAD_SQL: &str = device_doc!(
+    " FROM devices d JOIN tenants t ON t.id = d.tenant_id \
+     WHERE d.tenant_id = ?1 AND (?2 IS NULL OR d.client_id = ?2) ORDER BY d.client_id"
+);
 
 impl SqliteStore {
     pub(crate) async fn resolve_client(&self, client_id: &str) -> StoreResult<Option<TenantId>> {
@@ -12,50 +54,15 @@ impl SqliteStore {
         Ok(t.map(TenantId))
     }
 
-    /// The hot path's cache fill: the device behind a client id with everything it needs, in two
-    /// queries on one connection (the directory join, then all children in one union).
+    /// The hot path's cache fill: the device behind a client id with everything it needs, as one
+    /// JSON document built by one query ([`FILL_SQL`]), decoded by the shared [`rows::FillDoc`].
     pub(crate) async fn load_client(&self, client_id: &str) -> StoreResult<Option<DeviceRecord>> {
-        let mut conn = self.pool.acquire().await?;
-        let row = sqlx::query(
-            "SELECT d.id, d.tenant_id, d.client_id, d.username, d.enabled, d.created_at, t.name AS tenant_name \
-             FROM client_directory c JOIN devices d ON d.tenant_id = c.tenant_id AND d.client_id = c.client_id \
-             JOIN tenants t ON t.id = d.tenant_id WHERE c.client_id = ?",
-        )
-        .bind(client_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let (dev, name): (Device, String) = (device(&row)?, row.try_get("tenant_name")?);
-        let children = sqlx::query(
-            "SELECT 'c' AS src, id, device_id, kind AS s1, digest AS s2, NULL AS s3, created_at AS n1, expires_at AS n2, NULL AS f1 \
-               FROM credentials WHERE tenant_id = ?1 AND device_id = ?2 \
-             UNION ALL SELECT 'r', id, device_id, permission, action, topic, NULL, NULL, NULL \
-               FROM acl_rules WHERE tenant_id = ?1 AND (device_id = ?2 OR device_id IS NULL) \
-             UNION ALL SELECT 'l', id, device_id, NULL, NULL, NULL, burst, NULL, per_sec \
-               FROM rate_limits WHERE tenant_id = ?1 AND (device_id = ?2 OR device_id IS NULL) \
-             ORDER BY 1, 2",
-        )
-        .bind(dev.tenant_id.0)
-        .bind(dev.id)
-        .fetch_all(&mut *conn)
-        .await?;
-        let children = children
-            .iter()
-            .map(|r| {
-                Ok(rows::ChildRow {
-                    src: r.try_get("src")?,
-                    id: r.try_get("id")?,
-                    device_id: r.try_get("device_id")?,
-                    s1: r.try_get("s1")?,
-                    s2: r.try_get("s2")?,
-                    s3: r.try_get("s3")?,
-                    n1: r.try_get("n1")?,
-                    n2: r.try_get("n2")?,
-                    f1: r.try_get("f1")?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        rows::from_children(&name, dev, children)
+        let doc: Option<String> = sqlx::query_scalar(FILL_SQL)
+            .bind(client_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        doc.map(|d| rows::FillDoc::parse(&d)?.into_record())
+            .transpose()
     }
 
     /// Cache fills for many client ids. SQLite has no network round trip to save, so this is one
@@ -86,91 +93,15 @@ impl SqliteStore {
         self.load(t, None).await
     }
 
-    /// One device (`Some`) or all of a tenant's, in five indexed queries whatever the count.
+    /// One device (`Some`) or all of a tenant's: the same documents as the cache fill.
     async fn load(&self, t: TenantId, one: Option<&str>) -> StoreResult<Vec<DeviceRecord>> {
-        let name: Option<String> = sqlx::query_scalar("SELECT name FROM tenants WHERE id = ?")
+        let docs: Vec<String> = sqlx::query_scalar(LOAD_SQL)
             .bind(t.0)
-            .fetch_optional(&self.pool)
-            .await?;
-        let Some(name) = name else { return Ok(vec![]) };
-        let q = match one {
-            Some(c) => sqlx::query(concat!(
-                "SELECT ",
-                device_cols!(),
-                " FROM devices WHERE tenant_id = ? AND client_id = ?"
-            ))
-            .bind(t.0)
-            .bind(c),
-            None => sqlx::query(concat!(
-                "SELECT ",
-                device_cols!(),
-                " FROM devices WHERE tenant_id = ? ORDER BY client_id"
-            ))
-            .bind(t.0),
-        };
-        let devices: Vec<Device> = q
+            .bind(one)
             .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(device)
-            .collect::<Result<_, _>>()?;
-        let one_id = match (one, devices.first()) {
-            (_, None) => return Ok(vec![]),
-            (Some(_), Some(d)) => Some(d.id),
-            (None, Some(_)) => None,
-        };
-        let creds = self
-            .scoped_rows(
-                t,
-                one_id,
-                "SELECT id, device_id, kind, digest, created_at, expires_at FROM credentials WHERE tenant_id = ?1 AND device_id = ?2 ORDER BY id",
-                "SELECT id, device_id, kind, digest, created_at, expires_at FROM credentials WHERE tenant_id = ?1 ORDER BY id",
-            )
-            .await?
-            .iter()
-            .map(credential)
-            .collect::<StoreResult<Vec<_>>>()?;
-        let rules = self
-            .scoped_rows(
-                t,
-                one_id,
-                "SELECT r.id, r.device_id, NULL AS client_id, r.permission, r.action, r.topic FROM acl_rules r WHERE r.tenant_id = ?1 AND r.device_id IS NULL \
-                 UNION ALL SELECT r.id, r.device_id, d.client_id, r.permission, r.action, r.topic FROM acl_rules r JOIN devices d ON d.id = r.device_id \
-                 WHERE r.tenant_id = ?1 AND r.device_id = ?2 ORDER BY 1",
-                "SELECT r.id, r.device_id, d.client_id, r.permission, r.action, r.topic FROM acl_rules r LEFT JOIN devices d ON d.id = r.device_id \
-                 WHERE r.tenant_id = ?1 ORDER BY r.id",
-            )
-            .await?
-            .iter()
-            .map(rule)
-            .collect::<StoreResult<Vec<_>>>()?;
-        let limits = self
-            .scoped_rows(
-                t,
-                one_id,
-                "SELECT device_id, per_sec, burst FROM rate_limits WHERE tenant_id = ?1 AND (device_id IS NULL) \
-                 UNION ALL SELECT device_id, per_sec, burst FROM rate_limits WHERE tenant_id = ?1 AND device_id = ?2",
-                "SELECT device_id, per_sec, burst FROM rate_limits WHERE tenant_id = ?1",
-            )
-            .await?
-            .iter()
-            .map(limit)
-            .collect::<StoreResult<Vec<_>>>()?;
-        Ok(rows::assemble(&name, devices, creds, rules, limits))
-    }
-
-    /// Runs `for_one` (binding the device id as `?2`) or `for_all`, both scoped to tenant `?1`.
-    async fn scoped_rows(
-        &self,
-        t: TenantId,
-        one: Option<i64>,
-        for_one: &'static str,
-        for_all: &'static str,
-    ) -> StoreResult<Vec<SqliteRow>> {
-        let q = match one {
-            Some(id) => sqlx::query(for_one).bind(t.0).bind(id),
-            None => sqlx::query(for_all).bind(t.0),
-        };
-        Ok(q.fetch_all(&self.pool).await?)
+            .await?;
+        docs.iter()
+            .map(|d| rows::FillDoc::parse(d)?.into_record())
+            .collect()
     }
 }

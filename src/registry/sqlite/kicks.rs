@@ -1,13 +1,12 @@
 //! The EMQX kick outbox in SQLite (rows written by triggers, see
 //! `migrations/sqlite/0006_emqx_kicks.sql`); one writer at a time makes each claim atomic.
 
-use sqlx::Row;
-
 use super::*;
+use crate::registry::rows::{KickOutboxRow, PendingKickRow};
 
 impl SqliteStore {
     pub(crate) async fn claim_kicks(&self, c: KickClaim) -> StoreResult<Vec<PendingKick>> {
-        let rows = sqlx::query(
+        let rows: Vec<PendingKickRow> = sqlx::query_as(
             "UPDATE emqx_kicks SET claimed_until = ? WHERE id IN ( \
                  SELECT id FROM emqx_kicks WHERE done_at IS NULL \
                  AND (due_at IS NULL OR due_at <= ?) \
@@ -21,17 +20,7 @@ impl SqliteStore {
         .bind(c.limit)
         .fetch_all(&self.pool)
         .await?;
-        let mut kicks = rows
-            .iter()
-            .map(|r| {
-                Ok(PendingKick {
-                    id: r.try_get("id")?,
-                    tenant: TenantId(r.try_get("tenant_id")?),
-                    client_id: r.try_get("client_id")?,
-                    reason: r.try_get("reason")?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let mut kicks: Vec<PendingKick> = rows.into_iter().map(PendingKick::from).collect();
         kicks.sort_by_key(|k| k.id);
         Ok(kicks)
     }
@@ -50,41 +39,30 @@ impl SqliteStore {
     }
 
     pub(crate) async fn prune_kicks(&self, now: i64, keep_pending: i64) -> StoreResult<u64> {
+        let mut tx = self.write().await?;
         sqlx::query(
             "UPDATE emqx_kicks SET keep_until = ? WHERE keep_until IS NULL AND done_at IS NULL \
              AND (due_at IS NULL OR due_at <= ?)",
         )
         .bind(now.saturating_add(keep_pending))
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         let gone = sqlx::query("DELETE FROM emqx_kicks WHERE keep_until < ?")
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(gone.rows_affected())
     }
 
     pub(crate) async fn list_kicks(&self) -> StoreResult<Vec<KickRow>> {
-        let rows = sqlx::query(
+        let rows: Vec<KickOutboxRow> = sqlx::query_as(
             "SELECT id, tenant_id, client_id, reason, due_at, done_at, outcome FROM emqx_kicks ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(KickRow {
-                    id: r.try_get("id")?,
-                    tenant: TenantId(r.try_get("tenant_id")?),
-                    client_id: r.try_get("client_id")?,
-                    reason: r.try_get("reason")?,
-                    due_at: r.try_get("due_at")?,
-                    done_at: r.try_get("done_at")?,
-                    outcome: r.try_get("outcome")?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()
-            .map_err(Into::into)
+        Ok(rows.into_iter().map(KickRow::from).collect())
     }
 
     pub(crate) async fn kick_revoked_serials(

@@ -737,3 +737,50 @@ async fn a_ca_key_sealed_the_old_way_still_signs_and_is_sealed_again_body(store:
             .is_err()
     );
 }
+
+/// Overlapping reloads (the change feed's and explicit ones) around a revocation: whichever
+/// finishes last must not put a view read before the revocation in force. Many at once, several
+/// rounds: the revoked certificate is refused at the end of every round.
+async fn overlapping_reloads_never_bring_a_revoked_certificate_back(store: Store) {
+    let app = Arc::new(TestApp::start_with(store, with_ca_secret).await);
+    app.device("acme", "d1").await;
+    let ten_years = Duration::from_secs(3650 * 86400);
+    app.admin
+        .ca_init("acme", "default", ten_years, &sealer())
+        .await
+        .unwrap();
+    for round in 0..5 {
+        let days = Duration::from_secs(30 * 86400);
+        let issued = app
+            .admin
+            .cert_issue("acme", "d1", None, days, &sealer())
+            .await
+            .unwrap();
+        let der = issued.issued.cert_der.clone();
+        let mut reloads = tokio::task::JoinSet::new();
+        for _ in 0..20 {
+            let app = Arc::clone(&app);
+            reloads.spawn(async move { reload(&app).await });
+        }
+        app.admin
+            .cert_revoke("acme", &issued.record.fingerprint)
+            .await
+            .unwrap();
+        for _ in 0..20 {
+            let app = Arc::clone(&app);
+            reloads.spawn(async move { reload(&app).await });
+        }
+        while reloads.join_next().await.is_some() {}
+        let now = app.gate.clock().now();
+        let verdict = app.gate.trust().current().identify(&der, &[], now);
+        assert_eq!(
+            verdict.map(|id| id.client_id().to_string()),
+            Err(mqgate::auth::trust::CertRejection::Revoked),
+            "round {round}"
+        );
+    }
+}
+both_stores!(
+    overlapping_reloads,
+    overlapping_reloads_never_bring_a_revoked_certificate_back
+);

@@ -14,6 +14,10 @@ pub struct TrustStore {
     policy: CrlFailure,
     expiry_warning: i64,
     reloaded: tokio::sync::broadcast::Sender<crate::registry::Change>,
+    /// One reload at a time: two overlapping reloads could otherwise finish in the wrong order, and
+    /// the one that read the registry first (before a revocation) would put its stale view in
+    /// force last.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl TrustStore {
@@ -24,6 +28,7 @@ impl TrustStore {
             policy,
             expiry_warning,
             reloaded: tokio::sync::broadcast::channel(256).0,
+            reloading: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -55,6 +60,7 @@ impl TrustStore {
     /// Loads every tenant's CAs and device certificates from `store` (tenant by tenant, each
     /// query fenced) and puts them in force.
     pub async fn reload(&self, store: &crate::registry::Store) -> crate::registry::StoreResult<()> {
+        let _one_at_a_time = self.reloading.lock().await;
         let mut cas = Vec::new();
         let mut certs = Vec::new();
         let mut names = HashMap::new();

@@ -139,8 +139,8 @@ impl Directory {
                 .map(|e| &e.control)
                 .collect(),
             Change::Resync => map.values().map(|e| &e.control).collect(),
-            // A lockout concerns the next CONNECT, not a live session.
-            Change::Lockout(_) => Vec::new(),
+            // A lockout concerns the next CONNECT, not a live session; a mark, nobody.
+            Change::Lockout(_) | Change::Mark(_) => Vec::new(),
         };
         for control in concerned {
             // A full queue already holds a re-check; a closed one is a session on its way out.

@@ -49,6 +49,8 @@ pub struct CachedRegistry {
     file_rules: RwLock<Arc<Vec<Rule>>>,
     epoch: AtomicU64,
     changes: broadcast::Sender<Change>,
+    /// The newest [`Change::Mark`] the change listener has passed (see [`CachedRegistry::settled`]).
+    marks: tokio::sync::watch::Sender<i64>,
     health: Arc<Health>,
     load_timeout: Duration,
 }
@@ -77,6 +79,7 @@ impl CachedRegistry {
             file_rules: RwLock::new(Arc::new(file_rules)),
             epoch: AtomicU64::new(0),
             changes: broadcast::channel(CHANGE_FEED).0,
+            marks: tokio::sync::watch::channel(0).0,
             load_timeout: LOAD_TIMEOUT,
         }
     }
@@ -180,7 +183,7 @@ impl CachedRegistry {
             }
             Change::Resync => self.cache.invalidate_all(),
             // Certificates live in the trust store, not in device views.
-            Change::Certs(_) | Change::Lockout(_) => {}
+            Change::Certs(_) | Change::Lockout(_) | Change::Mark(_) => {}
         }
     }
 
@@ -210,10 +213,29 @@ impl CachedRegistry {
         let me = Arc::clone(self);
         tokio::spawn(async move {
             while let Some(change) = rx.recv().await {
+                if let Change::Mark(n) = change {
+                    me.marks.send_if_modified(|m| {
+                        let newer = n > *m;
+                        *m = (*m).max(n);
+                        newer
+                    });
+                    continue;
+                }
                 tracing::debug!(?change, "registry change");
                 me.invalidate(&change).await;
             }
         });
+    }
+
+    /// Returns once every change committed before the call has been applied here (the cache
+    /// forgot what it made stale, and `watch_changes` readers were told): a mark is put on the
+    /// change feed and awaited. Unbounded: callers that must not wait forever bound it.
+    pub async fn settled(&self) -> StoreResult<()> {
+        let mut marks = self.marks.subscribe();
+        let mark = self.store.mark().await?;
+        // The listener is gone only when the process shuts down: nothing more will be applied.
+        let _ = marks.wait_for(|m| *m >= mark).await;
+        Ok(())
     }
 
     /// Number of cached entries (approximate; for metrics and tests).

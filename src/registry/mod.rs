@@ -410,6 +410,15 @@ impl Store {
 }
 
 impl Store {
+    /// A mark on the change feed: once [`Change::Mark`] with this number (or a later one) has
+    /// come through [`Store::subscribe_changes`], every change committed before this call has.
+    pub async fn mark(&self) -> StoreResult<i64> {
+        match self {
+            Store::Postgres(s) => s.mark().await,
+            Store::Sqlite(s) => sqlite_changes::mark(s.pool()).await,
+        }
+    }
+
     /// Changes made by any process: PostgreSQL LISTEN/NOTIFY across replicas, a polled trigger-fed
     /// table for SQLite (the CLI writes the same file from another process). When changes may
     /// have been missed (lost connection, outage) the stream yields [`Change::Resync`].

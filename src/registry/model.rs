@@ -174,6 +174,9 @@ pub enum Change {
     Resync,
     /// A brute-force lockout began (or, with `until_ms` 0, was cleared) on some replica.
     Lockout(StoredLockout),
+    /// A mark this process put on the change feed ([`crate::registry::Store::mark`]): every change
+    /// announced before it has been forwarded. Never broadcast past the cache.
+    Mark(i64),
 }
 
 /// What a brute-force lockout is keyed on.

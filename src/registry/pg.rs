@@ -44,7 +44,17 @@ fn lockout_payload(l: &StoredLockout) -> String {
 }
 
 /// Parses a notification payload back into a change.
+/// This process's marks on the change feed: a random token (another process's marks are not
+/// ours) and a counter.
+static MARK_TOKEN: std::sync::LazyLock<u64> = std::sync::LazyLock::new(rand::random);
+static MARKS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
 fn parse_payload(p: &str) -> Option<Change> {
+    if let Some(rest) = p.strip_prefix("m:") {
+        let (token, n) = rest.split_once(':')?;
+        let ours = token.parse::<u64>().ok()? == *MARK_TOKEN;
+        return ours.then(|| n.parse().ok().map(Change::Mark)).flatten();
+    }
     if let Some(rest) = p.strip_prefix("l:") {
         let mut parts = rest.splitn(3, ':');
         return Some(Change::Lockout(StoredLockout {
@@ -456,6 +466,17 @@ impl PgStore {
         Ok(owner)
     }
 
+    /// Puts a mark on the change feed (NOTIFY, delivered in commit order after every change
+    /// committed before it); returns its number.
+    pub(crate) async fn mark(&self) -> StoreResult<i64> {
+        let n = MARKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let payload = format!("m:{}:{n}", *MARK_TOKEN);
+        sqlx::query!("SELECT pg_notify($1, $2)", CHANNEL, payload)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n)
+    }
+
     pub(crate) async fn subscribe_changes(&self) -> StoreResult<mpsc::Receiver<Change>> {
         let listener = listen(&self.pool).await?;
         let (tx, rx) = mpsc::channel(1024);
@@ -526,6 +547,15 @@ async fn resubscribe(pool: &PgPool) -> PgListener {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_this_processs_marks_are_read_as_marks() {
+        let ours = format!("m:{}:5", *MARK_TOKEN);
+        assert_eq!(parse_payload(&ours), Some(Change::Mark(5)));
+        let other = MARK_TOKEN.wrapping_add(1);
+        assert_eq!(parse_payload(&format!("m:{other}:5")), None);
+        assert_eq!(parse_payload("m:garbage"), None);
+    }
 
     #[test]
     fn notification_payloads_round_trip() {

@@ -24,6 +24,15 @@ pub async fn subscribe(pool: SqlitePool) -> StoreResult<mpsc::Receiver<Change>> 
     Ok(rx)
 }
 
+/// The feed's current end: a mark that is passed once every change before it was forwarded.
+pub async fn mark(pool: &SqlitePool) -> StoreResult<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM registry_changes")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
 async fn poll(pool: SqlitePool, mut last: i64, tx: mpsc::Sender<Change>) {
     let mut failing = false;
     while !tx.is_closed() && !pool.is_closed() {
@@ -41,6 +50,10 @@ async fn poll(pool: SqlitePool, mut last: i64, tx: mpsc::Sender<Change>) {
                     if tx.send(change).await.is_err() {
                         return;
                     }
+                }
+                // Everything up to `last` is forwarded (see `mark`).
+                if tx.send(Change::Mark(last)).await.is_err() {
+                    return;
                 }
                 prune(&pool, last).await;
             }

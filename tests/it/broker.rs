@@ -581,9 +581,9 @@ async fn a_session_ends_when_its_rotation_grace_runs_out_without_any_change(stor
         _ => None,
     })
     .await;
-    // Let every echo of the rotation (NOTIFY, SQLite's polled change table) arrive first, so that
+    // Every echo of the rotation (NOTIFY, SQLite's polled change table) applied first, so that
     // nothing but the passing of time can end the session.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    app.gate.registry().settled().await.unwrap();
     // Time passes (the gate's clock); no registry change follows, yet the session ends.
     app.clock.advance(5);
     one.closed().await;

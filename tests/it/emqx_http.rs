@@ -520,8 +520,8 @@ async fn cached_devices_keep_their_answer_while_the_store_is_down_and_unknown_on
 ) {
     let app = TestApp::start(store.clone()).await;
     let token = app.device("acme", "dev-1").await;
-    // Our own writes come back over NOTIFY and drop the entry once more; let them land, then cache.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Our own writes come back over the change feed and drop the entry once more: applied, then cache.
+    app.gate.registry().settled().await.unwrap();
     assert_eq!(app.authn("dev-1", "", &token).await["result"], "allow");
     store.close().await;
     assert_eq!(
@@ -686,3 +686,30 @@ both_stores!(
     max_session_age,
     expire_at_is_capped_by_the_maximum_session_age
 );
+
+/// `CachedRegistry::settled`: once it returns, a change another replica committed has been applied
+/// here (heard through the change feed, PostgreSQL NOTIFY or SQLite's polled table), so the very
+/// next answer reflects it, with no polling.
+async fn settled_means_another_replicas_change_is_applied(store: Store) {
+    let writer = TestApp::start(store.clone()).await;
+    let reader = TestApp::start(store).await;
+    let token = writer.device("acme", "dev-1").await;
+    reader.gate.registry().settled().await.unwrap();
+    assert_eq!(reader.authn("dev-1", "", &token).await["result"], "allow");
+    for round in 0..3 {
+        let enabled = round % 2 == 1;
+        writer
+            .admin
+            .set_enabled("acme", "dev-1", enabled)
+            .await
+            .unwrap();
+        reader.gate.registry().settled().await.unwrap();
+        let want = if enabled { "allow" } else { "deny" };
+        assert_eq!(
+            reader.authn("dev-1", "", &token).await["result"],
+            want,
+            "round {round}"
+        );
+    }
+}
+both_stores!(settled, settled_means_another_replicas_change_is_applied);

@@ -427,7 +427,7 @@ async fn every_write_is_announced_on_the_change_feed(store: Store) {
     };
     let mut seen = Vec::new();
     while !(seen.contains(&device) && seen.contains(&Change::Tenant(a))) {
-        let c = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        let c = tokio::time::timeout(Duration::from_secs(5), next_change(&mut rx))
             .await
             .expect("change announced")
             .unwrap();
@@ -520,7 +520,7 @@ async fn a_second_store_on_the_same_database_hears_each_change(pool: sqlx::PgPoo
     let mut rx = reader.subscribe_changes().await.unwrap().unwrap();
     let a = writer.create_tenant("acme", NOW).await.unwrap().id;
     writer.create_device(a, &dev("dev:1"), NOW).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+    let got = tokio::time::timeout(Duration::from_secs(5), next_change(&mut rx))
         .await
         .unwrap()
         .unwrap();
@@ -793,6 +793,17 @@ both_stores!(
 /// Reads the change feed up to the announcement of a marker write (a device created in tenant
 /// `mark` with a fresh client id) and returns what came before it: the feed is ordered, so that
 /// is exactly what the writes since the previous marker announced.
+/// The next change on the feed, past the feed's own marks (`Change::Mark`, see
+/// `CachedRegistry::settled`).
+async fn next_change(rx: &mut tokio::sync::mpsc::Receiver<Change>) -> Option<Change> {
+    loop {
+        match rx.recv().await {
+            Some(Change::Mark(_)) => continue,
+            c => return c,
+        }
+    }
+}
+
 async fn announced_before_marker(
     s: &Store,
     rx: &mut tokio::sync::mpsc::Receiver<Change>,
@@ -808,7 +819,7 @@ async fn announced_before_marker(
     };
     let mut seen = Vec::new();
     loop {
-        let c = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        let c = tokio::time::timeout(Duration::from_secs(5), next_change(rx))
             .await
             .expect("marker announced")
             .unwrap();
@@ -1157,7 +1168,7 @@ async fn lockouts_that_begin_or_are_cleared_are_announced(pool: sqlx::PgPool) {
     .await;
     let mut rx = s.subscribe_changes().await.unwrap().unwrap();
     let mut next = async || {
-        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        tokio::time::timeout(Duration::from_secs(5), next_change(&mut rx))
             .await
             .expect("announced")
             .unwrap()
@@ -1215,7 +1226,7 @@ async fn a_change_written_by_hand_is_announced_and_a_rolled_back_one_is_not(pool
         .execute(&pool)
         .await
         .unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+    let got = tokio::time::timeout(Duration::from_secs(5), next_change(&mut rx))
         .await
         .unwrap()
         .unwrap();

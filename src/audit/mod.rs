@@ -116,3 +116,51 @@ impl AuditRecord {
         (self.event.kind(), detail)
     }
 }
+
+/// Why the stored trail could not be verified.
+#[derive(Debug, thiserror::Error)]
+pub enum TrailError {
+    /// The registry could not be read.
+    #[error(transparent)]
+    Store(#[from] crate::registry::StoreError),
+    /// An entry does not continue the chain.
+    #[error(transparent)]
+    Broken(#[from] chain::ChainBreak),
+}
+
+/// Verifies the whole stored trail from the first entry, `page` entries at a time (memory stays
+/// bounded however long the trail); returns how many entries verified.
+pub async fn verify_trail(store: &crate::registry::Store, page: i64) -> Result<usize, TrailError> {
+    let mut prev = chain::GENESIS.to_string();
+    let (mut after, mut count) = (0, 0usize);
+    loop {
+        let entries = store.list_audit(after, page).await?;
+        let Some(last) = entries.last() else {
+            return Ok(count);
+        };
+        after = last.id;
+        count += entries.len();
+        prev = chain::verify(&entries, prev)?;
+    }
+}
+
+/// The newest `limit` stored entries, oldest first, read `page` entries at a time.
+pub async fn tail(
+    store: &crate::registry::Store,
+    limit: usize,
+    page: i64,
+) -> Result<Vec<chain::StoredAudit>, crate::registry::StoreError> {
+    let mut newest = std::collections::VecDeque::with_capacity(limit.min(10_000));
+    let mut after = 0;
+    loop {
+        let entries = store.list_audit(after, page).await?;
+        let Some(last) = entries.last() else {
+            return Ok(newest.into());
+        };
+        after = last.id;
+        newest.extend(entries);
+        while newest.len() > limit {
+            newest.pop_front();
+        }
+    }
+}

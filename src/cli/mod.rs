@@ -520,31 +520,20 @@ async fn acl(cmd: AclCmd, admin: &Admin, config: &Config, out: &Out) -> Result<(
     }
 }
 
+/// Entries read per page by `audit verify|tail`.
+const AUDIT_PAGE: i64 = 5000;
+
 async fn audit(cmd: AuditCmd, store: &Store, out: &Out) -> Result<()> {
-    let mut prev = crate::audit::chain::GENESIS.to_string();
-    let (mut after, mut count) = (0, 0usize);
-    let mut newest = std::collections::VecDeque::new();
-    loop {
-        let page = store.list_audit(after, 5000).await?;
-        let Some(last) = page.last() else { break };
-        after = last.id;
-        count += page.len();
-        if let AuditCmd::Verify = cmd {
-            prev = crate::audit::chain::verify(&page, prev)?;
-        } else if let AuditCmd::Tail { limit } = cmd {
-            newest.extend(page);
-            while newest.len() > limit {
-                newest.pop_front();
-            }
-        }
-    }
     match cmd {
-        AuditCmd::Verify => out.done(
-            &format!("{count} audit entries, chain intact"),
-            json!({ "entries": count, "intact": true }),
-        ),
-        AuditCmd::Tail { .. } => {
-            let items: Vec<_> = newest.into_iter().collect();
+        AuditCmd::Verify => {
+            let count = crate::audit::verify_trail(store, AUDIT_PAGE).await?;
+            out.done(
+                &format!("{count} audit entries, chain intact"),
+                json!({ "entries": count, "intact": true }),
+            )
+        }
+        AuditCmd::Tail { limit } => {
+            let items = crate::audit::tail(store, limit, AUDIT_PAGE).await?;
             out.list(&items, |e| {
                 format!("{}\t{}\t{}\t{}", e.id, e.at_ms, e.kind, e.detail)
             })

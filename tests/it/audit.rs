@@ -56,3 +56,29 @@ both_stores!(
     audit_chain,
     auth_outcomes_and_admin_actions_are_chained_in_the_store
 );
+
+/// The stored trail is verified and tailed page by page (the CLI's `audit verify|tail`): with a
+/// page far smaller than the trail, every entry is counted once and the tail is the newest.
+async fn the_trail_is_verified_and_tailed_page_by_page(store: Store) {
+    let app = TestApp::start(store.clone()).await;
+    let token = app.device("acme", "dev-1").await;
+    for _ in 0..4 {
+        app.authn("dev-1", "", &token).await;
+    }
+    let all = entries(&store, 5).await;
+    let verified = mqgate::audit::verify_trail(&store, 2).await.unwrap();
+    assert!(verified >= all.len(), "{verified} of {}", all.len());
+    let tail = mqgate::audit::tail(&store, 3, 2).await.unwrap();
+    let now = store.list_audit(0, 10_000).await.unwrap();
+    let newest: Vec<i64> = now.iter().rev().take(3).rev().map(|e| e.id).collect();
+    let tailed: Vec<i64> = tail.iter().map(|e| e.id).collect();
+    assert!(
+        tailed.len() == 3 && tailed.first() >= newest.first(),
+        "tail {tailed:?}, newest {newest:?}"
+    );
+    assert!(
+        tailed.windows(2).all(|w| w[0] < w[1]),
+        "oldest first: {tailed:?}"
+    );
+}
+both_stores!(trail_pages, the_trail_is_verified_and_tailed_page_by_page);

@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::both_stores;
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, until};
 
 const API_KEY: &str = "mqgate-kicker";
 const API_SECRET: &str = "emqx-api-secret-for-tests-0123456789";
@@ -418,15 +418,15 @@ async fn every_revoking_change_kicks_once_across_two_replicas(store: Store) {
     );
 
     // Every outbox row finished, then count: once per change, not once per replica.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let rows = store.list_kicks().await.unwrap();
-        if rows.iter().all(|r| r.done_at.is_some()) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{rows:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(
+        "every outbox row finished",
+        Duration::from_secs(5),
+        || async {
+            let rows = store.list_kicks().await.unwrap();
+            rows.iter().all(|r| r.done_at.is_some())
+        },
+    )
+    .await;
     let rows = store.list_kicks().await.unwrap();
     let reasons: Vec<(&str, &str)> = rows
         .iter()
@@ -553,17 +553,15 @@ async fn a_dead_replicas_kicks_are_sent_when_its_lease_ends(store: Store) {
     // …and sends it once the lease has ended.
     live.clock.advance(11);
     emqx.wait_for("d-1", 2, Duration::from_secs(3)).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while store
-        .list_kicks()
-        .await
-        .unwrap()
-        .iter()
-        .any(|r| r.done_at.is_none())
-    {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(
+        "every outbox row finished",
+        Duration::from_secs(3),
+        || async {
+            let rows = store.list_kicks().await.unwrap();
+            rows.iter().all(|r| r.done_at.is_some())
+        },
+    )
+    .await;
     assert_eq!(emqx.requests_for("d-1").len(), 2);
 }
 both_stores!(

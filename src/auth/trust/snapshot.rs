@@ -531,15 +531,16 @@ mod tests {
         TrustSnapshot::build(cas, certs, names, policy)
     }
 
+    /// Tenant acme trusting `ca` as its own (mqgate) CA 7, with `certs` bound.
+    fn trusting(ca: &Ca, certs: Vec<StoredDeviceCert>) -> TrustSnapshot {
+        snapshot(vec![stored_ca(ca, 7, true, None)], certs, CrlFailure::Deny)
+    }
+
     #[test]
     fn a_certificate_of_a_tenant_ca_identifies_its_common_name() {
         let acme = ca("acme", "root");
         let ee = device(&acme, "dev-1", NOW - DAY, NOW + DAY);
-        let snap = snapshot(
-            vec![stored_ca(&acme, 7, true, None)],
-            vec![],
-            CrlFailure::Deny,
-        );
+        let snap = trusting(&acme, vec![]);
         let id = snap.identify(&ee, &[], NOW).unwrap();
         assert_eq!((id.tenant, id.tenant_name.as_str()), (ACME, "acme"));
         assert_eq!(id.client_id, "dev-1");
@@ -554,11 +555,7 @@ mod tests {
         let acme = ca("acme", "root");
         let other = ca("acme", "elsewhere");
         let ee = device(&other, "dev-1", NOW - DAY, NOW + DAY);
-        let snap = snapshot(
-            vec![stored_ca(&acme, 7, true, None)],
-            vec![],
-            CrlFailure::Deny,
-        );
+        let snap = trusting(&acme, vec![]);
         assert_eq!(snap.identify(&ee, &[], NOW), Err(CertRejection::Untrusted));
         assert!(matches!(
             snap.identify(b"not a certificate", &[], NOW),
@@ -576,11 +573,7 @@ mod tests {
     fn validity_is_checked_at_the_time_asked() {
         let acme = ca("acme", "root");
         let ee = device(&acme, "dev-1", NOW - DAY, NOW + DAY);
-        let snap = snapshot(
-            vec![stored_ca(&acme, 7, true, None)],
-            vec![],
-            CrlFailure::Deny,
-        );
+        let snap = trusting(&acme, vec![]);
         assert_eq!(
             snap.identify(&ee, &[], NOW + 2 * DAY),
             Err(CertRejection::Expired)
@@ -596,12 +589,7 @@ mod tests {
     fn a_certificate_revoked_in_mqgate_is_refused_even_from_a_trusted_ca() {
         let acme = ca("acme", "root");
         let ee = device(&acme, "dev-1", NOW - DAY, NOW + DAY);
-        let cas = vec![stored_ca(&acme, 7, true, None)];
-        let snap = snapshot(
-            cas,
-            vec![bound(&ee, "dev-1", Some(7), true)],
-            CrlFailure::Deny,
-        );
+        let snap = trusting(&acme, vec![bound(&ee, "dev-1", Some(7), true)]);
         assert_eq!(snap.identify(&ee, &[], NOW), Err(CertRejection::Revoked));
     }
 
@@ -609,12 +597,7 @@ mod tests {
     fn a_bound_certificate_names_its_device_whatever_its_common_name() {
         let acme = ca("acme", "root");
         let ee = device(&acme, "printed-name", NOW - DAY, NOW + DAY);
-        let cas = vec![stored_ca(&acme, 7, true, None)];
-        let snap = snapshot(
-            cas,
-            vec![bound(&ee, "dev-1", Some(7), false)],
-            CrlFailure::Deny,
-        );
+        let snap = trusting(&acme, vec![bound(&ee, "dev-1", Some(7), false)]);
         assert_eq!(snap.identify(&ee, &[], NOW).unwrap().client_id, "dev-1");
     }
 
@@ -669,11 +652,7 @@ mod tests {
         let ee = device(&acme, "dev-1", NOW - DAY, NOW + DAY);
         let b = bound(&ee, "dev-1", Some(7), false);
         let subject = b.subject.clone();
-        let snap = snapshot(
-            vec![stored_ca(&acme, 7, true, None)],
-            vec![b],
-            CrlFailure::Deny,
-        );
+        let snap = trusting(&acme, vec![b]);
         let id = snap
             .identify_by_names("dev-1", Some("dev-1"), Some(&subject), NOW)
             .unwrap();

@@ -128,39 +128,50 @@ pub enum TrailError {
     Broken(#[from] chain::ChainBreak),
 }
 
-/// Verifies the whole stored trail from the first entry, `page` entries at a time (memory stays
-/// bounded however long the trail); returns how many entries verified.
-pub async fn verify_trail(store: &crate::registry::Store, page: i64) -> Result<usize, TrailError> {
-    let mut prev = chain::GENESIS.to_string();
-    let (mut after, mut count) = (0, 0usize);
+/// Reads the stored trail from the first entry, `page` entries at a time (memory stays bounded
+/// however long the trail), handing each page to `each` in id order.
+async fn each_page<E: From<crate::registry::StoreError>>(
+    store: &crate::registry::Store,
+    page: i64,
+    mut each: impl FnMut(Vec<chain::StoredAudit>) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut after = 0;
     loop {
         let entries = store.list_audit(after, page).await?;
         let Some(last) = entries.last() else {
-            return Ok(count);
+            return Ok(());
         };
         after = last.id;
-        count += entries.len();
-        prev = chain::verify(&entries, prev)?;
+        each(entries)?;
     }
 }
 
-/// The newest `limit` stored entries, oldest first, read `page` entries at a time.
+/// Verifies the whole stored trail, a page at a time; returns how many entries verified.
+pub async fn verify_trail(store: &crate::registry::Store, page: i64) -> Result<usize, TrailError> {
+    let (mut prev, mut count) = (chain::GENESIS.to_string(), 0usize);
+    each_page(store, page, |entries| {
+        count += entries.len();
+        prev = chain::verify(&entries, std::mem::take(&mut prev))?;
+        Ok::<_, TrailError>(())
+    })
+    .await?;
+    Ok(count)
+}
+
+/// The newest `limit` stored entries, oldest first, read a page at a time.
 pub async fn tail(
     store: &crate::registry::Store,
     limit: usize,
     page: i64,
 ) -> Result<Vec<chain::StoredAudit>, crate::registry::StoreError> {
     let mut newest = std::collections::VecDeque::with_capacity(limit.min(10_000));
-    let mut after = 0;
-    loop {
-        let entries = store.list_audit(after, page).await?;
-        let Some(last) = entries.last() else {
-            return Ok(newest.into());
-        };
-        after = last.id;
+    each_page(store, page, |entries| {
         newest.extend(entries);
         while newest.len() > limit {
             newest.pop_front();
         }
-    }
+        Ok::<_, crate::registry::StoreError>(())
+    })
+    .await?;
+    Ok(newest.into())
 }

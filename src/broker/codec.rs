@@ -66,31 +66,18 @@ impl Codec {
         }
     }
 
-    /// How many more bytes the frame that `buf` begins needs before it is complete, as announced
-    /// by its fixed header; 0 when the header is not all there yet, the frame is complete, or it
-    /// announces more than the packet bound (the decoder refuses it then).
+    /// How many more bytes the frame that `buf` begins needs before it is complete, as its fixed
+    /// header tells so far (rumqttd's own framing check; the fixed header is the same in 3.1.1
+    /// and 5.0); 0 when the frame is complete, malformed or over the packet bound (the decoder
+    /// refuses those).
     ///
     /// The reader reserves this much room at once: a large packet arriving in pieces would
     /// otherwise be copied into a larger buffer at every read (quadratic in its size).
     pub fn missing(&self, buf: &[u8]) -> usize {
-        let mut bytes = buf.iter();
-        if bytes.next().is_none() {
-            return 0;
+        match protocol::v4::check(buf.iter(), self.max_packet) {
+            Err(protocol::Error::InsufficientBytes(n)) => n,
+            _ => 0,
         }
-        let (mut remaining, mut shift) = (0usize, 0u32);
-        for (i, b) in bytes.take(4).enumerate() {
-            remaining |= usize::from(b & 0x7F) << shift;
-            if b & 0x80 == 0 {
-                let frame = 1 + (i + 1) + remaining;
-                return if remaining > self.max_packet {
-                    0
-                } else {
-                    frame.saturating_sub(buf.len())
-                };
-            }
-            shift += 7;
-        }
-        0
     }
 
     /// The next complete packet in `buf` after CONNECT, `None` when more bytes are needed.
@@ -252,9 +239,10 @@ mod tests {
     #[test]
     fn missing_reads_the_announced_frame_length() {
         let c = Codec::new(Version::V4, 1 << 20);
-        assert_eq!(c.missing(&[]), 0);
-        assert_eq!(c.missing(&[0x82]), 0, "no length yet");
-        assert_eq!(c.missing(&[0x82, 0x80]), 0, "length continues");
+        // An incomplete fixed header: what the header itself still lacks.
+        assert_eq!(c.missing(&[]), 2);
+        assert_eq!(c.missing(&[0x82]), 1, "no length yet");
+        assert_eq!(c.missing(&[0x82, 0x80]), 1, "length continues");
         // 1 MiB - 10: 0xF6 0xFF 0x3F, three length bytes.
         let len = (1usize << 20) - 10;
         let head = [0x82, 0xF6, 0xFF, 0x3F, 0, 1];

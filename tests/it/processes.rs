@@ -110,10 +110,17 @@ impl Server {
     }
 
     async fn authn(&self, client_id: &str, password: &str) -> String {
+        self.authn_at("10.1.1.1", client_id, password).await
+    }
+
+    /// EMQX authn from `peer` (the address the broker reports).
+    async fn authn_at(&self, peer: &str, client_id: &str, password: &str) -> String {
+        let body =
+            json!({"clientid": client_id, "username": "", "password": password, "peerhost": peer});
         let r = reqwest::Client::new()
             .post(format!("{}/v1/emqx/authn", self.base))
             .bearer_auth(SECRET)
-            .json(&json!({"clientid": client_id, "username": "", "password": password, "peerhost": "10.1.1.1"}))
+            .json(&body)
             .send()
             .await
             .unwrap();
@@ -289,23 +296,6 @@ async fn a_cli_change_reaches_a_running_sqlite_server() {
     s.stop().await;
 }
 
-/// EMQX authn from `peer` (the address the broker reports).
-async fn authn_at(s: &Server, peer: &str, client_id: &str, password: &str) -> String {
-    let body =
-        json!({"clientid": client_id, "username": "", "password": password, "peerhost": peer});
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/emqx/authn", s.base))
-        .bearer_auth(SECRET)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    r.json::<Value>().await.unwrap()["result"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
 /// Issue #11 item 2 with a real restart: the device logs in from its usual address, `serve` stops
 /// (SIGTERM) and starts again with an empty memory; a stranger's wrong tokens from elsewhere lock
 /// the client id out for the stranger, not for the device at its usual address.
@@ -317,7 +307,7 @@ async fn after_a_real_restart_a_stranger_cannot_lock_the_device_out_of_its_usual
     let db = sqlite_url(&dir);
     let token = one_device(&db).await;
     let mut first = Server::start(&db, &[]).await;
-    assert_eq!(authn_at(&first, HOME, "dev-1", &token).await, "allow");
+    assert_eq!(first.authn_at(HOME, "dev-1", &token).await, "allow");
     // The address is written off the hot path: wait until the registry has it.
     let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
     until("the familiar address stored", SOON, || async {
@@ -337,17 +327,17 @@ async fn after_a_real_restart_a_stranger_cannot_lock_the_device_out_of_its_usual
     let second = Server::start(&db, &[]).await;
     for _ in 0..5 {
         assert_eq!(
-            authn_at(&second, STRANGER, "dev-1", "mqg_guess").await,
+            second.authn_at(STRANGER, "dev-1", "mqg_guess").await,
             "deny"
         );
     }
     assert_eq!(
-        authn_at(&second, STRANGER, "dev-1", &token).await,
+        second.authn_at(STRANGER, "dev-1", &token).await,
         "deny",
         "the stranger's address is locked out of dev-1"
     );
     assert_eq!(
-        authn_at(&second, HOME, "dev-1", &token).await,
+        second.authn_at(HOME, "dev-1", &token).await,
         "allow",
         "the device at its usual address is not, though this process never saw it there"
     );

@@ -2,6 +2,7 @@
 //! SQLite through `FromRow`), column encodings, error mapping, and the device-record document.
 
 use super::*;
+use crate::core::StoredDigest;
 
 /// Parses a `kind` column.
 pub(crate) fn kind(s: &str) -> StoreResult<CredentialKind> {
@@ -331,7 +332,7 @@ impl FillDoc {
                 Ok(CredentialView {
                     id: c.id,
                     kind: kind(&c.kind)?,
-                    digest: c.digest,
+                    digest: StoredDigest::from_stored(kind(&c.kind)?, &c.digest),
                     expires_at: c.expires_at,
                 })
             })

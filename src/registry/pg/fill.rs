@@ -50,22 +50,41 @@ impl PgStore {
         t: TenantId,
         client_id: &str,
     ) -> StoreResult<Option<DeviceRecord>> {
-        Ok(self.load(t, Some(client_id)).await?.pop())
+        Ok(self.load(t, Some(client_id), None, None).await?.pop())
     }
 
     pub(crate) async fn load_tenant_devices(&self, t: TenantId) -> StoreResult<Vec<DeviceRecord>> {
-        self.load(t, None).await
+        self.load(t, None, None, None).await
     }
 
-    /// One device (`Some`) or all of a tenant's (by client id): one document per device from
-    /// `mqgate_device_doc` (migration 0010), the same as the cache fill.
-    async fn load(&self, t: TenantId, only: Option<&str>) -> StoreResult<Vec<DeviceRecord>> {
+    pub(crate) async fn load_tenant_page(
+        &self,
+        t: TenantId,
+        after: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<DeviceRecord>> {
+        self.load(t, None, after, Some(limit.max(0))).await
+    }
+
+    /// One device (`Some`) or a tenant's (a page after a client id, by client id): one document
+    /// per device from `mqgate_device_doc` (migration 0010), the same as the cache fill.
+    async fn load(
+        &self,
+        t: TenantId,
+        only: Option<&str>,
+        after: Option<&str>,
+        limit: Option<i64>,
+    ) -> StoreResult<Vec<DeviceRecord>> {
         let mut tx = self.scoped(t).await?;
         let docs = sqlx::query_scalar!(
             r#"SELECT mqgate_device_doc(d) AS "doc!" FROM devices d
-               WHERE d.tenant_id = $1 AND ($2::TEXT IS NULL OR d.client_id = $2) ORDER BY d.client_id"#,
+               WHERE d.tenant_id = $1 AND ($2::TEXT IS NULL OR d.client_id = $2)
+                 AND ($3::TEXT IS NULL OR d.client_id > $3)
+               ORDER BY d.client_id LIMIT $4"#,
             t.0,
-            only
+            only,
+            after,
+            limit
         )
         .fetch_all(&mut *tx)
         .await?;

@@ -38,10 +38,12 @@ const FILL_SQL: &str = device_doc!(
      JOIN tenants t ON t.id = d.tenant_id WHERE cd.client_id = ?"
 );
 
-/// One device (`?2`) or, with `?2` NULL, every device of tenant `?1`, by client id.
+/// One device (`?2`) or, with `?2` NULL, the devices of tenant `?1` after client id `?3` (all
+/// with `?3` NULL), by client id, at most `?4` (all with -1).
 const LOAD_SQL: &str = device_doc!(
     " FROM devices d JOIN tenants t ON t.id = d.tenant_id \
-     WHERE d.tenant_id = ?1 AND (?2 IS NULL OR d.client_id = ?2) ORDER BY d.client_id"
+     WHERE d.tenant_id = ?1 AND (?2 IS NULL OR d.client_id = ?2) \
+     AND (?3 IS NULL OR d.client_id > ?3) ORDER BY d.client_id LIMIT ?4"
 );
 
 impl SqliteStore {
@@ -85,19 +87,36 @@ impl SqliteStore {
         t: TenantId,
         client_id: &str,
     ) -> StoreResult<Option<DeviceRecord>> {
-        let mut all = self.load(t, Some(client_id)).await?;
+        let mut all = self.load(t, Some(client_id), None, -1).await?;
         Ok(all.pop())
     }
 
     pub(crate) async fn load_tenant_devices(&self, t: TenantId) -> StoreResult<Vec<DeviceRecord>> {
-        self.load(t, None).await
+        self.load(t, None, None, -1).await
     }
 
-    /// One device (`Some`) or all of a tenant's: the same documents as the cache fill.
-    async fn load(&self, t: TenantId, one: Option<&str>) -> StoreResult<Vec<DeviceRecord>> {
+    pub(crate) async fn load_tenant_page(
+        &self,
+        t: TenantId,
+        after: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<DeviceRecord>> {
+        self.load(t, None, after, limit.max(0)).await
+    }
+
+    /// One device (`Some`) or a tenant's (a page): the same documents as the cache fill.
+    async fn load(
+        &self,
+        t: TenantId,
+        one: Option<&str>,
+        after: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<DeviceRecord>> {
         let docs: Vec<String> = sqlx::query_scalar(LOAD_SQL)
             .bind(t.0)
             .bind(one)
+            .bind(after)
+            .bind(limit)
             .fetch_all(&self.pool)
             .await?;
         docs.iter()

@@ -301,7 +301,7 @@ impl Gate {
     /// answer carries no `acl` list).
     pub fn limits_apply(&self, device: &DeviceView) -> bool {
         self.limiter
-            .effective(device.device_rate, device.tenant_rate())
+            .effective(device.device_rate(), device.tenant_rate())
             != (None, None)
     }
 
@@ -521,7 +521,7 @@ impl Gate {
 
     /// Draws an allowed publish from the device's and tenant's buckets.
     fn draw(&self, dev: &DeviceView, allowed: Decision) -> Decision {
-        let limits = self.limiter.effective(dev.device_rate, dev.tenant_rate());
+        let limits = self.limiter.effective(dev.device_rate(), dev.tenant_rate());
         if limits == (None, None) {
             // No bucket to draw from: no clock read either (the embedded broker's hot path).
             return allowed;

@@ -159,10 +159,13 @@ impl CompiledRule {
 /// the same rules (a tenant's stored rules plus the rule files are shared by all its devices).
 #[derive(Debug, Clone, Default)]
 pub struct RuleSet {
-    rules: Box<[CompiledRule]>,
+    rules: Vec<CompiledRule>,
 }
 
 impl RuleSet {
+    /// No rule.
+    pub const EMPTY: RuleSet = RuleSet { rules: Vec::new() };
+
     /// Prepares `rules` (kept in the given order) for matching.
     pub fn compile(rules: &[Rule]) -> Self {
         let rules = rules

@@ -114,10 +114,17 @@ pub struct DeviceView {
     pub enabled: bool,
     /// Credentials, expired ones included.
     pub credentials: Box<[CredentialView]>,
+    /// What few devices have (their own rules, their own limit): one pointer for the others.
+    pub extras: Option<Box<DeviceExtras>>,
+}
+
+/// The parts of a device view most devices do without.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceExtras {
     /// The device's own stored rules (evaluated before its tenant's).
     pub rules: RuleSet,
     /// The device's ingestion limit override (the configured default applies when `None`).
-    pub device_rate: Option<Rate>,
+    pub rate: Option<Rate>,
 }
 
 impl DeviceView {
@@ -144,9 +151,13 @@ impl DeviceView {
             username: username.map(Into::into),
             enabled,
             credentials: credentials.into(),
-            rules: RuleSet::default(),
-            device_rate: None,
+            extras: None,
         }
+    }
+
+    /// The device's ingestion limit override.
+    pub fn device_rate(&self) -> Option<Rate> {
+        self.extras.as_ref().and_then(|e| e.rate)
     }
 
     /// The owning tenant's id.
@@ -166,8 +177,9 @@ impl DeviceView {
 
     /// The device's rules (its own, then its tenant's and the files'), read with its identity.
     pub fn acl(&self) -> DeviceAcl<'_> {
+        static NONE: RuleSet = RuleSet::EMPTY;
         DeviceAcl {
-            own: &self.rules,
+            own: self.extras.as_ref().map_or(&NONE, |e| &e.rules),
             shared: &self.tenant.rules,
             who: Identity {
                 tenant: &self.tenant.name,

@@ -21,7 +21,7 @@ use super::table::DeviceTable;
 use super::{Change, DeviceRecord, Store, StoreError, StoreResult, StoredAclRule, TenantId};
 use crate::acl::{Rule, RuleSet, RuleSource};
 use crate::core::ids::ClientId;
-use crate::core::{DeviceView, TenantView};
+use crate::core::{DeviceExtras, DeviceView, TenantView};
 
 type Entry = Option<Arc<DeviceView>>;
 
@@ -248,26 +248,31 @@ impl CachedRegistry {
     }
 
     /// Loads every device of every tenant into the cache, a page at a time; returns how many.
+    /// The next page is read while this one is compiled.
     pub async fn warm(&self) -> StoreResult<usize> {
+        let fetch = |t: TenantId, after: Option<String>| {
+            let store = self.store.clone();
+            tokio::spawn(
+                async move { store.load_tenant_page(t, after.as_deref(), WARM_PAGE).await },
+            )
+        };
         let mut n = 0;
         for tenant in self.store.list_tenants().await? {
-            let mut after: Option<String> = None;
-            loop {
-                let page = self
-                    .store
-                    .load_tenant_page(tenant.id, after.as_deref(), WARM_PAGE)
-                    .await?;
-                let Some(last) = page.last() else { break };
-                after = Some(last.device.client_id.clone());
-                let full = page.len() as i64 == WARM_PAGE;
+            let mut next = Some(fetch(tenant.id, None));
+            while let Some(pending) = next.take() {
+                let page = pending
+                    .await
+                    .map_err(|_| StoreError::Invalid("warm-up read stopped".into()))??;
+                if page.len() as i64 == WARM_PAGE
+                    && let Some(last) = page.last()
+                {
+                    next = Some(fetch(tenant.id, Some(last.device.client_id.clone())));
+                }
                 for record in page {
                     if let Some(view) = self.view(record) {
                         self.devices.insert(Arc::new(view));
                         n += 1;
                     }
-                }
-                if !full {
-                    break;
                 }
             }
         }
@@ -393,14 +398,20 @@ fn device_view(r: DeviceRecord, tenant: Arc<TenantView>) -> Option<DeviceView> {
         .filter(|s| s.client_id.is_some())
         .map(stored_rule)
         .collect();
+    let extras = (!own.is_empty() || r.device_limit.is_some()).then(|| {
+        Box::new(DeviceExtras {
+            rules: RuleSet::compile(&own),
+            rate: r.device_limit,
+        })
+    });
     Some(DeviceView {
         tenant,
         client_id,
         username: d.username.map(String::into_boxed_str),
         enabled: d.enabled,
-        credentials: r.credentials.into(),
-        rules: RuleSet::compile(&own),
-        device_rate: r.device_limit,
+        // An allocation of exactly its size, apart from the decoder's (kept for the process's life).
+        credentials: r.credentials.as_slice().into(),
+        extras,
     })
 }
 

@@ -200,6 +200,18 @@ mod tests {
         assert!(t.is_empty());
     }
 
+    /// A million of these are held: a field added here costs a megabyte per byte.
+    #[test]
+    fn a_device_view_stays_small() {
+        assert!(
+            std::mem::size_of::<DeviceView>() <= 72,
+            "{}",
+            std::mem::size_of::<DeviceView>()
+        );
+        let c = std::mem::size_of::<crate::core::CredentialView>();
+        assert!(c <= 72, "{c}");
+    }
+
     #[test]
     fn the_capacity_holds_and_a_zero_ttl_keeps_nothing_fresh() {
         let t = DeviceTable::new(50, Duration::from_secs(60));

@@ -30,7 +30,9 @@ use super::Gate;
 use crate::limit::bucket::{Gcra, Rate};
 use crate::limit::lockout::{FAMILIAR_MAX, Locked};
 use crate::registry::cache::CachedRegistry;
-use crate::registry::{Change, FailureRule, LockScope, StoreResult, StoredLockout, TenantId};
+use crate::registry::{
+    AddressSeen, Change, FailureRule, LockScope, StoreResult, StoredLockout, TenantId,
+};
 
 /// Familiar-address writes queued at most (then dropped and counted).
 const FAMILIAR_QUEUE: usize = 1024;
@@ -38,19 +40,10 @@ const FAMILIAR_QUEUE: usize = 1024;
 /// Shared failure writes per second per replica (burst: twice as many).
 pub const SHARED_WRITES: u32 = 200;
 
-/// One familiar-address write.
-#[derive(Debug)]
-pub(super) struct Familiar {
-    tenant: TenantId,
-    client_id: String,
-    address: String,
-    at_ms: i64,
-}
-
 /// The writer's end of the familiar-address queue.
 #[derive(Debug)]
 pub(super) struct Shared {
-    queue: mpsc::Sender<Familiar>,
+    queue: mpsc::Sender<AddressSeen>,
     dropped: Arc<AtomicU64>,
     /// The failure-write budget (see the module docs).
     writes: Mutex<Gcra>,
@@ -126,7 +119,7 @@ impl Gate {
     /// Queues `peer` as a familiar address of the device (never waits).
     pub(super) fn remember(&self, tenant: TenantId, client_id: &str, peer: &str, now: i64) {
         let Some(shared) = &self.shared else { return };
-        let write = Familiar {
+        let write = AddressSeen {
             tenant,
             client_id: client_id.to_string(),
             address: peer.to_string(),
@@ -314,34 +307,40 @@ pub fn spawn_lockout_feed(gate: &Arc<Gate>) {
     });
 }
 
-/// Writes familiar addresses, one at a time, until the gate is gone. A write the registry cannot
-/// take now is dropped and counted: the in-memory view still holds the address.
+/// Familiar-address writes committed together at most.
+const FAMILIAR_BATCH: usize = 256;
+
+/// Writes familiar addresses until the gate is gone: whatever queued while the last batch was
+/// written goes in one transaction (a reconnect storm costs a commit per batch, not per device).
+/// A batch the registry cannot take now is dropped and counted: the in-memory view still holds
+/// the addresses.
 async fn write_familiar(
     registry: Arc<CachedRegistry>,
-    mut rx: mpsc::Receiver<Familiar>,
+    mut rx: mpsc::Receiver<AddressSeen>,
     dropped: Arc<AtomicU64>,
     timeout: Duration,
 ) {
     let keep = i64::try_from(FAMILIAR_MAX).unwrap_or(i64::MAX);
-    while let Some(f) = rx.recv().await {
+    let mut batch = Vec::with_capacity(FAMILIAR_BATCH);
+    while rx.recv_many(&mut batch, FAMILIAR_BATCH).await > 0 {
+        let n = batch.len() as u64;
         if registry.health().is_down() {
-            dropped.fetch_add(1, Ordering::Relaxed);
+            dropped.fetch_add(n, Ordering::Relaxed);
+            batch.clear();
             continue;
         }
-        let write =
-            registry
-                .store()
-                .remember_address(f.tenant, &f.client_id, &f.address, f.at_ms, keep);
+        let write = registry.store().remember_addresses(&batch, keep);
         match tokio::time::timeout(timeout, write).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, client_id = %f.client_id, "familiar address not written");
+                dropped.fetch_add(n, Ordering::Relaxed);
+                tracing::warn!(error = %e, addresses = n, "familiar addresses not written");
             }
             Err(_) => {
-                dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(client_id = %f.client_id, "familiar address not written in time");
+                dropped.fetch_add(n, Ordering::Relaxed);
+                tracing::warn!(addresses = n, "familiar addresses not written in time");
             }
         }
+        batch.clear();
     }
 }

@@ -427,8 +427,8 @@ pub fn compile_view(r: DeviceRecord, file_rules: &[Rule]) -> Option<DeviceView> 
 type FillReply = oneshot::Sender<Result<Option<DeviceRecord>, String>>;
 
 /// Batches concurrent cache misses into one store call: while one batch is being fetched the next
-/// gathers, so a reconnect storm costs a round trip per batch, not per device. Used for
-/// PostgreSQL, where the round trip is the cost.
+/// gathers, so a reconnect storm costs a round trip (PostgreSQL) or a hand-off to SQLite's thread
+/// per batch, not per device.
 struct FillBatcher {
     tx: mpsc::Sender<(String, FillReply)>,
 }
@@ -437,9 +437,9 @@ struct FillBatcher {
 const FILL_BATCH: usize = 256;
 
 impl FillBatcher {
-    /// A batcher for PostgreSQL (SQLite reads in-process: nothing to batch).
+    /// A batcher for either store.
     fn for_store(store: &Store, timeout: Duration) -> Option<Self> {
-        matches!(store, Store::Postgres(_)).then(|| FillBatcher::spawn(store.clone(), timeout))
+        Some(FillBatcher::spawn(store.clone(), timeout))
     }
 
     /// Each batch waits at most `timeout` for the store: a connection that silently stopped

@@ -374,7 +374,20 @@ impl Store {
         at_ms: i64,
         keep: i64,
     ) -> StoreResult<()> {
-        dispatch!(self, s => s.remember_address(t, client_id, address, at_ms, keep).await)
+        let seen = AddressSeen {
+            tenant: t,
+            client_id: client_id.into(),
+            address: address.into(),
+            at_ms,
+        };
+        self.remember_addresses(std::slice::from_ref(&seen), keep)
+            .await
+    }
+
+    /// [`Store::remember_address`] for many logins in one transaction (a reconnect storm's
+    /// familiar addresses cost one commit per batch, not one per device).
+    pub async fn remember_addresses(&self, seen: &[AddressSeen], keep: i64) -> StoreResult<()> {
+        dispatch!(self, s => s.remember_addresses(seen, keep).await)
     }
 
     /// A device's familiar addresses with their last login (Unix ms), newest first.

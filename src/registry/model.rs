@@ -179,6 +179,19 @@ pub enum Change {
     Mark(i64),
 }
 
+/// One login of a device from an address, to remember as familiar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressSeen {
+    /// The device's tenant.
+    pub tenant: TenantId,
+    /// The device.
+    pub client_id: String,
+    /// The peer address it logged in from.
+    pub address: String,
+    /// When (Unix ms).
+    pub at_ms: i64,
+}
+
 /// What a brute-force lockout is keyed on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LockScope {

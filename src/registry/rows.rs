@@ -419,6 +419,17 @@ struct FillLimit {
 }
 
 impl FillDoc {
+    /// Decodes a JSON array of fill documents (never echoing it).
+    pub(crate) fn parse_many(json: &str) -> StoreResult<Vec<FillDoc>> {
+        serde_json::from_str(json).map_err(|e| {
+            StoreError::Invalid(format!(
+                "malformed cache fill (line {}, column {})",
+                e.line(),
+                e.column()
+            ))
+        })
+    }
+
     /// Decodes a fill document (never echoing it: it holds credential digests).
     pub(crate) fn parse(json: &str) -> StoreResult<FillDoc> {
         serde_json::from_str(json).map_err(|e| {

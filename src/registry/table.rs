@@ -98,7 +98,7 @@ impl DeviceTable {
         if full && !evicted {
             // This shard was empty: take one from another (never blocking on its lock, so two
             // inserts cannot wait on each other).
-            for other in self.shards.iter() {
+            for other in self.shards.iter().filter(|o| !std::ptr::eq(*o, shard)) {
                 if let Ok(mut t) = other.try_write()
                     && self.evict_one(&mut t)
                 {

@@ -7,8 +7,8 @@ use crate::both_stores;
 use mqgate::acl::{Permission, RuleAction};
 use mqgate::limit::bucket::Rate;
 use mqgate::registry::{
-    Change, CredentialKind, CrlUpdate, NewAclRule, NewCa, NewCredential, NewDevice, NewDeviceCert,
-    Store, StoreError,
+    AddressSeen, Change, CredentialKind, CrlUpdate, NewAclRule, NewCa, NewCredential, NewDevice,
+    NewDeviceCert, Store, StoreError,
 };
 
 const NOW: i64 = 1_800_000_000;
@@ -1037,6 +1037,35 @@ async fn familiar_addresses_are_bounded_newest_first_and_per_device(store: Store
         vec![],
         "gone with the device"
     );
+    // A batch spans tenants and devices in one transaction; a gone device in it is skipped.
+    s.create_device(b, &dev("g1"), NOW).await.unwrap();
+    let seen = |t, c: &str, addr: &str, at| AddressSeen {
+        tenant: t,
+        client_id: c.into(),
+        address: addr.into(),
+        at_ms: at,
+    };
+    s.remember_addresses(
+        &[
+            seen(a, "d2", "10.0.0.10", 2),
+            seen(a, "nobody", "10.0.0.8", 2),
+            seen(b, "g1", "10.6.6.7", 3),
+            seen(a, "d2", "10.0.0.11", 3),
+        ],
+        2,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.familiar_addresses(b, "g1").await.unwrap(),
+        vec![("10.6.6.7".to_string(), 3)]
+    );
+    assert_eq!(
+        s.familiar_addresses(a, "d2").await.unwrap(),
+        vec![("10.0.0.11".to_string(), 3), ("10.0.0.10".to_string(), 2)],
+        "the bound holds within a batch"
+    );
+    assert!(s.familiar_addresses(b, "d2").await.unwrap().is_empty());
 }
 both_stores!(
     contract_familiar_addresses,

@@ -4,16 +4,41 @@
 use super::*;
 
 impl PgStore {
-    pub(crate) async fn remember_address(
+    pub(crate) async fn remember_addresses(
         &self,
+        seen: &[AddressSeen],
+        keep: i64,
+    ) -> StoreResult<()> {
+        let Some(first) = seen.first() else {
+            return Ok(());
+        };
+        let mut tx = self.scoped(first.tenant).await?;
+        let mut scope = first.tenant;
+        for s in seen {
+            if s.tenant != scope {
+                sqlx::query!(
+                    "SELECT set_config('mqgate.tenant_id', $1, true)",
+                    s.tenant.0.to_string()
+                )
+                .fetch_one(&mut *tx)
+                .await?;
+                scope = s.tenant;
+            }
+            Self::remember_in(&mut tx, s.tenant, &s.client_id, &s.address, s.at_ms, keep).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn remember_in(
+        tx: &mut Tx,
         t: TenantId,
         client_id: &str,
         address: &str,
         at_ms: i64,
         keep: i64,
     ) -> StoreResult<()> {
-        let mut tx = self.scoped(t).await?;
-        let Ok(device_id) = Self::device_id(&mut tx, t, client_id).await else {
+        let Ok(device_id) = Self::device_id(tx, t, client_id).await else {
             return Ok(());
         };
         sqlx::query!(
@@ -24,7 +49,7 @@ impl PgStore {
             address,
             at_ms
         )
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         sqlx::query!(
             "DELETE FROM familiar_addresses WHERE tenant_id = $1 AND device_id = $2 AND address NOT IN \
@@ -33,9 +58,8 @@ impl PgStore {
             device_id,
             keep
         )
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 

@@ -38,6 +38,20 @@ const FILL_SQL: &str = device_doc!(
      JOIN tenants t ON t.id = d.tenant_id WHERE cd.client_id = ?"
 );
 
+/// The cache fills of the client ids in the JSON array `?1`, as one JSON array of documents in one
+/// row (the driver hands each row over between threads: a row per device would cost a thread
+/// hand-off per device in a reconnect storm).
+const FILL_MANY_SQL: &str = concat!(
+    "SELECT json_group_array(json(doc)) FROM (",
+    device_doc!(
+        " AS doc FROM client_directory cd \
+         JOIN devices d ON d.tenant_id = cd.tenant_id AND d.client_id = cd.client_id \
+         JOIN tenants t ON t.id = d.tenant_id \
+         WHERE cd.client_id IN (SELECT value FROM json_each(?1))"
+    ),
+    ")"
+);
+
 /// One device (`?2`) or, with `?2` NULL, every device of tenant `?1`, by client id.
 const LOAD_SQL: &str = device_doc!(
     " FROM devices d JOIN tenants t ON t.id = d.tenant_id \
@@ -102,19 +116,25 @@ impl SqliteStore {
             .transpose()
     }
 
-    /// Cache fills for many client ids. SQLite has no network round trip to save, so this is one
-    /// fill per id (keeping the pool's connections free for concurrent fills).
+    /// Cache fills for many client ids in one statement and one row ([`FILL_MANY_SQL`]): a
+    /// reconnect storm's concurrent misses cost one hand-off to SQLite's thread per batch.
     pub(crate) async fn load_clients(
         &self,
         ids: &[String],
     ) -> StoreResult<std::collections::HashMap<String, DeviceRecord>> {
-        let mut out = std::collections::HashMap::with_capacity(ids.len());
-        for id in ids {
-            if let Some(rec) = self.load_client(id).await? {
-                out.insert(id.clone(), rec);
-            }
-        }
-        Ok(out)
+        let ids = serde_json::to_string(ids)
+            .map_err(|_| StoreError::Invalid("client ids not encodable".into()))?;
+        let docs: String = sqlx::query_scalar(FILL_MANY_SQL)
+            .bind(ids)
+            .fetch_one(&self.pool)
+            .await?;
+        rows::FillDoc::parse_many(&docs)?
+            .into_iter()
+            .map(|d| {
+                let rec = d.into_record()?;
+                Ok((rec.device.client_id.clone(), rec))
+            })
+            .collect()
     }
 
     pub(crate) async fn load_device(

@@ -4,17 +4,29 @@
 use super::*;
 
 impl SqliteStore {
-    pub(crate) async fn remember_address(
+    pub(crate) async fn remember_addresses(
         &self,
+        seen: &[AddressSeen],
+        keep: i64,
+    ) -> StoreResult<()> {
+        // Each item's first statement writes: a read first would have to upgrade its lock later,
+        // which SQLite refuses (busy) while another connection writes.
+        let mut tx = self.pool.begin().await?;
+        for s in seen {
+            Self::remember_in(&mut tx, s.tenant, &s.client_id, &s.address, s.at_ms, keep).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn remember_in(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
         t: TenantId,
         client_id: &str,
         address: &str,
         at_ms: i64,
         keep: i64,
     ) -> StoreResult<()> {
-        // The transaction's first statement writes: a read first would have to upgrade its lock
-        // later, which SQLite refuses (busy) while another connection writes.
-        let mut tx = self.pool.begin().await?;
         let device_id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO familiar_addresses (tenant_id, device_id, address, last_ok_ms) \
              SELECT tenant_id, id, ?3, ?4 FROM devices WHERE tenant_id = ?1 AND client_id = ?2 \
@@ -25,7 +37,7 @@ impl SqliteStore {
         .bind(client_id)
         .bind(address)
         .bind(at_ms)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await?;
         let Some(device_id) = device_id else {
             return Ok(());
@@ -37,9 +49,8 @@ impl SqliteStore {
         .bind(t.0)
         .bind(device_id)
         .bind(keep)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 

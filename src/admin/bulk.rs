@@ -218,7 +218,10 @@ fn read_csv(bytes: &[u8]) -> Result<Vec<DeviceLine>, ReadError> {
                         expected_len, len, ..
                     } => bad.push(
                         line,
-                        format!("{len} fields where the header has {expected_len}"),
+                        format!(
+                            "{len} fields where the header has {expected_len} \
+                             (quote a cell that holds a comma, as an argon2 hash does)"
+                        ),
                     ),
                     csv::ErrorKind::Utf8 { .. } => bad.push(line, "not UTF-8"),
                     _ => bad.push(line, "unreadable CSV"),

@@ -4,7 +4,7 @@
 //!
 //! Announcements: the row triggers write one `registry_changes` row per device, credential and
 //! rule; rows of this transaction that repeat a device are folded into its first one, so a running
-//! server polls one change per new device.
+//! server polls one change per new device (see `tidy_after`).
 
 use std::collections::HashMap;
 
@@ -101,10 +101,12 @@ impl SqliteStore {
         .execute(&mut **tx)
         .await
         .map_err(|e| rows::conflict(e, conflict))?;
+        // The device id by a subquery on (tenant_id, client_id): as a join, the planner may
+        // loop over `json_each` (no index, parsed again each time) inside a scan of the devices.
         sqlx::query(
             "INSERT INTO credentials (tenant_id, device_id, kind, digest, created_at) \
-             SELECT ?1, d.id, j.value ->> 'k', j.value ->> 'h', ?2 FROM json_each(?3) j \
-             JOIN devices d ON d.tenant_id = ?1 AND d.client_id = j.value ->> 'c'",
+             SELECT ?1, (SELECT d.id FROM devices d WHERE d.tenant_id = ?1 AND d.client_id = j.value ->> 'c'), \
+             j.value ->> 'k', j.value ->> 'h', ?2 FROM json_each(?3) j",
         )
         .bind(t.0)
         .bind(now)
@@ -114,10 +116,9 @@ impl SqliteStore {
         // Rule ids are their evaluation order: insert them in file order.
         sqlx::query(
             "INSERT INTO acl_rules (tenant_id, device_id, permission, action, topic, created_at) \
-             SELECT ?1, d.id, r.value ->> 'p', r.value ->> 'a', r.value ->> 't', ?2 \
-             FROM json_each(?3) j JOIN json_each(j.value, '$.r') r \
-             JOIN devices d ON d.tenant_id = ?1 AND d.client_id = j.value ->> 'c' \
-             ORDER BY j.key, r.key",
+             SELECT ?1, (SELECT d.id FROM devices d WHERE d.tenant_id = ?1 AND d.client_id = j.value ->> 'c'), \
+             r.value ->> 'p', r.value ->> 'a', r.value ->> 't', ?2 \
+             FROM json_each(?3) j JOIN json_each(j.value, '$.r') r ORDER BY j.key, r.key",
         )
         .bind(t.0)
         .bind(now)
@@ -128,16 +129,23 @@ impl SqliteStore {
     }
 
     /// One writer at a time: every feed row and kick past the ends read at the start is this
-    /// transaction's. The feed keeps one row per device; the rule trigger's `acl_changed` kicks go
-    /// (a device that did not exist has no session to end; adding a device never kicks).
+    /// transaction's. The rule trigger's `acl_changed` kicks go (a device that did not exist has
+    /// no session to end; adding a device never kicks). The feed keeps one row per device, and
+    /// those rows are numbered on from `feed_end` without a hole: a poller reads a hole as missed
+    /// changes and drops its whole cache.
     async fn tidy_after(tx: &mut Tx, feed_end: i64, kicks_end: i64) -> StoreResult<()> {
-        sqlx::query(
+        for step in [
             "DELETE FROM registry_changes WHERE seq > ?1 AND seq NOT IN \
              (SELECT MIN(seq) FROM registry_changes WHERE seq > ?1 GROUP BY tenant_id, client_id, certs)",
-        )
-        .bind(feed_end)
-        .execute(&mut **tx)
-        .await?;
+            // Through negative numbers, so no step collides with a row not yet renumbered.
+            "UPDATE registry_changes SET seq = -n.rank FROM \
+             (SELECT seq AS old, ROW_NUMBER() OVER (ORDER BY seq) AS rank FROM registry_changes WHERE seq > ?1) n \
+             WHERE registry_changes.seq = n.old",
+            "UPDATE registry_changes SET seq = ?1 - seq WHERE seq < 0",
+            "UPDATE sqlite_sequence SET seq = (SELECT MAX(seq) FROM registry_changes) WHERE name = 'registry_changes'",
+        ] {
+            sqlx::query(step).bind(feed_end).execute(&mut **tx).await?;
+        }
         sqlx::query("DELETE FROM emqx_kicks WHERE id > ? AND reason = 'acl_changed'")
             .bind(kicks_end)
             .execute(&mut **tx)

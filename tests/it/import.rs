@@ -382,3 +382,37 @@ async fn the_cli_imports_writes_tokens_once_and_exports_without_them() {
     assert_eq!(app.authn("c-1", "", &token).await["result"], "allow");
     assert_eq!(app.authn("c-3", "", PASSWORD).await["result"], "allow");
 }
+
+async fn running_servers_hear_of_each_new_device_once_and_in_order(store: Store) {
+    use mqgate::registry::Change;
+    store.migrate().await.unwrap();
+    let admin = Admin::new(
+        store.clone(),
+        mqgate::clock::Clock::manual(crate::helpers::T0),
+    );
+    admin.add_tenant("acme").await.unwrap();
+    let t = admin.tenant_id("acme").await.unwrap();
+    let mut feed = store.subscribe_changes().await.unwrap().unwrap();
+    let file = "client_id,acl\na-1,allow:all:x/#;deny:all:#\na-2,allow:all:y/#\na-3,\n";
+    import(&admin, file, Format::Csv).await.unwrap();
+    // A change after the import comes after its announcements, with no resync in between (a
+    // resync would drop a server's whole cache).
+    admin.set_enabled("acme", "a-2", false).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let change = tokio::time::timeout(crate::helpers::SOON, feed.recv())
+            .await
+            .expect("the change feed went quiet")
+            .unwrap();
+        match change {
+            Change::Device { tenant, client_id } if tenant == t => seen.push(client_id),
+            Change::Mark(_) => {}
+            other => panic!("unexpected {other:?} after {seen:?}"),
+        }
+    }
+    assert_eq!(seen, ["a-1", "a-2", "a-3", "a-2"]);
+}
+both_stores!(
+    import_announced,
+    running_servers_hear_of_each_new_device_once_and_in_order
+);

@@ -144,9 +144,11 @@ pub enum ReadError {
 pub fn read(mut input: impl Read, format: Format) -> Result<Vec<DeviceLine>, ReadError> {
     let mut bytes = Vec::new();
     input.read_to_end(&mut bytes)?;
+    // A spreadsheet's "CSV UTF-8" starts with a byte-order mark.
+    let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
     match format {
-        Format::Csv => read_csv(&bytes),
-        Format::Jsonl => read_jsonl(&bytes),
+        Format::Csv => read_csv(text),
+        Format::Jsonl => read_jsonl(text),
     }
 }
 
@@ -480,7 +482,8 @@ mod tests {
         let got = bad(csv(text));
         // `;` inside a topic cannot be told from a separator: the last rule `c` is malformed.
         assert_eq!(got.lines[0].line, 3, "{got}");
-        let text = "acl,client_id\nallow:publish:x/${clientid}/#;deny:all:x/a:b,b\n\n,a\n";
+        let text =
+            "\u{feff}acl,client_id\r\nallow:publish:x/${clientid}/#;deny:all:x/a:b,b\r\n\r\n,a\r\n";
         let got = csv(text).unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].line, 2);

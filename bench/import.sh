@@ -3,6 +3,7 @@
 # ACL rule of its own) into a fresh registry, then the idempotent re-run (every device "exists")
 # and `device export`, on SQLite and on PostgreSQL.
 #   bench/import.sh [--devices N] [--store sqlite|postgres|both] [--profile release|dev] [--listen]
+#                   [--no-rules]     (devices with a token only, as `device add` makes them)
 # PostgreSQL comes from DATABASE_URL, or a throwaway cluster (scripts/with-postgres.sh); a fresh
 # database `mqgate_bench_import` is created in it. With --listen a `mqgate serve` runs on the same
 # registry during a second import (another tenant), to show what the change announcements (one
@@ -11,20 +12,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEVICES=100000 STORE=both PROFILE=release LISTEN=0
+DEVICES=100000 STORE=both PROFILE=release LISTEN=0 RULE='allow:publish:fleet/${clientid}/#' 
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --devices) DEVICES=$2; shift 2 ;;
         --store) STORE=$2; shift 2 ;;
         --profile) PROFILE=$2; shift 2 ;;
         --listen) LISTEN=1; shift ;;
+        --no-rules) RULE=; shift ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
 
 if [[ $STORE != sqlite && -z "${DATABASE_URL:-}" ]]; then
     exec scripts/with-postgres.sh "$0" --devices "$DEVICES" --store "$STORE" --profile "$PROFILE" \
-        $([[ $LISTEN == 1 ]] && echo --listen)
+        $([[ $LISTEN == 1 ]] && echo --listen) $([[ -z $RULE ]] && echo --no-rules)
 fi
 
 cargo build --profile "$PROFILE" --quiet --bin mqgate
@@ -40,10 +42,10 @@ trap cleanup EXIT
 export MQGATE_INTERNAL_SECRET=bench-internal-secret-0123456789abcdef MQGATE_MQTT_ADDR=off
 export MQGATE_LOG=warn
 
-# The device file: a client id and one rule each (tokens are generated).
+# The device file: a client id and (unless --no-rules) one rule each; tokens are generated.
 make_file() { # prefix
     { echo "client_id,username,password_hash,acl"
-      seq -f "$1-%07g" 1 "$DEVICES" | sed 's|$|,,,allow:publish:fleet/${clientid}/#|'
+      seq -f "$1-%07g" 1 "$DEVICES" | sed "s|\$|,,,$RULE|"
     } >"$WORK/$1.csv"
 }
 
@@ -107,7 +109,7 @@ bench_store() { # name url
     kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=
 }
 
-echo "mqgate device import, $PROFILE build, $(nproc) CPUs"
+echo "mqgate device import, $PROFILE build, $(nproc) CPUs, $([[ -n $RULE ]] && echo "one rule" || echo "no rule") per device"
 if [[ $STORE == sqlite || $STORE == both ]]; then
     bench_store sqlite "sqlite://$WORK/registry.db?mode=rwc"
 fi

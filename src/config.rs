@@ -32,7 +32,7 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("acl_rules_dir", Some("acl-rules")),
     ("cache_ttl", Some("10m")),
     ("negative_cache_ttl", Some("5s")),
-    ("cache_capacity", Some("1000000")),
+    ("cache_capacity", Some("2000000")),
     ("warm_cache", Some("true")),
     ("password_concurrency", Some("2")),
     ("password_cache_ttl", Some("10m")),

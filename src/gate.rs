@@ -301,7 +301,7 @@ impl Gate {
     /// answer carries no `acl` list).
     pub fn limits_apply(&self, device: &DeviceView) -> bool {
         self.limiter
-            .effective(device.device_rate, device.tenant_rate)
+            .effective(device.device_rate(), device.tenant_rate())
             != (None, None)
     }
 
@@ -493,7 +493,7 @@ impl Gate {
     /// Re-hashes a legacy bcrypt password as argon2id after it verified, in the background.
     fn upgrade_legacy_hash(&self, dev: &DeviceView, proof: VerifiedSecret, secret: SecretString) {
         let registry = Arc::clone(&self.registry);
-        let (tenant, client_id) = (dev.tenant, dev.client_id.clone());
+        let (tenant, client_id) = (dev.tenant_id(), dev.client_id.to_string());
         tokio::spawn(async move {
             let hashed = tokio::task::spawn_blocking(move || secret::hash_password(&secret)).await;
             let Ok(Ok(hash)) = hashed else {
@@ -521,18 +521,20 @@ impl Gate {
 
     /// Draws an allowed publish from the device's and tenant's buckets.
     fn draw(&self, dev: &DeviceView, allowed: Decision) -> Decision {
-        let limits = self.limiter.effective(dev.device_rate, dev.tenant_rate);
+        let limits = self.limiter.effective(dev.device_rate(), dev.tenant_rate());
         if limits == (None, None) {
             // No bucket to draw from: no clock read either (the embedded broker's hot path).
             return allowed;
         }
-        match self
-            .limiter
-            .take(dev.tenant, &dev.client_id, limits, self.clock.now_ms())
-        {
+        match self.limiter.take(
+            dev.tenant_id(),
+            dev.client_id.as_str(),
+            limits,
+            self.clock.now_ms(),
+        ) {
             Ok(()) => allowed,
             Err(scope) => {
-                self.metrics.rate_limited(&dev.tenant_name, 1);
+                self.metrics.rate_limited(dev.tenant_name(), 1);
                 Decision::deny(Cause::RateLimited(scope))
             }
         }
@@ -590,7 +592,7 @@ impl Gate {
             if guard.record_success(client_id, peer, now)
                 && let Some(dev) = device
             {
-                self.remember(dev.tenant, client_id, peer, now);
+                self.remember(dev.tenant_id(), client_id, peer, now);
             }
             (None, None)
         } else if decision.cause == Cause::Interrupted {
@@ -633,7 +635,7 @@ impl Gate {
             target: "mqgate::audit",
             event = "connect",
             client_id = %req.client_id,
-            tenant = device.as_ref().map(|d| d.tenant.0),
+            tenant = device.as_ref().map(|d| d.tenant_id().0),
             peer = req.peer.as_deref().unwrap_or(""),
             verdict = ?decision.verdict,
             cause = decision.cause.label(),
@@ -641,7 +643,7 @@ impl Gate {
         );
         self.count_decision(MetricKind::Connect, &decision);
         self.audit(
-            device.as_ref().map(|d| d.tenant.0),
+            device.as_ref().map(|d| d.tenant_id().0),
             AuditEvent::Connect {
                 client_id: req.client_id.to_string(),
                 peer: req.peer.clone().unwrap_or_default(),
@@ -706,7 +708,7 @@ impl Gate {
             Action::Publish if d.is_allow() => self.draw(device, d),
             _ => d,
         };
-        self.record_authorize(&device.client_id, action, topic, decision)
+        self.record_authorize(device.client_id.as_str(), action, topic, decision)
     }
 
     fn record_authorize(
@@ -786,7 +788,7 @@ impl Gate {
                 cause: decision.cause.label(),
                 reason,
             };
-            self.audit(device.as_ref().map(|d| d.tenant.0), event);
+            self.audit(device.as_ref().map(|d| d.tenant_id().0), event);
         }
         (decision, device)
     }

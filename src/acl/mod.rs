@@ -1,8 +1,8 @@
 //! Topic ACLs: the rule model, placeholder expansion, MQTT topic/filter matching, rule files.
 //!
-//! Rules are plain data ([`Rule`]); a device's rules are compiled once per device
-//! ([`CompiledAcl::compile`]) with its identity's placeholders expanded, and checked on the hot path
-//! ([`CompiledAcl::check`]). Precedence: rules are evaluated in order and the first rule whose action
+//! Rules are plain data ([`Rule`]); they are compiled once ([`RuleSet::compile`]) with their
+//! placeholders kept, shared by every device with the same rules, and checked on the hot path with
+//! one device's identity bound at match time ([`DeviceAcl::check`]). Precedence: rules are evaluated in order and the first rule whose action
 //! and topic match decides; when none matches the answer is deny (deny by default). The order a
 //! caller passes is: device rules (store), tenant rules (store), file rules (`acl-rules/`).
 
@@ -103,7 +103,7 @@ pub struct Rule {
 }
 
 /// The identity placeholders are expanded from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Identity<'a> {
     /// Tenant name (`${tenant}`).
     pub tenant: &'a str,
@@ -131,14 +131,17 @@ pub enum AclVerdict {
     InvalidTopic,
 }
 
-/// A rule after placeholder expansion: its filter levels, or `None` when it can never match.
+/// A rule compiled once for every identity: its filter's levels with placeholders kept
+/// ([`topic::Level::Var`]), or `None` when it can never match.
 #[derive(Debug, Clone)]
 struct CompiledRule {
     permission: Permission,
     action: RuleAction,
     source: RuleSource,
-    expanded: String,
-    levels: Option<Vec<topic::Level>>,
+    /// The template as written (the EMQX list expands it on demand).
+    topic: Box<str>,
+    levels: Option<Box<[topic::Level]>>,
+    needs: topic::Needs,
 }
 
 impl CompiledRule {
@@ -152,10 +155,45 @@ impl CompiledRule {
     }
 }
 
-/// A device's rules with its placeholders expanded, ready for the hot path.
+/// Rules compiled once, placeholders bound at match time: one `RuleSet` serves every device with
+/// the same rules (a tenant's stored rules plus the rule files are shared by all its devices).
 #[derive(Debug, Clone, Default)]
-pub struct CompiledAcl {
+pub struct RuleSet {
     rules: Vec<CompiledRule>,
+}
+
+impl RuleSet {
+    /// No rule.
+    pub const EMPTY: RuleSet = RuleSet { rules: Vec::new() };
+
+    /// Prepares `rules` (kept in the given order) for matching.
+    pub fn compile(rules: &[Rule]) -> Self {
+        let rules = rules
+            .iter()
+            .map(|r| {
+                let parsed = topic::parse_template(&r.topic);
+                CompiledRule {
+                    permission: r.permission,
+                    action: r.action,
+                    source: r.source.clone(),
+                    topic: r.topic.as_str().into(),
+                    needs: parsed.as_ref().map(|p| p.1).unwrap_or_default(),
+                    levels: parsed.map(|p| p.0.into()),
+                }
+            })
+            .collect();
+        RuleSet { rules }
+    }
+
+    /// Number of rules.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Whether it holds no rule.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
 }
 
 /// Expands `${tenant}`, `${clientid}`, `${username}` in `template`. `None` when a placeholder is
@@ -183,67 +221,64 @@ pub fn expand(template: &str, who: &Identity<'_>) -> Option<String> {
     Some(out)
 }
 
-impl CompiledAcl {
-    /// Expands placeholders for `who` and prepares `rules` (kept in the given order) for matching.
-    /// A placeholder whose value is empty or holds `+`, `#`, `/` or NUL makes its rule never match.
-    pub fn compile(rules: &[Rule], who: &Identity<'_>) -> Self {
-        let rules = rules
-            .iter()
-            .map(|r| {
-                let expanded = expand(&r.topic, who);
-                let levels = expanded.as_deref().and_then(topic::parse_filter);
-                CompiledRule {
-                    permission: r.permission,
-                    action: r.action,
-                    source: r.source.clone(),
-                    expanded: expanded.unwrap_or_default(),
-                    levels,
-                }
-            })
-            .collect();
-        CompiledAcl { rules }
-    }
+/// One device's ACL: its own rules, then the shared ones, read with its identity. Indices in a
+/// verdict count through both lists in that order.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceAcl<'a> {
+    /// The device's stored rules (usually none).
+    pub own: &'a RuleSet,
+    /// Its tenant's stored rules, then the file rules.
+    pub shared: &'a RuleSet,
+    /// Whose placeholders are filled in.
+    pub who: Identity<'a>,
+}
 
+impl DeviceAcl<'_> {
     /// Decides `action` on `topic` (a topic name for publish, a filter for subscribe; a leading
     /// `$share/<group>/` is stripped). A subscription is allowed only if every topic it can match is.
     pub fn check(&self, action: Action, topic: &str) -> AclVerdict {
+        let bind = self.who.bind();
         match action {
-            Action::Publish => self.check_publish(topic),
-            Action::Subscribe => self.check_subscribe(topic),
+            Action::Publish => self.check_publish(topic, &bind),
+            Action::Subscribe => self.check_subscribe(topic, &bind),
         }
     }
 
-    fn live(
-        &self,
+    fn all(&self) -> impl Iterator<Item = &CompiledRule> {
+        self.own.rules.iter().chain(self.shared.rules.iter())
+    }
+
+    fn live<'b>(
+        &'b self,
         action: Action,
-    ) -> impl Iterator<Item = (usize, &CompiledRule, &[topic::Level])> {
-        self.rules
-            .iter()
+        bind: &'b topic::Bind<'_>,
+    ) -> impl Iterator<Item = (usize, &'b CompiledRule, &'b [topic::Level])> {
+        self.all()
             .enumerate()
-            .filter(move |(_, r)| r.applies_to(action))
+            .filter(move |(_, r)| r.applies_to(action) && bind.satisfies(r.needs))
             .filter_map(|(i, r)| r.levels.as_deref().map(|l| (i, r, l)))
     }
 
-    fn check_publish(&self, name: &str) -> AclVerdict {
+    fn check_publish(&self, name: &str, bind: &topic::Bind<'_>) -> AclVerdict {
         if !topic::is_valid_name(name) {
             return AclVerdict::InvalidTopic;
         }
-        self.live(Action::Publish)
-            .find(|(_, _, levels)| topic::matches(levels, name))
+        self.live(Action::Publish, bind)
+            .find(|(_, _, levels)| topic::matches(levels, name, bind))
             .map_or(AclVerdict::NoRule, |(i, r, _)| matched(i, r, r.permission))
     }
 
     /// The first rule covering the whole filter decides; a deny rule overlapping only part of it
     /// decides deny (some topic would be denied); an allow rule overlapping only part decides nothing.
-    fn check_subscribe(&self, filter: &str) -> AclVerdict {
+    fn check_subscribe(&self, filter: &str, bind: &topic::Bind<'_>) -> AclVerdict {
         let Some(filter) = topic::strip_share(filter).and_then(topic::parse_filter) else {
             return AclVerdict::InvalidTopic;
         };
-        for (i, r, levels) in self.live(Action::Subscribe) {
-            if topic::covers(levels, &filter) {
+        for (i, r, levels) in self.live(Action::Subscribe, bind) {
+            if topic::covers(levels, &filter, bind) {
                 return matched(i, r, r.permission);
             }
-            if r.permission == Permission::Deny && topic::intersects(levels, &filter) {
+            if r.permission == Permission::Deny && topic::intersects(levels, &filter, bind) {
                 return matched(i, r, Permission::Deny);
             }
         }
@@ -253,7 +288,7 @@ impl CompiledAcl {
     /// The publish rules in EMQX 5.8's authn-response `acl` list format (first match wins, ending
     /// with `deny publish #`), or `None` when they cannot be expressed faithfully (EMQX then asks
     /// authz per topic): EMQX would expand a `${…}` left in an expanded topic, and reads a leading
-    /// `eq ` specially.
+    /// `eq ` specially. Rendered on demand (once per CONNECT), not kept per device.
     ///
     /// Why publish only: EMQX matches a subscription filter against a rule with the filter's own
     /// `+`/`#` as literal words (`emqx_topic:match`), so a rule `allow a/#` grants the filter `a/+`
@@ -262,23 +297,76 @@ impl CompiledAcl {
     /// authz, which checks the whole filter. A topic name has no wildcards, so for publishes both
     /// matchers agree.
     pub fn to_emqx(&self) -> Option<Vec<serde_json::Value>> {
-        let mut list = Vec::with_capacity(self.rules.len() + 1);
-        let publish_rules = self
-            .rules
-            .iter()
-            .filter(|r| r.levels.is_some() && r.applies_to(Action::Publish));
+        let bind = self.who.bind();
+        let mut list = Vec::new();
+        let publish_rules = self.all().filter(|r| {
+            r.levels.is_some() && r.applies_to(Action::Publish) && bind.satisfies(r.needs)
+        });
         for r in publish_rules {
-            if r.expanded.contains("${") || r.expanded.starts_with("eq ") {
+            let expanded = expand(&r.topic, &self.who)?;
+            if expanded.contains("${") || expanded.starts_with("eq ") {
                 return None;
             }
             list.push(serde_json::json!({
                 "permission": r.permission.as_str(),
                 "action": "publish",
-                "topic": r.expanded,
+                "topic": expanded,
             }));
         }
         list.push(serde_json::json!({ "permission": "deny", "action": "publish", "topic": "#" }));
         Some(list)
+    }
+}
+
+impl Identity<'_> {
+    fn bind(&self) -> topic::Bind<'_> {
+        topic::Bind::new(self.tenant, self.client_id.as_str(), self.username)
+    }
+}
+
+/// A rule list bound to one owned identity (the `acl check` command, tests): the same evaluation
+/// as the hot path's [`DeviceAcl`].
+#[derive(Debug, Clone)]
+pub struct CompiledAcl {
+    rules: RuleSet,
+    none: RuleSet,
+    tenant: String,
+    client_id: ClientId,
+    username: Option<String>,
+}
+
+impl CompiledAcl {
+    /// Prepares `rules` (kept in the given order) for `who`.
+    pub fn compile(rules: &[Rule], who: &Identity<'_>) -> Self {
+        CompiledAcl {
+            rules: RuleSet::compile(rules),
+            none: RuleSet::default(),
+            tenant: who.tenant.to_string(),
+            client_id: who.client_id.clone(),
+            username: who.username.map(str::to_string),
+        }
+    }
+
+    fn bound(&self) -> DeviceAcl<'_> {
+        DeviceAcl {
+            own: &self.rules,
+            shared: &self.none,
+            who: Identity {
+                tenant: &self.tenant,
+                client_id: &self.client_id,
+                username: self.username.as_deref(),
+            },
+        }
+    }
+
+    /// See [`DeviceAcl::check`].
+    pub fn check(&self, action: Action, topic: &str) -> AclVerdict {
+        self.bound().check(action, topic)
+    }
+
+    /// See [`DeviceAcl::to_emqx`].
+    pub fn to_emqx(&self) -> Option<Vec<serde_json::Value>> {
+        self.bound().to_emqx()
     }
 }
 

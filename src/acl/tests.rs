@@ -319,18 +319,18 @@ fn levels(f: &str) -> Vec<Level> {
 proptest! {
     #[test]
     fn matching_agrees_with_the_spec(f in filter(), t in topic_name()) {
-        prop_assert_eq!(topic::matches(&levels(&f), &t), spec_match(&f, &t));
+        prop_assert_eq!(topic::matches(&levels(&f), &t, &topic::Bind::NONE), spec_match(&f, &t));
     }
 
     #[test]
     fn covers_is_sound_and_intersects_is_complete(r in filter(), f in filter(), ts in prop::collection::vec(topic_name(), 1..40)) {
         let (rl, fl) = (levels(&r), levels(&f));
         for t in &ts {
-            if topic::covers(&rl, &fl) && spec_match(&f, t) {
+            if topic::covers(&rl, &fl, &topic::Bind::NONE) && spec_match(&f, t) {
                 prop_assert!(spec_match(&r, t), "{} covers {} but not {}", r, f, t);
             }
             if spec_match(&f, t) && spec_match(&r, t) {
-                prop_assert!(topic::intersects(&rl, &fl), "{} and {} share {}", r, f, t);
+                prop_assert!(topic::intersects(&rl, &fl, &topic::Bind::NONE), "{} and {} share {}", r, f, t);
             }
         }
     }
@@ -375,5 +375,174 @@ proptest! {
                 prop_assert!(allowed(&acl, action, topic), "EMQX allows {:?} {} from {:?}", action, topic, list);
             }
         }
+    }
+}
+
+// ---- rules compiled once, bound at match time, against the per-device expansion ----
+
+/// The evaluation before rules were shared: every template expanded for one identity, then parsed
+/// and matched as a concrete filter (what each device used to hold compiled).
+fn per_device_check(rules: &[Rule], who: &Identity<'_>, action: Action, t: &str) -> AclVerdict {
+    let none = topic::Bind::NONE;
+    let live = rules
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            matches!(
+                (r.action, action),
+                (RuleAction::All, _)
+                    | (RuleAction::Publish, Action::Publish)
+                    | (RuleAction::Subscribe, Action::Subscribe)
+            )
+        })
+        .filter_map(|(i, r)| {
+            let levels = expand(&r.topic, who).and_then(|e| topic::parse_filter(&e))?;
+            Some((i, r, levels))
+        });
+    let hit = |i: usize, r: &Rule, permission| AclVerdict::Matched {
+        permission,
+        index: i,
+        source: r.source.clone(),
+    };
+    match action {
+        Action::Publish => {
+            if !topic::is_valid_name(t) {
+                return AclVerdict::InvalidTopic;
+            }
+            for (i, r, levels) in live {
+                if topic::matches(&levels, t, &none) {
+                    return hit(i, r, r.permission);
+                }
+            }
+        }
+        Action::Subscribe => {
+            let Some(f) = topic::strip_share(t).and_then(topic::parse_filter) else {
+                return AclVerdict::InvalidTopic;
+            };
+            for (i, r, levels) in live {
+                if topic::covers(&levels, &f, &none) {
+                    return hit(i, r, r.permission);
+                }
+                if r.permission == Permission::Deny && topic::intersects(&levels, &f, &none) {
+                    return hit(i, r, Permission::Deny);
+                }
+            }
+        }
+    }
+    AclVerdict::NoRule
+}
+
+/// The EMQX list as each device used to render it from its expanded rules.
+fn per_device_emqx(rules: &[Rule], who: &Identity<'_>) -> Option<Vec<Value>> {
+    let mut list = Vec::new();
+    for r in rules {
+        let Some(e) = expand(&r.topic, who) else {
+            continue;
+        };
+        let publish = matches!(r.action, RuleAction::All | RuleAction::Publish);
+        if topic::parse_filter(&e).is_none() || !publish {
+            continue;
+        }
+        if e.contains("${") || e.starts_with("eq ") {
+            return None;
+        }
+        list.push(serde_json::json!({"permission": r.permission.as_str(), "action": "publish", "topic": e}));
+    }
+    list.push(serde_json::json!({"permission": "deny", "action": "publish", "topic": "#"}));
+    Some(list)
+}
+
+/// Template levels: placeholders alone, inside text, unknown, unclosed, beside wildcards.
+const TEMPLATE_LEVELS: &[&str] = &[
+    "a",
+    "",
+    "$s",
+    "+",
+    "#",
+    "${tenant}",
+    "${clientid}",
+    "${username}",
+    "x${clientid}y",
+    "${tenant}${clientid}",
+    "${bad}",
+    "${clientid",
+    "a+${clientid}",
+    "eq ${username}",
+];
+
+const TENANTS: &[&str] = &["acme", "t.1"];
+const CLIENT_IDS: &[&str] = &["d", "dev-1", "a", "é"];
+const USERNAMES: &[Option<&str>] = &[
+    None,
+    Some("u"),
+    Some(""),
+    Some("+"),
+    Some("a/b"),
+    Some("$x"),
+    Some("${tenant}"),
+    Some("a\0"),
+    Some("d"),
+];
+
+fn template() -> impl Strategy<Value = String> {
+    prop::collection::vec(prop::sample::select(TEMPLATE_LEVELS), 1..5).prop_map(|l| l.join("/"))
+}
+
+fn template_rules() -> impl Strategy<Value = Vec<Rule>> {
+    let perm = prop_oneof![Just(Permission::Allow), Just(Permission::Deny)];
+    let act = prop_oneof![
+        Just(RuleAction::Publish),
+        Just(RuleAction::Subscribe),
+        Just(RuleAction::All)
+    ];
+    prop::collection::vec((perm, act, template()), 0..6)
+        .prop_map(|v| v.into_iter().map(|(p, a, t)| rule(p, a, &t)).collect())
+}
+
+/// Topics and filters whose levels are often the identity's own values (else nothing matches).
+fn probe(who: (usize, usize, usize)) -> impl Strategy<Value = String> {
+    let (t, c, u) = who;
+    let words: Vec<String> = vec![
+        "a".into(),
+        "".into(),
+        "$s".into(),
+        "+".into(),
+        "#".into(),
+        TENANTS[t].into(),
+        CLIENT_IDS[c].into(),
+        USERNAMES[u].unwrap_or("u").into(),
+        format!("x{}y", CLIENT_IDS[c]),
+        format!("{}{}", TENANTS[t], CLIENT_IDS[c]),
+        format!("eq {}", USERNAMES[u].unwrap_or("u")),
+    ];
+    prop::collection::vec(prop::sample::select(words), 1..5).prop_map(|l| l.join("/"))
+}
+
+fn identity() -> impl Strategy<Value = (usize, usize, usize)> {
+    (0..TENANTS.len(), 0..CLIENT_IDS.len(), 0..USERNAMES.len())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// One compiled rule set, shared and bound at match time, gives every device exactly the
+    /// answer its own expanded rules gave, for every action and topic, and the same EMQX list.
+    #[test]
+    fn rules_compiled_once_answer_as_each_devices_own_expansion(
+        (who, rs, probes) in identity().prop_flat_map(|w| (Just(w), template_rules(), prop::collection::vec(probe(w), 1..12)))
+    ) {
+        let (t, c, u) = who;
+        let client = id(CLIENT_IDS[c]);
+        let who = Identity { tenant: TENANTS[t], client_id: &client, username: USERNAMES[u] };
+        // Split anywhere between the device's own rules and the shared ones: indices run on.
+        let split = rs.len() / 2;
+        let (own, shared) = (RuleSet::compile(&rs[..split]), RuleSet::compile(&rs[split..]));
+        let acl = DeviceAcl { own: &own, shared: &shared, who };
+        for p in &probes {
+            for action in [Action::Publish, Action::Subscribe] {
+                prop_assert_eq!(acl.check(action, p), per_device_check(&rs, &who, action, p), "{:?} {}", action, p);
+            }
+        }
+        prop_assert_eq!(acl.to_emqx(), per_device_emqx(&rs, &who));
     }
 }

@@ -5,11 +5,177 @@
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Level {
     /// A literal level (may be empty: `a//b`).
-    Lit(String),
+    Lit(Box<str>),
     /// `+`: exactly one level.
     Plus,
     /// `#`: any number of levels, including none (so `a/#` matches `a`); always last.
     Hash,
+    /// A level of a rule's template holding placeholders (`d-${clientid}`), read with a [`Bind`]
+    /// at match time: one compiled rule serves every device. Never produced by [`parse_filter`].
+    Var(Box<[Piece]>),
+}
+
+/// A part of a [`Level::Var`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    /// Literal text (no wildcard, no `/`, no NUL).
+    Lit(Box<str>),
+    /// `${tenant}`.
+    Tenant,
+    /// `${clientid}`.
+    ClientId,
+    /// `${username}`.
+    Username,
+}
+
+/// The placeholder values a [`Level::Var`] is read with; each is `None` when missing or unusable
+/// (empty, or holding `+ # /` or NUL: such a value could widen a filter), and a rule needing a
+/// `None` value never matches (see [`Needs`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bind<'a> {
+    /// `${tenant}`.
+    pub tenant: Option<&'a str>,
+    /// `${clientid}`.
+    pub client_id: Option<&'a str>,
+    /// `${username}`.
+    pub username: Option<&'a str>,
+}
+
+impl<'a> Bind<'a> {
+    /// No placeholder values: for concrete filters, which hold no [`Level::Var`].
+    pub const NONE: Bind<'static> = Bind {
+        tenant: None,
+        client_id: None,
+        username: None,
+    };
+
+    /// The values, each kept only when it cannot widen a filter.
+    pub fn new(tenant: &'a str, client_id: &'a str, username: Option<&'a str>) -> Self {
+        Bind {
+            tenant: usable(tenant),
+            client_id: usable(client_id),
+            username: username.and_then(usable),
+        }
+    }
+
+    fn value(&self, p: &Piece) -> Option<&'a str> {
+        match p {
+            Piece::Lit(_) => None,
+            Piece::Tenant => self.tenant,
+            Piece::ClientId => self.client_id,
+            Piece::Username => self.username,
+        }
+    }
+
+    /// Whether every placeholder in `needs` has a usable value.
+    pub fn satisfies(&self, needs: Needs) -> bool {
+        (!needs.tenant || self.tenant.is_some())
+            && (!needs.client_id || self.client_id.is_some())
+            && (!needs.username || self.username.is_some())
+    }
+}
+
+fn usable(v: &str) -> Option<&str> {
+    let ok = !v.is_empty() && memchr::memchr3(b'+', b'#', b'/', v.as_bytes()).is_none();
+    (ok && memchr::memchr(0, v.as_bytes()).is_none()).then_some(v)
+}
+
+/// Which placeholders a template uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// `${tenant}`.
+    pub tenant: bool,
+    /// `${clientid}`.
+    pub client_id: bool,
+    /// `${username}`.
+    pub username: bool,
+}
+
+/// Parses a rule's topic template once for every identity: placeholders stay as [`Level::Var`].
+/// `None` when no identity could make it a valid filter (unknown or unclosed placeholder, a
+/// wildcard inside a level, NUL, too long). A placeholder value holds no `/`, so the levels are
+/// those of every expansion.
+pub fn parse_template(template: &str) -> Option<(Vec<Level>, Needs)> {
+    let b = template.as_bytes();
+    if b.is_empty() || b.len() > MAX_LEN || memchr::memchr(0, b).is_some() {
+        return None;
+    }
+    let mut needs = Needs::default();
+    let parts: Vec<&str> = template.split('/').collect();
+    let last = parts.len() - 1;
+    let levels = parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| match *p {
+            "+" => Some(Level::Plus),
+            "#" if i == last => Some(Level::Hash),
+            p if p.contains("${") => var_level(p, &mut needs),
+            p if has_wildcard(p) => None,
+            p => Some(Level::Lit(p.into())),
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some((levels, needs))
+}
+
+fn var_level(level: &str, needs: &mut Needs) -> Option<Level> {
+    let mut pieces = Vec::new();
+    let lit = |pieces: &mut Vec<Piece>, text: &str| {
+        if has_wildcard(text) {
+            return None;
+        }
+        if !text.is_empty() {
+            pieces.push(Piece::Lit(text.into()));
+        }
+        Some(())
+    };
+    let mut rest = level;
+    while let Some((before, after)) = rest.split_once("${") {
+        lit(&mut pieces, before)?;
+        let (name, tail) = after.split_once('}')?;
+        pieces.push(match name {
+            "tenant" => {
+                needs.tenant = true;
+                Piece::Tenant
+            }
+            "clientid" => {
+                needs.client_id = true;
+                Piece::ClientId
+            }
+            "username" => {
+                needs.username = true;
+                Piece::Username
+            }
+            _ => return None,
+        });
+        rest = tail;
+    }
+    lit(&mut pieces, rest)?;
+    Some(Level::Var(pieces.into()))
+}
+
+/// Whether level `l`, read with `b`, is the word `w`.
+fn word_is(l: &Level, w: &str, b: &Bind<'_>) -> bool {
+    match l {
+        Level::Lit(s) => **s == *w,
+        Level::Var(pieces) => {
+            let mut rest = w;
+            for p in pieces.iter() {
+                let part = match p {
+                    Piece::Lit(s) => s,
+                    p => match b.value(p) {
+                        Some(v) => v,
+                        None => return false,
+                    },
+                };
+                match rest.strip_prefix(part) {
+                    Some(r) => rest = r,
+                    None => return false,
+                }
+            }
+            rest.is_empty()
+        }
+        Level::Plus | Level::Hash => false,
+    }
 }
 
 /// Longest topic or filter MQTT can carry.
@@ -43,7 +209,7 @@ pub fn parse_filter(filter: &str) -> Option<Vec<Level>> {
             "+" => Some(Level::Plus),
             "#" if i == last => Some(Level::Hash),
             p if has_wildcard(p) => None,
-            p => Some(Level::Lit(p.to_string())),
+            p => Some(Level::Lit(p.into())),
         })
         .collect()
 }
@@ -63,13 +229,21 @@ fn leads_with_wildcard(f: &[Level]) -> bool {
     matches!(f.first(), Some(Level::Plus | Level::Hash))
 }
 
-/// Whether every topic the filter matches starts with `$`.
-fn only_dollar(f: &[Level]) -> bool {
-    matches!(f.first(), Some(Level::Lit(s)) if s.starts_with('$'))
+/// Whether every topic the filter (read with `b`) matches starts with `$`.
+fn only_dollar(f: &[Level], b: &Bind<'_>) -> bool {
+    match f.first() {
+        Some(Level::Lit(s)) => s.starts_with('$'),
+        Some(Level::Var(pieces)) => match pieces.first() {
+            Some(Piece::Lit(s)) => s.starts_with('$'),
+            Some(p) => b.value(p).is_some_and(|v| v.starts_with('$')),
+            None => false,
+        },
+        _ => false,
+    }
 }
 
-/// Whether topic name `topic` matches filter `f`.
-pub fn matches(f: &[Level], topic: &str) -> bool {
+/// Whether topic name `topic` matches filter `f` (its placeholders read with `b`).
+pub fn matches(f: &[Level], topic: &str, b: &Bind<'_>) -> bool {
     if topic.starts_with('$') && leads_with_wildcard(f) {
         return false;
     }
@@ -82,19 +256,18 @@ pub fn matches(f: &[Level], topic: &str) -> bool {
                     return false;
                 }
             }
-            Level::Lit(s) => {
-                if levels.next() != Some(s.as_str()) {
-                    return false;
-                }
-            }
+            word => match levels.next() {
+                Some(w) if word_is(word, w, b) => {}
+                _ => return false,
+            },
         }
     }
     levels.next().is_none()
 }
 
-/// Whether every topic matching `f` also matches `r`.
-pub fn covers(r: &[Level], f: &[Level]) -> bool {
-    if leads_with_wildcard(r) && only_dollar(f) {
+/// Whether every topic matching the concrete filter `f` also matches rule `r` (read with `b`).
+pub fn covers(r: &[Level], f: &[Level], b: &Bind<'_>) -> bool {
+    if leads_with_wildcard(r) && only_dollar(f, &Bind::NONE) {
         return false;
     }
     let mut i = 0;
@@ -105,16 +278,18 @@ pub fn covers(r: &[Level], f: &[Level]) -> bool {
             (None, None) => return true,
             (None, Some(_)) | (Some(_), None) => return false,
             (Some(Level::Plus), Some(_)) => {}
-            (Some(Level::Lit(a)), Some(Level::Lit(b))) if a == b => {}
-            (Some(Level::Lit(_)), Some(_)) => return false,
+            (Some(word), Some(Level::Lit(w))) if word_is(word, w, b) => {}
+            (Some(_), Some(_)) => return false,
         }
         i += 1;
     }
 }
 
-/// Whether some topic matches both `r` and `f`.
-pub fn intersects(r: &[Level], f: &[Level]) -> bool {
-    if (leads_with_wildcard(r) && only_dollar(f)) || (leads_with_wildcard(f) && only_dollar(r)) {
+/// Whether some topic matches both rule `r` (read with `b`) and the concrete filter `f`.
+pub fn intersects(r: &[Level], f: &[Level], b: &Bind<'_>) -> bool {
+    if (leads_with_wildcard(r) && only_dollar(f, &Bind::NONE))
+        || (leads_with_wildcard(f) && only_dollar(r, b))
+    {
         return false;
     }
     let mut i = 0;
@@ -123,7 +298,8 @@ pub fn intersects(r: &[Level], f: &[Level]) -> bool {
             (Some(Level::Hash), _) | (_, Some(Level::Hash)) => return true,
             (None, None) => return true,
             (None, Some(_)) | (Some(_), None) => return false,
-            (Some(Level::Lit(a)), Some(Level::Lit(b))) if a != b => return false,
+            (Some(Level::Plus), _) | (_, Some(Level::Plus)) => {}
+            (Some(word), Some(Level::Lit(w))) if !word_is(word, w, b) => return false,
             _ => {}
         }
         i += 1;
@@ -135,15 +311,23 @@ mod tests {
     use super::*;
 
     fn m(f: &str, t: &str) -> bool {
-        matches(&parse_filter(f).unwrap(), t)
+        matches(&parse_filter(f).unwrap(), t, &Bind::NONE)
     }
 
     fn cov(r: &str, f: &str) -> bool {
-        covers(&parse_filter(r).unwrap(), &parse_filter(f).unwrap())
+        covers(
+            &parse_filter(r).unwrap(),
+            &parse_filter(f).unwrap(),
+            &Bind::NONE,
+        )
     }
 
     fn int(r: &str, f: &str) -> bool {
-        intersects(&parse_filter(r).unwrap(), &parse_filter(f).unwrap())
+        intersects(
+            &parse_filter(r).unwrap(),
+            &parse_filter(f).unwrap(),
+            &Bind::NONE,
+        )
     }
 
     #[test]

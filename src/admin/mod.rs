@@ -418,7 +418,7 @@ impl Admin {
     ) -> Result<Decision, AdminError> {
         let t = self.tenant(tenant).await?;
         let record = self.store.load_device(t.id, client_id).await?;
-        let device = record.map(|r| compile_view(r, &file_rules));
+        let device = record.and_then(|r| compile_view(r, &file_rules));
         if device.is_none() {
             return Err(
                 StoreError::NotFound(format!("device {client_id} in tenant {tenant}")).into(),

@@ -19,7 +19,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::core::CredentialView;
+use crate::core::{CredentialView, StoredDigest};
 use crate::registry::CredentialKind;
 
 /// Prefix of every mqgate device token, so leaked tokens are recognisable by secret scanners.
@@ -71,12 +71,17 @@ pub fn generate_token() -> NewToken {
     }
 }
 
-/// The stored form of a token.
+/// The stored form of a token (hex of [`token_digest_bytes`]).
 pub fn token_digest(token: &str) -> String {
+    hex::encode(token_digest_bytes(token))
+}
+
+/// A token's SHA-256 digest, as the hot path compares it.
+pub fn token_digest_bytes(token: &str) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(b"mqgate-token-v1:");
     h.update(token.as_bytes());
-    hex::encode(h.finalize())
+    h.finalize().into()
 }
 
 /// Hashes an operator-chosen password with argon2id (blocking: call off the async threads).
@@ -235,7 +240,7 @@ impl SecretVerifier {
         let cred = CredentialView {
             id: 0,
             kind: CredentialKind::Argon2,
-            digest: hash.clone(),
+            digest: StoredDigest::Text(hash.as_str().into()),
             expires_at: None,
         };
         let _ = self.verify_password(presented, &cred).await;
@@ -256,6 +261,7 @@ impl SecretVerifier {
         let verify = async move {
             let _permit = lane.acquire_owned().await.ok()?;
             started.fetch_add(1, Ordering::Relaxed);
+            let hash = hash.as_text()?.to_owned();
             tokio::task::spawn_blocking(move || slow_verify(&pw, kind, &hash))
                 .await
                 .ok()
@@ -288,10 +294,10 @@ fn verify_token(presented: &str, tokens: &[&CredentialView]) -> Option<VerifiedS
     if !presented.starts_with(TOKEN_PREFIX) {
         return None;
     }
-    let digest = token_digest(presented);
+    let digest = token_digest_bytes(presented);
     tokens
         .iter()
-        .find(|c| c.kind == CredentialKind::Token && ct_eq(digest.as_bytes(), c.digest.as_bytes()))
+        .find(|c| c.kind == CredentialKind::Token && ct_eq(&digest, c.digest.as_bytes()))
         .map(|c| VerifiedSecret {
             credential_id: c.id,
             kind: c.kind,
@@ -314,8 +320,8 @@ mod tests {
     fn cred(id: i64, kind: CredentialKind, digest: String) -> CredentialView {
         CredentialView {
             id,
+            digest: StoredDigest::from_stored(kind, &digest),
             kind,
-            digest,
             expires_at: None,
         }
     }

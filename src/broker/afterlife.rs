@@ -116,7 +116,7 @@ pub async fn checked_will(
     if will.will.retain {
         let len = will.will.message.len();
         let tenant = match broker.gate.registry().device(client_id).await {
-            Ok(Some(dev)) => dev.tenant,
+            Ok(Some(dev)) => dev.tenant_id(),
             _ => return None,
         };
         let limits = &broker.settings.limits;

@@ -101,7 +101,7 @@ pub(super) async fn serve<S>(
     let (registration, previous) =
         broker
             .directory
-            .register(&client_id, admission.device.tenant, ctl_tx.clone());
+            .register(&client_id, admission.device.tenant_id(), ctl_tx.clone());
     if let Some(previous) = previous {
         take_over(&broker, previous, &client_id, !clean_start).await;
     }

@@ -8,7 +8,7 @@ use std::fmt;
 /// `+ # / $` (rumqttd's router drops such links, and ACL placeholders refuse them), so it is
 /// also safe as one path component of a file name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ClientId(String);
+pub struct ClientId(Box<str>);
 
 /// Why an identifier was refused (the message names the rule, never the value).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,7 +23,7 @@ impl ClientId {
             && !s.contains(['+', '#', '/', '$'])
             && !s.chars().any(char::is_control);
         if ok {
-            Ok(ClientId(s.to_string()))
+            Ok(ClientId(s.into()))
         } else {
             Err(BadId(
                 "client id: 1-256 bytes, no control characters and none of + # / $",

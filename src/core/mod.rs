@@ -8,11 +8,53 @@ mod session;
 pub use decision::{Cause, Decision, Verdict};
 pub use session::decide_session;
 
-use crate::acl::{AclVerdict, Action, CompiledAcl, Identity, Permission, Rule};
+use std::sync::Arc;
+
+use crate::acl::{AclVerdict, Action, DeviceAcl, Identity, Permission, Rule, RuleSet};
 use crate::auth::secret::VerifiedSecret;
 use crate::auth::trust::{CertIdentity, CertRejection};
 use crate::limit::bucket::Rate;
 use crate::registry::{CredentialKind, TenantId};
+use ids::ClientId;
+
+/// A stored secret as the hot path keeps it: a token's SHA-256 as its 32 bytes (not 64 hex
+/// characters), a password hash as its PHC / bcrypt text.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoredDigest {
+    /// A token digest.
+    Sha256([u8; 32]),
+    /// An argon2id or bcrypt hash, or a token digest that is not 64 hex digits (it never matches).
+    Text(Box<str>),
+}
+
+impl StoredDigest {
+    /// The stored text of a credential of `kind`.
+    pub fn from_stored(kind: CredentialKind, text: &str) -> Self {
+        let mut raw = [0u8; 32];
+        match kind {
+            CredentialKind::Token if hex::decode_to_slice(text, &mut raw).is_ok() => {
+                StoredDigest::Sha256(raw)
+            }
+            _ => StoredDigest::Text(text.into()),
+        }
+    }
+
+    /// The bytes a presented secret's digest is compared with.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            StoredDigest::Sha256(d) => d,
+            StoredDigest::Text(t) => t.as_bytes(),
+        }
+    }
+
+    /// The hash text, for a password verify.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            StoredDigest::Text(t) => Some(t),
+            StoredDigest::Sha256(_) => None,
+        }
+    }
+}
 
 /// A credential as the hot path sees it (digests only).
 #[derive(Clone, PartialEq, Eq)]
@@ -22,7 +64,7 @@ pub struct CredentialView {
     /// Storage kind.
     pub kind: CredentialKind,
     /// Digest or password hash.
-    pub digest: String,
+    pub digest: StoredDigest,
     /// Unix seconds after which it no longer works.
     pub expires_at: Option<i64>,
 }
@@ -44,67 +86,112 @@ impl CredentialView {
     }
 }
 
-/// Everything the hot path needs about one device, compiled once per cache fill.
+/// What every device of a tenant shares, compiled once per tenant and rule set (not per device:
+/// a million devices share a handful of these).
+#[derive(Debug)]
+pub struct TenantView {
+    /// The tenant.
+    pub id: TenantId,
+    /// Its name (`${tenant}`).
+    pub name: Box<str>,
+    /// Its ingestion limit override (the configured default applies when `None`).
+    pub rate: Option<Rate>,
+    /// Its stored rules, then the file rules, placeholders kept.
+    pub rules: RuleSet,
+}
+
+/// Everything the hot path needs about one device, built once per cache fill. Small on purpose:
+/// the cache holds one per device of the fleet.
 #[derive(Debug, Clone)]
 pub struct DeviceView {
-    /// Owning tenant.
-    pub tenant: TenantId,
-    /// Tenant name.
-    pub tenant_name: String,
+    /// Owning tenant, shared.
+    pub tenant: Arc<TenantView>,
     /// MQTT client id.
-    pub client_id: String,
+    pub client_id: ClientId,
     /// Bound MQTT username, if any.
-    pub username: Option<String>,
+    pub username: Option<Box<str>>,
     /// Disabled devices are denied.
     pub enabled: bool,
     /// Credentials, expired ones included.
-    pub credentials: Vec<CredentialView>,
-    /// The device's rules (device, tenant, file), placeholders expanded.
-    pub acl: CompiledAcl,
-    /// The same rules in EMQX's authn `acl` format, if they can be expressed there.
-    pub emqx_acl: Option<Vec<serde_json::Value>>,
+    pub credentials: Box<[CredentialView]>,
+    /// What few devices have (their own rules, their own limit): one pointer for the others.
+    pub extras: Option<Box<DeviceExtras>>,
+}
+
+/// The parts of a device view most devices do without.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceExtras {
+    /// The device's own stored rules (evaluated before its tenant's).
+    pub rules: RuleSet,
     /// The device's ingestion limit override (the configured default applies when `None`).
-    pub device_rate: Option<Rate>,
-    /// The tenant's ingestion limit override (the configured default applies when `None`).
-    pub tenant_rate: Option<Rate>,
+    pub rate: Option<Rate>,
 }
 
 impl DeviceView {
-    /// Builds the view, compiling `rules` for this device's identity.
+    /// A view with a tenant of its own whose rules are `rules` (tests and one-off checks; the
+    /// cache shares one [`TenantView`] between a tenant's devices).
     pub fn new(
         tenant: TenantId,
-        tenant_name: String,
-        client_id: String,
-        username: Option<String>,
+        tenant_name: &str,
+        client_id: ClientId,
+        username: Option<&str>,
         enabled: bool,
         credentials: Vec<CredentialView>,
         rules: &[Rule],
     ) -> Self {
-        let acl = match ids::ClientId::parse(&client_id) {
-            Ok(id) => CompiledAcl::compile(
-                rules,
-                &Identity {
-                    tenant: &tenant_name,
-                    client_id: &id,
-                    username: username.as_deref(),
-                },
-            ),
-            // A client id stored before the one rule: no edge admits it, and no rule matches.
-            Err(_) => CompiledAcl::default(),
+        let tenant = TenantView {
+            id: tenant,
+            name: tenant_name.into(),
+            rate: None,
+            rules: RuleSet::compile(rules),
         };
-        let emqx_acl = acl.to_emqx();
         DeviceView {
-            tenant,
-            tenant_name,
+            tenant: Arc::new(tenant),
             client_id,
-            username,
+            username: username.map(Into::into),
             enabled,
-            credentials,
-            acl,
-            emqx_acl,
-            device_rate: None,
-            tenant_rate: None,
+            credentials: credentials.into(),
+            extras: None,
         }
+    }
+
+    /// The device's ingestion limit override.
+    pub fn device_rate(&self) -> Option<Rate> {
+        self.extras.as_ref().and_then(|e| e.rate)
+    }
+
+    /// The owning tenant's id.
+    pub fn tenant_id(&self) -> TenantId {
+        self.tenant.id
+    }
+
+    /// The owning tenant's name.
+    pub fn tenant_name(&self) -> &str {
+        &self.tenant.name
+    }
+
+    /// The tenant's ingestion limit override.
+    pub fn tenant_rate(&self) -> Option<Rate> {
+        self.tenant.rate
+    }
+
+    /// The device's rules (its own, then its tenant's and the files'), read with its identity.
+    pub fn acl(&self) -> DeviceAcl<'_> {
+        static NONE: RuleSet = RuleSet::EMPTY;
+        DeviceAcl {
+            own: self.extras.as_ref().map_or(&NONE, |e| &e.rules),
+            shared: &self.tenant.rules,
+            who: Identity {
+                tenant: &self.tenant.name,
+                client_id: &self.client_id,
+                username: self.username.as_deref(),
+            },
+        }
+    }
+
+    /// The rules in EMQX's authn `acl` format, if they can be expressed there (rendered now).
+    pub fn emqx_acl(&self) -> Option<Vec<serde_json::Value>> {
+        self.acl().to_emqx()
     }
 
     /// Token credentials (expired included) for the fast token check.
@@ -153,7 +240,7 @@ pub fn precheck_connect<'d>(
         return Err(Decision::deny(Cause::DeviceDisabled));
     }
     if let Some(bound) = &device.username
-        && username != Some(bound.as_str())
+        && username != Some(&**bound)
     {
         return Err(Decision::deny(Cause::UsernameMismatch));
     }
@@ -184,12 +271,12 @@ pub fn decide_connect(device: &DeviceView, proof: Option<&VerifiedSecret>, now: 
 /// Checks that a certificate identity belongs to the connecting `device`: same tenant, same
 /// client id. `Err` carries the deny.
 pub fn check_cert_identity(device: &DeviceView, id: &CertIdentity) -> Result<(), Decision> {
-    if id.tenant() != device.tenant {
+    if id.tenant() != device.tenant.id {
         return Err(Decision::deny(Cause::CertRejected(
             CertRejection::WrongTenant,
         )));
     }
-    if id.client_id() != device.client_id {
+    if id.client_id() != device.client_id.as_str() {
         return Err(Decision::deny(Cause::CertRejected(CertRejection::Mismatch)));
     }
     Ok(())
@@ -217,7 +304,7 @@ pub fn decide_authz(
     if !device.enabled {
         return Decision::deny(Cause::DeviceDisabled);
     }
-    let verdict = device.acl.check(action, topic);
+    let verdict = device.acl().check(action, topic);
     match &verdict {
         AclVerdict::Matched {
             permission: Permission::Allow,

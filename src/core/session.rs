@@ -39,13 +39,13 @@ mod tests {
         let cred = CredentialView {
             id: 7,
             kind: CredentialKind::Token,
-            digest: String::new(),
+            digest: crate::core::StoredDigest::Text("".into()),
             expires_at,
         };
         DeviceView::new(
             TenantId(1),
-            "t".into(),
-            "c".into(),
+            "t",
+            crate::core::ids::ClientId::parse("c").unwrap(),
             None,
             enabled,
             vec![cred],

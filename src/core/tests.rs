@@ -21,8 +21,8 @@ fn default_rule() -> Rule {
 fn device(creds: Vec<CredentialView>) -> DeviceView {
     DeviceView::new(
         TenantId(1),
-        "acme".into(),
-        "dev-1".into(),
+        "acme",
+        ids::ClientId::parse("dev-1").unwrap(),
         None,
         true,
         creds,
@@ -34,7 +34,7 @@ fn token_cred(id: i64, digest: String, expires_at: Option<i64>) -> CredentialVie
     CredentialView {
         id,
         kind: CredentialKind::Token,
-        digest,
+        digest: StoredDigest::from_stored(CredentialKind::Token, &digest),
         expires_at,
     }
 }

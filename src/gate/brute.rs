@@ -150,7 +150,7 @@ impl Gate {
             return false;
         };
         let store = self.registry.store();
-        let call = store.familiar_addresses(device.tenant, client_id);
+        let call = store.familiar_addresses(device.tenant_id(), client_id);
         let Some(all) = self.shared_call("familiar lookup", call).await else {
             return false;
         };

@@ -176,7 +176,7 @@ async fn authn_answer(s: &HttpState, body: axum::body::Body) -> Result<Response,
     let outcome = s.gate.connect(req).await;
     let mut answer = json!({ "result": outcome.decision.verdict.as_str(), "is_superuser": false });
     if let (Verdict::Allow, Some(device)) = (outcome.decision.verdict, &outcome.device) {
-        answer["client_attrs"] = json!({ "tenant": device.tenant_name });
+        answer["client_attrs"] = json!({ "tenant": device.tenant_name() });
         let ends = match outcome.decision.cause {
             Cause::Credential {
                 expires_at: Some(at),
@@ -190,8 +190,8 @@ async fn authn_answer(s: &HttpState, body: axum::body::Body) -> Result<Response,
         }
         // With ingestion limits EMQX must ask per publish, so it gets no rules to decide alone.
         let push_acl = s.emqx_acl_in_authn && !s.gate.limits_apply(device);
-        if let (true, Some(acl)) = (push_acl, &device.emqx_acl) {
-            answer["acl"] = serde_json::Value::Array(acl.clone());
+        if let (true, Some(acl)) = (push_acl, device.emqx_acl()) {
+            answer["acl"] = serde_json::Value::Array(acl);
         }
     }
     Ok(Json(answer).into_response())

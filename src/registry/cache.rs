@@ -1,22 +1,32 @@
-//! The hot-path view of the registry: a moka cache of compiled [`DeviceView`]s in front of the
-//! [`Store`], with negative entries for unknown client ids and prompt invalidation.
+//! The hot-path view of the registry: a compact table of compiled [`DeviceView`]s in front of the
+//! [`Store`] ([`DeviceTable`]), a bounded cache of "no such client id" answers, one fill per client
+//! id however many ask at once, and prompt invalidation.
 //!
 //! A load that raced with an invalidation is not kept: every invalidation bumps an epoch, and a
 //! load that saw the epoch move while it read the store drops its entry again after use.
+//!
+//! Devices of a tenant share one [`TenantView`] (name, limit, the tenant's rules and the file rules
+//! compiled once, placeholders bound at match time): a device costs its own fields only.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use moka::future::Cache;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{OnceCell, broadcast, mpsc, oneshot};
 
 use super::health::Health;
-use super::{Change, DeviceRecord, Store, StoreError, StoreResult};
-use crate::acl::{Rule, RuleSource};
-use crate::core::DeviceView;
+use super::table::DeviceTable;
+use super::{Change, DeviceRecord, Store, StoreError, StoreResult, StoredAclRule, TenantId};
+use crate::acl::{Rule, RuleSet, RuleSource};
+use crate::core::ids::ClientId;
+use crate::core::{DeviceExtras, DeviceView, TenantView};
 
 type Entry = Option<Arc<DeviceView>>;
+
+/// One fill of one client id, awaited by everyone who asked meanwhile.
+type Flight = Arc<OnceCell<Result<Entry, Arc<StoreError>>>>;
 
 /// Cache settings.
 #[derive(Debug, Clone, Copy)]
@@ -29,23 +39,28 @@ pub struct CacheSettings {
     pub capacity: u64,
 }
 
-struct EntryExpiry(CacheSettings);
+/// Most "no such client id" answers kept (they are made by whoever connects: bounded apart from
+/// the devices, which only operators create).
+const UNKNOWN_CAPACITY: u64 = 100_000;
 
-impl moka::Expiry<String, Entry> for EntryExpiry {
-    fn expire_after_create(&self, _: &String, v: &Entry, _: Instant) -> Option<Duration> {
-        Some(if v.is_some() {
-            self.0.ttl
-        } else {
-            self.0.negative_ttl
-        })
-    }
+/// Devices per page of a warm-up read.
+const WARM_PAGE: i64 = 2_000;
+
+/// A tenant's shared view and what it was built from.
+struct Interned {
+    view: Arc<TenantView>,
+    rule_ids: Box<[i64]>,
+    files: Arc<Vec<Rule>>,
 }
 
 /// The store plus its hot-path cache and the file ACL rules every device also gets.
 pub struct CachedRegistry {
     store: Store,
     batcher: Option<FillBatcher>,
-    cache: Cache<String, Entry>,
+    devices: DeviceTable,
+    unknown: Cache<String, ()>,
+    flights: Mutex<HashMap<Box<str>, Flight>>,
+    tenants: Mutex<HashMap<TenantId, Interned>>,
     file_rules: RwLock<Arc<Vec<Rule>>>,
     epoch: AtomicU64,
     changes: broadcast::Sender<Change>,
@@ -65,17 +80,19 @@ const CHANGE_FEED: usize = 1024;
 impl CachedRegistry {
     /// Wraps `store`; `file_rules` are appended after each device's stored rules.
     pub fn new(store: Store, settings: CacheSettings, file_rules: Vec<Rule>) -> Self {
-        let cache = Cache::builder()
-            .max_capacity(settings.capacity)
-            .expire_after(EntryExpiry(settings))
-            .support_invalidation_closures()
+        let unknown = Cache::builder()
+            .max_capacity(settings.capacity.min(UNKNOWN_CAPACITY))
+            .time_to_live(settings.negative_ttl)
             .build();
         let batcher = FillBatcher::for_store(&store, LOAD_TIMEOUT);
         CachedRegistry {
             health: Health::new(store.clone(), LOAD_TIMEOUT),
             store,
             batcher,
-            cache,
+            devices: DeviceTable::new(settings.capacity, settings.ttl),
+            unknown,
+            flights: Mutex::new(HashMap::new()),
+            tenants: Mutex::new(HashMap::new()),
             file_rules: RwLock::new(Arc::new(file_rules)),
             epoch: AtomicU64::new(0),
             changes: broadcast::channel(CHANGE_FEED).0,
@@ -103,37 +120,67 @@ impl CachedRegistry {
         &self.store
     }
 
+    fn cached(&self, client_id: &str) -> Option<Entry> {
+        if let Some(v) = self.devices.get(client_id) {
+            return Some(Some(v));
+        }
+        self.unknown.contains_key(client_id).then_some(None)
+    }
+
     /// The device for `client_id`, from the cache or (once, however many ask at once) the store.
     /// While the store is known unreachable only the cache answers (an uncached device is
     /// `Unavailable` at once); a fill that fails or overruns its deadline opens the breaker.
     pub async fn device(&self, client_id: &str) -> StoreResult<Option<Arc<DeviceView>>> {
-        if self.health.is_down() {
-            return match self.cache.get(client_id).await {
-                Some(entry) => Ok(entry),
-                None => Err(StoreError::Unavailable("registry known unreachable")),
-            };
+        if let Some(entry) = self.cached(client_id) {
+            return Ok(entry);
         }
-        let epoch = self.epoch.load(Ordering::Acquire);
-        let fill = async {
-            tokio::time::timeout(self.load_timeout, self.load(client_id))
-                .await
-                .unwrap_or(Err(StoreError::Unavailable(
-                    "registry did not answer in time",
-                )))
+        if self.health.is_down() {
+            return Err(StoreError::Unavailable("registry known unreachable"));
+        }
+        let flight = {
+            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(flights.entry(client_id.into()).or_default())
         };
-        let got = match self.cache.try_get_with_by_ref(client_id, fill).await {
-            Ok(got) => got,
+        let got = flight.get_or_init(|| self.fill(client_id)).await.clone();
+        {
+            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+            if flights
+                .get(client_id)
+                .is_some_and(|f| Arc::ptr_eq(f, &flight))
+            {
+                flights.remove(client_id);
+            }
+        }
+        match got {
+            Ok(entry) => Ok(entry),
             Err(e) => {
                 if !matches!(*e, StoreError::NotFound(_) | StoreError::Conflict(_)) {
                     self.health.mark_down("a device lookup failed");
                 }
-                return Err(unshare(e));
+                Err(unshare(e))
             }
-        };
-        if self.epoch.load(Ordering::Acquire) != epoch {
-            self.cache.invalidate(client_id).await;
         }
-        Ok(got)
+    }
+
+    /// Reads `client_id` from the store within the deadline and keeps the answer, unless an
+    /// invalidation landed meanwhile.
+    async fn fill(&self, client_id: &str) -> Result<Entry, Arc<StoreError>> {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let entry = tokio::time::timeout(self.load_timeout, self.load(client_id))
+            .await
+            .unwrap_or(Err(StoreError::Unavailable(
+                "registry did not answer in time",
+            )))
+            .map_err(Arc::new)?;
+        match &entry {
+            Some(view) => self.devices.insert(Arc::clone(view)),
+            None => self.unknown.insert(client_id.to_string(), ()).await,
+        }
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            self.devices.remove(client_id);
+            self.unknown.invalidate(client_id).await;
+        }
+        Ok(entry)
     }
 
     /// Loads a device without caching it (`acl check` and friends).
@@ -142,7 +189,7 @@ impl CachedRegistry {
             Some(b) => b.load(client_id).await?,
             None => self.store.load_client(client_id).await?,
         };
-        Ok(record.map(|r| Arc::new(self.view(r))))
+        Ok(record.and_then(|r| self.view(r)).map(Arc::new))
     }
 
     /// A counter that moves on every invalidation: a reader that saw it unchanged across some
@@ -171,20 +218,27 @@ impl CachedRegistry {
         }
         self.epoch.fetch_add(1, Ordering::AcqRel);
         match change {
-            Change::Device { client_id, .. } => self.cache.invalidate(client_id).await,
+            Change::Device { client_id, .. } => {
+                self.devices.remove(client_id);
+                self.unknown.invalidate(client_id.as_str()).await;
+            }
             Change::Tenant(t) => {
                 let t = *t;
-                let dropped = self
-                    .cache
-                    .invalidate_entries_if(move |_, v| v.as_ref().is_some_and(|d| d.tenant == t));
-                if dropped.is_err() {
-                    self.cache.invalidate_all();
-                }
+                self.tenants_lock().remove(&t);
+                self.devices.remove_if(|d| d.tenant.id == t);
             }
-            Change::Resync => self.cache.invalidate_all(),
+            Change::Resync => {
+                self.tenants_lock().clear();
+                self.devices.clear();
+                self.unknown.invalidate_all();
+            }
             // Certificates live in the trust store, not in device views.
             Change::Certs(_) | Change::Lockout(_) | Change::Mark(_) => {}
         }
+    }
+
+    fn tenants_lock(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, Interned>> {
+        self.tenants.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Replaces the file rules (start-up, `acl reload`) and drops every compiled view.
@@ -193,16 +247,33 @@ impl CachedRegistry {
         self.invalidate(&Change::Resync).await;
     }
 
-    /// Loads every device of every tenant into the cache; returns how many.
+    /// Loads every device of every tenant into the cache, a page at a time; returns how many.
+    /// The next page is read while this one is compiled.
     pub async fn warm(&self) -> StoreResult<usize> {
+        let fetch = |t: TenantId, after: Option<String>| {
+            let store = self.store.clone();
+            tokio::spawn(
+                async move { store.load_tenant_page(t, after.as_deref(), WARM_PAGE).await },
+            )
+        };
         let mut n = 0;
         for tenant in self.store.list_tenants().await? {
-            for record in self.store.load_tenant_devices(tenant.id).await? {
-                let key = record.device.client_id.clone();
-                self.cache
-                    .insert(key, Some(Arc::new(self.view(record))))
-                    .await;
-                n += 1;
+            let mut next = Some(fetch(tenant.id, None));
+            while let Some(pending) = next.take() {
+                let page = pending
+                    .await
+                    .map_err(|_| StoreError::Invalid("warm-up read stopped".into()))??;
+                if page.len() as i64 == WARM_PAGE
+                    && let Some(last) = page.last()
+                {
+                    next = Some(fetch(tenant.id, Some(last.device.client_id.clone())));
+                }
+                for record in page {
+                    if let Some(view) = self.view(record) {
+                        self.devices.insert(Arc::new(view));
+                        n += 1;
+                    }
+                }
             }
         }
         Ok(n)
@@ -238,18 +309,46 @@ impl CachedRegistry {
         Ok(())
     }
 
-    /// Number of cached entries (approximate; for metrics and tests).
+    /// Number of cached entries (devices and unknown client ids; for metrics and tests).
     pub fn cached_entries(&self) -> u64 {
-        self.cache.entry_count()
+        self.devices.len() as u64 + self.unknown.entry_count()
     }
 
-    fn view(&self, r: DeviceRecord) -> DeviceView {
+    /// The hot path's view of a stored record, its tenant's part shared with the tenant's other
+    /// devices (built anew when the tenant's rules, limit or name, or the file rules changed).
+    fn view(&self, r: DeviceRecord) -> Option<DeviceView> {
         let files = self
             .file_rules
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        compile_view(r, &files)
+        let tenant_rules: Vec<&StoredAclRule> =
+            r.rules.iter().filter(|s| s.client_id.is_none()).collect();
+        let t = r.device.tenant_id;
+        let shared = {
+            let mut tenants = self.tenants_lock();
+            let same = tenants.get(&t).filter(|i| {
+                Arc::ptr_eq(&i.files, &files)
+                    && *i.view.name == *r.tenant_name
+                    && i.view.rate == r.tenant_limit
+                    && i.rule_ids.iter().eq(tenant_rules.iter().map(|s| &s.id))
+            });
+            match same {
+                Some(i) => Arc::clone(&i.view),
+                None => {
+                    let view = Arc::new(tenant_view(&r, &tenant_rules, &files));
+                    let rule_ids = tenant_rules.iter().map(|s| s.id).collect();
+                    let interned = Interned {
+                        view: Arc::clone(&view),
+                        rule_ids,
+                        files,
+                    };
+                    tenants.insert(t, interned);
+                    view
+                }
+            }
+        };
+        device_view(r, shared)
     }
 }
 
@@ -257,38 +356,72 @@ fn unshare(e: Arc<StoreError>) -> StoreError {
     Arc::try_unwrap(e).unwrap_or_else(|e| StoreError::Invalid(format!("shared load failed: {e}")))
 }
 
-/// Compiles a stored record into the hot path's view: its stored rules (device, then tenant) followed
-/// by `file_rules`, placeholders expanded; credentials as digests; limit overrides.
-pub fn compile_view(r: DeviceRecord, file_rules: &[Rule]) -> DeviceView {
-    let rules: Vec<Rule> = r
+fn stored_rule(s: &StoredAclRule) -> Rule {
+    Rule {
+        permission: s.permission,
+        action: s.action,
+        topic: s.topic.clone(),
+        source: match s.client_id {
+            Some(_) => RuleSource::Device { id: s.id },
+            None => RuleSource::Tenant { id: s.id },
+        },
+    }
+}
+
+/// What a tenant's devices share: its stored rules followed by `file_rules`, compiled once.
+fn tenant_view(r: &DeviceRecord, tenant_rules: &[&StoredAclRule], files: &[Rule]) -> TenantView {
+    let rules: Vec<Rule> = tenant_rules
+        .iter()
+        .map(|s| stored_rule(s))
+        .chain(files.iter().cloned())
+        .collect();
+    TenantView {
+        id: r.device.tenant_id,
+        name: r.tenant_name.as_str().into(),
+        rate: r.tenant_limit,
+        rules: RuleSet::compile(&rules),
+    }
+}
+
+/// One device's view over its tenant's shared part: its own rules compiled (usually none),
+/// credentials as digests, its limit. `None` for a stored client id no edge can present (a row
+/// from before the client id rule): nothing can connect as it.
+fn device_view(r: DeviceRecord, tenant: Arc<TenantView>) -> Option<DeviceView> {
+    let d = r.device;
+    let Ok(client_id) = ClientId::parse(&d.client_id) else {
+        tracing::debug!(tenant = %tenant.name, "a stored client id no client can present is not cached");
+        return None;
+    };
+    let own: Vec<Rule> = r
         .rules
         .iter()
-        .map(|s| Rule {
-            permission: s.permission,
-            action: s.action,
-            topic: s.topic.clone(),
-            source: match s.client_id {
-                Some(_) => RuleSource::Device { id: s.id },
-                None => RuleSource::Tenant { id: s.id },
-            },
-        })
-        .chain(file_rules.iter().cloned())
+        .filter(|s| s.client_id.is_some())
+        .map(stored_rule)
         .collect();
-    let creds = r.credentials;
-    let (device_rate, tenant_rate) = (r.device_limit, r.tenant_limit);
-    let d = r.device;
-    let mut view = DeviceView::new(
-        d.tenant_id,
-        r.tenant_name,
-        d.client_id,
-        d.username,
-        d.enabled,
-        creds,
-        &rules,
-    );
-    view.device_rate = device_rate;
-    view.tenant_rate = tenant_rate;
-    view
+    let extras = (!own.is_empty() || r.device_limit.is_some()).then(|| {
+        Box::new(DeviceExtras {
+            rules: RuleSet::compile(&own),
+            rate: r.device_limit,
+        })
+    });
+    Some(DeviceView {
+        tenant,
+        client_id,
+        username: d.username.map(String::into_boxed_str),
+        enabled: d.enabled,
+        // An allocation of exactly its size, apart from the decoder's (kept for the process's life).
+        credentials: r.credentials.as_slice().into(),
+        extras,
+    })
+}
+
+/// Compiles a stored record into the hot path's view on its own (`acl check`): its stored rules
+/// (device, then tenant) followed by `file_rules`. `None` for a client id no edge can present.
+pub fn compile_view(r: DeviceRecord, file_rules: &[Rule]) -> Option<DeviceView> {
+    let tenant_rules: Vec<&StoredAclRule> =
+        r.rules.iter().filter(|s| s.client_id.is_none()).collect();
+    let tenant = Arc::new(tenant_view(&r, &tenant_rules, file_rules));
+    device_view(r, tenant)
 }
 
 type FillReply = oneshot::Sender<Result<Option<DeviceRecord>, String>>;

@@ -13,6 +13,7 @@ pub mod pg;
 mod rows;
 pub mod sqlite;
 mod sqlite_changes;
+pub mod table;
 
 pub use model::*;
 
@@ -214,9 +215,20 @@ impl Store {
         dispatch!(self, s => s.load_device(t, client_id).await)
     }
 
-    /// Every device record of a tenant (cache warm-up).
+    /// Every device record of a tenant.
     pub async fn load_tenant_devices(&self, t: TenantId) -> StoreResult<Vec<DeviceRecord>> {
         dispatch!(self, s => s.load_tenant_devices(t).await)
+    }
+
+    /// Up to `limit` device records of a tenant whose client id sorts after `after`, by client id
+    /// (cache warm-up, a page at a time).
+    pub async fn load_tenant_page(
+        &self,
+        t: TenantId,
+        after: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<DeviceRecord>> {
+        dispatch!(self, s => s.load_tenant_page(t, after, limit).await)
     }
 
     /// Appends an ACL rule for a device (`Some(client_id)`) or the whole tenant (`None`).

@@ -2,6 +2,7 @@
 //! SQLite through `FromRow`), column encodings, error mapping, and the device-record document.
 
 use super::*;
+use crate::core::StoredDigest;
 
 /// Parses a `kind` column.
 pub(crate) fn kind(s: &str) -> StoreResult<CredentialKind> {
@@ -274,6 +275,115 @@ pub(crate) struct FillDoc {
     limits: Vec<FillLimit>,
 }
 
+/// A page of a tenant's devices for warm-up, decoded into the same [`DeviceRecord`]s as
+/// [`FillDoc`]: the tenant's part once; each device with each of its credentials as one flat
+/// array (`[position, id, client_id, username, enabled, created_at, credential id, kind, digest,
+/// expires_at]`, credential fields null for a device without one); the page's own device rules
+/// and limits. Built set-wise by each database, a page in one row: a document per device with
+/// correlated subqueries costs four times as much at a million devices.
+#[derive(serde::Deserialize)]
+pub(crate) struct PageDoc {
+    tenant_id: i64,
+    tenant_name: String,
+    rules: Vec<FillRule>,
+    limits: Vec<FillLimit>,
+    devices: Vec<PageRow>,
+    device_rules: Vec<FillRule>,
+    device_limits: Vec<FillLimit>,
+}
+
+type PageRow = (
+    i64,
+    i64,
+    String,
+    Option<String>,
+    i64,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+);
+
+impl PageDoc {
+    /// Decodes a page (never echoing it: it holds credential digests).
+    pub(crate) fn parse(json: &str) -> StoreResult<PageDoc> {
+        serde_json::from_str(json).map_err(|e| {
+            StoreError::Invalid(format!(
+                "malformed warm-up page (line {}, column {})",
+                e.line(),
+                e.column()
+            ))
+        })
+    }
+
+    /// The records in the database's order of the page (its position column): the last one is
+    /// where the next page starts, whatever the database's collation.
+    pub(crate) fn into_records(self) -> StoreResult<Vec<DeviceRecord>> {
+        let mut docs: Vec<(i64, FillDoc)> = Vec::new();
+        let mut at: std::collections::HashMap<i64, usize> = std::collections::HashMap::new();
+        for (pos, id, client_id, username, enabled, created_at, cid, kind, digest, expires_at) in
+            self.devices
+        {
+            let slot = *at.entry(id).or_insert_with(|| {
+                let device = FillDevice {
+                    id,
+                    tenant_id: self.tenant_id,
+                    client_id,
+                    username,
+                    enabled: enabled != 0,
+                    created_at,
+                };
+                let doc = FillDoc {
+                    tenant_name: self.tenant_name.clone(),
+                    device,
+                    credentials: Vec::new(),
+                    rules: Vec::new(),
+                    limits: Vec::new(),
+                };
+                docs.push((pos, doc));
+                docs.len() - 1
+            });
+            if let (Some(id), Some(kind), Some(digest)) = (cid, kind, digest)
+                && let Some((_, doc)) = docs.get_mut(slot)
+            {
+                doc.credentials.push(FillCredential {
+                    id,
+                    kind,
+                    digest,
+                    expires_at,
+                });
+            }
+        }
+        for r in self.device_rules {
+            if let Some((_, doc)) = r
+                .device_id
+                .and_then(|d| at.get(&d))
+                .and_then(|&i| docs.get_mut(i))
+            {
+                doc.rules.push(r);
+            }
+        }
+        for l in self.device_limits {
+            if let Some((_, doc)) = l
+                .device_id
+                .and_then(|d| at.get(&d))
+                .and_then(|&i| docs.get_mut(i))
+            {
+                doc.limits.push(l);
+            }
+        }
+        docs.sort_by_key(|(pos, _)| *pos);
+        docs.into_iter()
+            .map(|(_, mut doc)| {
+                doc.rules.extend(self.rules.iter().cloned());
+                doc.limits.extend(self.limits.iter().cloned());
+                doc.into_record()
+            })
+            .collect()
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct FillDevice {
     id: i64,
@@ -292,7 +402,7 @@ struct FillCredential {
     expires_at: Option<i64>,
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, Clone)]
 struct FillRule {
     id: i64,
     device_id: Option<i64>,
@@ -301,7 +411,7 @@ struct FillRule {
     topic: String,
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, Clone)]
 struct FillLimit {
     device_id: Option<i64>,
     per_sec: f64,
@@ -331,7 +441,7 @@ impl FillDoc {
                 Ok(CredentialView {
                     id: c.id,
                     kind: kind(&c.kind)?,
-                    digest: c.digest,
+                    digest: StoredDigest::from_stored(kind(&c.kind)?, &c.digest),
                     expires_at: c.expires_at,
                 })
             })

@@ -144,7 +144,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
     /// Whether a retained publish would pass the device's or tenant's retained bound.
     pub(super) fn retained_refused(&self, topic: &str, payload_len: usize) -> bool {
         let b = &self.broker;
-        let (tenant, id) = (self.device.tenant, &self.client_id);
+        let (tenant, id) = (self.device.tenant_id(), &self.client_id);
         let admitted = b
             .retained
             .admit(&b.settings.limits, tenant, id, topic, payload_len);

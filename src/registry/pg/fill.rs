@@ -57,6 +57,61 @@ impl PgStore {
         self.load(t, None).await
     }
 
+    /// A warm-up page: the tenant's devices after client id `after`, at most `limit`, as one
+    /// page document ([`rows::PageDoc`], the shape SQLite builds too) in one row, set-wise (a
+    /// device document per device costs a correlated subquery per part at a million devices).
+    pub(crate) async fn load_tenant_page(
+        &self,
+        t: TenantId,
+        after: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<DeviceRecord>> {
+        let mut tx = self.scoped(t).await?;
+        let page = sqlx::query_scalar!(
+            r#"WITH page AS (
+                SELECT d.*, row_number() OVER (ORDER BY d.client_id) AS pos FROM (
+                    SELECT * FROM devices WHERE tenant_id = $1 AND client_id > COALESCE($2, '')
+                    ORDER BY client_id LIMIT $3) d)
+            SELECT json_build_object(
+                'tenant_id', $1::BIGINT,
+                'tenant_name', (SELECT name FROM tenants WHERE id = $1),
+                'rules', COALESCE((
+                    SELECT json_agg(json_build_object(
+                        'id', r.id, 'device_id', r.device_id, 'permission', r.permission,
+                        'action', r.action, 'topic', r.topic))
+                    FROM acl_rules r WHERE r.tenant_id = $1 AND r.device_id IS NULL), '[]'::JSON),
+                'limits', COALESCE((
+                    SELECT json_agg(json_build_object(
+                        'device_id', l.device_id, 'per_sec', l.per_sec, 'burst', l.burst))
+                    FROM rate_limits l WHERE l.tenant_id = $1 AND l.device_id IS NULL), '[]'::JSON),
+                'devices', COALESCE((
+                    SELECT json_agg(json_build_array(
+                        p.pos, p.id, p.client_id, p.username, CASE WHEN p.enabled THEN 1 ELSE 0 END,
+                        p.created_at, c.id, c.kind, c.digest, c.expires_at))
+                    FROM page p LEFT JOIN credentials c
+                        ON c.tenant_id = p.tenant_id AND c.device_id = p.id), '[]'::JSON),
+                'device_rules', COALESCE((
+                    SELECT json_agg(json_build_object(
+                        'id', r.id, 'device_id', r.device_id, 'permission', r.permission,
+                        'action', r.action, 'topic', r.topic))
+                    FROM acl_rules r
+                    WHERE r.tenant_id = $1 AND r.device_id IN (SELECT id FROM page)), '[]'::JSON),
+                'device_limits', COALESCE((
+                    SELECT json_agg(json_build_object(
+                        'device_id', l.device_id, 'per_sec', l.per_sec, 'burst', l.burst))
+                    FROM rate_limits l
+                    WHERE l.tenant_id = $1 AND l.device_id IN (SELECT id FROM page)), '[]'::JSON)
+            )::TEXT AS "page!""#,
+            t.0,
+            after,
+            limit.max(0)
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows::PageDoc::parse(&page)?.into_records()
+    }
+
     /// One device (`Some`) or all of a tenant's (by client id): one document per device from
     /// `mqgate_device_doc` (migration 0010), the same as the cache fill.
     async fn load(&self, t: TenantId, only: Option<&str>) -> StoreResult<Vec<DeviceRecord>> {

@@ -44,6 +44,43 @@ const LOAD_SQL: &str = device_doc!(
      WHERE d.tenant_id = ?1 AND (?2 IS NULL OR d.client_id = ?2) ORDER BY d.client_id"
 );
 
+/// The devices of tenant `?1` whose client id sorts after `?2`, at most `?3`, as one warm-up page
+/// document ([`rows::PageDoc`]; PostgreSQL builds the same): the page is a range of the
+/// `(tenant_id, client_id)` index, each device joined with its credentials as flat arrays, the
+/// page's device rules and limits and the tenant's read once each; one row per page (the driver
+/// hands rows over one by one between threads).
+const PAGE_SQL: &str = "
+WITH page AS (
+    SELECT d.*, row_number() OVER (ORDER BY d.client_id) AS pos FROM (
+        SELECT * FROM devices WHERE tenant_id = ?1 AND client_id > ?2 ORDER BY client_id LIMIT ?3) d)
+SELECT json_object(
+    'tenant_id', ?1,
+    'tenant_name', (SELECT name FROM tenants WHERE id = ?1),
+    'rules', json((
+        SELECT json_group_array(json_object(
+            'id', r.id, 'device_id', r.device_id, 'permission', r.permission, 'action', r.action,
+            'topic', r.topic))
+        FROM acl_rules r WHERE r.tenant_id = ?1 AND r.device_id IS NULL)),
+    'limits', json((
+        SELECT json_group_array(json_object(
+            'device_id', l.device_id, 'per_sec', l.per_sec, 'burst', l.burst))
+        FROM rate_limits l WHERE l.tenant_id = ?1 AND l.device_id IS NULL)),
+    'devices', json((
+        SELECT json_group_array(json_array(
+            p.pos, p.id, p.client_id, p.username, CASE WHEN p.enabled THEN 1 ELSE 0 END, p.created_at,
+            c.id, c.kind, c.digest, c.expires_at))
+        FROM page p LEFT JOIN credentials c ON c.tenant_id = p.tenant_id AND c.device_id = p.id)),
+    'device_rules', json((
+        SELECT json_group_array(json_object(
+            'id', r.id, 'device_id', r.device_id, 'permission', r.permission, 'action', r.action,
+            'topic', r.topic))
+        FROM acl_rules r WHERE r.tenant_id = ?1 AND r.device_id IN (SELECT id FROM page))),
+    'device_limits', json((
+        SELECT json_group_array(json_object(
+            'device_id', l.device_id, 'per_sec', l.per_sec, 'burst', l.burst))
+        FROM rate_limits l WHERE l.tenant_id = ?1 AND l.device_id IN (SELECT id FROM page))))
+";
+
 impl SqliteStore {
     pub(crate) async fn resolve_client(&self, client_id: &str) -> StoreResult<Option<TenantId>> {
         let t: Option<i64> =
@@ -91,6 +128,21 @@ impl SqliteStore {
 
     pub(crate) async fn load_tenant_devices(&self, t: TenantId) -> StoreResult<Vec<DeviceRecord>> {
         self.load(t, None).await
+    }
+
+    pub(crate) async fn load_tenant_page(
+        &self,
+        t: TenantId,
+        after: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<DeviceRecord>> {
+        let page: String = sqlx::query_scalar(PAGE_SQL)
+            .bind(t.0)
+            .bind(after.unwrap_or(""))
+            .bind(limit.max(0))
+            .fetch_one(&self.pool)
+            .await?;
+        rows::PageDoc::parse(&page)?.into_records()
     }
 
     /// One device (`Some`) or all of a tenant's: the same documents as the cache fill.

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# A fleet on one small box (issue #14): bulk import, warm start, memory per device, reconnect storms.
+#   bench/scale.sh [--counts "10000 100000 1000000"] [--postgres] [--skip-storm] [--runs 3]
+# For each count: a fresh registry, `mqgate device import` of that many devices (one token each,
+# the default rules), then `mqgate serve` with the warm cache (server on CPU 0): time from spawn to
+# /healthz (the cache is loaded before the listener opens), RSS, RSS of the same server over an
+# empty registry, and bytes per device = (RSS - empty RSS) / count.
+# Storms (load generator on CPU 1, its CPU use printed): 100k distinct devices authenticating once
+# each against a cold cache (median of --runs, a fresh server each run), and every device of the
+# largest count against the warm cache.
+# SQLite by default; --postgres runs the same on a throwaway PostgreSQL cluster.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+COUNTS="10000 100000 1000000" PG=0 STORM=1 RUNS=3 CONNS=16
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --counts) COUNTS=$2; shift 2 ;;
+        --postgres) PG=1; shift ;;
+        --skip-storm) STORM=0; shift ;;
+        --runs) RUNS=$2; shift 2 ;;
+        --conns) CONNS=$2; shift 2 ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+done
+if [[ $PG == 1 && -z "${DATABASE_URL:-}" ]]; then
+    extra=(); [[ $STORM == 0 ]] && extra=(--skip-storm)
+    exec scripts/with-postgres.sh "$0" --counts "$COUNTS" --postgres --runs "$RUNS" --conns "$CONNS" "${extra[@]}"
+fi
+
+cargo build --release --quiet --bin mqgate --example loadgen
+BIN=target/release/mqgate
+EX=target/release/examples
+SECRET=bench-internal-secret-0123456789abcdef
+WORK=$(mktemp -d /tmp/mqgate-scale.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+SERVER_CPU=() LOAD_CPU=()
+if [[ $(nproc) -ge 2 ]] && command -v taskset >/dev/null 2>&1; then
+    SERVER_CPU=(taskset -c 0) LOAD_CPU=(taskset -c 1)
+fi
+
+db_url() { # a fresh registry
+    if [[ $PG == 1 ]]; then
+        psql -q "$DATABASE_URL" -c "CREATE DATABASE $1" >/dev/null
+        echo "${DATABASE_URL%/*}/$1"
+    else
+        echo "sqlite://$WORK/$1.db?mode=rwc"
+    fi
+}
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+now() { date +%s.%N; }
+since() { python3 -c "print(f'{$(now) - $1:.2f}')"; }
+mq() { MQGATE_DATABASE_URL=$1 MQGATE_LOG=warn "$BIN" "${@:2}"; }
+# serve DB PORT WARM: starts a server (broker off), waits for /healthz; sets SERVED_PID, UP_S.
+serve() {
+    local t0; t0=$(now)
+    MQGATE_DATABASE_URL=$1 MQGATE_LISTEN=127.0.0.1:$2 MQGATE_INTERNAL_SECRET=$SECRET MQGATE_LOG=warn \
+        MQGATE_MQTT_ADDR=off MQGATE_WARM_CACHE=$3 "${SERVER_CPU[@]}" "$BIN" serve >"$WORK/serve-$2.log" 2>&1 &
+    SERVED_PID=$!; PIDS+=("$SERVED_PID")
+    until curl -sf "http://127.0.0.1:$2/healthz" >/dev/null 2>&1; do
+        kill -0 "$SERVED_PID" 2>/dev/null || { cat "$WORK/serve-$2.log" >&2; exit 1; }
+        sleep 0.02
+    done
+    UP_S=$(since "$t0")
+}
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+# A storm with the generator's CPU use (user+system over wall time) appended.
+storm() { # port devices.tsv
+    local out u s r
+    out=$(TIMEFORMAT='%U %S %R'; { time "${LOAD_CPU[@]}" "$EX/loadgen" --secret "$SECRET" --tenant bench \
+        --url "http://127.0.0.1:$1" --kind authn --devices "$2" --conns "$CONNS" --each >"$WORK/load.out"; } 2>&1)
+    read -r u s r <<<"$out"
+    echo "$(cat "$WORK/load.out") loadgen_cpu=$(python3 -c "print(f'{100*($u+$s)/max($r,1e-9):.0f}%')")"
+}
+
+echo "== store: $([[ $PG == 1 ]] && echo postgres || echo sqlite); server ${SERVER_CPU[*]:-unpinned}, load ${LOAD_CPU[*]:-unpinned}"
+EMPTY=$(db_url empty); mq "$EMPTY" tenant add bench >/dev/null
+P=$(port); serve "$EMPTY" "$P" true; sleep 1; BASE=$(rss_kb "$SERVED_PID"); stop "$SERVED_PID"
+echo "empty registry: RSS $((BASE / 1024)) MiB"
+printf '%-9s %-10s %-12s %-10s %-14s\n' devices import_s warm_start_s rss_mib bytes_per_device
+for n in $COUNTS; do
+    DB=$(db_url "reg$n"); mq "$DB" tenant add bench >/dev/null
+    python3 -c "
+import sys
+with open('$WORK/import$n.csv', 'w') as f:
+    f.write('client_id\n')
+    for i in range($n):
+        f.write(f'dev-{i:07d}\n')"
+    t0=$(now)
+    mq "$DB" device import --tenant bench --tokens-out "$WORK/tokens$n.csv" "$WORK/import$n.csv" >/dev/null
+    IMPORT_S=$(since "$t0")
+    # loadgen reads client_id<TAB>token lines.
+    tail -n +2 "$WORK/tokens$n.csv" | tr ',' '\t' >"$WORK/d$n.tsv"
+    P=$(port); serve "$DB" "$P" true; sleep 1
+    RSS=$(rss_kb "$SERVED_PID"); stop "$SERVED_PID"
+    printf '%-9s %-10s %-12s %-10s %-14s\n' "$n" "$IMPORT_S" "$UP_S" "$((RSS / 1024))" \
+        "$(( (RSS - BASE) * 1024 / n ))"
+    LAST=$n LASTDB=$DB
+done
+[[ $STORM == 1 ]] || exit 0
+
+STORM_N=100000
+if [[ ! -f "$WORK/d$STORM_N.tsv" ]]; then STORM_N=$LAST; fi
+echo "== reconnect storm, cold cache: $STORM_N distinct devices, authn once each, $CONNS connections, $RUNS runs"
+for r in $(seq 1 "$RUNS"); do
+    # a fresh server over the same registry each run: every device is a cache miss
+    DB=$([[ $PG == 1 ]] && echo "${DATABASE_URL%/*}/reg$STORM_N" || echo "sqlite://$WORK/reg$STORM_N.db")
+    P=$(port); serve "$DB" "$P" false
+    echo "run $r: $(storm "$P" "$WORK/d$STORM_N.tsv")"
+    stop "$SERVED_PID"
+done
+echo "== reconnect storm, warm cache: $LAST devices, authn once each"
+P=$(port); serve "$LASTDB" "$P" true
+echo "warm: $(storm "$P" "$WORK/d$LAST.tsv")"
+stop "$SERVED_PID"

@@ -45,7 +45,7 @@ export MQGATE_LOG=warn
 # The device file: a client id and (unless --no-rules) one rule each; tokens are generated.
 make_file() { # prefix
     { echo "client_id,username,password_hash,acl"
-      seq -f "$1-%07g" 1 "$DEVICES" | sed "s|\$|,,,$RULE|"
+      seq -f "$1-%07.0f" 1 "$DEVICES" | sed "s|\$|,,,$RULE|"
     } >"$WORK/$1.csv"
 }
 

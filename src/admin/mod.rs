@@ -2,7 +2,9 @@
 //! the admin API) call these; each validates its input, writes, and records an audit line.
 //! Secrets are generated or hashed here and returned once; only digests reach the store.
 
+pub mod bulk;
 mod certs;
+pub mod import;
 
 pub use certs::{IssuedCert, PublishedCrl, crl_path, write_atomically};
 
@@ -37,6 +39,9 @@ pub enum AdminError {
     /// Hashing failed.
     #[error(transparent)]
     Secret(#[from] SecretError),
+    /// Lines of an import file that cannot be imported (nothing was).
+    #[error(transparent)]
+    BadLines(#[from] bulk::BadLines),
 }
 
 /// Operator actions against one store.
@@ -66,6 +71,17 @@ pub(crate) fn valid_name(what: &str, name: &str) -> Result<(), AdminError> {
         Err(AdminError::Invalid(format!(
             "{what}: use 1-64 of A-Z a-z 0-9 - _ ."
         )))
+    }
+}
+
+/// A username a device can present: 1-256 bytes, no control characters.
+pub(crate) fn valid_username(u: &str) -> Result<(), AdminError> {
+    if !u.is_empty() && u.len() <= 256 && !u.chars().any(char::is_control) {
+        Ok(())
+    } else {
+        Err(AdminError::Invalid(
+            "username: 1-256 bytes, no control characters".into(),
+        ))
     }
 }
 
@@ -178,12 +194,7 @@ impl Admin {
     ) -> Result<(Device, NewToken), AdminError> {
         valid_client_id(client_id)?;
         if let Some(u) = username {
-            let ok = !u.is_empty() && u.len() <= 256 && !u.chars().any(char::is_control);
-            if !ok {
-                return Err(AdminError::Invalid(
-                    "username: 1-256 bytes, no control characters".into(),
-                ));
-            }
+            valid_username(u)?;
         }
         let t = self.tenant(tenant).await?;
         let now = self.clock.now();

@@ -109,6 +109,29 @@ pub fn validate_bcrypt_hash(hash: &str) -> Result<(), SecretError> {
     }
 }
 
+/// Most memory (KiB) and passes an imported argon2id hash may ask of a verify: every verify runs
+/// in the shared slow lane, so one device's extravagant parameters must not stall the others'.
+const ARGON2_MAX_M_COST: u32 = 256 * 1024;
+const ARGON2_MAX_T_COST: u32 = 16;
+
+/// Checks that a string is an argon2id PHC hash mqgate can verify (`$argon2id$v=19$m=…,t=…,p=…$
+/// salt$hash`, within [`ARGON2_MAX_M_COST`] / [`ARGON2_MAX_T_COST`]): what a bulk import accepts.
+pub fn validate_argon2_hash(hash: &str) -> Result<(), SecretError> {
+    let parsed = argon2::PasswordHash::new(hash).map_err(|_| SecretError::BadArgon2)?;
+    let params = argon2::Params::try_from(&parsed).map_err(|_| SecretError::BadArgon2)?;
+    let ok = parsed.algorithm == argon2::ARGON2ID_IDENT
+        && parsed.version.is_none_or(|v| v == 0x13)
+        && parsed.salt.is_some()
+        && parsed.hash.is_some()
+        && params.m_cost() <= ARGON2_MAX_M_COST
+        && params.t_cost() <= ARGON2_MAX_T_COST;
+    if ok {
+        Ok(())
+    } else {
+        Err(SecretError::BadArgon2)
+    }
+}
+
 /// Errors of the secret kernel. They never carry secret material.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -118,6 +141,9 @@ pub enum SecretError {
     /// Not a `$2a$/$2b$/$2y$` bcrypt hash of 60 characters.
     #[error("not a bcrypt hash ($2a$, $2b$ or $2y$, 60 characters)")]
     BadBcrypt,
+    /// Not an argon2id PHC string mqgate can verify.
+    #[error("not an argon2id hash ($argon2id$v=19$m=…,t=…,p=…$salt$hash; m ≤ 262144, t ≤ 16)")]
+    BadArgon2,
     /// The blocking pool went away (shutdown), or the verification queue took too long.
     #[error("password verification was interrupted or timed out")]
     Interrupted,
@@ -365,11 +391,34 @@ mod tests {
         assert!(validate_bcrypt_hash(&odd).is_err());
     }
 
+    #[test]
+    fn argon2_import_takes_argon2id_phc_strings_only() {
+        let good = hash_password(&"correct horse".into()).unwrap();
+        validate_argon2_hash(&good).unwrap();
+        for bad in [
+            "",
+            "plaintext",
+            "$2b$12$abcdefghijklmnopqrstuu5ZL8CdGm9t0x1TiNpJxW0wtHqNrBpdW",
+            &good.replace("argon2id", "argon2i"),
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ",
+            "$argon2id$v=19$m=4194304,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaA",
+            "$argon2id$v=19$m=19456,t=100,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaA",
+        ] {
+            assert!(validate_argon2_hash(bad).is_err(), "{bad}");
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn bcrypt_validation_never_panics(s in "\\PC{0,70}", prefix in "\\$2[aby]\\$") {
             let _ = validate_bcrypt_hash(&s);
             let _ = validate_bcrypt_hash(&format!("{prefix}{s}"));
+        }
+
+        #[test]
+        fn argon2_validation_never_panics(s in "\\PC{0,120}") {
+            let _ = validate_argon2_hash(&s);
+            let _ = validate_argon2_hash(&format!("$argon2id$v=19$m=19456,t=2,p=1${s}"));
         }
     }
 }

@@ -2,6 +2,7 @@
 //! `--json` for scripts. Secrets are printed once (new tokens) and read from stdin (passwords).
 
 mod certs;
+mod import;
 mod output;
 
 use std::io::BufRead;
@@ -182,6 +183,11 @@ enum DeviceCmd {
         #[arg(long)]
         tenant: String,
     },
+    /// Create many devices from a CSV or JSON-lines file, all or nothing; existing ones are left
+    /// as they are.
+    Import(import::ImportArgs),
+    /// Write a tenant's devices and their own rules (no secrets) in the import format.
+    Export(import::ExportArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -409,6 +415,8 @@ async fn device(cmd: DeviceCmd, admin: &Admin, out: &Out) -> Result<()> {
                 json!({ "client_id": d.client_id, "removed": true }),
             )
         }
+        DeviceCmd::Import(args) => import::import(args, admin, out).await,
+        DeviceCmd::Export(args) => import::export(args, admin, out).await,
         DeviceCmd::List { tenant } => out.list(&admin.list_devices(&tenant).await?, |d| {
             format!(
                 "{}\t{}",

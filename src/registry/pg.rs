@@ -12,6 +12,7 @@ mod audit;
 mod certs;
 mod fill;
 mod guard;
+mod import;
 mod kicks;
 
 use sqlx::postgres::{PgListener, PgPoolOptions};

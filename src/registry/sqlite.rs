@@ -387,4 +387,5 @@ mod audit;
 mod certs;
 mod fill;
 mod guard;
+mod import;
 mod kicks;

@@ -15,6 +15,7 @@ mod compose;
 mod emqx_http;
 mod emqx_kicks;
 mod hostile;
+mod import;
 mod outage;
 mod processes;
 mod rate_limits;

@@ -11,6 +11,10 @@ use super::{Change, StoreResult, TenantId};
 /// How often the server looks for changes: well inside the one-second promise.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
+/// Rows read per poll; a full page is followed by the next at once (a bulk import leaves a row per
+/// device: a revocation after it must not wait behind seconds of backlog).
+const PAGE: i64 = 1000;
+
 /// Rows kept behind the newest one, so the table stays small.
 const KEEP: i64 = 10_000;
 
@@ -35,10 +39,14 @@ pub async fn mark(pool: &SqlitePool) -> StoreResult<i64> {
 
 async fn poll(pool: SqlitePool, mut last: i64, tx: mpsc::Sender<Change>) {
     let mut failing = false;
+    let mut behind = false;
     while !tx.is_closed() && !pool.is_closed() {
-        tokio::time::sleep(POLL_INTERVAL).await;
+        if !std::mem::take(&mut behind) {
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
         match fetch(&pool, last).await {
             Ok(rows) => {
+                behind = rows.len() as i64 == PAGE;
                 // After an outage, or when another server pruned rows this one had not read yet,
                 // changes may have been missed: drop the whole cache.
                 let gap = rows.first().is_some_and(|(seq, _)| *seq > last + 1);
@@ -69,9 +77,10 @@ async fn poll(pool: SqlitePool, mut last: i64, tx: mpsc::Sender<Change>) {
 
 async fn fetch(pool: &SqlitePool, after: i64) -> Result<Vec<(i64, Change)>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT seq, tenant_id, client_id, certs FROM registry_changes WHERE seq > ? ORDER BY seq LIMIT 1000",
+        "SELECT seq, tenant_id, client_id, certs FROM registry_changes WHERE seq > ? ORDER BY seq LIMIT ?",
     )
     .bind(after)
+    .bind(PAGE)
     .fetch_all(pool)
     .await?;
     rows.iter()

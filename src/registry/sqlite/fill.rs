@@ -5,7 +5,9 @@ use super::*;
 
 /// One device's record as a JSON document over `devices d JOIN tenants t`: the same document
 /// PostgreSQL's `mqgate_device_doc` builds (`json(…)` keeps nested documents JSON through the
-/// scalar subqueries). Followed by the FROM clause.
+/// scalar subqueries). Followed by the FROM clause. A device's and its tenant's rules (and limits)
+/// are a `UNION ALL` of two index lookups: an `OR` of the two scanned every rule of the tenant
+/// for each device.
 macro_rules! device_doc {
     ($from:literal) => {
         concat!("SELECT json_object(
@@ -21,11 +23,15 @@ macro_rules! device_doc {
         SELECT json_group_array(json_object(
             'id', r.id, 'device_id', r.device_id, 'permission', r.permission, 'action', r.action,
             'topic', r.topic))
-        FROM acl_rules r WHERE r.tenant_id = d.tenant_id AND (r.device_id = d.id OR r.device_id IS NULL))),
+        FROM (SELECT * FROM acl_rules WHERE tenant_id = d.tenant_id AND device_id = d.id
+              UNION ALL
+              SELECT * FROM acl_rules WHERE tenant_id = d.tenant_id AND device_id IS NULL) r)),
     'limits', json((
         SELECT json_group_array(json_object(
             'device_id', l.device_id, 'per_sec', l.per_sec, 'burst', l.burst))
-        FROM rate_limits l WHERE l.tenant_id = d.tenant_id AND (l.device_id = d.id OR l.device_id IS NULL)))
+        FROM (SELECT * FROM rate_limits WHERE tenant_id = d.tenant_id AND device_id = d.id
+              UNION ALL
+              SELECT * FROM rate_limits WHERE tenant_id = d.tenant_id AND device_id IS NULL) l))
 )
 ", $from)
     };

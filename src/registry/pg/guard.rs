@@ -51,6 +51,17 @@ impl PgStore {
         )
         .execute(&mut **tx)
         .await?;
+        // Most devices log in from one address or a few: the bound costs a count, not a delete.
+        let held = sqlx::query_scalar!(
+            r#"SELECT COUNT(*) AS "n!" FROM familiar_addresses WHERE tenant_id = $1 AND device_id = $2"#,
+            t.0,
+            device_id
+        )
+        .fetch_one(&mut **tx)
+        .await?;
+        if held <= keep {
+            return Ok(());
+        }
         sqlx::query!(
             "DELETE FROM familiar_addresses WHERE tenant_id = $1 AND device_id = $2 AND address NOT IN \
              (SELECT address FROM familiar_addresses WHERE tenant_id = $1 AND device_id = $2 ORDER BY last_ok_ms DESC, address LIMIT $3)",

@@ -42,6 +42,17 @@ impl SqliteStore {
         let Some(device_id) = device_id else {
             return Ok(());
         };
+        // Most devices log in from one address or a few: the bound costs a count, not a delete.
+        let held: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM familiar_addresses WHERE tenant_id = ?1 AND device_id = ?2",
+        )
+        .bind(t.0)
+        .bind(device_id)
+        .fetch_one(&mut **tx)
+        .await?;
+        if held <= keep {
+            return Ok(());
+        }
         sqlx::query(
             "DELETE FROM familiar_addresses WHERE tenant_id = ?1 AND device_id = ?2 AND address NOT IN \
              (SELECT address FROM familiar_addresses WHERE tenant_id = ?1 AND device_id = ?2 ORDER BY last_ok_ms DESC, address LIMIT ?3)",

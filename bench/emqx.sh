@@ -3,8 +3,10 @@
 #   bench/emqx.sh [--duration SECONDS] [--conns N] [--postgres]
 # (a) cached authz path: 10k devices, EMQX-shaped bodies, N connections, mqgate vs bare server,
 #     twice: unpinned, then pinned (servers on CPU 0, the load generator on CPU 1, when there are
-#     two CPUs); the generator's own CPU use is printed beside each figure (near 100 % of its
-#     core: the generator, not the server, may be setting the pace);
+#     two CPUs); the generator (examples/loadgen.rs: one thread, pre-rendered requests, raw
+#     keep-alive sockets) prints its own CPU use beside each figure (`cpu=`, 100 % = one core) and,
+#     pinned, its core's busy share (`core1_busy=`, softirq and anything else on that core
+#     included): a figure whose generator is near 100 % measures the generator, not the server;
 # (b) reconnect storm: authn of 100k distinct devices once each, cold cache and warmed at start.
 # SQLite by default; --postgres runs the same on a throwaway PostgreSQL cluster. The embedded MQTT
 # broker is off in every server here (two servers would both take its port).
@@ -55,13 +57,6 @@ start_mqgate() { # db port warm [device_rate tenant_rate]
     PIDS+=($!)
 }
 load() { "${LOAD_CPU[@]}" "$EX/loadgen" --secret "$SECRET" --tenant bench "$@"; }
-# A load run with the generator's CPU use (user+system over wall time) appended.
-timed_load() {
-    local out u s r
-    out=$(TIMEFORMAT='%U %S %R'; { time load "$@" >"$WORK/load.out"; } 2>&1)
-    read -r u s r <<<"$out"
-    echo "$(cat "$WORK/load.out") loadgen_cpu=$(python3 -c "print(f'{100*($u+$s)/max($r,1e-9):.0f}%')")"
-}
 field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p"; }
 
 echo "== seeding (store: $([[ $PG == 1 ]] && echo postgres || echo sqlite))"
@@ -71,18 +66,18 @@ DB10=$(db_url reg10k); DB100=$(db_url reg100k)
 
 ratio() { python3 -c "print(f'{float(\"$(echo "$1" | field rate)\") / float(\"$(echo "$2" | field rate)\"):.3f}')"; }
 bench_a() { # label
-    echo "== (a) cached authz, $CONNS connections, ${DURATION}s each, $1"
+    echo "== (a) cached authz, $CONNS connections, ${DURATION}s each, $1 (machine: $(uptime | sed 's/.*load/load/'))"
     PB=$(port); "${SERVER_CPU[@]}" "$EX/bare_server" "127.0.0.1:$PB" 2>/dev/null & PIDS+=($!)
     PM=$(port); start_mqgate "$DB10" "$PM" true
     PL=$(port); start_mqgate "$DB10" "$PL" true 1000000 1000000000
     wait_up "$PM"; wait_up "$PL"; wait_up_bare "$PB"
-    authz() { timed_load --url "http://127.0.0.1:$1" --kind authz --devices "$WORK/d10k.tsv" --conns "$CONNS" --duration "$2"; }
+    authz() { load --url "http://127.0.0.1:$1" --kind authz --devices "$WORK/d10k.tsv" --conns "$CONNS" --duration "$2"; }
     for p in "$PM" "$PB" "$PL"; do authz "$p" 3 >/dev/null; done
     BARE=$(authz "$PB" "$DURATION"); MQ=$(authz "$PM" "$DURATION"); LIM=$(authz "$PL" "$DURATION")
     echo "bare            : $BARE"
     echo "mqgate          : $MQ"
     echo "mqgate+buckets  : $LIM"
-    echo "ratio mqgate/bare = $(ratio "$MQ" "$BARE");  buckets cost = rate ratio (mqgate+buckets)/mqgate = $(ratio "$LIM" "$MQ")  [$1]"
+    echo "ratio mqgate/bare = $(ratio "$MQ" "$BARE");  buckets cost = rate ratio (mqgate+buckets)/mqgate = $(ratio "$LIM" "$MQ");  mqgate p99 = $(echo "$MQ" | field p99_us) us  [$1]"
     kill "${PIDS[@]}" 2>/dev/null || true; PIDS=()
 }
 bench_a unpinned

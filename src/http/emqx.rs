@@ -9,14 +9,16 @@
 use std::borrow::Cow;
 
 use axum::extract::State;
+use axum::http::HeaderValue;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use http_body_util::{Either, Full};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, HttpState, Internal, parse_json, read_body};
+use super::{ApiError, HttpState, Internal, Reply, parse_json, read_body};
 use crate::acl::Action;
 use crate::auth::cert;
 use crate::core::ids::ClientId;
@@ -119,10 +121,37 @@ struct AuthzBody<'a> {
     access: Text<'a>,
 }
 
+/// An answer whose whole body is known in advance: HTTP 200, `application/json`.
+#[derive(Debug, Clone, Copy)]
+struct Fixed(&'static str);
+
+impl Fixed {
+    const AUTHZ_ALLOW: Fixed = Fixed(r#"{"result":"allow"}"#);
+    const AUTHZ_DENY: Fixed = Fixed(r#"{"result":"deny"}"#);
+    const AUTHZ_IGNORE: Fixed = Fixed(r#"{"result":"ignore"}"#);
+    const AUTHN_DENY: Fixed = Fixed(r#"{"result":"deny","is_superuser":false}"#);
+
+    /// As a [`Reply`] of the direct path: the static bytes, no allocation but the header map.
+    fn reply(self) -> Reply {
+        let mut r = Reply::new(Either::Left(Full::new(bytes::Bytes::from_static(
+            self.0.as_bytes(),
+        ))));
+        r.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        r
+    }
+}
+
+impl IntoResponse for Fixed {
+    fn into_response(self) -> Response {
+        ([(CONTENT_TYPE, "application/json")], self.0).into_response()
+    }
+}
+
 /// Answers a body mqgate cannot read (malformed, oversized, cut short, a field missing) with a
 /// 200 deny: EMQX reads every non-200 answer as "ignore" and would ask its next authenticator.
 /// Counted under the cause `malformed_request` and logged with the problem, never the body.
-fn malformed(s: &HttpState, kind: MetricKind, e: &ApiError) -> Response {
+fn malformed(s: &HttpState, kind: MetricKind, e: &ApiError) -> Fixed {
     deny(s, kind, "malformed_request", e)
 }
 
@@ -132,14 +161,14 @@ fn deny(
     kind: MetricKind,
     cause: &'static str,
     why: &dyn std::fmt::Display,
-) -> Response {
+) -> Fixed {
     let (endpoint, body) = match kind {
-        MetricKind::Connect => ("authn", r#"{"result":"deny","is_superuser":false}"#),
-        MetricKind::Authorize => ("authz", r#"{"result":"deny"}"#),
+        MetricKind::Connect => ("authn", Fixed::AUTHN_DENY),
+        MetricKind::Authorize => ("authz", Fixed::AUTHZ_DENY),
     };
     tracing::warn!(endpoint, cause, error = %why, "EMQX request denied before the gate");
     s.gate.metrics().denied(kind, cause);
-    ([(CONTENT_TYPE, "application/json")], body).into_response()
+    body
 }
 
 /// The client id, parsed by the one rule (`ClientId::parse`); `Err` is the answer for an id
@@ -148,7 +177,7 @@ fn client_id(
     s: &HttpState,
     kind: MetricKind,
     t: &Text,
-) -> Result<Result<ClientId, Response>, ApiError> {
+) -> Result<Result<ClientId, Fixed>, ApiError> {
     let raw = t.required("clientid")?;
     Ok(ClientId::parse(raw).map_err(|e| deny(s, kind, "bad_client_id", &e)))
 }
@@ -156,7 +185,7 @@ fn client_id(
 async fn authn(_: Internal, State(s): State<HttpState>, body: axum::body::Body) -> Response {
     authn_answer(&s, body)
         .await
-        .unwrap_or_else(|e| malformed(&s, MetricKind::Connect, &e))
+        .unwrap_or_else(|e| malformed(&s, MetricKind::Connect, &e).into_response())
 }
 
 async fn authn_answer(s: &HttpState, body: axum::body::Body) -> Result<Response, ApiError> {
@@ -164,7 +193,7 @@ async fn authn_answer(s: &HttpState, body: axum::body::Body) -> Result<Response,
     let b: AuthnBody = parse_json(&bytes)?;
     let client_id = match client_id(s, MetricKind::Connect, &b.clientid)? {
         Ok(id) => id,
-        Err(deny) => return Ok(deny),
+        Err(deny) => return Ok(deny.into_response()),
     };
     let req = ConnectRequest {
         client_id,
@@ -229,13 +258,36 @@ fn presented_cert(b: &AuthnBody) -> Option<PresentedCert> {
     })
 }
 
-async fn authz(_: Internal, State(s): State<HttpState>, body: axum::body::Body) -> Response {
+/// The routed authz handler (the listener answers authz through [`authz_direct`]; both run
+/// [`authz_answer`] behind the same guard).
+async fn authz(_: Internal, State(s): State<HttpState>, body: axum::body::Body) -> Fixed {
     authz_answer(&s, body)
         .await
         .unwrap_or_else(|e| malformed(&s, MetricKind::Authorize, &e))
 }
 
-async fn authz_answer(s: &HttpState, body: axum::body::Body) -> Result<Response, ApiError> {
+/// `POST /v1/emqx/authz` without the router: the guard's 401 as the router gives it, otherwise
+/// a fixed answer.
+pub(super) async fn authz_direct(
+    s: &HttpState,
+    req: http::Request<hyper::body::Incoming>,
+) -> Reply {
+    let (parts, body) = req.into_parts();
+    if let Err(e) = Internal::check(&parts.headers, s) {
+        return super::routed_reply(e.into_response());
+    }
+    drop(parts);
+    authz_answer(s, body)
+        .await
+        .unwrap_or_else(|e| malformed(s, MetricKind::Authorize, &e))
+        .reply()
+}
+
+async fn authz_answer<B>(s: &HttpState, body: B) -> Result<Fixed, ApiError>
+where
+    B: hyper::body::Body<Data = bytes::Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let bytes = read_body(body, s.max_body_bytes).await?;
     let b: AuthzBody = parse_json(&bytes)?;
     let topic = b.topic.required("topic")?;
@@ -244,13 +296,13 @@ async fn authz_answer(s: &HttpState, body: axum::body::Body) -> Result<Response,
         Ok(id) => id,
         Err(deny) => return Ok(deny),
     };
-    let decision = s.gate.authorize(&client_id, action, topic).await;
-    let body = match decision.verdict {
-        Verdict::Allow => r#"{"result":"allow"}"#,
-        Verdict::Deny => r#"{"result":"deny"}"#,
-        Verdict::Ignore => r#"{"result":"ignore"}"#,
-    };
-    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
+    Ok(
+        match s.gate.authorize(&client_id, action, topic).await.verdict {
+            Verdict::Allow => Fixed::AUTHZ_ALLOW,
+            Verdict::Deny => Fixed::AUTHZ_DENY,
+            Verdict::Ignore => Fixed::AUTHZ_IGNORE,
+        },
+    )
 }
 
 /// `action` (`publish`/`subscribe`), or EMQX's legacy `access` (`1` subscribe, `2` publish).

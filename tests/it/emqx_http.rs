@@ -469,6 +469,41 @@ both_stores!(
     the_internal_endpoints_require_the_shared_secret
 );
 
+/// The listener answers authz before its router: the same guard, answer shape and routing must
+/// hold there.
+async fn authz_is_guarded_and_answered_as_json_like_every_routed_endpoint(store: Store) {
+    let app = TestApp::start(store).await;
+    app.device("acme", "dev-1").await;
+    let body = json!({"clientid": "dev-1", "topic": "acme/dev-1/t", "action": "publish"});
+    let url = format!("{}/v1/emqx/authz", app.base);
+    for auth in [None, Some("Bearer wrong-secret"), Some(SECRET)] {
+        let mut r = app.http.post(&url).json(&body);
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status(), 401, "{auth:?}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap(),
+            json!({"error": "unauthorized"})
+        );
+    }
+    for (topic, want) in [("acme/dev-1/t", "allow"), ("acme/dev-2/t", "deny")] {
+        let body = json!({"clientid": "dev-1", "topic": topic, "action": "publish"});
+        let (status, ctype, v) = app.post("/v1/emqx/authz?x=1", &body).await;
+        assert_eq!((status, ctype.as_str()), (200, "application/json"));
+        assert_eq!(v, json!({"result": want}));
+    }
+    let get = app.http.get(&url).bearer_auth(SECRET).send().await.unwrap();
+    assert_eq!(get.status(), 405);
+    let (status, _, v) = app.post("/v1/emqx/authz/", &body).await;
+    assert_eq!((status, v), (404, json!({"error": "not found"})));
+}
+both_stores!(
+    authz_direct,
+    authz_is_guarded_and_answered_as_json_like_every_routed_endpoint
+);
+
 async fn pipelined_requests_are_answered_in_order(store: Store) {
     let app = TestApp::start(store).await;
     app.device("acme", "dev-1").await;

@@ -40,7 +40,7 @@ pub fn routes() -> Router<HttpState> {
 }
 
 /// A JSON scalar read as text, however EMQX rendered it; `""` and null read as absent.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 struct Text<'a>(Option<Cow<'a, str>>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
@@ -109,7 +109,7 @@ struct AuthnBody<'a> {
 }
 
 /// EMQX authz placeholders mqgate reads.
-#[derive(Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 struct AuthzBody<'a> {
     #[serde(borrow, default)]
     clientid: Text<'a>,
@@ -119,6 +119,37 @@ struct AuthzBody<'a> {
     action: Text<'a>,
     #[serde(borrow, default)]
     access: Text<'a>,
+}
+
+impl<'a> AuthzBody<'a> {
+    /// Reads the body as serde_json would (the same fields, the same refusals), the common shape
+    /// through [`flat_json`](super::flat_json) without serde's per-field machinery.
+    fn read(bytes: &'a [u8]) -> Result<Self, ApiError> {
+        match Self::read_flat(bytes) {
+            Some(b) => Ok(b),
+            None => parse_json(bytes),
+        }
+    }
+
+    /// `None` unless the body is a flat object of plain strings naming each field at most once
+    /// (serde refuses a field given twice: that case, too, is left to it).
+    fn read_flat(bytes: &'a [u8]) -> Option<Self> {
+        let mut b = AuthzBody::default();
+        let mut seen = [false; 4];
+        super::flat_json::members(bytes, |key, value| {
+            let (i, slot) = match key {
+                "clientid" => (0, &mut b.clientid),
+                "topic" => (1, &mut b.topic),
+                "action" => (2, &mut b.action),
+                "access" => (3, &mut b.access),
+                _ => return true,
+            };
+            let first = !std::mem::replace(&mut seen[i], true);
+            *slot = Text((!value.is_empty()).then_some(Cow::Borrowed(value)));
+            first
+        })?;
+        Some(b)
+    }
 }
 
 /// An answer whose whole body is known in advance: HTTP 200, `application/json`.
@@ -289,7 +320,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let bytes = read_body(body, s.max_body_bytes).await?;
-    let b: AuthzBody = parse_json(&bytes)?;
+    let b = AuthzBody::read(&bytes)?;
     let topic = b.topic.required("topic")?;
     let action = action(&b)?;
     let client_id = match client_id(s, MetricKind::Authorize, &b.clientid)? {
@@ -319,7 +350,59 @@ fn action(b: &AuthzBody) -> Result<Action, ApiError> {
 
 #[cfg(test)]
 mod tests {
-    use super::session_end;
+    use proptest::prelude::*;
+
+    use super::{AuthzBody, parse_json, session_end};
+
+    /// The flat reader, where it answers, answers as serde_json does.
+    fn same_as_serde(body: &[u8]) {
+        if let Some(flat) = AuthzBody::read_flat(body) {
+            assert_eq!(
+                parse_json::<AuthzBody>(body).ok(),
+                Some(flat),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn emqx_bodies_read_flat_as_serde_reads_them() {
+        let b = br#"{"clientid":"dev-1","username":"","peerhost":"10.0.0.7","topic":"acme/dev-1/t","action":"publish","qos":"1","retain":"false"}"#;
+        let flat = AuthzBody::read_flat(b).expect("EMQX's shape is read flat");
+        assert_eq!(flat.topic.get(), Some("acme/dev-1/t"));
+        same_as_serde(b);
+        // A field named twice is serde's to refuse.
+        assert!(AuthzBody::read_flat(br#"{"topic":"a","topic":"b"}"#).is_none());
+        assert!(AuthzBody::read(br#"{"topic":"a","topic":"b"}"#).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn flat_reading_agrees_with_serde_on_objects(
+            members in proptest::collection::vec(
+                (prop_oneof![
+                    Just("clientid".to_string()), Just("topic".to_string()),
+                    Just("action".to_string()), Just("access".to_string()),
+                    r#"[a-z\\"]{0,6}"#,
+                ], r#"[ -~\\"\t\u{e9}]{0,8}"#),
+                0..6,
+            ),
+            ws in "[ \t\r\n]{0,2}",
+        ) {
+            let body = members
+                .iter()
+                .map(|(k, v)| format!("{ws}{}{ws}:{ws}{}", serde_json::json!(k), serde_json::json!(v)))
+                .collect::<Vec<_>>()
+                .join(",");
+            same_as_serde(format!("{ws}{{{body}}}{ws}").as_bytes());
+        }
+
+        #[test]
+        fn flat_reading_agrees_with_serde_on_any_text(body in r#"[{}\[\]":,a-z0-9 \\\t\x01]{0,40}"#) {
+            same_as_serde(body.as_bytes());
+        }
+    }
 
     #[test]
     fn expire_at_is_capped_by_the_maximum_session_age() {

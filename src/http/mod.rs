@@ -11,6 +11,7 @@
 
 pub mod emqx;
 mod error;
+mod flat_json;
 mod ops;
 
 use std::convert::Infallible;

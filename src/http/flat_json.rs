@@ -70,13 +70,15 @@ impl<'a> Reader<'a> {
     fn string(&mut self) -> Option<&'a str> {
         self.expect(b'"')?;
         let rest = self.text.get(self.at..)?;
-        let len = memchr::memchr(b'"', rest.as_bytes())?;
-        let s = rest.get(..len)?;
-        if s.bytes().any(|b| b == b'\\' || b < 0x20) {
+        // One pass: the first byte that ends the plain run must be the closing quote.
+        let len = rest
+            .bytes()
+            .position(|b| b == b'"' || b == b'\\' || b < 0x20)?;
+        if rest.as_bytes().get(len) != Some(&b'"') {
             return None;
         }
         self.at += len + 1;
-        Some(s)
+        rest.get(..len)
     }
 }
 

@@ -29,7 +29,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 pub use error::ApiError;
 
@@ -176,12 +176,17 @@ pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, A
 }
 
 /// Serves `routes` on `listener` until `shutdown` turns true, then lets open requests finish.
+/// Each connection hears of the stop through a oneshot of its own (dropped when the accept loop
+/// ends), not a clone of `shutdown`: a `watch` receiver locks the channel's one mutex at every
+/// poll, and a connection is polled several times per request.
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     limits: ServerLimits,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut stops: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut prune_at = 64;
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -196,7 +201,13 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let svc = routes.clone();
-        let mut stop = shutdown.clone();
+        let (stop_tx, mut stop) = oneshot::channel::<()>();
+        if stops.len() >= prune_at {
+            // Senders of ended connections are dropped here, amortised over the accepts.
+            stops.retain(|s| !s.is_closed());
+            prune_at = (stops.len() * 2).max(64);
+        }
+        stops.push(stop_tx);
         tokio::spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -207,7 +218,7 @@ pub async fn serve(
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%peer, error = %e, "connection ended") },
-                _ = stop.changed() => {
+                _ = &mut stop => {
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.await;
                 }

@@ -1,21 +1,27 @@
 #!/usr/bin/env bash
 # Benchmarks the EMQX endpoints against a bare hyper server in the same run.
-#   bench/emqx.sh [--duration SECONDS] [--conns N] [--postgres]
+#   bench/emqx.sh [--duration SECONDS] [--conns N] [--rounds R] [--postgres] [--skip-storm]
 # (a) cached authz path: 10k devices, EMQX-shaped bodies, N connections, mqgate vs bare server,
 #     twice: unpinned, then pinned (servers on CPU 0, the load generator on CPU 1, when there are
-#     two CPUs); the generator's own CPU use is printed beside each figure (near 100 % of its
-#     core: the generator, not the server, may be setting the pace);
+#     two CPUs); the generator (examples/loadgen.rs: one thread, pre-rendered requests, raw
+#     keep-alive sockets) prints its own CPU use beside each figure (`cpu=`, 100 % = one core) and,
+#     pinned, its core's busy share (`core1_busy=`, softirq and anything else on that core
+#     included): a figure whose generator is near 100 % measures the generator, not the server;
+#     each server's own CPU time per request is printed too (`server_us_per_req`, from
+#     /proc/PID/stat: a cost that holds when other work on the machine steals its core); R rounds
+#     (default 3) run interleaved, and the summary gives medians;
 # (b) reconnect storm: authn of 100k distinct devices once each, cold cache and warmed at start.
 # SQLite by default; --postgres runs the same on a throwaway PostgreSQL cluster. The embedded MQTT
 # broker is off in every server here (two servers would both take its port).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=20 CONNS=16 PG=0 STORM=1
+DURATION=20 CONNS=16 PG=0 STORM=1 ROUNDS=3
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --duration) DURATION=$2; shift 2 ;;
         --conns) CONNS=$2; shift 2 ;;
+        --rounds) ROUNDS=$2; shift 2 ;;
         --postgres) PG=1; shift ;;
         --skip-storm) STORM=0; shift ;;
         --inner) shift; break ;;
@@ -24,7 +30,7 @@ while [[ $# -gt 0 ]]; do
 done
 if [[ $PG == 1 && -z "${DATABASE_URL:-}" ]]; then
     extra=(); [[ $STORM == 0 ]] && extra=(--skip-storm)
-    exec scripts/with-postgres.sh "$0" --duration "$DURATION" --conns "$CONNS" --postgres "${extra[@]}"
+    exec scripts/with-postgres.sh "$0" --duration "$DURATION" --conns "$CONNS" --rounds "$ROUNDS" --postgres "${extra[@]}"
 fi
 
 cargo build --release --quiet --bin mqgate --example bare_server --example seed --example loadgen
@@ -55,13 +61,6 @@ start_mqgate() { # db port warm [device_rate tenant_rate]
     PIDS+=($!)
 }
 load() { "${LOAD_CPU[@]}" "$EX/loadgen" --secret "$SECRET" --tenant bench "$@"; }
-# A load run with the generator's CPU use (user+system over wall time) appended.
-timed_load() {
-    local out u s r
-    out=$(TIMEFORMAT='%U %S %R'; { time load "$@" >"$WORK/load.out"; } 2>&1)
-    read -r u s r <<<"$out"
-    echo "$(cat "$WORK/load.out") loadgen_cpu=$(python3 -c "print(f'{100*($u+$s)/max($r,1e-9):.0f}%')")"
-}
 field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p"; }
 
 echo "== seeding (store: $([[ $PG == 1 ]] && echo postgres || echo sqlite))"
@@ -69,20 +68,53 @@ DB10=$(db_url reg10k); DB100=$(db_url reg100k)
 "$EX/seed" "$DB10" bench 10000 "$WORK/d10k.tsv"
 [[ $STORM == 1 ]] && "$EX/seed" "$DB100" bench 100000 "$WORK/d100k.tsv"
 
-ratio() { python3 -c "print(f'{float(\"$(echo "$1" | field rate)\") / float(\"$(echo "$2" | field rate)\"):.3f}')"; }
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; } # user+system CPU of a process, 1/100 s
+# One load run against the server PID on PORT, with that server's CPU time per request appended.
+authz_run() { # pid port seconds
+    local t0 t1 out n
+    t0=$(ticks "$1")
+    out=$(load --url "http://127.0.0.1:$2" --kind authz --devices "$WORK/d10k.tsv" --conns "$CONNS" --duration "$3")
+    t1=$(ticks "$1"); n=$(echo "$out" | field requests)
+    echo "$out server_us_per_req=$(python3 -c "print(f'{($t1-$t0)*1e4/max($n,1):.2f}')")"
+}
+# Medians over the rounds in $WORK/a.txt (lines "label<TAB>loadgen output").
+summary() {
+    python3 - "$WORK/a.txt" "$1" <<'PY'
+import re, statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    label, out = line.rstrip("\n").split("\t", 1)
+    runs.setdefault(label, []).append({k: float(v) for k, v in re.findall(r"(\w+)=([0-9.]+)", out)})
+med = lambda label, k: statistics.median(r.get(k, float("nan")) for r in runs[label])
+for label in runs:
+    core = [k for k in runs[label][0] if k.endswith("_busy")]
+    print(f"{label:15}: median of {len(runs[label])}: {med(label, 'rate'):,.0f}/s  p99 {med(label, 'p99_us'):.0f} us"
+          f"  generator cpu {med(label, 'cpu'):.0f}%" + (f" ({core[0]} {med(label, core[0]):.0f}%)" if core else "")
+          + f"  server {med(label, 'server_us_per_req'):.2f} us/request")
+print(f"ratio mqgate/bare = {med('mqgate', 'rate') / med('bare', 'rate'):.3f} (rate), "
+      f"{med('bare', 'server_us_per_req') / med('mqgate', 'server_us_per_req'):.3f} (server CPU per request); "
+      f"buckets: (mqgate+buckets)/mqgate = {med('mqgate+buckets', 'rate') / med('mqgate', 'rate'):.3f}  [{sys.argv[2]}]")
+PY
+}
 bench_a() { # label
-    echo "== (a) cached authz, $CONNS connections, ${DURATION}s each, $1"
-    PB=$(port); "${SERVER_CPU[@]}" "$EX/bare_server" "127.0.0.1:$PB" 2>/dev/null & PIDS+=($!)
-    PM=$(port); start_mqgate "$DB10" "$PM" true
-    PL=$(port); start_mqgate "$DB10" "$PL" true 1000000 1000000000
+    local label=$1
+    echo "== (a) cached authz, $CONNS connections, ${DURATION}s each, $ROUNDS rounds, $label (machine: $(uptime | sed 's/.*load/load/'))"
+    local pb pm pl
+    PB=$(port); "${SERVER_CPU[@]}" "$EX/bare_server" "127.0.0.1:$PB" 2>/dev/null & PIDS+=($!); pb=$!
+    PM=$(port); start_mqgate "$DB10" "$PM" true; pm=${PIDS[-1]}
+    PL=$(port); start_mqgate "$DB10" "$PL" true 1000000 1000000000; pl=${PIDS[-1]}
     wait_up "$PM"; wait_up "$PL"; wait_up_bare "$PB"
-    authz() { timed_load --url "http://127.0.0.1:$1" --kind authz --devices "$WORK/d10k.tsv" --conns "$CONNS" --duration "$2"; }
-    for p in "$PM" "$PB" "$PL"; do authz "$p" 3 >/dev/null; done
-    BARE=$(authz "$PB" "$DURATION"); MQ=$(authz "$PM" "$DURATION"); LIM=$(authz "$PL" "$DURATION")
-    echo "bare            : $BARE"
-    echo "mqgate          : $MQ"
-    echo "mqgate+buckets  : $LIM"
-    echo "ratio mqgate/bare = $(ratio "$MQ" "$BARE");  buckets cost = rate ratio (mqgate+buckets)/mqgate = $(ratio "$LIM" "$MQ")  [$1]"
+    for p in "$PM" "$PB" "$PL"; do load --url "http://127.0.0.1:$p" --kind authz --devices "$WORK/d10k.tsv" --conns "$CONNS" --duration 3 >/dev/null; done
+    : >"$WORK/a.txt"
+    for r in $(seq 1 "$ROUNDS"); do
+        for s in "bare $pb $PB" "mqgate $pm $PM" "mqgate+buckets $pl $PL"; do
+            set -- $s
+            out=$(authz_run "$2" "$3" "$DURATION")
+            printf '%s\t%s\n' "$1" "$out" >>"$WORK/a.txt"
+            printf 'round %s %-15s: %s\n' "$r" "$1" "$out"
+        done
+    done
+    summary "$label"
     kill "${PIDS[@]}" 2>/dev/null || true; PIDS=()
 }
 bench_a unpinned

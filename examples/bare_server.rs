@@ -1,5 +1,7 @@
 //! The benchmark's reference: a bare hyper server that reads the body and answers a fixed allow,
-//! served the way mqgate serves (multi-thread tokio, HTTP/1.1 keep-alive, no Nagle).
+//! served the way mqgate's listener serves (`http::serve`): multi-thread tokio, HTTP/1.1
+//! keep-alive, no Nagle, pipeline flush, a 10 s header-read timeout (mqgate's default) on tokio's
+//! timer.
 //!
 //! `cargo run --release --example bare_server -- 127.0.0.1:18081`
 
@@ -9,7 +11,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 
 async fn allow(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let _ = req.into_body().collect().await;
@@ -31,7 +33,10 @@ async fn main() {
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
                 .keep_alive(true)
+                .pipeline_flush(true)
                 .serve_connection(TokioIo::new(stream), hyper::service::service_fn(allow))
                 .await;
         });

@@ -61,7 +61,7 @@ pub struct App {
     mqtt: Option<(TcpListener, SocketAddr)>,
     mqtts: Option<MqttsListener>,
     broker: BrokerSettings,
-    router: axum::Router,
+    routes: http::Routes,
     limits: ServerLimits,
     gate: Arc<Gate>,
     shutdown_timeout: std::time::Duration,
@@ -183,7 +183,7 @@ impl App {
             mqtt,
             mqtts,
             broker: config.broker,
-            router: http::router(state),
+            routes: http::Routes::new(state),
             limits,
             gate,
             shutdown_timeout: config.shutdown_timeout,
@@ -228,7 +228,7 @@ impl App {
                 broker_stop,
             )
         });
-        http::serve(self.listener, self.router, self.limits, http_stop).await;
+        http::serve(self.listener, self.routes, self.limits, http_stop).await;
         // Every step below is bounded by one deadline: a store that went away must not keep the
         // process (and the orchestrator waiting on it) past it.
         let deadline = tokio::time::Instant::now() + self.shutdown_timeout;

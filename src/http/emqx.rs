@@ -9,14 +9,16 @@
 use std::borrow::Cow;
 
 use axum::extract::State;
+use axum::http::HeaderValue;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use http_body_util::{Either, Full};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, HttpState, Internal, parse_json, read_body};
+use super::{ApiError, HttpState, Internal, Reply, parse_json, read_body};
 use crate::acl::Action;
 use crate::auth::cert;
 use crate::core::ids::ClientId;
@@ -38,7 +40,7 @@ pub fn routes() -> Router<HttpState> {
 }
 
 /// A JSON scalar read as text, however EMQX rendered it; `""` and null read as absent.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 struct Text<'a>(Option<Cow<'a, str>>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
@@ -107,7 +109,7 @@ struct AuthnBody<'a> {
 }
 
 /// EMQX authz placeholders mqgate reads.
-#[derive(Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 struct AuthzBody<'a> {
     #[serde(borrow, default)]
     clientid: Text<'a>,
@@ -119,10 +121,68 @@ struct AuthzBody<'a> {
     access: Text<'a>,
 }
 
+impl<'a> AuthzBody<'a> {
+    /// Reads the body as serde_json would (the same fields, the same refusals), the common shape
+    /// through [`flat_json`](super::flat_json) without serde's per-field machinery.
+    fn read(bytes: &'a [u8]) -> Result<Self, ApiError> {
+        match Self::read_flat(bytes) {
+            Some(b) => Ok(b),
+            None => parse_json(bytes),
+        }
+    }
+
+    /// `None` unless the body is a flat object of plain strings naming each field at most once
+    /// (serde refuses a field given twice: that case, too, is left to it).
+    fn read_flat(bytes: &'a [u8]) -> Option<Self> {
+        let mut b = AuthzBody::default();
+        let mut seen = [false; 4];
+        super::flat_json::members(bytes, |key, value| {
+            let (i, slot) = match key {
+                "clientid" => (0, &mut b.clientid),
+                "topic" => (1, &mut b.topic),
+                "action" => (2, &mut b.action),
+                "access" => (3, &mut b.access),
+                _ => return true,
+            };
+            let first = !std::mem::replace(&mut seen[i], true);
+            *slot = Text((!value.is_empty()).then_some(Cow::Borrowed(value)));
+            first
+        })?;
+        Some(b)
+    }
+}
+
+/// An answer whose whole body is known in advance: HTTP 200, `application/json`.
+#[derive(Debug, Clone, Copy)]
+struct Fixed(&'static str);
+
+impl Fixed {
+    const AUTHZ_ALLOW: Fixed = Fixed(r#"{"result":"allow"}"#);
+    const AUTHZ_DENY: Fixed = Fixed(r#"{"result":"deny"}"#);
+    const AUTHZ_IGNORE: Fixed = Fixed(r#"{"result":"ignore"}"#);
+    const AUTHN_DENY: Fixed = Fixed(r#"{"result":"deny","is_superuser":false}"#);
+
+    /// As a [`Reply`] of the direct path: the static bytes, no allocation but the header map.
+    fn reply(self) -> Reply {
+        let mut r = Reply::new(Either::Left(Full::new(bytes::Bytes::from_static(
+            self.0.as_bytes(),
+        ))));
+        r.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        r
+    }
+}
+
+impl IntoResponse for Fixed {
+    fn into_response(self) -> Response {
+        ([(CONTENT_TYPE, "application/json")], self.0).into_response()
+    }
+}
+
 /// Answers a body mqgate cannot read (malformed, oversized, cut short, a field missing) with a
 /// 200 deny: EMQX reads every non-200 answer as "ignore" and would ask its next authenticator.
 /// Counted under the cause `malformed_request` and logged with the problem, never the body.
-fn malformed(s: &HttpState, kind: MetricKind, e: &ApiError) -> Response {
+fn malformed(s: &HttpState, kind: MetricKind, e: &ApiError) -> Fixed {
     deny(s, kind, "malformed_request", e)
 }
 
@@ -132,14 +192,14 @@ fn deny(
     kind: MetricKind,
     cause: &'static str,
     why: &dyn std::fmt::Display,
-) -> Response {
+) -> Fixed {
     let (endpoint, body) = match kind {
-        MetricKind::Connect => ("authn", r#"{"result":"deny","is_superuser":false}"#),
-        MetricKind::Authorize => ("authz", r#"{"result":"deny"}"#),
+        MetricKind::Connect => ("authn", Fixed::AUTHN_DENY),
+        MetricKind::Authorize => ("authz", Fixed::AUTHZ_DENY),
     };
     tracing::warn!(endpoint, cause, error = %why, "EMQX request denied before the gate");
     s.gate.metrics().denied(kind, cause);
-    ([(CONTENT_TYPE, "application/json")], body).into_response()
+    body
 }
 
 /// The client id, parsed by the one rule (`ClientId::parse`); `Err` is the answer for an id
@@ -148,7 +208,7 @@ fn client_id(
     s: &HttpState,
     kind: MetricKind,
     t: &Text,
-) -> Result<Result<ClientId, Response>, ApiError> {
+) -> Result<Result<ClientId, Fixed>, ApiError> {
     let raw = t.required("clientid")?;
     Ok(ClientId::parse(raw).map_err(|e| deny(s, kind, "bad_client_id", &e)))
 }
@@ -156,7 +216,7 @@ fn client_id(
 async fn authn(_: Internal, State(s): State<HttpState>, body: axum::body::Body) -> Response {
     authn_answer(&s, body)
         .await
-        .unwrap_or_else(|e| malformed(&s, MetricKind::Connect, &e))
+        .unwrap_or_else(|e| malformed(&s, MetricKind::Connect, &e).into_response())
 }
 
 async fn authn_answer(s: &HttpState, body: axum::body::Body) -> Result<Response, ApiError> {
@@ -164,7 +224,7 @@ async fn authn_answer(s: &HttpState, body: axum::body::Body) -> Result<Response,
     let b: AuthnBody = parse_json(&bytes)?;
     let client_id = match client_id(s, MetricKind::Connect, &b.clientid)? {
         Ok(id) => id,
-        Err(deny) => return Ok(deny),
+        Err(deny) => return Ok(deny.into_response()),
     };
     let req = ConnectRequest {
         client_id,
@@ -229,28 +289,51 @@ fn presented_cert(b: &AuthnBody) -> Option<PresentedCert> {
     })
 }
 
-async fn authz(_: Internal, State(s): State<HttpState>, body: axum::body::Body) -> Response {
+/// The routed authz handler (the listener answers authz through [`authz_direct`]; both run
+/// [`authz_answer`] behind the same guard).
+async fn authz(_: Internal, State(s): State<HttpState>, body: axum::body::Body) -> Fixed {
     authz_answer(&s, body)
         .await
         .unwrap_or_else(|e| malformed(&s, MetricKind::Authorize, &e))
 }
 
-async fn authz_answer(s: &HttpState, body: axum::body::Body) -> Result<Response, ApiError> {
+/// `POST /v1/emqx/authz` without the router: the guard's 401 as the router gives it, otherwise
+/// a fixed answer.
+pub(super) async fn authz_direct(
+    s: &HttpState,
+    req: http::Request<hyper::body::Incoming>,
+) -> Reply {
+    let (parts, body) = req.into_parts();
+    if let Err(e) = Internal::check(&parts.headers, s) {
+        return super::routed_reply(e.into_response());
+    }
+    drop(parts);
+    authz_answer(s, body)
+        .await
+        .unwrap_or_else(|e| malformed(s, MetricKind::Authorize, &e))
+        .reply()
+}
+
+async fn authz_answer<B>(s: &HttpState, body: B) -> Result<Fixed, ApiError>
+where
+    B: hyper::body::Body<Data = bytes::Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let bytes = read_body(body, s.max_body_bytes).await?;
-    let b: AuthzBody = parse_json(&bytes)?;
+    let b = AuthzBody::read(&bytes)?;
     let topic = b.topic.required("topic")?;
     let action = action(&b)?;
     let client_id = match client_id(s, MetricKind::Authorize, &b.clientid)? {
         Ok(id) => id,
         Err(deny) => return Ok(deny),
     };
-    let decision = s.gate.authorize(&client_id, action, topic).await;
-    let body = match decision.verdict {
-        Verdict::Allow => r#"{"result":"allow"}"#,
-        Verdict::Deny => r#"{"result":"deny"}"#,
-        Verdict::Ignore => r#"{"result":"ignore"}"#,
-    };
-    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
+    Ok(
+        match s.gate.authorize(&client_id, action, topic).await.verdict {
+            Verdict::Allow => Fixed::AUTHZ_ALLOW,
+            Verdict::Deny => Fixed::AUTHZ_DENY,
+            Verdict::Ignore => Fixed::AUTHZ_IGNORE,
+        },
+    )
 }
 
 /// `action` (`publish`/`subscribe`), or EMQX's legacy `access` (`1` subscribe, `2` publish).
@@ -267,7 +350,59 @@ fn action(b: &AuthzBody) -> Result<Action, ApiError> {
 
 #[cfg(test)]
 mod tests {
-    use super::session_end;
+    use proptest::prelude::*;
+
+    use super::{AuthzBody, parse_json, session_end};
+
+    /// The flat reader, where it answers, answers as serde_json does.
+    fn same_as_serde(body: &[u8]) {
+        if let Some(flat) = AuthzBody::read_flat(body) {
+            assert_eq!(
+                parse_json::<AuthzBody>(body).ok(),
+                Some(flat),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn emqx_bodies_read_flat_as_serde_reads_them() {
+        let b = br#"{"clientid":"dev-1","username":"","peerhost":"10.0.0.7","topic":"acme/dev-1/t","action":"publish","qos":"1","retain":"false"}"#;
+        let flat = AuthzBody::read_flat(b).expect("EMQX's shape is read flat");
+        assert_eq!(flat.topic.get(), Some("acme/dev-1/t"));
+        same_as_serde(b);
+        // A field named twice is serde's to refuse.
+        assert!(AuthzBody::read_flat(br#"{"topic":"a","topic":"b"}"#).is_none());
+        assert!(AuthzBody::read(br#"{"topic":"a","topic":"b"}"#).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn flat_reading_agrees_with_serde_on_objects(
+            members in proptest::collection::vec(
+                (prop_oneof![
+                    Just("clientid".to_string()), Just("topic".to_string()),
+                    Just("action".to_string()), Just("access".to_string()),
+                    r#"[a-z\\"]{0,6}"#,
+                ], r#"[ -~\\"\t\u{e9}]{0,8}"#),
+                0..6,
+            ),
+            ws in "[ \t\r\n]{0,2}",
+        ) {
+            let body = members
+                .iter()
+                .map(|(k, v)| format!("{ws}{}{ws}:{ws}{}", serde_json::json!(k), serde_json::json!(v)))
+                .collect::<Vec<_>>()
+                .join(",");
+            same_as_serde(format!("{ws}{{{body}}}{ws}").as_bytes());
+        }
+
+        #[test]
+        fn flat_reading_agrees_with_serde_on_any_text(body in r#"[{}\[\]":,a-z0-9 \\\t\x01]{0,40}"#) {
+            same_as_serde(body.as_bytes());
+        }
+    }
 
     #[test]
     fn expire_at_is_capped_by_the_maximum_session_age() {

@@ -3,22 +3,33 @@
 //! (which `axum::serve` lacks). The guard is an extractor rather than a middleware layer: the hot
 //! path then boxes no future and arms no timer per request (the one slow step, password
 //! verification, carries its own timeout).
+//!
+//! The hottest request, EMQX authz (one per PUBLISH/SUBSCRIBE), is answered by [`Routes`] before
+//! the router: the same guard, body limit and handler logic, without path routing, the boxed body
+//! and service layers of each routed request, or a dynamic response body. The router still holds
+//! the route, so it alone describes (and would serve) the whole API.
 
 pub mod emqx;
 mod error;
+mod flat_json;
 mod ops;
 
+use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::FromRequestParts;
+use bytes::Bytes;
 use http::request::Parts;
-use http_body_util::BodyExt;
+use http::{HeaderMap, Method, Request, Response};
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 pub use error::ApiError;
 
@@ -60,16 +71,59 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
+/// The service of the HTTP listener: EMQX authz answered directly, everything else by the
+/// [`router`] (see the module doc).
+#[derive(Clone)]
+pub struct Routes(Arc<RoutesInner>);
+
+struct RoutesInner {
+    state: HttpState,
+    router: TowerToHyperService<Router>,
+}
+
+/// An answer of [`Routes`]: a fixed body (the direct path) or whatever the router built.
+pub type Reply = Response<Either<Full<Bytes>, axum::body::Body>>;
+
+type ReplyFuture = Pin<Box<dyn Future<Output = Result<Reply, Infallible>> + Send>>;
+
+impl Routes {
+    /// The listener's service over `state`.
+    pub fn new(state: HttpState) -> Self {
+        let router = TowerToHyperService::new(router(state.clone()));
+        Routes(Arc::new(RoutesInner { state, router }))
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for Routes {
+    type Response = Reply;
+    type Error = Infallible;
+    type Future = ReplyFuture;
+
+    fn call(&self, req: Request<Incoming>) -> ReplyFuture {
+        let routes = Arc::clone(&self.0);
+        if req.method() == Method::POST && req.uri().path() == emqx::AUTHZ_PATH {
+            return Box::pin(async move { Ok(emqx::authz_direct(&routes.state, req).await) });
+        }
+        Box::pin(async move {
+            let routed = routes.router.call(req).await;
+            Ok(routed.map_or_else(|e| match e {}, routed_reply))
+        })
+    }
+}
+
+/// A router's response as a [`Reply`].
+fn routed_reply(r: axum::response::Response) -> Reply {
+    r.map(Either::Right)
+}
+
 /// Proof that the request carried the internal secret (`Authorization: Bearer …`): a handler that
 /// takes it is unreachable without it, and a missing or wrong secret gets a bare 401.
 pub struct Internal;
 
-impl FromRequestParts<HttpState> for Internal {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, s: &HttpState) -> Result<Self, ApiError> {
-        let presented = parts
-            .headers
+impl Internal {
+    /// Checks the internal secret in `headers`.
+    fn check(headers: &HeaderMap, s: &HttpState) -> Result<Self, ApiError> {
+        let presented = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
@@ -80,8 +134,20 @@ impl FromRequestParts<HttpState> for Internal {
     }
 }
 
+impl FromRequestParts<HttpState> for Internal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &HttpState) -> Result<Self, ApiError> {
+        Internal::check(&parts.headers, s)
+    }
+}
+
 /// Reads a body of at most `max` bytes: 413 when larger.
-pub async fn read_body(body: axum::body::Body, max: usize) -> Result<bytes::Bytes, ApiError> {
+pub async fn read_body<B>(body: B, max: usize) -> Result<Bytes, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     Ok(http_body_util::Limited::new(body, max)
         .collect()
         .await
@@ -109,13 +175,18 @@ pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, A
     })
 }
 
-/// Serves `router` on `listener` until `shutdown` turns true, then lets open requests finish.
+/// Serves `routes` on `listener` until `shutdown` turns true, then lets open requests finish.
+/// Each connection hears of the stop through a oneshot of its own (dropped when the accept loop
+/// ends), not a clone of `shutdown`: a `watch` receiver locks the channel's one mutex at every
+/// poll, and a connection is polled several times per request.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    routes: Routes,
     limits: ServerLimits,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut stops: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut prune_at = 64;
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -129,8 +200,14 @@ pub async fn serve(
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let svc = TowerToHyperService::new(router.clone());
-        let mut stop = shutdown.clone();
+        let svc = routes.clone();
+        let (stop_tx, mut stop) = oneshot::channel::<()>();
+        if stops.len() >= prune_at {
+            // Senders of ended connections are dropped here, amortised over the accepts.
+            stops.retain(|s| !s.is_closed());
+            prune_at = (stops.len() * 2).max(64);
+        }
+        stops.push(stop_tx);
         tokio::spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -141,7 +218,7 @@ pub async fn serve(
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%peer, error = %e, "connection ended") },
-                _ = stop.changed() => {
+                _ = &mut stop => {
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.await;
                 }

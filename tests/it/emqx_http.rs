@@ -469,6 +469,41 @@ both_stores!(
     the_internal_endpoints_require_the_shared_secret
 );
 
+/// The listener answers authz before its router: the same guard, answer shape and routing must
+/// hold there.
+async fn authz_is_guarded_and_answered_as_json_like_every_routed_endpoint(store: Store) {
+    let app = TestApp::start(store).await;
+    app.device("acme", "dev-1").await;
+    let body = json!({"clientid": "dev-1", "topic": "acme/dev-1/t", "action": "publish"});
+    let url = format!("{}/v1/emqx/authz", app.base);
+    for auth in [None, Some("Bearer wrong-secret"), Some(SECRET)] {
+        let mut r = app.http.post(&url).json(&body);
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status(), 401, "{auth:?}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap(),
+            json!({"error": "unauthorized"})
+        );
+    }
+    for (topic, want) in [("acme/dev-1/t", "allow"), ("acme/dev-2/t", "deny")] {
+        let body = json!({"clientid": "dev-1", "topic": topic, "action": "publish"});
+        let (status, ctype, v) = app.post("/v1/emqx/authz?x=1", &body).await;
+        assert_eq!((status, ctype.as_str()), (200, "application/json"));
+        assert_eq!(v, json!({"result": want}));
+    }
+    let get = app.http.get(&url).bearer_auth(SECRET).send().await.unwrap();
+    assert_eq!(get.status(), 405);
+    let (status, _, v) = app.post("/v1/emqx/authz/", &body).await;
+    assert_eq!((status, v), (404, json!({"error": "not found"})));
+}
+both_stores!(
+    authz_direct,
+    authz_is_guarded_and_answered_as_json_like_every_routed_endpoint
+);
+
 async fn pipelined_requests_are_answered_in_order(store: Store) {
     let app = TestApp::start(store).await;
     app.device("acme", "dev-1").await;
@@ -713,3 +748,50 @@ async fn settled_means_another_replicas_change_is_applied(store: Store) {
     }
 }
 both_stores!(settled, settled_means_another_replicas_change_is_applied);
+
+/// On shutdown the listener lets an open keep-alive connection go (each connection hears of the
+/// stop on its own signal) and the server's run ends.
+async fn shutdown_closes_idle_keep_alive_connections_and_ends_the_run(store: Store) {
+    let mut layers = crate::helpers::test_layers();
+    // Longer than this test's waits: only the stop may close the connection.
+    layers
+        .set("header_read_timeout", "120s".into(), "test")
+        .unwrap();
+    let config = layers.build().unwrap();
+    let app = mqgate::app::App::build_with(&config, store, mqgate::clock::Clock::manual(T0))
+        .await
+        .unwrap();
+    let addr = app.http_addr();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(app.run_until_stopped(stopped));
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body =
+        json!({"clientid": "dev-1", "topic": "acme/dev-1/t", "action": "publish"}).to_string();
+    let request = format!(
+        "POST /v1/emqx/authz HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {SECRET}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let text = String::from_utf8_lossy(answer.get(..n).unwrap_or_default()).to_string();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with(r#"{"result":"deny"}"#), "{text}");
+    stop.send(true).unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(10), s.read(&mut answer))
+        .await
+        .expect("the idle connection is closed, not left open");
+    assert_eq!(closed.unwrap(), 0);
+    tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("the run ends")
+        .unwrap()
+        .unwrap();
+}
+both_stores!(
+    shutdown_keep_alive,
+    shutdown_closes_idle_keep_alive_connections_and_ends_the_run
+);

@@ -122,33 +122,9 @@ struct AuthzBody<'a> {
 }
 
 impl<'a> AuthzBody<'a> {
-    /// Reads the body as serde_json would (the same fields, the same refusals), the common shape
-    /// through [`flat_json`](super::flat_json) without serde's per-field machinery.
+    /// Reads the body, its strings borrowed from it where they hold no escape.
     fn read(bytes: &'a [u8]) -> Result<Self, ApiError> {
-        match Self::read_flat(bytes) {
-            Some(b) => Ok(b),
-            None => parse_json(bytes),
-        }
-    }
-
-    /// `None` unless the body is a flat object of plain strings naming each field at most once
-    /// (serde refuses a field given twice: that case, too, is left to it).
-    fn read_flat(bytes: &'a [u8]) -> Option<Self> {
-        let mut b = AuthzBody::default();
-        let mut seen = [false; 4];
-        super::flat_json::members(bytes, |key, value| {
-            let (i, slot) = match key {
-                "clientid" => (0, &mut b.clientid),
-                "topic" => (1, &mut b.topic),
-                "action" => (2, &mut b.action),
-                "access" => (3, &mut b.access),
-                _ => return true,
-            };
-            let first = !std::mem::replace(&mut seen[i], true);
-            *slot = Text((!value.is_empty()).then_some(Cow::Borrowed(value)));
-            first
-        })?;
-        Some(b)
+        parse_json(bytes)
     }
 }
 
@@ -350,58 +326,14 @@ fn action(b: &AuthzBody) -> Result<Action, ApiError> {
 
 #[cfg(test)]
 mod tests {
-    use proptest::prelude::*;
-
-    use super::{AuthzBody, parse_json, session_end};
-
-    /// The flat reader, where it answers, answers as serde_json does.
-    fn same_as_serde(body: &[u8]) {
-        if let Some(flat) = AuthzBody::read_flat(body) {
-            assert_eq!(
-                parse_json::<AuthzBody>(body).ok(),
-                Some(flat),
-                "{}",
-                String::from_utf8_lossy(body)
-            );
-        }
-    }
+    use super::{AuthzBody, session_end};
 
     #[test]
-    fn emqx_bodies_read_flat_as_serde_reads_them() {
+    fn emqx_authz_bodies_are_read_in_place() {
         let b = br#"{"clientid":"dev-1","username":"","peerhost":"10.0.0.7","topic":"acme/dev-1/t","action":"publish","qos":"1","retain":"false"}"#;
-        let flat = AuthzBody::read_flat(b).expect("EMQX's shape is read flat");
-        assert_eq!(flat.topic.get(), Some("acme/dev-1/t"));
-        same_as_serde(b);
-        // A field named twice is serde's to refuse.
-        assert!(AuthzBody::read_flat(br#"{"topic":"a","topic":"b"}"#).is_none());
+        let body = AuthzBody::read(b).unwrap();
+        assert_eq!(body.topic.get(), Some("acme/dev-1/t"));
         assert!(AuthzBody::read(br#"{"topic":"a","topic":"b"}"#).is_err());
-    }
-
-    proptest! {
-        #[test]
-        fn flat_reading_agrees_with_serde_on_objects(
-            members in proptest::collection::vec(
-                (prop_oneof![
-                    Just("clientid".to_string()), Just("topic".to_string()),
-                    Just("action".to_string()), Just("access".to_string()),
-                    r#"[a-z\\"]{0,6}"#,
-                ], r#"[ -~\\"\t\u{e9}]{0,8}"#),
-                0..6,
-            ),
-            ws in "[ \t\r\n]{0,2}",
-        ) {
-            let body = members
-                .iter()
-                .map(|(k, v)| format!("{ws}{}{ws}:{ws}{}", serde_json::json!(k), serde_json::json!(v)))
-                .collect::<Vec<_>>()
-                .join(",");
-            same_as_serde(format!("{ws}{{{body}}}{ws}").as_bytes());
-        }
-
-        #[test]
-        fn flat_reading_agrees_with_serde_on_any_text(body in r#"[{}\[\]":,a-z0-9 \\\t\x01]{0,40}"#) {
-            same_as_serde(body.as_bytes());
-        }
     }
 
     #[test]

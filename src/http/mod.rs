@@ -11,7 +11,6 @@
 
 pub mod emqx;
 mod error;
-mod flat_json;
 mod ops;
 
 use std::convert::Infallible;

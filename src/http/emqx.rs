@@ -226,7 +226,8 @@ async fn authn_answer(s: &HttpState, body: axum::body::Body) -> Result<Response,
         }
         // With ingestion limits EMQX must ask per publish, so it gets no rules to decide alone.
         let push_acl = s.emqx_acl_in_authn && !s.gate.limits_apply(device);
-        if let (true, Some(acl)) = (push_acl, device.emqx_acl()) {
+        // Rendered only when it is sent (it is built from the rules for this CONNECT).
+        if push_acl && let Some(acl) = device.emqx_acl() {
             answer["acl"] = serde_json::Value::Array(acl);
         }
     }

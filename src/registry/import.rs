@@ -82,9 +82,6 @@ impl Store {
         now: i64,
         progress: ImportProgress<'_>,
     ) -> StoreResult<ImportReport> {
-        match self {
-            Store::Postgres(s) => s.import_devices(t, devices, tokens, now, progress).await,
-            Store::Sqlite(s) => s.import_devices(t, devices, tokens, now, progress).await,
-        }
+        dispatch!(self, s => s.import_devices(t, devices, tokens, now, progress).await)
     }
 }

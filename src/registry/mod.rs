@@ -7,7 +7,6 @@
 
 pub mod cache;
 pub mod health;
-pub mod import;
 pub mod model;
 pub mod pg;
 mod rows;
@@ -61,6 +60,9 @@ macro_rules! dispatch {
         }
     };
 }
+
+// After `dispatch!`, which it uses.
+pub mod import;
 
 impl Store {
     /// Connects to `url` (`postgres://…`, `sqlite://path?mode=rwc`, `sqlite::memory:`).

@@ -449,10 +449,11 @@ impl FillDoc {
             .credentials
             .into_iter()
             .map(|c| {
+                let kind = kind(&c.kind)?;
                 Ok(CredentialView {
                     id: c.id,
-                    kind: kind(&c.kind)?,
-                    digest: StoredDigest::from_stored(kind(&c.kind)?, &c.digest),
+                    kind,
+                    digest: StoredDigest::from_stored(kind, &c.digest),
                     expires_at: c.expires_at,
                 })
             })

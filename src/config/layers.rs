@@ -53,20 +53,20 @@ impl Layers {
 
     /// Overlays a TOML file of top-level `key = value` pairs.
     pub fn file(mut self, path: &Path) -> Result<Self, ConfigError> {
-        let toml = Toml::file_exact(path);
-        let mut data = toml.data().map_err(|e| ConfigError::File {
+        let err = |reason: String| ConfigError::File {
             path: path.into(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        toml::from_str::<toml::Table>(&text).map_err(|e| err(syntax_error(&text, &e)))?;
+        let mut data = Toml::string(&text).data().map_err(|e| err(e.to_string()))?;
         let values = data.remove(&Profile::Default).unwrap_or_default();
         let origin = path.display().to_string();
         for key in values.keys() {
             known(key, &origin)?;
         }
-        self.merge(Layer {
-            metadata: toml.metadata(),
-            values,
-        });
+        let metadata = Toml::file_exact(path).metadata();
+        self.merge(Layer { metadata, values });
         Ok(self)
     }
 
@@ -102,6 +102,12 @@ impl Layers {
         Settings::extract(&self.figment)?.try_into()
     }
 
+    /// The stacked layers.
+    #[cfg(test)]
+    pub(super) fn figment(&self) -> &Figment {
+        &self.figment
+    }
+
     fn merge(&mut self, layer: Layer) {
         self.figment = std::mem::take(&mut self.figment).merge(layer);
     }
@@ -113,6 +119,15 @@ impl std::fmt::Debug for Layers {
         let layers: Vec<&str> = self.figment.metadata().map(|m| &*m.name).collect();
         f.debug_struct("Layers").field("layers", &layers).finish()
     }
+}
+
+/// Where and what, without toml's quote of the line (it may hold a secret).
+fn syntax_error(text: &str, e: &toml::de::Error) -> String {
+    let line = e
+        .span()
+        .and_then(|span| text.get(..span.start))
+        .map_or(1, |before| before.matches('\n').count() + 1);
+    format!("not TOML (line {line}): {}", e.message().trim())
 }
 
 /// Refuses a key no settings struct has.

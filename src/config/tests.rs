@@ -122,3 +122,177 @@ fn a_file_layer_sits_between_defaults_and_env() {
     assert!(!c.warm_cache);
     assert_eq!(c.cache_ttl, Duration::from_secs(120));
 }
+
+#[test]
+fn a_bad_value_in_the_file_names_the_file_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("mqgate.toml");
+    std::fs::write(&p, "listen = \"127.0.0.1:7000\"\ncache_ttl = \"soon\"\n").unwrap();
+    let err = Layers::defaults()
+        .file(&p)
+        .unwrap()
+        .build()
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("`cache_ttl`"), "{err}");
+    assert!(err.contains(&p.display().to_string()), "{err}");
+    assert!(err.contains("not a duration"), "{err}");
+    // A table where a value belongs: named by key and file, its content not repeated.
+    std::fs::write(&p, "[ca_key_secret]\nkey = \"hunter2-hunter2\"\n").unwrap();
+    let err = Layers::defaults()
+        .file(&p)
+        .unwrap()
+        .build()
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("`ca_key_secret`"), "{err}");
+    assert!(err.contains(&p.display().to_string()), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    // An unknown key names the file.
+    std::fs::write(&p, "cache_tll = \"1m\"\n").unwrap();
+    let err = Layers::defaults().file(&p).unwrap_err().to_string();
+    assert!(err.contains("cache_tll") && err.contains(&p.display().to_string()));
+    // A missing file is an error, not an empty layer.
+    let err = Layers::defaults()
+        .file(&dir.path().join("absent.toml"))
+        .unwrap_err();
+    assert!(matches!(err, ConfigError::File { .. }), "{err}");
+}
+
+#[test]
+fn a_bad_env_value_names_the_variable_and_never_echoes_a_secret() {
+    let err = Layers::defaults()
+        .env(env(&[("MQGATE_MQTT_MAX_PACKET_SIZE", "8")]))
+        .unwrap()
+        .build()
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("MQGATE_MQTT_MAX_PACKET_SIZE"), "{err}");
+    assert!(err.contains("`mqtt_max_packet_size`"), "{err}");
+    assert!(err.contains("from 16 to 268435455"), "{err}");
+    // The variable as the user spelled it.
+    let err = Layers::defaults()
+        .env(env(&[("MQGATE_Crl_Failure", "sometimes")]))
+        .unwrap()
+        .build()
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("MQGATE_Crl_Failure"), "{err}");
+    let err = Layers::defaults()
+        .env(env(&[("MQGATE_CA_KEY_SECRET", "0123456789")]))
+        .unwrap()
+        .build()
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("MQGATE_CA_KEY_SECRET"), "{err}");
+    assert!(!err.contains("0123456789"), "{err}");
+}
+
+#[test]
+fn flags_win_over_env_over_the_file_and_values_mean_the_same_in_every_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("mqgate.toml");
+    std::fs::write(
+        &p,
+        "listen = \"127.0.0.1:7000\"\nnegative_cache_ttl = 30\nmax_body_bytes = \"1024\"\n\
+         device_rate = 2.5\nemqx_acl_in_authn = \"no\"\n",
+    )
+    .unwrap();
+    let mut layers = Layers::defaults()
+        .file(&p)
+        .unwrap()
+        .env(env(&[("MQGATE_LISTEN", "127.0.0.1:7001")]))
+        .unwrap();
+    layers
+        .set("listen", "127.0.0.1:7002".into(), "--listen")
+        .unwrap();
+    let c = layers.build().unwrap();
+    assert_eq!(c.listen.port(), 7002);
+    assert_eq!(c.negative_cache_ttl, Duration::from_secs(30));
+    assert_eq!(c.max_body_bytes, 1024);
+    assert!(!c.emqx_acl_in_authn);
+    let device = c.limits.device.expect("a device rate");
+    assert_eq!(device, Rate::new(2.5, 3).unwrap());
+    let err = layers
+        .set("listn", "x".into(), "--listn")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--listn"), "{err}");
+    let mut layers = Layers::defaults();
+    layers.set("listen", "nowhere".into(), "--listen").unwrap();
+    let err = layers.build().err().unwrap().to_string();
+    assert!(
+        err.contains("--listen") && err.contains("`listen`"),
+        "{err}"
+    );
+}
+
+/// README's configuration table lists every key once, no other, and the defaults it shows are
+/// the settings structs' own.
+#[test]
+fn the_readme_table_lists_every_key_with_its_default() {
+    let readme = include_str!("../../README.md");
+    let section = readme
+        .split("\n## Configuration\n")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("README has a Configuration section");
+    let ticked = |cell: &str| -> Vec<String> {
+        cell.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    };
+    let defaults = format!("{:?}", Settings::default());
+    let mut listed = Vec::new();
+    for row in section.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let (keys, shown) = (ticked(cells[1]), ticked(cells[2]));
+        assert!(
+            shown.is_empty() == (cells[2] == "—"),
+            "{row}: a default in backticks, or —"
+        );
+        for (i, key) in keys.iter().enumerate() {
+            let default = match shown.len() {
+                0 => continue,
+                1 => &shown[0],
+                n if n == keys.len() => &shown[i],
+                _ => panic!("{row}: one default, or one per key"),
+            };
+            let mut l = Layers::defaults();
+            l.set(key, default.clone(), "README")
+                .unwrap_or_else(|e| panic!("{e}"));
+            let read = Settings::extract(l.figment()).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(format!("{read:?}"), defaults, "README's default of `{key}`");
+        }
+        listed.extend(keys);
+    }
+    let mut keys: Vec<String> = Settings::keys().into_iter().map(String::from).collect();
+    keys.sort();
+    listed.sort();
+    assert_eq!(
+        listed, keys,
+        "README's keys are the settings structs' fields"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_toml_is_refused_by_line_without_quoting_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("mqgate.toml");
+    std::fs::write(
+        &p,
+        "listen = \"127.0.0.1:7000\"\ninternal_secret = \"hunter2-unterminated\n",
+    )
+    .unwrap();
+    let err = Layers::defaults().file(&p).unwrap_err().to_string();
+    assert!(err.contains(&p.display().to_string()), "{err}");
+    assert!(err.contains("line 2"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}

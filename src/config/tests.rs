@@ -296,3 +296,60 @@ fn a_file_that_is_not_toml_is_refused_by_line_without_quoting_it() {
     assert!(err.contains("line 2"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+/// Every `MQGATE_<KEY>` the project's docs, scripts, container files and code mention is a key
+/// (or `MQGATE_CONFIG`), so none of them drifts from the settings structs.
+#[test]
+fn every_mqgate_variable_the_project_mentions_is_a_key() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let skip = [
+        "target",
+        ".git",
+        "third_party",
+        "tests",
+        "fuzz",
+        ".sqlx",
+        "migrations",
+    ];
+    let mut pending = vec![root.to_path_buf()];
+    let mut seen = 0;
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if path.is_dir() {
+                if !skip.contains(&name.as_str()) {
+                    pending.push(path);
+                }
+                continue;
+            }
+            if path.ends_with("src/config/tests.rs") {
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            for var in text.split("MQGATE_").skip(1).map(|rest| {
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+                    .unwrap_or(rest.len());
+                rest.get(..end).unwrap_or_default().trim_end_matches('_')
+            }) {
+                if var.is_empty() || var == "CONFIG" {
+                    continue;
+                }
+                let key = var.to_ascii_lowercase();
+                assert!(
+                    Settings::keys().contains(&key.as_str()),
+                    "{}: MQGATE_{var} is no config key",
+                    path.display()
+                );
+                seen += 1;
+            }
+        }
+    }
+    assert!(
+        seen > 50,
+        "the walk found the project's files ({seen} mentions)"
+    );
+}

@@ -683,9 +683,9 @@ async fn serve_refuses_to_start_without_a_long_enough_internal_secret() {
 }
 
 /// The real binary reads `--config` / `MQGATE_CONFIG` between the defaults and the environment,
-/// and a bad value there stops it naming the file and the key, not the value.
+/// flags over both, and a bad value there stops it naming the file and the key, not the value.
 #[tokio::test]
-async fn the_binary_reads_its_config_file_under_the_environment_and_names_bad_keys() {
+async fn the_binary_layers_file_env_and_flags_and_names_bad_keys() {
     let dir = tempfile::tempdir().unwrap();
     let (file_db, env_db) = (dir.path().join("file.db"), dir.path().join("env.db"));
     let file = dir.path().join("mqgate.toml");
@@ -702,6 +702,11 @@ async fn the_binary_reads_its_config_file_under_the_environment_and_names_bad_ke
     c.env("MQGATE_CONFIG", &file).arg("migrate");
     assert!(c.output().await.unwrap().status.success());
     assert!(env_db.is_file(), "the environment wins over the file");
+    let flag_db = dir.path().join("flag.db");
+    let mut c = mqgate(&url(&env_db));
+    c.arg("--database-url").arg(url(&flag_db)).arg("migrate");
+    assert!(c.output().await.unwrap().status.success());
+    assert!(flag_db.is_file(), "a flag wins over the environment");
     std::fs::write(&file, "ca_key_secret = \"short-secret\"\n").unwrap();
     let mut c = mqgate("unused");
     c.env_remove("MQGATE_CA_KEY_SECRET")

@@ -3,7 +3,7 @@
 //! The keys are the fields of the per-part settings structs ([`settings`]), with their defaults;
 //! [`Layers`] stacks the other layers on figment, every value remembering where it came from, and
 //! [`Layers::build`] reads the parts and checks what spans keys into a [`Config`]. A value means
-//! the same whatever layer it came from ([`de`]); an error names the key and its origin and never
+//! the same whatever layer it came from (`de.rs`); an error names the key and its origin and never
 //! the value. Secrets are wrapped and never printed.
 
 mod de;

@@ -17,7 +17,6 @@ use rumqttd::protocol::{
     Disconnect, DisconnectReasonCode, LastWill, LastWillProperties, Packet, PublishProperties,
 };
 use tokio::sync::mpsc;
-use tokio::time::{Instant, sleep_until};
 
 use super::codec::{self, Version};
 use super::directory::{Control, Registration};
@@ -146,13 +145,15 @@ pub async fn checked_will(
     Some(Packet::Publish(publish, props))
 }
 
-/// What is left to do for a closed session.
+/// What is left to do for a closed session. Times are the gate's clock (Unix milliseconds):
+/// Will Delay and Session Expiry are wall-clock intervals, and tests move a manual clock past
+/// them instead of waiting.
 #[derive(Debug)]
 pub struct Afterlife {
     /// A will held back, and when it is due.
-    pub will: Option<(Will, Instant)>,
+    pub will: Option<(Will, i64)>,
     /// When the stored session expires (`None`: never, or nothing stored).
-    pub expires: Option<Instant>,
+    pub expires: Option<i64>,
 }
 
 impl Afterlife {
@@ -169,13 +170,14 @@ pub async fn run(
     registration: Registration,
     mut after: Afterlife,
 ) {
+    let clock = broker.gate.clock().clone();
     while !after.is_settled() {
         let will_at = after.will.as_ref().map(|(_, at)| *at);
         let next = [will_at, after.expires].into_iter().flatten().min();
         let Some(next) = next else { break };
         tokio::select! {
-            _ = sleep_until(next) => {
-                let now = Instant::now();
+            _ = clock.sleep_until_ms(next) => {
+                let now = clock.now_ms();
                 if will_at.is_some_and(|at| at <= now) && let Some((will, _)) = after.will.take() {
                     send_will(&broker, &client_id, will).await;
                 }

@@ -23,11 +23,13 @@
 //!
 //! Time: what the registry decides by wall-clock time (a credential's expiry, a certificate's
 //! end) is read from the gate's [`Clock`](crate::clock::Clock), and a live session re-checks
-//! itself when the clock says its footing ends. Waiting itself is tokio's: the `Clock` reads
-//! "now" but cannot wake a task, so the MQTT intervals measured from an event on the connection
-//! (CONNECT timeout, keep-alive, write and takeover bounds, will delay, session expiry after
-//! close, the TLS handshake bound, accept back-off) are tokio timers on its monotonic clock, as
-//! a manual clock that never moves must not freeze them.
+//! itself when the clock says its footing ends. The 5.0 Will Delay and Session Expiry
+//! intervals after a close are wall-clock promises to the client: they wait on the same clock
+//! ([`Clock::sleep_until_ms`](crate::clock::Clock::sleep_until_ms)), so tests move a manual
+//! clock past them instead of waiting. The transport's own bounds (CONNECT timeout,
+//! keep-alive, write and takeover bounds, the TLS handshake, accept back-off) guard sockets, not
+//! promises: they are tokio timers on its monotonic clock, which a manual clock that never moves
+//! must not freeze.
 
 mod ackorder;
 pub mod afterlife;

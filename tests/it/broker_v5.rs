@@ -179,7 +179,9 @@ async fn a_will_waits_for_its_delay_and_a_resumed_session_cancels_it(store: Stor
     obs.subscribe("acme/#").await;
     let mut o = options(addr(&app), "dev-1", &token);
     let user = vec![("why".to_string(), "lost".to_string())];
-    o.set_last_will(delayed_will(1, user))
+    // A delay longer than the test waits for anything: the will goes out when the gate's clock
+    // says so, never by real time passing.
+    o.set_last_will(delayed_will(30, user))
         .set_clean_start(false)
         .set_session_expiry_interval(Some(60));
 
@@ -189,7 +191,8 @@ async fn a_will_waits_for_its_delay_and_a_resumed_session_cancels_it(store: Stor
     metric_reaches(&app, &closed(1)).await;
     let (back, present) = V5::connect(o.clone()).await;
     assert!(present, "the stored session is resumed");
-    tokio::time::sleep(Duration::from_millis(1500)).await; // past the will's delay
+    // Past the will's delay (the gate's clock): a will still held would go out now.
+    app.clock.advance(31);
     obs.publish("acme/observer/marker", "1").await;
     assert_eq!(
         obs.next_publish().await.0,
@@ -208,6 +211,7 @@ async fn a_will_waits_for_its_delay_and_a_resumed_session_cancels_it(store: Stor
         ("acme/observer/marker", &b"2"[..]),
         "the will must wait for its delay"
     );
+    app.clock.advance(30);
     let (topic, payload, user) = obs.next_publish().await;
     assert_eq!(
         (topic.as_str(), payload.as_slice()),
@@ -269,9 +273,15 @@ async fn a_stored_session_lasts_as_long_as_its_expiry_interval(store: Store) {
         ("acme/dev-1/cmd", &b"while away"[..])
     );
 
-    // It ends once its interval (1 s, as the last CONNECT said) has passed (the two sessions
-    // above without an interval were the first two to expire).
+    // It ends once its interval (1 s, as the last CONNECT said) has passed on the gate's clock
+    // (the two sessions above without an interval were the first two to expire).
     c.leave().await;
+    metric_reaches(
+        &app,
+        "mqgate_broker_events_total{event=\"client_disconnect\"} 4",
+    )
+    .await;
+    app.clock.advance(1);
     metric_reaches(
         &app,
         "mqgate_broker_events_total{event=\"session_expired\"} 3",

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::time::{Instant, timeout};
+use tokio::time::timeout;
 
 use super::super::afterlife::{self, Afterlife, Expiry};
 use super::super::codec::Version;
@@ -17,6 +17,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
     /// what is left for later (a will held back by its delay, a stored session's expiry).
     pub(super) async fn finish(mut self, end: End) -> Option<Afterlife> {
         tracing::debug!(client_id = %self.client_id, end = end.label(), "MQTT session ended");
+        // The will's delay and the session's expiry count from here (read before the close is
+        // counted, so whoever sees the count and then moves a manual clock moves it past this).
+        let closed_at = self.broker.gate.clock().now_ms();
         self.broker.gate.metrics().broker_event(end.label());
         // 5.0 DISCONNECT may change the expiry (not from 0, which is a protocol error: ignored).
         if let End::ClientDisconnect {
@@ -36,7 +39,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
                 WillFate::Now => now = Some(will),
                 WillFate::Held(due) => {
                     self.broker.gate.metrics().broker_event("will_delayed");
-                    held = Some((will, Instant::now() + due));
+                    held = Some((will, closed_at.saturating_add(millis(due))));
                 }
                 WillFate::Cancelled => {}
             }
@@ -77,7 +80,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
                 Some(left) if left.is_zero() => {
                     afterlife::expire(&self.broker, &self.client_id).await
                 }
-                Some(left) => expires = Some(Instant::now() + left),
+                Some(left) => expires = Some(closed_at.saturating_add(millis(left))),
                 None => {}
             }
         }
@@ -89,4 +92,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
             expires,
         })
     }
+}
+
+/// `d` in whole milliseconds (saturating: an interval is at most `u32::MAX` seconds).
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

@@ -11,8 +11,9 @@
 //! - [`gate`]: the one async entry every transport calls (cache → verify → core → audit).
 //! - [`acl`]: topic ACL rules, placeholder expansion, MQTT topic matching, rule files (in the
 //!   core crate).
-//! - [`auth`]: the security kernel — token/password hashing and the one constant-time compare,
-//!   device certificates, CRLs, and the certificate trust (with the rustls client verifier).
+//! - [`auth`]: the security kernel — secret verification off the async threads (hashing and the
+//!   one constant-time compare are the core's), device certificates, CRLs, and the certificate
+//!   trust (with the rustls client verifier).
 //! - [`cert_upkeep`]: keeps certificate trust current while serving (reloads, CRL fetch/re-sign).
 //! - [`kicker`]: EMQX kicks — disconnects live EMQX sessions a registry change revoked.
 //! - [`limit`]: rate buckets and the brute-force guard (pure, time passed in).

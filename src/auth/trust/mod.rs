@@ -11,8 +11,9 @@
 //! past its next-update, or it failed its signature), [`CrlFailure`] decides: `deny` (the
 //! default) refuses every certificate of that CA, `allow` lets them through with a warning.
 //!
-//! Parts: this module holds the vocabulary (policy, rejections, the identity a certificate
-//! proves, CA status); [`snapshot`] the decision over one consistent view (pure but for
+//! Parts: this module holds the policy and CA status (the rejections and the identity a
+//! certificate proves are the core's vocabulary, `mqgate_core::cert`, re-exported here);
+//! [`snapshot`] the decision over one consistent view (pure but for
 //! webpki's chain check); [`store`] the live view swapped on change; [`verifier`] the rustls
 //! adapter of the mTLS listener. The gauges they feed are rendered in `crate::metrics`.
 

@@ -88,7 +88,7 @@ impl CertIdentity {
     ///
     /// Only the verifier calls this: mqgate's trust decision (`TrustSnapshot`, one call site),
     /// once the certificate passed every check. Whatever holds a `CertIdentity` may allow a
-    /// CONNECT on it ([`crate::allow_by_certificate`]); calling this anywhere else forges a
+    /// CONNECT on it ([`crate::decide_connect`]); calling this anywhere else forges a
     /// certificate. (Tests of the decision call it to stand for a verified certificate.)
     pub fn assertion(
         tenant: TenantId,

@@ -32,8 +32,7 @@ mod session;
 pub mod vocab;
 
 pub use connect::{
-    CertOutcome, ConnectFacts, ConnectPolicy, SecretOutcome, allow_by_certificate,
-    check_cert_identity, decide_by_secret, decide_connect, password_verify_ahead, precheck_connect,
+    CertOutcome, ConnectFacts, ConnectPolicy, SecretOutcome, decide_connect, password_verify_ahead,
     secret_to_verify,
 };
 pub use decision::{Cause, Decision, Verdict};

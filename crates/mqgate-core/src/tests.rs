@@ -1,5 +1,6 @@
 use super::*;
 use crate::acl::{RuleAction, RuleSource};
+use crate::connect::{decide_by_secret, precheck_connect};
 use crate::secret::{VerifiedSecret, generate_token, verify_token};
 use secrecy::{ExposeSecret, SecretString};
 

@@ -181,7 +181,7 @@ fn step<'a>(f: &ConnectFacts<'a>) -> Step<'a> {
 
 /// The checks a CONNECT passes before any secret is verified (so a disabled or unknown device
 /// costs no hashing). `Err` carries the final decision.
-pub fn precheck_connect<'d>(
+pub(crate) fn precheck_connect<'d>(
     device: Option<&'d DeviceView>,
     username: Option<&str>,
     has_secret: bool,
@@ -206,7 +206,11 @@ pub fn precheck_connect<'d>(
 
 /// Decides a CONNECT on its secret once it was verified: `proof` is the credential that matched,
 /// if any.
-pub fn decide_by_secret(device: &DeviceView, proof: Option<&VerifiedSecret>, now: i64) -> Decision {
+pub(crate) fn decide_by_secret(
+    device: &DeviceView,
+    proof: Option<&VerifiedSecret>,
+    now: i64,
+) -> Decision {
     let Some(proof) = proof else {
         return Decision::deny(Cause::BadSecret);
     };
@@ -225,7 +229,7 @@ pub fn decide_by_secret(device: &DeviceView, proof: Option<&VerifiedSecret>, now
 
 /// Checks that a certificate identity belongs to the connecting `device`: same tenant, same
 /// client id. `Err` carries the deny.
-pub fn check_cert_identity(device: &DeviceView, id: &CertIdentity) -> Result<(), Decision> {
+pub(crate) fn check_cert_identity(device: &DeviceView, id: &CertIdentity) -> Result<(), Decision> {
     if id.tenant() != device.tenant.id {
         return Err(Decision::deny(Cause::CertRejected(
             CertRejection::WrongTenant,
@@ -238,7 +242,7 @@ pub fn check_cert_identity(device: &DeviceView, id: &CertIdentity) -> Result<(),
 }
 
 /// The allow for a device identified by certificate alone.
-pub fn allow_by_certificate(id: &CertIdentity, names_only: bool) -> Decision {
+pub(crate) fn allow_by_certificate(id: &CertIdentity, names_only: bool) -> Decision {
     Decision::allow(Cause::Certificate {
         fingerprint: id.fingerprint().to_string(),
         not_after: id.not_after(),

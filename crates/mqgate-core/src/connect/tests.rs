@@ -5,6 +5,9 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::*;
 use crate::acl::{Permission, Rule, RuleAction, RuleSource};
+use crate::connect::{
+    allow_by_certificate, check_cert_identity, decide_by_secret, precheck_connect,
+};
 use crate::ids::ClientId;
 use crate::secret::{NewToken, generate_token, hash_password, verify_password, verify_token};
 use crate::vocab::{CredentialKind, TenantId};
@@ -464,4 +467,153 @@ fn a_slow_verify_is_ahead_only_for_a_presented_secret_and_an_active_password() {
         ..active
     };
     assert!(!password_verify_ahead(&no_secret));
+}
+
+/// The CONNECT match as `gate.rs` wrote it before the rule moved here, transcribed: the oracle
+/// the rule is held to. `secret` is what verifying the presented secret gives (`Err`: the
+/// verifier could not finish), `None` when none was presented.
+fn gate_before_the_move(
+    f: &ConnectFacts<'_>,
+    secret: Option<&Result<Option<VerifiedSecret>, ()>>,
+) -> (Decision, bool) {
+    let checked = precheck_connect(
+        f.device,
+        f.username,
+        secret.is_some() || f.cert.is_some(),
+        f.policy.unknown,
+    );
+    let slot = matches!((&checked, secret), (Ok(dev), Some(_)) if !dev.password_candidates(f.now).is_empty());
+    let verify_and_decide = |dev, s: &Result<Option<VerifiedSecret>, ()>| match s {
+        Ok(proof) => decide_by_secret(dev, proof.as_ref(), f.now),
+        Err(()) => Decision::deny(Cause::Interrupted),
+    };
+    let identity = f.cert.as_ref().map(|c| c.identity.clone());
+    let names_only = f.cert.as_ref().is_some_and(|c| c.names_only);
+    let decision = match (checked, identity, secret) {
+        (Err(d), _, _) => d,
+        (Ok(_), Some(Err(rejected)), _) => Decision::deny(Cause::CertRejected(rejected)),
+        (Ok(dev), Some(Ok(id)), secret) => match check_cert_identity(dev, &id) {
+            Err(d) => d,
+            Ok(()) => match secret {
+                Some(s) => verify_and_decide(dev, s),
+                None if names_only && !f.policy.trust_cert_names => {
+                    Decision::deny(Cause::CertRejected(CertRejection::NamesOnly))
+                }
+                None => allow_by_certificate(&id, names_only),
+            },
+        },
+        (Ok(dev), None, Some(s)) => verify_and_decide(dev, s),
+        (Ok(_), None, None) => Decision::deny(Cause::NoSecret),
+    };
+    (decision, slot)
+}
+
+/// Every combination of device, username, certificate, secret outcome and policy: the rule
+/// decides exactly as the gate's match did (verdict and cause), reserves a slow-verify slot
+/// exactly when it did, verifies the secret only when the decision hinges on it, and never
+/// allows without a proof.
+#[test]
+fn the_rule_decides_every_combination_as_the_gate_did_and_never_allows_without_a_proof() {
+    let (t7, t8) = (generate_token(), generate_token());
+    let base = DeviceView::new(
+        TenantId(1),
+        "acme",
+        ClientId::parse("dev-1").unwrap(),
+        None,
+        true,
+        vec![token_cred(7, &t7, None), token_cred(8, &t8, Some(NOW))],
+        &[rule()],
+    );
+    let mut disabled = base.clone();
+    disabled.enabled = false;
+    let mut bound = base.clone();
+    bound.username = Some("alice".into());
+    let mut with_password = base.clone();
+    let mut creds = base.credentials.to_vec();
+    creds.push(CredentialView {
+        id: 9,
+        kind: CredentialKind::Argon2,
+        digest: StoredDigest::Text("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
+        expires_at: None,
+    });
+    with_password.credentials = creds.into();
+    let devices = [
+        None,
+        Some(&base),
+        Some(&disabled),
+        Some(&bound),
+        Some(&with_password),
+    ];
+    let certs = [
+        None,
+        Some(cert_for(1, "dev-1", false)),
+        Some(cert_for(1, "dev-1", true)),
+        Some(cert_for(2, "dev-1", false)),
+        Some(cert_for(1, "dev-2", true)),
+        Some(rejected(CertRejection::Revoked)),
+        Some(rejected(CertRejection::CrlUnavailable)),
+    ];
+    let proof = |t: &NewToken| verify_token(t.token.expose_secret(), &base.tokens());
+    let secrets = [
+        None,
+        Some(Ok(proof(&t7))),
+        Some(Ok(proof(&t8))),
+        Some(Ok(None)),
+        Some(Err(())),
+    ];
+    let mut cases = 0;
+    for device in devices {
+        for username in [None, Some("alice")] {
+            for cert in &certs {
+                for secret in &secrets {
+                    for unknown in [UnknownClient::Deny, UnknownClient::Ignore] {
+                        for trust_cert_names in [false, true] {
+                            let mut f = ConnectFacts {
+                                device,
+                                username,
+                                cert: cert.clone(),
+                                secret: match secret {
+                                    Some(_) => SecretOutcome::Unverified,
+                                    None => SecretOutcome::Absent,
+                                },
+                                ..ConnectFacts::new(
+                                    ConnectPolicy {
+                                        unknown,
+                                        trust_cert_names,
+                                    },
+                                    NOW,
+                                )
+                            };
+                            let (want, slot) = gate_before_the_move(&f, secret.as_ref());
+                            let case = format!("{device:?} {username:?} {cert:?} {secret:?}");
+                            assert_eq!(password_verify_ahead(&f), slot, "{case}");
+                            // As the gate does it: verify only when the rule asks.
+                            if let Some(dev) = secret_to_verify(&f) {
+                                assert!(std::ptr::eq(dev, device.unwrap()), "{case}");
+                                f.secret = match secret {
+                                    Some(Ok(p)) => SecretOutcome::Verified(p.clone()),
+                                    Some(Err(())) => SecretOutcome::Interrupted,
+                                    None => unreachable!("nothing presented, nothing to verify"),
+                                };
+                            }
+                            let got = decide_connect(&f);
+                            assert_eq!(got, want, "{case}");
+                            if got.is_allow() {
+                                let by_secret =
+                                    matches!(secret, Some(Ok(Some(p))) if p.credential_id() == 7);
+                                let by_cert = matches!(&got.cause, Cause::Certificate { .. })
+                                    && secret.is_none();
+                                assert!(by_secret || by_cert, "allowed without a proof: {case}");
+                            }
+                            // A lockout refuses every one of them.
+                            f.locked = Some(Locked::Busy { of: "address" });
+                            assert_eq!(decide_connect(&f).cause.label(), "locked_out", "{case}");
+                            cases += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(cases, 5 * 2 * 7 * 5 * 2 * 2);
 }

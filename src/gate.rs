@@ -389,7 +389,9 @@ impl Gate {
         } else {
             None
         };
-        if let (Some(dev), Some(secret)) = (core::secret_to_verify(&facts), secret) {
+        if let Some(secret) = secret
+            && let Some(dev) = core::secret_to_verify(&facts)
+        {
             let now = self.clock.now();
             facts.secret = self.verify_secret(dev, secret, now).await;
             facts.now = now;

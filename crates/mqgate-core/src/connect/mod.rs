@@ -115,9 +115,12 @@ pub fn decide_connect(f: &ConnectFacts<'_>) -> Decision {
 /// The device whose credentials the presented secret must be verified against, when the
 /// decision hinges on a secret not verified yet (`None`: decide without verifying).
 pub fn secret_to_verify<'a>(f: &ConnectFacts<'a>) -> Option<&'a DeviceView> {
-    match (step(f), &f.secret) {
-        (Step::Secret(dev), SecretOutcome::Unverified) => Some(dev),
-        _ => None,
+    if f.secret != SecretOutcome::Unverified {
+        return None;
+    }
+    match step(f) {
+        Step::Secret(dev) => Some(dev),
+        Step::Decided(_) => None,
     }
 }
 

@@ -682,6 +682,45 @@ async fn serve_refuses_to_start_without_a_long_enough_internal_secret() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("MQGATE_INTERNAL_SECRET is not set"));
 }
 
+/// The real binary reads `--config` / `MQGATE_CONFIG` between the defaults and the environment,
+/// flags over both, and a bad value there stops it naming the file and the key, not the value.
+#[tokio::test]
+async fn the_binary_layers_file_env_and_flags_and_names_bad_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file_db, env_db) = (dir.path().join("file.db"), dir.path().join("env.db"));
+    let file = dir.path().join("mqgate.toml");
+    let url = |p: &std::path::Path| format!("sqlite://{}?mode=rwc", p.display());
+    std::fs::write(&file, format!("database_url = \"{}\"\n", url(&file_db))).unwrap();
+    let mut c = mqgate("unused");
+    c.env_remove("MQGATE_DATABASE_URL")
+        .arg("--config")
+        .arg(&file)
+        .arg("migrate");
+    assert!(c.output().await.unwrap().status.success());
+    assert!(file_db.is_file(), "the file's database_url was used");
+    let mut c = mqgate(&url(&env_db));
+    c.env("MQGATE_CONFIG", &file).arg("migrate");
+    assert!(c.output().await.unwrap().status.success());
+    assert!(env_db.is_file(), "the environment wins over the file");
+    let flag_db = dir.path().join("flag.db");
+    let mut c = mqgate(&url(&env_db));
+    c.arg("--database-url").arg(url(&flag_db)).arg("migrate");
+    assert!(c.output().await.unwrap().status.success());
+    assert!(flag_db.is_file(), "a flag wins over the environment");
+    std::fs::write(&file, "ca_key_secret = \"short-secret\"\n").unwrap();
+    let mut c = mqgate("unused");
+    c.env_remove("MQGATE_CA_KEY_SECRET")
+        .arg("--config")
+        .arg(&file)
+        .arg("migrate");
+    let out = c.output().await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("`ca_key_secret`"), "{err}");
+    assert!(err.contains(&file.display().to_string()), "{err}");
+    assert!(!err.contains("short-secret"), "{err}");
+}
+
 #[tokio::test]
 async fn logs_never_contain_tokens_passwords_or_the_internal_secret() {
     let dir = tempfile::tempdir().unwrap();

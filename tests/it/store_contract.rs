@@ -1051,6 +1051,8 @@ async fn familiar_addresses_are_bounded_newest_first_and_per_device(store: Store
             seen(a, "nobody", "10.0.0.8", 2),
             seen(b, "g1", "10.6.6.7", 3),
             seen(a, "d2", "10.0.0.11", 3),
+            seen(a, "d2", "10.0.0.11", 1),
+            seen(b, "d1", "10.6.6.8", 4),
         ],
         2,
     )
@@ -1063,7 +1065,11 @@ async fn familiar_addresses_are_bounded_newest_first_and_per_device(store: Store
     assert_eq!(
         s.familiar_addresses(a, "d2").await.unwrap(),
         vec![("10.0.0.11".to_string(), 3), ("10.0.0.10".to_string(), 2)],
-        "the bound holds within a batch"
+        "the bound holds within a batch; a pair seen twice keeps its latest time"
+    );
+    assert!(
+        s.familiar_addresses(a, "d1").await.unwrap().is_empty(),
+        "a login named under another tenant never reaches this tenant's device"
     );
     assert!(s.familiar_addresses(b, "d2").await.unwrap().is_empty());
 }

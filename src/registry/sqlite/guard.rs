@@ -4,64 +4,61 @@
 use super::*;
 
 impl SqliteStore {
+    /// Two statements per batch, whatever its size (a statement or two per login, each a hop to
+    /// sqlx's SQLite thread and back, were most of a warm reconnect storm's time), and a third
+    /// only when some device then holds more than `keep` addresses.
     pub(crate) async fn remember_addresses(
         &self,
         seen: &[AddressSeen],
         keep: i64,
     ) -> StoreResult<()> {
-        // Each item's first statement writes: a read first would have to upgrade its lock later,
-        // which SQLite refuses (busy) while another connection writes.
-        let mut tx = self.pool.begin().await?;
-        for s in seen {
-            Self::remember_in(&mut tx, s.tenant, &s.client_id, &s.address, s.at_ms, keep).await?;
+        if seen.is_empty() {
+            return Ok(());
         }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn remember_in(
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-        t: TenantId,
-        client_id: &str,
-        address: &str,
-        at_ms: i64,
-        keep: i64,
-    ) -> StoreResult<()> {
-        let device_id: Option<i64> = sqlx::query_scalar(
+        let logins = serde_json::Value::Array(
+            seen.iter()
+                .map(|s| serde_json::json!([s.tenant.0, s.client_id, s.address, s.at_ms]))
+                .collect(),
+        )
+        .to_string();
+        // The first statement writes: a read first would have to upgrade its lock later, which
+        // SQLite refuses (busy) while another connection writes. A device that is gone is
+        // skipped by the join (fenced to each login's tenant); a (device, address) seen twice in
+        // the batch keeps its latest time (SQLite applies the upsert row by row).
+        let mut tx = self.pool.begin().await?;
+        let devices: Vec<i64> = sqlx::query_scalar(
             "INSERT INTO familiar_addresses (tenant_id, device_id, address, last_ok_ms) \
-             SELECT tenant_id, id, ?3, ?4 FROM devices WHERE tenant_id = ?1 AND client_id = ?2 \
+             SELECT d.tenant_id, d.id, j.value ->> 2, j.value ->> 3 \
+             FROM json_each(?1) j JOIN devices d ON d.tenant_id = j.value ->> 0 AND d.client_id = j.value ->> 1 \
+             WHERE true \
              ON CONFLICT (device_id, address) DO UPDATE SET last_ok_ms = MAX(last_ok_ms, excluded.last_ok_ms) \
              RETURNING device_id",
         )
-        .bind(t.0)
-        .bind(client_id)
-        .bind(address)
-        .bind(at_ms)
-        .fetch_optional(&mut **tx)
+        .bind(&logins)
+        .fetch_all(&mut *tx)
         .await?;
-        let Some(device_id) = device_id else {
-            return Ok(());
-        };
+        let devices = serde_json::Value::from(devices).to_string();
         // Most devices log in from one address or a few: the bound costs a count, not a delete.
-        let held: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM familiar_addresses WHERE tenant_id = ?1 AND device_id = ?2",
+        let over: Vec<i64> = sqlx::query_scalar(
+            "SELECT f.device_id FROM familiar_addresses f \
+             WHERE f.device_id IN (SELECT value FROM json_each(?1)) \
+             GROUP BY f.device_id HAVING COUNT(*) > ?2",
         )
-        .bind(t.0)
-        .bind(device_id)
-        .fetch_one(&mut **tx)
-        .await?;
-        if held <= keep {
-            return Ok(());
-        }
-        sqlx::query(
-            "DELETE FROM familiar_addresses WHERE tenant_id = ?1 AND device_id = ?2 AND address NOT IN \
-             (SELECT address FROM familiar_addresses WHERE tenant_id = ?1 AND device_id = ?2 ORDER BY last_ok_ms DESC, address LIMIT ?3)",
-        )
-        .bind(t.0)
-        .bind(device_id)
+        .bind(&devices)
         .bind(keep)
-        .execute(&mut **tx)
+        .fetch_all(&mut *tx)
         .await?;
+        for device_id in over {
+            sqlx::query(
+                "DELETE FROM familiar_addresses WHERE device_id = ?1 AND address NOT IN \
+                 (SELECT address FROM familiar_addresses WHERE device_id = ?1 ORDER BY last_ok_ms DESC, address LIMIT ?2)",
+            )
+            .bind(device_id)
+            .bind(keep)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

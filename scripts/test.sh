@@ -9,7 +9,7 @@ command -v mosquitto_pub >/dev/null 2>&1 || (apt-get update && apt-get install -
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-scripts/with-postgres.sh cargo test --lib --bins --tests "$@" 2>&1 | tee "$log"
+scripts/with-postgres.sh cargo test --workspace --lib --bins --tests "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

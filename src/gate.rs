@@ -20,7 +20,10 @@ use crate::auth::secret::{self, SecretVerifier, VerifiedSecret};
 use crate::auth::trust::{CertIdentity, CertRejection, CrlFailure, TrustStore};
 use crate::clock::Clock;
 use crate::core::ids::ClientId;
-use crate::core::{self, Cause, Decision, DeviceView, UnknownClient, Verdict};
+use crate::core::{
+    self, Cause, CertOutcome, ConnectFacts, ConnectPolicy, Decision, DeviceView, SecretOutcome,
+    UnknownClient, Verdict,
+};
 use crate::limit::ingest::{IngestLimiter, LimitDefaults};
 use crate::limit::lockout::{FailureGuard, Locked, LockoutEntry, LockoutPolicy, Reserved};
 use crate::metrics::{Kind as MetricKind, Metrics};
@@ -331,6 +334,10 @@ impl Gate {
     async fn decide_connect(&self, req: ConnectRequest) -> ConnectOutcome {
         let peer = req.peer.as_deref().unwrap_or("unknown");
         let client_id = req.client_id.as_str();
+        let policy = ConnectPolicy {
+            unknown: self.unknown,
+            trust_cert_names: self.trust_cert_names,
+        };
         let locked = self.guard().check(client_id, peer, self.clock.now_ms());
         if let Some(locked) = locked {
             // A client id's lockout spares the device's familiar addresses, which another
@@ -340,7 +347,11 @@ impl Gate {
             let spared = matches!(locked, Locked::ClientId { .. })
                 && self.familiar_in_store(client_id, peer).await;
             if !spared {
-                return self.record_connect(&req, None, Decision::deny(Cause::LockedOut(locked)));
+                let facts = ConnectFacts {
+                    locked: Some(locked),
+                    ..ConnectFacts::new(policy, self.clock.now())
+                };
+                return self.record_connect(&req, None, core::decide_connect(&facts));
             }
         }
         let device = match self.registry.device(client_id).await {
@@ -354,47 +365,45 @@ impl Gate {
             .secret
             .as_ref()
             .filter(|s| !s.expose_secret().is_empty());
-        let identity = req.cert.as_ref().map(|c| self.identify(client_id, c));
-        let names_only = matches!(req.cert, Some(PresentedCert::Names { .. }));
-        let checked = core::precheck_connect(
-            device.as_deref(),
-            req.username.as_deref(),
-            secret.is_some() || identity.is_some(),
-            self.unknown,
-        );
+        let mut facts = ConnectFacts {
+            device: device.as_deref(),
+            username: req.username.as_deref(),
+            cert: req.cert.as_ref().map(|c| self.identify(client_id, c)),
+            secret: match secret {
+                Some(_) => SecretOutcome::Unverified,
+                None => SecretOutcome::Absent,
+            },
+            ..ConnectFacts::new(policy, self.clock.now())
+        };
         // A password verify is slow: its failure slot is taken before it starts, so concurrent
         // attempts cannot all reach the hash before the first failure is counted.
-        let slot = match (&checked, secret) {
-            (Ok(dev), Some(_)) if !dev.password_candidates(self.clock.now()).is_empty() => {
-                match self.reserve_known(client_id, peer).await {
-                    Ok(slot) => Some(slot),
-                    Err(locked) => {
-                        let d = Decision::deny(Cause::LockedOut(locked));
-                        return self.record_connect(&req, device, d);
-                    }
+        let slot = if core::password_verify_ahead(&facts) {
+            match self.reserve_known(client_id, peer).await {
+                Ok(slot) => Some(slot),
+                Err(locked) => {
+                    facts.locked = Some(locked);
+                    let d = core::decide_connect(&facts);
+                    return self.record_connect(&req, device, d);
                 }
             }
-            _ => None,
+        } else {
+            None
         };
-        let decision = match (checked, identity, secret) {
-            (Err(d), _, _) => d,
-            (Ok(_), Some(Err(rejected)), _) => Decision::deny(Cause::CertRejected(rejected)),
-            (Ok(dev), Some(Ok(id)), secret) => match core::check_cert_identity(dev, &id) {
-                Err(d) => d,
-                // Certificate plus secret: both must hold.
-                Ok(()) => match secret {
-                    Some(secret) => self.verify_and_decide(dev, secret).await,
-                    // Names alone prove nothing about the issuer: any CA in the broker's bundle
-                    // could have signed them.
-                    None if names_only && !self.trust_cert_names => {
-                        Decision::deny(Cause::CertRejected(CertRejection::NamesOnly))
-                    }
-                    None => core::allow_by_certificate(&id, names_only),
-                },
-            },
-            (Ok(dev), None, Some(secret)) => self.verify_and_decide(dev, secret).await,
-            (Ok(_), None, None) => Decision::deny(Cause::NoSecret),
-        };
+        if let Some(secret) = secret
+            && let Some(dev) = core::secret_to_verify(&facts)
+        {
+            let now = self.clock.now();
+            facts.secret = self.verify_secret(dev, secret, now).await;
+            facts.now = now;
+        }
+        let decision = core::decide_connect(&facts);
+        if let (Some(dev), Some(secret), SecretOutcome::Verified(Some(proof))) =
+            (facts.device, secret, &facts.secret)
+            && proof.kind() == CredentialKind::Bcrypt
+            && decision.is_allow()
+        {
+            self.upgrade_legacy_hash(dev, proof.clone(), secret.clone());
+        }
         let slot = match (slot, secret) {
             (None, Some(secret)) if looks_like_a_password(secret, &decision) => {
                 self.pad_refusal(device.is_some().then_some(client_id), peer, secret)
@@ -448,13 +457,10 @@ impl Gate {
         self.verifier.slow_verifies()
     }
 
-    fn identify(
-        &self,
-        client_id: &str,
-        cert: &PresentedCert,
-    ) -> Result<CertIdentity, CertRejection> {
+    /// What the trust in force makes of a presented certificate.
+    fn identify(&self, client_id: &str, cert: &PresentedCert) -> CertOutcome {
         let now = self.clock.now();
-        match cert {
+        let identity = match cert {
             PresentedCert::Der(der) => self.trust.current().identify(der, &[], now),
             PresentedCert::Names {
                 common_name,
@@ -466,28 +472,32 @@ impl Gate {
                 now,
             ),
             PresentedCert::Verified(id) => Ok(id.clone()),
+        };
+        CertOutcome {
+            identity,
+            names_only: matches!(cert, PresentedCert::Names { .. }),
         }
     }
 
-    async fn verify_and_decide(&self, dev: &DeviceView, secret: &SecretString) -> Decision {
-        let now = self.clock.now();
-        let proof = match self
+    /// Runs the secret verifiers (token digests here, passwords on the blocking pool) against
+    /// the device's credentials as of `now`.
+    async fn verify_secret(
+        &self,
+        dev: &DeviceView,
+        secret: &SecretString,
+        now: i64,
+    ) -> SecretOutcome {
+        match self
             .verifier
             .verify(secret, &dev.tokens(), &dev.password_candidates(now))
             .await
         {
-            Ok(p) => p,
+            Ok(proof) => SecretOutcome::Verified(proof),
             Err(e) => {
                 tracing::warn!(error = %e, "secret verification interrupted");
-                return Decision::deny(Cause::Interrupted);
+                SecretOutcome::Interrupted
             }
-        };
-        let decision = core::decide_connect(dev, proof.as_ref(), now);
-        if let Some(p) = proof.filter(|p| p.kind() == CredentialKind::Bcrypt && decision.is_allow())
-        {
-            self.upgrade_legacy_hash(dev, p, secret.clone());
         }
-        decision
     }
 
     /// Re-hashes a legacy bcrypt password as argon2id after it verified, in the background.

@@ -4,13 +4,16 @@
 //! - [`admin`]: operator actions (tenants, devices, credentials, rules), used by the CLI.
 //! - [`app`]: builds (binds, migrates, warms) and runs the service.
 //! - [`audit`]: typed audit events, the hash chain, and the buffered writer.
-//! - [`core`]: the pure decision core — requests in, `Decision` (verdict + cause) out.
+//! - [`core`]: the decision core (the `mqgate-core` crate) — facts in, `Decision` (verdict +
+//!   cause) out: the whole CONNECT rule, publish/subscribe, session re-checks, the proof types.
 //! - [`broker`]: the embedded MQTT broker — mqgate's edge in front of rumqttd's router.
 //! - [`http`]: the HTTP server, shared guards and limits, and the broker dialects (EMQX).
 //! - [`gate`]: the one async entry every transport calls (cache → verify → core → audit).
-//! - [`acl`]: topic ACL rules, placeholder expansion, MQTT topic matching, rule files.
-//! - [`auth`]: the security kernel — token/password hashing and the one constant-time compare,
-//!   device certificates, CRLs, and the certificate trust (with the rustls client verifier).
+//! - [`acl`]: topic ACL rules, placeholder expansion, MQTT topic matching, rule files (in the
+//!   core crate).
+//! - [`auth`]: the security kernel — secret verification off the async threads (hashing and the
+//!   one constant-time compare are the core's), device certificates, CRLs, and the certificate
+//!   trust (with the rustls client verifier).
 //! - [`cert_upkeep`]: keeps certificate trust current while serving (reloads, CRL fetch/re-sign).
 //! - [`kicker`]: EMQX kicks — disconnects live EMQX sessions a registry change revoked.
 //! - [`limit`]: rate buckets and the brute-force guard (pure, time passed in).
@@ -24,7 +27,6 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod acl;
 pub mod admin;
 pub mod app;
 pub mod audit;
@@ -34,7 +36,6 @@ pub mod cert_upkeep;
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod core;
 pub mod fault;
 pub mod gate;
 pub mod http;
@@ -42,3 +43,8 @@ pub mod kicker;
 pub mod limit;
 pub mod metrics;
 pub mod registry;
+
+// The decision core is the `mqgate-core` crate (a leaf: nothing async, nothing of mqgate's);
+// its old paths stay.
+pub use mqgate_core as core;
+pub use mqgate_core::acl;

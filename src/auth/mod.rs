@@ -1,5 +1,6 @@
-//! The security kernel: secret hashing and verification (the only place secrets are compared),
-//! device certificates, revocation lists and the trust they add up to.
+//! The security kernel: secret verification (the async verifier over the core's `secret`, the
+//! only place secrets are compared), device certificates, revocation lists and the trust they add
+//! up to.
 
 pub mod cert;
 pub mod crl;

@@ -8,20 +8,10 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use serde::Serialize;
-
 use super::bucket::{Gcra, Rate};
 use crate::registry::TenantId;
 
-/// Which bucket was empty.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LimitScope {
-    /// The device's own bucket.
-    Device,
-    /// The tenant's shared bucket.
-    Tenant,
-}
+pub use mqgate_core::vocab::LimitScope;
 
 /// Default limits from configuration (`None`: unlimited unless the registry sets one).
 #[derive(Debug, Clone, Copy, Default)]

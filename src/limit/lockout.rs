@@ -49,27 +49,7 @@ impl Default for LockoutPolicy {
     }
 }
 
-/// Why a CONNECT is refused before its secret is looked at.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "scope", rename_all = "snake_case")]
-pub enum Locked {
-    /// The client id is locked for unfamiliar addresses.
-    ClientId {
-        /// Unix ms when it ends.
-        until_ms: i64,
-    },
-    /// The source address is locked.
-    Address {
-        /// Unix ms when it ends.
-        until_ms: i64,
-    },
-    /// Attempts already under way (or failed) for this client id or address fill its failure
-    /// window or its slow-verify slots: refused before any password hashing.
-    Busy {
-        /// `client_id` or `address`.
-        of: &'static str,
-    },
-}
+pub use mqgate_core::vocab::Locked;
 
 #[derive(Debug, Default)]
 struct Counter {

@@ -6,9 +6,7 @@ use serde::Serialize;
 pub use crate::acl::{Permission, RuleAction};
 pub use crate::limit::bucket::Rate;
 
-/// A tenant's id; every device-level query is scoped by one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct TenantId(pub i64);
+pub use mqgate_core::vocab::{CredentialKind, TenantId};
 
 /// A tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -45,39 +43,6 @@ pub struct Device {
     pub enabled: bool,
     /// Unix seconds.
     pub created_at: i64,
-}
-
-/// How a credential's secret is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CredentialKind {
-    /// mqgate-generated device token, stored as a keyed digest (HMAC-SHA256, hex).
-    Token,
-    /// Operator-chosen password, argon2id PHC string.
-    Argon2,
-    /// Imported legacy bcrypt hash (`$2a$/$2b$/$2y$`), upgraded to argon2id on next login.
-    Bcrypt,
-}
-
-impl CredentialKind {
-    /// The name stored in the `kind` column.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CredentialKind::Token => "token",
-            CredentialKind::Argon2 => "argon2",
-            CredentialKind::Bcrypt => "bcrypt",
-        }
-    }
-
-    /// Parses a `kind` column value.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "token" => Some(CredentialKind::Token),
-            "argon2" => Some(CredentialKind::Argon2),
-            "bcrypt" => Some(CredentialKind::Bcrypt),
-            _ => None,
-        }
-    }
 }
 
 /// A credential to add.

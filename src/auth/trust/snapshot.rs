@@ -196,7 +196,7 @@ impl TrustSnapshot {
         }
         let (id, cacheable_until) = self.decide(ee, intermediates, now)?;
         if let Some(until) = cacheable_until {
-            let until = until.min(id.not_after).min(now.saturating_add(MEMO_TTL));
+            let until = until.min(id.not_after()).min(now.saturating_add(MEMO_TTL));
             let mut memo = lock(&self.memo);
             if memo.len() >= MEMO_CAPACITY {
                 memo.clear();
@@ -225,14 +225,14 @@ impl TrustSnapshot {
                 return Err(CertRejection::Untrusted);
             };
             check_validity(info.not_before, info.not_after, now)?;
-            let id = CertIdentity {
-                tenant: b.tenant_id,
-                tenant_name: self.tenant_name(b.tenant_id).unwrap_or_default().into(),
-                client_id: b.client_id.clone(),
-                fingerprint: info.fingerprint,
-                not_after: info.not_after,
-                ca: None,
-            };
+            let id = assert_identity(
+                b.tenant_id,
+                self.tenant_name(b.tenant_id).unwrap_or_default().into(),
+                b.client_id.clone(),
+                info.fingerprint,
+                info.not_after,
+                None,
+            );
             return Ok((id, Some(i64::MAX)));
         };
         let cacheable_until = self.check_crl(ca, &info, now)?;
@@ -249,14 +249,14 @@ impl TrustSnapshot {
             (None, Some(cn)) => cn,
             (None, None) => return Err(CertRejection::Invalid("no common name".into())),
         };
-        let id = CertIdentity {
-            tenant: ca.tenant,
-            tenant_name: ca.tenant_name.clone(),
+        let id = assert_identity(
+            ca.tenant,
+            ca.tenant_name.clone(),
             client_id,
-            fingerprint: info.fingerprint,
-            not_after: info.not_after,
-            ca: Some(ca.name.clone()),
-        };
+            info.fingerprint,
+            info.not_after,
+            Some(ca.name.clone()),
+        );
         Ok((id, cacheable_until))
     }
 
@@ -365,14 +365,14 @@ impl TrustSnapshot {
             .iter()
             .find(|c| c.revoked_at.is_none() && c.not_before <= now && now < c.not_after);
         match active {
-            Some(c) => Ok(CertIdentity {
-                tenant: c.tenant_id,
-                tenant_name: self.tenant_name(c.tenant_id).unwrap_or_default().into(),
-                client_id: c.client_id.clone(),
-                fingerprint: c.fingerprint.clone(),
-                not_after: c.not_after,
-                ca: None,
-            }),
+            Some(c) => Ok(assert_identity(
+                c.tenant_id,
+                self.tenant_name(c.tenant_id).unwrap_or_default().into(),
+                c.client_id.clone(),
+                c.fingerprint.clone(),
+                c.not_after,
+                None,
+            )),
             None if candidates.iter().any(|c| c.revoked_at.is_some()) => {
                 Err(CertRejection::Revoked)
             }
@@ -439,6 +439,19 @@ fn trusted_ca(ca: StoredCa, tenant_name: String) -> Result<TrustedCa, (String, S
         verifier,
         crl,
     })
+}
+
+/// Every certificate this decision accepted becomes a [`CertIdentity`] here, and only here: the
+/// one call of its minting constructor ([`CertIdentity::assertion`]).
+fn assert_identity(
+    tenant: TenantId,
+    tenant_name: String,
+    client_id: String,
+    fingerprint: String,
+    not_after: i64,
+    ca: Option<String>,
+) -> CertIdentity {
+    CertIdentity::assertion(tenant, tenant_name, client_id, fingerprint, not_after, ca)
 }
 
 #[cfg(test)]
@@ -542,10 +555,10 @@ mod tests {
         let ee = device(&acme, "dev-1", NOW - DAY, NOW + DAY);
         let snap = trusting(&acme, vec![]);
         let id = snap.identify(&ee, &[], NOW).unwrap();
-        assert_eq!((id.tenant, id.tenant_name.as_str()), (ACME, "acme"));
-        assert_eq!(id.client_id, "dev-1");
-        assert_eq!(id.ca.as_deref(), Some("ca-7"));
-        assert_eq!(id.fingerprint, cert::parse(&ee).unwrap().fingerprint);
+        assert_eq!((id.tenant(), id.tenant_name()), (ACME, "acme"));
+        assert_eq!(id.client_id(), "dev-1");
+        assert_eq!(id.ca(), Some("ca-7"));
+        assert_eq!(id.fingerprint(), cert::parse(&ee).unwrap().fingerprint);
         // Remembered, and the same answer the second time.
         assert_eq!(snap.identify(&ee, &[], NOW + 1).unwrap(), id);
     }
@@ -598,7 +611,7 @@ mod tests {
         let acme = ca("acme", "root");
         let ee = device(&acme, "printed-name", NOW - DAY, NOW + DAY);
         let snap = trusting(&acme, vec![bound(&ee, "dev-1", Some(7), false)]);
-        assert_eq!(snap.identify(&ee, &[], NOW).unwrap().client_id, "dev-1");
+        assert_eq!(snap.identify(&ee, &[], NOW).unwrap().client_id(), "dev-1");
     }
 
     #[test]
@@ -615,7 +628,7 @@ mod tests {
             CrlFailure::Deny,
         );
         let id = registered.identify(&own.der, &[], NOW).unwrap();
-        assert_eq!((id.client_id.as_str(), id.ca), ("dev-9", None));
+        assert_eq!((id.client_id(), id.ca()), ("dev-9", None));
     }
 
     #[test]
@@ -636,7 +649,7 @@ mod tests {
             Err(CertRejection::CrlUnavailable)
         );
         let allow = snapshot(cas(), vec![], CrlFailure::Allow);
-        assert_eq!(allow.identify(&ee, &[], NOW).unwrap().client_id, "dev-1");
+        assert_eq!(allow.identify(&ee, &[], NOW).unwrap().client_id(), "dev-1");
         // Imported without any CRL source: mqgate's own revocations only.
         let none = snapshot(
             vec![stored_ca(&imported, 3, false, None)],
@@ -656,7 +669,7 @@ mod tests {
         let id = snap
             .identify_by_names("dev-1", Some("dev-1"), Some(&subject), NOW)
             .unwrap();
-        assert_eq!(id.client_id, "dev-1");
+        assert_eq!(id.client_id(), "dev-1");
         assert_eq!(
             snap.identify_by_names("dev-1", Some("dev-2"), None, NOW),
             Err(CertRejection::Mismatch)

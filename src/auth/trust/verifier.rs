@@ -7,7 +7,7 @@ use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName};
 
 use super::{CertIdentity, CertRejection, TrustStore, snapshot::provider};
 use crate::clock::Clock;
@@ -96,7 +96,7 @@ impl ClientCertVerifier for DeviceCertVerifier {
                 if let Some(hook) = &self.on_reject {
                     hook(end_entity.as_ref(), &rejection);
                 }
-                Err(rejection.to_rustls())
+                Err(to_rustls(&rejection))
             }
         }
     }
@@ -122,4 +122,20 @@ impl ClientCertVerifier for DeviceCertVerifier {
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.algorithms.supported_schemes()
     }
+}
+
+/// The TLS alert a refusal sends (the core's [`CertRejection`] knows nothing of rustls).
+fn to_rustls(rejection: &CertRejection) -> rustls::Error {
+    rustls::Error::InvalidCertificate(match rejection {
+        CertRejection::Invalid(_) => CertificateError::BadEncoding,
+        CertRejection::Untrusted => CertificateError::UnknownIssuer,
+        CertRejection::Expired => CertificateError::Expired,
+        CertRejection::NotYetValid => CertificateError::NotValidYet,
+        CertRejection::Revoked => CertificateError::Revoked,
+        CertRejection::CrlUnavailable => CertificateError::UnknownRevocationStatus,
+        CertRejection::WrongTenant
+        | CertRejection::Mismatch
+        | CertRejection::Unknown
+        | CertRejection::NamesOnly => CertificateError::ApplicationVerificationFailure,
+    })
 }

@@ -9,7 +9,7 @@
 pub mod file;
 pub mod topic;
 
-use crate::core::ids::ClientId;
+use crate::ids::ClientId;
 use serde::{Deserialize, Serialize};
 
 /// What a client wants to do with a topic.

@@ -32,20 +32,20 @@ pub fn decide_session(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::CredentialView;
-    use crate::registry::{CredentialKind, TenantId};
+    use crate::CredentialView;
+    use crate::vocab::{CredentialKind, TenantId};
 
     fn device(enabled: bool, expires_at: Option<i64>) -> DeviceView {
         let cred = CredentialView {
             id: 7,
             kind: CredentialKind::Token,
-            digest: crate::core::StoredDigest::Text("".into()),
+            digest: crate::StoredDigest::Text("".into()),
             expires_at,
         };
         DeviceView::new(
             TenantId(1),
             "t",
-            crate::core::ids::ClientId::parse("c").unwrap(),
+            crate::ids::ClientId::parse("c").unwrap(),
             None,
             enabled,
             vec![cred],

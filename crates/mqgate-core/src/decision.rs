@@ -3,10 +3,8 @@
 use serde::Serialize;
 
 use crate::acl::{AclVerdict, RuleSource};
-use crate::auth::trust::CertRejection;
-use crate::limit::ingest::LimitScope;
-use crate::limit::lockout::Locked;
-use crate::registry::CredentialKind;
+use crate::cert::CertRejection;
+use crate::vocab::{CredentialKind, LimitScope, Locked};
 
 /// The broker-facing answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -1,8 +1,8 @@
 use super::*;
 use crate::acl::{RuleAction, RuleSource};
-use crate::auth::secret::{SecretVerifier, generate_token};
-use secrecy::SecretString;
-use std::time::Duration;
+use crate::connect::{decide_by_secret, precheck_connect};
+use crate::secret::{VerifiedSecret, generate_token, verify_token};
+use secrecy::{ExposeSecret, SecretString};
 
 const NOW: i64 = 1_800_000_000;
 
@@ -39,19 +39,17 @@ fn token_cred(id: i64, digest: String, expires_at: Option<i64>) -> CredentialVie
     }
 }
 
-async fn proof_for(d: &DeviceView, secret: &SecretString) -> Option<VerifiedSecret> {
-    let v = SecretVerifier::new(1, Duration::from_secs(60), Duration::from_secs(30));
-    v.verify(secret, &d.tokens(), &d.password_candidates(NOW))
-        .await
-        .unwrap()
+/// What the gate's verifier finds for a token (tokens are checked by the core's `verify_token`).
+fn proof_for(d: &DeviceView, secret: &SecretString) -> Option<VerifiedSecret> {
+    verify_token(secret.expose_secret(), &d.tokens())
 }
 
-#[tokio::test]
-async fn a_valid_token_is_allowed_and_names_its_credential() {
+#[test]
+fn a_valid_token_is_allowed_and_names_its_credential() {
     let t = generate_token();
     let d = device(vec![token_cred(7, t.digest, None)]);
-    let p = proof_for(&d, &t.token).await;
-    let got = decide_connect(&d, p.as_ref(), NOW);
+    let p = proof_for(&d, &t.token);
+    let got = decide_by_secret(&d, p.as_ref(), NOW);
     assert!(got.is_allow());
     assert!(matches!(
         got.cause,
@@ -62,26 +60,26 @@ async fn a_valid_token_is_allowed_and_names_its_credential() {
     ));
 }
 
-#[tokio::test]
-async fn a_rotated_token_works_until_its_grace_ends_then_is_denied_as_expired() {
+#[test]
+fn a_rotated_token_works_until_its_grace_ends_then_is_denied_as_expired() {
     let old = generate_token();
     let d = device(vec![token_cred(1, old.digest, Some(NOW + 60))]);
-    let p = proof_for(&d, &old.token).await;
-    assert!(decide_connect(&d, p.as_ref(), NOW + 59).is_allow());
-    let late = decide_connect(&d, p.as_ref(), NOW + 60);
+    let p = proof_for(&d, &old.token);
+    assert!(decide_by_secret(&d, p.as_ref(), NOW + 59).is_allow());
+    let late = decide_by_secret(&d, p.as_ref(), NOW + 60);
     assert_eq!(
         late,
         Decision::deny(Cause::CredentialExpired { credential_id: 1 })
     );
 }
 
-#[tokio::test]
-async fn a_wrong_secret_is_denied() {
+#[test]
+fn a_wrong_secret_is_denied() {
     let t = generate_token();
     let d = device(vec![token_cred(1, t.digest, None)]);
-    let p = proof_for(&d, &generate_token().token).await;
+    let p = proof_for(&d, &generate_token().token);
     assert_eq!(
-        decide_connect(&d, p.as_ref(), NOW),
+        decide_by_secret(&d, p.as_ref(), NOW),
         Decision::deny(Cause::BadSecret)
     );
 }

@@ -1,20 +1,48 @@
-//! The pure decision core: no I/O, no async, no clock. Given what the registry knows about a
-//! device and what the client asks, it returns a [`Decision`] that names its cause.
+//! mqgate's decision core: no async, no clock, no network or database (its one I/O is reading
+//! the rule files, [`acl::file::load_dir`]). Given what the registry knows
+//! about a device and what the client presents or asks, it returns a [`Decision`] that names its
+//! cause. It imports nothing of mqgate's and nothing async (no tokio, sqlx, rustls, hyper): being
+//! its own crate, the compiler keeps it so. mqgate re-exports it as `mqgate::core` (and its
+//! [`acl`] as `mqgate::acl`); the gate gathers the inputs, runs the verifiers and records.
+//!
+//! Map:
+//! - this root: the device view the cache holds, and the publish / subscribe decision
+//!   ([`decide_authz`]);
+//! - [`connect`]: the whole CONNECT rule ([`decide_connect`]): lockout, unknown client, disabled
+//!   device, username, certificate and secret and how they combine;
+//! - [`session`](decide_session): whether a live session still stands after a change;
+//! - [`acl`]: rules, placeholders, MQTT topic matching, rule files;
+//! - [`ids`]: client ids and tenant names, parsed once;
+//! - [`secret`]: token digests, password hashes, the one constant-time compare, and the
+//!   [`VerifiedSecret`](secret::VerifiedSecret) proof only its verifiers mint;
+//! - [`cert`]: certificate rejections and the [`CertIdentity`](cert::CertIdentity) proof;
+//! - [`vocab`] and [`bucket`]: the shared words (tenant ids, credential kinds, lockouts, bucket
+//!   scopes) and the GCRA rate bucket.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
+pub mod acl;
+pub mod bucket;
+pub mod cert;
+pub mod connect;
 mod decision;
 pub mod ids;
+pub mod secret;
 mod session;
+pub mod vocab;
 
+pub use connect::{
+    CertOutcome, ConnectFacts, ConnectPolicy, SecretOutcome, decide_connect, password_verify_ahead,
+    secret_to_verify,
+};
 pub use decision::{Cause, Decision, Verdict};
 pub use session::decide_session;
 
 use std::sync::Arc;
 
 use crate::acl::{AclVerdict, Action, DeviceAcl, Identity, Permission, Rule, RuleSet};
-use crate::auth::secret::VerifiedSecret;
-use crate::auth::trust::{CertIdentity, CertRejection};
-use crate::limit::bucket::Rate;
-use crate::registry::{CredentialKind, TenantId};
+use crate::bucket::Rate;
+use crate::vocab::{CredentialKind, TenantId};
 use ids::ClientId;
 
 /// A stored secret as the hot path keeps it: a token's SHA-256 as its 32 bytes (not 64 hex
@@ -225,72 +253,6 @@ pub enum UnknownClient {
     Ignore,
 }
 
-/// The checks a CONNECT passes before any secret is verified (so a disabled or unknown device
-/// costs no hashing). `Err` carries the final decision.
-pub fn precheck_connect<'d>(
-    device: Option<&'d DeviceView>,
-    username: Option<&str>,
-    has_secret: bool,
-    unknown: UnknownClient,
-) -> Result<&'d DeviceView, Decision> {
-    let Some(device) = device else {
-        return Err(unknown_client(unknown));
-    };
-    if !device.enabled {
-        return Err(Decision::deny(Cause::DeviceDisabled));
-    }
-    if let Some(bound) = &device.username
-        && username != Some(&**bound)
-    {
-        return Err(Decision::deny(Cause::UsernameMismatch));
-    }
-    if !has_secret {
-        return Err(Decision::deny(Cause::NoSecret));
-    }
-    Ok(device)
-}
-
-/// Decides a CONNECT once secrets were verified: `proof` is the credential that matched, if any.
-pub fn decide_connect(device: &DeviceView, proof: Option<&VerifiedSecret>, now: i64) -> Decision {
-    let Some(proof) = proof else {
-        return Decision::deny(Cause::BadSecret);
-    };
-    match device.credential(proof.credential_id()) {
-        Some(c) if c.is_active(now) => Decision::allow(Cause::Credential {
-            credential_id: c.id,
-            kind: c.kind,
-            expires_at: c.expires_at,
-        }),
-        Some(c) => Decision::deny(Cause::CredentialExpired {
-            credential_id: c.id,
-        }),
-        None => Decision::deny(Cause::BadSecret),
-    }
-}
-
-/// Checks that a certificate identity belongs to the connecting `device`: same tenant, same
-/// client id. `Err` carries the deny.
-pub fn check_cert_identity(device: &DeviceView, id: &CertIdentity) -> Result<(), Decision> {
-    if id.tenant() != device.tenant.id {
-        return Err(Decision::deny(Cause::CertRejected(
-            CertRejection::WrongTenant,
-        )));
-    }
-    if id.client_id() != device.client_id.as_str() {
-        return Err(Decision::deny(Cause::CertRejected(CertRejection::Mismatch)));
-    }
-    Ok(())
-}
-
-/// The allow for a device identified by certificate alone.
-pub fn allow_by_certificate(id: &CertIdentity, names_only: bool) -> Decision {
-    Decision::allow(Cause::Certificate {
-        fingerprint: id.fingerprint().to_string(),
-        not_after: id.not_after(),
-        names_only,
-    })
-}
-
 /// Decides a PUBLISH or SUBSCRIBE.
 pub fn decide_authz(
     device: Option<&DeviceView>,
@@ -314,7 +276,8 @@ pub fn decide_authz(
     }
 }
 
-fn unknown_client(unknown: UnknownClient) -> Decision {
+/// The answer for a client id the registry does not know, under `unknown`.
+pub(crate) fn unknown_client(unknown: UnknownClient) -> Decision {
     match unknown {
         UnknownClient::Deny => Decision::deny(Cause::UnknownClient),
         UnknownClient::Ignore => Decision {

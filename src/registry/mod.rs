@@ -364,11 +364,18 @@ impl Store {
     }
 }
 
+/// How much later than the stored time a login from a familiar address must be to be written:
+/// a fleet reconnecting from the addresses it always uses then costs an index probe per device,
+/// not a rewrite of every row. Familiar addresses count for `lockout_familiar_for` (30 days by
+/// default): an hour of granularity does not change which ones count.
+pub const FAMILIAR_REFRESH_MS: i64 = 3_600_000;
+
 /// Brute-force state shared by replicas and kept across restarts (see `limit::lockout` for the
 /// in-memory guard in front of it, and `gate::brute` for how the two meet).
 impl Store {
     /// Records that `client_id` logged in from `address` at `at_ms`, keeping only the `keep` most
-    /// recent addresses of the device (a device that is gone is ignored).
+    /// recent addresses of the device (a device that is gone is ignored). A stored address's time
+    /// moves only forward, and only by more than [`FAMILIAR_REFRESH_MS`].
     pub async fn remember_address(
         &self,
         t: TenantId,

@@ -1072,6 +1072,24 @@ async fn familiar_addresses_are_bounded_newest_first_and_per_device(store: Store
         "a login named under another tenant never reaches this tenant's device"
     );
     assert!(s.familiar_addresses(b, "d2").await.unwrap().is_empty());
+    // A stored time moves only by more than the refresh granularity.
+    let refresh = mqgate::registry::FAMILIAR_REFRESH_MS;
+    s.remember_address(b, "g1", "10.6.6.7", 3 + refresh, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.familiar_addresses(b, "g1").await.unwrap(),
+        vec![("10.6.6.7".to_string(), 3)],
+        "within the refresh: left alone"
+    );
+    s.remember_address(b, "g1", "10.6.6.7", 4 + refresh, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.familiar_addresses(b, "g1").await.unwrap(),
+        vec![("10.6.6.7".to_string(), 4 + refresh)],
+        "past the refresh: moved"
+    );
 }
 both_stores!(
     contract_familiar_addresses,

@@ -50,16 +50,20 @@ impl PgStore {
                    SELECT d.tenant_id, d.id, x.address, x.at
                    FROM UNNEST($2::TEXT[], $3::TEXT[], $4::BIGINT[]) AS x (client_id, address, at)
                    JOIN devices d ON d.tenant_id = $1 AND d.client_id = x.client_id
-                   ON CONFLICT (device_id, address) DO UPDATE
-                       SET last_ok_ms = GREATEST(familiar_addresses.last_ok_ms, EXCLUDED.last_ok_ms)
+                   ON CONFLICT (device_id, address) DO UPDATE SET last_ok_ms = EXCLUDED.last_ok_ms
+                       WHERE EXCLUDED.last_ok_ms > familiar_addresses.last_ok_ms + $5
                    RETURNING device_id"#,
                 tenant,
                 &ids,
                 &addresses,
-                &ats
+                &ats,
+                FAMILIAR_REFRESH_MS
             )
             .fetch_all(&mut *tx)
             .await?;
+            if devices.is_empty() {
+                continue;
+            }
             // The bound: only devices holding more than `keep` addresses lose their oldest.
             sqlx::query!(
                 "DELETE FROM familiar_addresses f WHERE f.tenant_id = $1 AND f.device_id = ANY ($2)                  AND f.address NOT IN (SELECT g.address FROM familiar_addresses g                      WHERE g.tenant_id = $1 AND g.device_id = f.device_id                      ORDER BY g.last_ok_ms DESC, g.address LIMIT $3)",

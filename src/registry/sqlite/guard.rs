@@ -24,17 +24,20 @@ impl SqliteStore {
         // The first statement writes: a read first would have to upgrade its lock later, which
         // SQLite refuses (busy) while another connection writes. A device that is gone is
         // skipped by the join (fenced to each login's tenant); a (device, address) seen twice in
-        // the batch keeps its latest time (SQLite applies the upsert row by row).
+        // the batch keeps its latest time (SQLite applies the upsert row by row); a row whose
+        // time would move by less than the refresh is left alone (and not returned).
         let mut tx = self.pool.begin().await?;
         let devices: Vec<i64> = sqlx::query_scalar(
             "INSERT INTO familiar_addresses (tenant_id, device_id, address, last_ok_ms) \
              SELECT d.tenant_id, d.id, j.value ->> 2, j.value ->> 3 \
              FROM json_each(?1) j JOIN devices d ON d.tenant_id = j.value ->> 0 AND d.client_id = j.value ->> 1 \
              WHERE true \
-             ON CONFLICT (device_id, address) DO UPDATE SET last_ok_ms = MAX(last_ok_ms, excluded.last_ok_ms) \
+             ON CONFLICT (device_id, address) DO UPDATE SET last_ok_ms = excluded.last_ok_ms \
+             WHERE excluded.last_ok_ms > familiar_addresses.last_ok_ms + ?2 \
              RETURNING device_id",
         )
         .bind(&logins)
+        .bind(FAMILIAR_REFRESH_MS)
         .fetch_all(&mut *tx)
         .await?;
         let devices = serde_json::Value::from(devices).to_string();

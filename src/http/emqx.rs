@@ -16,7 +16,6 @@ use axum::routing::post;
 use axum::{Json, Router};
 use http_body_util::{Either, Full};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::{ApiError, HttpState, Internal, Reply, parse_json, read_body};
 use crate::acl::Action;
@@ -210,9 +209,17 @@ async fn authn_answer(s: &HttpState, body: axum::body::Body) -> Result<Response,
         cert: presented_cert(&b),
     };
     let outcome = s.gate.connect(req).await;
-    let mut answer = json!({ "result": outcome.decision.verdict.as_str(), "is_superuser": false });
+    let mut answer = AuthnAnswer {
+        result: outcome.decision.verdict.as_str(),
+        is_superuser: false,
+        client_attrs: None,
+        expire_at: None,
+        acl: None,
+    };
     if let (Verdict::Allow, Some(device)) = (outcome.decision.verdict, &outcome.device) {
-        answer["client_attrs"] = json!({ "tenant": device.tenant_name() });
+        answer.client_attrs = Some(ClientAttrs {
+            tenant: device.tenant_name(),
+        });
         let ends = match outcome.decision.cause {
             Cause::Credential {
                 expires_at: Some(at),
@@ -221,17 +228,33 @@ async fn authn_answer(s: &HttpState, body: axum::body::Body) -> Result<Response,
             | Cause::Certificate { not_after: at, .. } => Some(at),
             _ => None,
         };
-        if let Some(at) = session_end(ends, s.gate.clock().now(), s.emqx_max_session_age) {
-            answer["expire_at"] = json!(at);
-        }
+        answer.expire_at = session_end(ends, s.gate.clock().now(), s.emqx_max_session_age);
         // With ingestion limits EMQX must ask per publish, so it gets no rules to decide alone.
         let push_acl = s.emqx_acl_in_authn && !s.gate.limits_apply(device);
         // Rendered only when it is sent (it is built from the rules for this CONNECT).
-        if push_acl && let Some(acl) = device.emqx_acl() {
-            answer["acl"] = serde_json::Value::Array(acl);
+        if push_acl {
+            answer.acl = device.emqx_rules();
         }
     }
     Ok(Json(answer).into_response())
+}
+
+/// An EMQX HTTP authn answer, serialized as it is built (no JSON tree in between).
+#[derive(serde::Serialize)]
+struct AuthnAnswer<'a> {
+    result: &'static str,
+    is_superuser: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_attrs: Option<ClientAttrs<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expire_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acl: Option<Vec<crate::acl::EmqxRule>>,
+}
+
+#[derive(serde::Serialize)]
+struct ClientAttrs<'a> {
+    tenant: &'a str,
 }
 
 /// The `expire_at` of an EMQX session: when its credential or certificate ends, capped at

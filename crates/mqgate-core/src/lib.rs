@@ -222,6 +222,11 @@ impl DeviceView {
         self.acl().to_emqx()
     }
 
+    /// [`DeviceView::emqx_acl`] as typed rules (what an authn answer serializes).
+    pub fn emqx_rules(&self) -> Option<Vec<crate::acl::EmqxRule>> {
+        self.acl().emqx_rules()
+    }
+
     /// Token credentials (expired included) for the fast token check.
     pub fn tokens(&self) -> Vec<&CredentialView> {
         self.credentials

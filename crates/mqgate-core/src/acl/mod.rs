@@ -297,6 +297,12 @@ impl DeviceAcl<'_> {
     /// authz, which checks the whole filter. A topic name has no wildcards, so for publishes both
     /// matchers agree.
     pub fn to_emqx(&self) -> Option<Vec<serde_json::Value>> {
+        let rules = self.emqx_rules()?;
+        Some(rules.iter().map(EmqxRule::to_json).collect())
+    }
+
+    /// [`DeviceAcl::to_emqx`] as typed rules, serialized straight into an answer.
+    pub fn emqx_rules(&self) -> Option<Vec<EmqxRule>> {
         let bind = self.who.bind();
         let mut list = Vec::new();
         let publish_rules = self.all().filter(|r| {
@@ -307,14 +313,39 @@ impl DeviceAcl<'_> {
             if expanded.contains("${") || expanded.starts_with("eq ") {
                 return None;
             }
-            list.push(serde_json::json!({
-                "permission": r.permission.as_str(),
-                "action": "publish",
-                "topic": expanded,
-            }));
+            list.push(EmqxRule {
+                permission: r.permission.as_str(),
+                action: "publish",
+                topic: expanded,
+            });
         }
-        list.push(serde_json::json!({ "permission": "deny", "action": "publish", "topic": "#" }));
+        list.push(EmqxRule {
+            permission: "deny",
+            action: "publish",
+            topic: "#".into(),
+        });
         Some(list)
+    }
+}
+
+/// One rule of EMQX's `acl` list in an authn answer (its `client_info` authorizer's shape).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EmqxRule {
+    /// `allow` or `deny`.
+    pub permission: &'static str,
+    /// Always `publish` (see [`DeviceAcl::to_emqx`]).
+    pub action: &'static str,
+    /// The topic filter, placeholders bound.
+    pub topic: String,
+}
+
+impl EmqxRule {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "permission": self.permission,
+            "action": self.action,
+            "topic": self.topic,
+        })
     }
 }
 

@@ -146,12 +146,7 @@ mod tests {
     use super::*;
 
     fn cred(id: i64, kind: CredentialKind, digest: String) -> CredentialView {
-        CredentialView {
-            id,
-            digest: StoredDigest::from_stored(kind, &digest),
-            kind,
-            expires_at: None,
-        }
+        CredentialView::stored(id, kind, &digest, None)
     }
 
     #[tokio::test]

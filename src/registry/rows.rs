@@ -2,7 +2,6 @@
 //! SQLite through `FromRow`), column encodings, error mapping, and the device-record document.
 
 use super::*;
-use crate::core::StoredDigest;
 
 /// Parses a `kind` column.
 pub(crate) fn kind(s: &str) -> StoreResult<CredentialKind> {
@@ -449,13 +448,12 @@ impl FillDoc {
             .credentials
             .into_iter()
             .map(|c| {
-                let kind = kind(&c.kind)?;
-                Ok(CredentialView {
-                    id: c.id,
-                    kind,
-                    digest: StoredDigest::from_stored(kind, &c.digest),
-                    expires_at: c.expires_at,
-                })
+                Ok(CredentialView::stored(
+                    c.id,
+                    kind(&c.kind)?,
+                    &c.digest,
+                    c.expires_at,
+                ))
             })
             .collect::<StoreResult<Vec<_>>>()?;
         credentials.sort_by_key(|c| c.id);

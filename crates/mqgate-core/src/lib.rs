@@ -108,6 +108,17 @@ impl std::fmt::Debug for CredentialView {
 }
 
 impl CredentialView {
+    /// A credential of `kind` as the store holds it (`digest`: a token's hex SHA-256 or a
+    /// password hash's text).
+    pub fn stored(id: i64, kind: CredentialKind, digest: &str, expires_at: Option<i64>) -> Self {
+        CredentialView {
+            id,
+            kind,
+            digest: StoredDigest::from_stored(kind, digest),
+            expires_at,
+        }
+    }
+
     /// Whether it still works at `now`.
     pub fn is_active(&self, now: i64) -> bool {
         self.expires_at.is_none_or(|at| now < at)

@@ -204,15 +204,9 @@ pub fn verify_password(presented: &SecretString, cred: &CredentialView) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::StoredDigest;
 
     fn cred(id: i64, kind: CredentialKind, digest: String) -> CredentialView {
-        CredentialView {
-            id,
-            digest: StoredDigest::from_stored(kind, &digest),
-            kind,
-            expires_at: None,
-        }
+        CredentialView::stored(id, kind, &digest, None)
     }
 
     #[test]

@@ -31,12 +31,7 @@ fn device(creds: Vec<CredentialView>) -> DeviceView {
 }
 
 fn token_cred(id: i64, digest: String, expires_at: Option<i64>) -> CredentialView {
-    CredentialView {
-        id,
-        kind: CredentialKind::Token,
-        digest: StoredDigest::from_stored(CredentialKind::Token, &digest),
-        expires_at,
-    }
+    CredentialView::stored(id, CredentialKind::Token, &digest, expires_at)
 }
 
 /// What the gate's verifier finds for a token (tokens are checked by the core's `verify_token`).

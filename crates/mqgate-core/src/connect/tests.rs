@@ -34,12 +34,7 @@ fn rule() -> Rule {
 }
 
 fn token_cred(id: i64, t: &NewToken, expires_at: Option<i64>) -> CredentialView {
-    CredentialView {
-        id,
-        kind: CredentialKind::Token,
-        digest: StoredDigest::from_stored(CredentialKind::Token, &t.digest),
-        expires_at,
-    }
+    CredentialView::stored(id, CredentialKind::Token, &t.digest, expires_at)
 }
 
 /// `dev-1` of tenant 1 (`acme`), enabled, with a token credential (id 7) of `token`.

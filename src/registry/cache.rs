@@ -23,7 +23,8 @@ use crate::acl::{Rule, RuleSet, RuleSource};
 use crate::core::ids::ClientId;
 use crate::core::{DeviceExtras, DeviceView, TenantView};
 
-type Entry = Option<Arc<DeviceView>>;
+/// A cached answer: the device, or `None` for a client id the store does not know.
+pub type Entry = Option<Arc<DeviceView>>;
 
 /// One fill of one client id, awaited by everyone who asked meanwhile.
 type Flight = Arc<OnceCell<Result<Entry, Arc<StoreError>>>>;
@@ -120,7 +121,9 @@ impl CachedRegistry {
         &self.store
     }
 
-    fn cached(&self, client_id: &str) -> Option<Entry> {
+    /// What the cache holds for `client_id` (`Some(None)`: known unknown), without asking the
+    /// store.
+    pub fn cached(&self, client_id: &str) -> Option<Entry> {
         if let Some(v) = self.devices.get(client_id) {
             return Some(Some(v));
         }

@@ -105,7 +105,7 @@ impl App {
             None => None,
         };
         store.migrate().await?;
-        let file_rules = crate::acl::file::load_dir(&config.acl_rules_dir)?;
+        let file_rules = crate::rule_files::load_dir(&config.acl_rules_dir)?;
         let registry = Arc::new(
             CachedRegistry::new(
                 store.clone(),

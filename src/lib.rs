@@ -9,8 +9,8 @@
 //! - [`broker`]: the embedded MQTT broker — mqgate's edge in front of rumqttd's router.
 //! - [`http`]: the HTTP server, shared guards and limits, and the broker dialects (EMQX).
 //! - [`gate`]: the one async entry every transport calls (cache → verify → core → audit).
-//! - [`acl`]: topic ACL rules, placeholder expansion, MQTT topic matching, rule files (in the
-//!   core crate).
+//! - [`acl`]: topic ACL rules, placeholder expansion, MQTT topic matching, the rule file format
+//!   (in the core crate); [`rule_files`] reads the `acl-rules/` directory.
 //! - [`auth`]: the security kernel — secret verification off the async threads (hashing and the
 //!   one constant-time compare are the core's), device certificates, CRLs, and the certificate
 //!   trust (with the rustls client verifier).
@@ -43,6 +43,7 @@ pub mod kicker;
 pub mod limit;
 pub mod metrics;
 pub mod registry;
+pub mod rule_files;
 
 // The decision core is the `mqgate-core` crate (a leaf: nothing async, nothing of mqgate's);
 // its old paths stay.

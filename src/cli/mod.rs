@@ -472,7 +472,7 @@ async fn acl(cmd: AclCmd, admin: &Admin, config: &Config, out: &Out) -> Result<(
             topic,
         } => {
             let action = Action::parse(&action).context("--action must be publish or subscribe")?;
-            let files = crate::acl::file::load_dir(&config.acl_rules_dir)?;
+            let files = crate::rule_files::load_dir(&config.acl_rules_dir)?;
             let decision = admin
                 .check(&d.tenant, &d.client_id, action, &topic, files)
                 .await?;
@@ -518,7 +518,7 @@ async fn acl(cmd: AclCmd, admin: &Admin, config: &Config, out: &Out) -> Result<(
             )
         }
         AclCmd::Reload => {
-            let n = crate::acl::file::load_dir(&config.acl_rules_dir)?.len();
+            let n = crate::rule_files::load_dir(&config.acl_rules_dir)?.len();
             output::ops_call(config, "POST", "/v1/ops/acl-reload", None).await?;
             out.done(
                 &format!("{n} file rules valid; server reloaded"),

@@ -52,7 +52,7 @@ async fn readyz(State(s): State<HttpState>) -> (StatusCode, Json<Value>) {
 }
 
 async fn acl_reload(_: Internal, State(s): State<HttpState>) -> Result<Json<Value>, ApiError> {
-    let rules = crate::acl::file::load_dir(&s.acl_rules_dir)
+    let rules = crate::rule_files::load_dir(&s.acl_rules_dir)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let n = rules.len();
     s.gate.registry().set_file_rules(rules).await;

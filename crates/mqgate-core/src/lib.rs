@@ -1,5 +1,5 @@
-//! mqgate's decision core: no async, no clock, no network or database (its one I/O is reading
-//! the rule files, [`acl::file::load_dir`]). Given what the registry knows
+//! mqgate's decision core: no async, no clock, no I/O (it parses rule files' text; mqgate reads
+//! them). Given what the registry knows
 //! about a device and what the client presents or asks, it returns a [`Decision`] that names its
 //! cause. It imports nothing of mqgate's and nothing async (no tokio, sqlx, rustls, hyper): being
 //! its own crate, the compiler keeps it so. mqgate re-exports it as `mqgate::core` (and its

@@ -24,7 +24,7 @@ use crate::core::{
     self, Cause, CertOutcome, ConnectFacts, ConnectPolicy, Decision, DeviceView, SecretOutcome,
     UnknownClient, Verdict,
 };
-use crate::limit::ingest::{IngestLimiter, LimitDefaults};
+use crate::limit::ingest::{IngestLimiter, LimitDefaults, LimitScope};
 use crate::limit::lockout::{FailureGuard, Locked, LockoutEntry, LockoutPolicy, Reserved};
 use crate::metrics::{Kind as MetricKind, Metrics};
 use crate::registry::cache::CachedRegistry;
@@ -530,24 +530,22 @@ impl Gate {
     }
 
     /// Draws an allowed publish from the device's and tenant's buckets.
-    fn draw(&self, dev: &DeviceView, allowed: Decision) -> Decision {
+    fn draw(&self, dev: &DeviceView) -> Result<(), LimitScope> {
         let limits = self.limiter.effective(dev.device_rate(), dev.tenant_rate());
         if limits == (None, None) {
             // No bucket to draw from: no clock read either (the embedded broker's hot path).
-            return allowed;
+            return Ok(());
         }
-        match self.limiter.take(
+        let taken = self.limiter.take(
             dev.tenant_id(),
             dev.client_id.as_str(),
             limits,
             self.clock.now_ms(),
-        ) {
-            Ok(()) => allowed,
-            Err(scope) => {
-                self.metrics.rate_limited(dev.tenant_name(), 1);
-                Decision::deny(Cause::RateLimited(scope))
-            }
+        );
+        if taken.is_err() {
+            self.metrics.rate_limited(dev.tenant_name(), 1);
         }
+        taken
     }
 
     fn count_decision(&self, kind: MetricKind, d: &Decision) {
@@ -706,11 +704,9 @@ impl Gate {
             "no answer within the decision deadline",
         ))) {
             Ok(device) => {
-                let d = core::decide_authz(device.as_deref(), action, topic, self.unknown);
-                match (device, action) {
-                    (Some(dev), Action::Publish) if d.is_allow() => self.draw(&dev, d),
-                    _ => d,
-                }
+                core::decide_authz_metered(device.as_deref(), action, topic, self.unknown, |dev| {
+                    self.draw(dev)
+                })
             }
             Err(e) => {
                 tracing::error!(error = %e, %client_id, "registry lookup failed");
@@ -725,11 +721,10 @@ impl Gate {
     /// its hot path skips the cache lookup). Same decision, buckets, metrics and audit as
     /// [`Gate::authorize`].
     pub fn authorize_device(&self, device: &DeviceView, action: Action, topic: &str) -> Decision {
-        let d = core::decide_authz(Some(device), action, topic, self.unknown);
-        let decision = match action {
-            Action::Publish if d.is_allow() => self.draw(device, d),
-            _ => d,
-        };
+        let decision =
+            core::decide_authz_metered(Some(device), action, topic, self.unknown, |dev| {
+                self.draw(dev)
+            });
         self.record_authorize(device.client_id.as_str(), action, topic, decision)
     }
 
@@ -790,15 +785,12 @@ impl Gate {
             }
         };
         let now = self.clock.now();
-        let mut decision = core::decide_session(device.as_deref(), credential_id, now);
         // A certificate session also needs its certificate still trusted (revocation, CRLs).
-        if let (true, Some((ee, rest))) = (
-            decision.is_allow(),
-            cert_chain.and_then(|c| c.split_first()),
-        ) && let Err(rejected) = self.trust.current().identify(ee, rest, now)
-        {
-            decision = Decision::deny(Cause::CertRejected(rejected));
-        }
+        let certificate = || match cert_chain.and_then(|c| c.split_first()) {
+            Some((ee, rest)) => self.trust.current().identify(ee, rest, now).map(drop),
+            None => Ok(()),
+        };
+        let decision = core::decide_session(device.as_deref(), credential_id, now, certificate);
         if !decision.is_allow() {
             let reason = format!("live session ended: {}", decision.cause.explain());
             tracing::info!(target: "mqgate::audit", event = "session_revoked", %client_id, peer, cause = decision.cause.label(), reason = %reason);

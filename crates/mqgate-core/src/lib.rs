@@ -42,7 +42,7 @@ use std::sync::Arc;
 
 use crate::acl::{AclVerdict, Action, DeviceAcl, Identity, Permission, Rule, RuleSet};
 use crate::bucket::Rate;
-use crate::vocab::{CredentialKind, TenantId};
+use crate::vocab::{CredentialKind, LimitScope, TenantId};
 use ids::ClientId;
 
 /// A stored secret as the hot path keeps it: a token's SHA-256 as its 32 bytes (not 64 hex
@@ -289,6 +289,26 @@ pub fn decide_authz(
             ..
         } => Decision::allow(Cause::Acl(verdict)),
         _ => Decision::deny(Cause::Acl(verdict)),
+    }
+}
+
+/// Decides a PUBLISH or SUBSCRIBE as the gate answers it: [`decide_authz`], then for a publish the
+/// ACL allows, one token from the ingestion buckets (`draw`, asked only then): none left is a
+/// deny (`rate_limited`, naming the bucket that ran dry).
+pub fn decide_authz_metered(
+    device: Option<&DeviceView>,
+    action: Action,
+    topic: &str,
+    unknown: UnknownClient,
+    draw: impl FnOnce(&DeviceView) -> Result<(), LimitScope>,
+) -> Decision {
+    let d = decide_authz(device, action, topic, unknown);
+    match (device, action) {
+        (Some(dev), Action::Publish) if d.is_allow() => match draw(dev) {
+            Ok(()) => d,
+            Err(scope) => Decision::deny(Cause::RateLimited(scope)),
+        },
+        _ => d,
     }
 }
 

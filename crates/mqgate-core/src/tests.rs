@@ -134,3 +134,34 @@ fn the_default_rule_allows_the_own_subtree_and_nothing_else() {
     let wide = decide_authz(Some(&d), Action::Subscribe, "acme/#", UnknownClient::Deny);
     assert!(!wide.is_allow());
 }
+
+#[test]
+fn only_a_publish_the_acl_allows_draws_a_token_and_an_empty_bucket_denies_it() {
+    let d = device(vec![]);
+    let draws = std::cell::Cell::new(0);
+    let dry = |_: &DeviceView| {
+        draws.set(draws.get() + 1);
+        Err(crate::vocab::LimitScope::Tenant)
+    };
+    let own = "acme/dev-1/telemetry";
+    let limited = decide_authz_metered(Some(&d), Action::Publish, own, UnknownClient::Deny, dry);
+    assert_eq!(
+        limited,
+        Decision::deny(Cause::RateLimited(crate::vocab::LimitScope::Tenant))
+    );
+    let other = "acme/dev-2/telemetry";
+    let refused = decide_authz_metered(Some(&d), Action::Publish, other, UnknownClient::Deny, dry);
+    assert_eq!(refused, Decision::deny(Cause::Acl(AclVerdict::NoRule)));
+    let sub = decide_authz_metered(Some(&d), Action::Subscribe, own, UnknownClient::Deny, dry);
+    assert!(sub.is_allow(), "a subscribe draws nothing");
+    assert_eq!(draws.get(), 1, "drawn for the allowed publish only");
+    let unknown = decide_authz_metered(None, Action::Publish, own, UnknownClient::Deny, dry);
+    assert_eq!(unknown, Decision::deny(Cause::UnknownClient));
+    let full = decide_authz_metered(Some(&d), Action::Publish, own, UnknownClient::Deny, |_| {
+        Ok(())
+    });
+    assert_eq!(
+        full,
+        decide_authz(Some(&d), Action::Publish, own, UnknownClient::Deny)
+    );
+}

@@ -7,10 +7,11 @@
 //!
 //! Map:
 //! - this root: the device view the cache holds, and the publish / subscribe decision
-//!   ([`decide_authz`]);
+//!   ([`decide_authz`]; with the ingestion bucket draw, [`decide_authz_metered`]);
 //! - [`connect`]: the whole CONNECT rule ([`decide_connect`]): lockout, unknown client, disabled
 //!   device, username, certificate and secret and how they combine;
-//! - [`session`](decide_session): whether a live session still stands after a change;
+//! - [`session`](decide_session): whether a live session still stands after a change (device,
+//!   credential, and its certificate still trusted);
 //! - [`acl`]: rules, placeholders, MQTT topic matching, rule files;
 //! - [`ids`]: client ids and tenant names, parsed once;
 //! - [`secret`]: token digests, password hashes, the one constant-time compare, and the

@@ -45,7 +45,8 @@ BEGIN
                         SELECT json_agg(json_build_array(
                             p.pos, p.id, p.client_id, p.username, CASE WHEN p.enabled THEN 1 ELSE 0 END,
                             p.created_at, c.id, c.kind, c.digest, c.expires_at))
-                        FROM p LEFT JOIN credentials c ON c.tenant_id = t AND c.device_id = p.id),
+                        FROM p LEFT JOIN credentials c
+                            ON c.tenant_id = p.tenant_id AND c.device_id = p.id),
                         '[]'::JSON),
                 'device_rules', COALESCE((
                         SELECT json_agg(json_build_object(
@@ -90,7 +91,8 @@ BEGIN
                         SELECT json_agg(json_build_array(
                             p.pos, p.id, p.client_id, p.username, CASE WHEN p.enabled THEN 1 ELSE 0 END,
                             p.created_at, c.id, c.kind, c.digest, c.expires_at))
-                        FROM p LEFT JOIN credentials c ON c.tenant_id = t AND c.device_id = p.id),
+                        FROM p LEFT JOIN credentials c
+                            ON c.tenant_id = p.tenant_id AND c.device_id = p.id),
                         '[]'::JSON),
                 'device_rules', COALESCE((
                         SELECT json_agg(json_build_object(

@@ -5,8 +5,9 @@
 # the default rules), then `mqgate serve` with the warm cache (server on CPU 0): time from spawn to
 # /healthz (the cache is loaded before the listener opens), RSS, RSS of the same server over an
 # empty registry, and bytes per device = (RSS - empty RSS) / count.
-# Storms (load generator on CPU 1, its CPU use printed): 100k distinct devices authenticating once
-# each against a cold cache (median of --runs, a fresh server each run), and every device of the
+# Storms (load generator on CPU 1, its CPU use printed, and the server's CPU time per login, and
+# PostgreSQL's when the cluster is local): 100k distinct devices authenticating once each against
+# a cold cache (median of --runs, a fresh server each run), and every device of the
 # largest count against the warm cache.
 # SQLite by default; --postgres runs the same on a throwaway PostgreSQL cluster.
 set -euo pipefail
@@ -67,13 +68,34 @@ serve() {
 }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
-# A storm with the generator's CPU use (user+system over wall time) appended.
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; } # user+system CPU of a process, 1/100 s
+# CPU of the PostgreSQL cluster (when on this machine): its postmaster (the checkpointer's parent),
+# the children it reaped and those still running; empty when the server is elsewhere.
+pg_ticks() {
+    local ckpt pm
+    ckpt=$(psql -qAt "$DATABASE_URL" \
+        -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'" 2>/dev/null) || return 0
+    pm=$(awk '/^PPid:/ {print $2}' "/proc/$ckpt/status" 2>/dev/null) || return 0
+    [[ -n $pm ]] || return 0
+    { awk '{print $14+$15+$16+$17}' "/proc/$pm/stat"
+      for p in $(pgrep -P "$pm"); do awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null; done; } |
+        awk '{s+=$1} END {print s+0}'
+}
+# A storm with the generator's CPU use (user+system over wall time) and the server's (and, on
+# PostgreSQL, the database's) CPU time per login appended.
 storm() { # port devices.tsv
-    local out u s r
+    local out u s r s0 s1 p0 p1 n extra=""
+    s0=$(ticks "$SERVED_PID"); [[ $PG == 1 ]] && p0=$(pg_ticks)
     out=$(TIMEFORMAT='%U %S %R'; { time "${LOAD_CPU[@]}" "$EX/loadgen" --secret "$SECRET" --tenant bench \
         --url "http://127.0.0.1:$1" --kind authn --devices "$2" --conns "$CONNS" --each >"$WORK/load.out"; } 2>&1)
     read -r u s r <<<"$out"
-    echo "$(cat "$WORK/load.out") loadgen_cpu=$(python3 -c "print(f'{100*($u+$s)/max($r,1e-9):.0f}%')")"
+    s1=$(ticks "$SERVED_PID"); n=$(wc -l <"$2")
+    if [[ $PG == 1 && -n "${p0:-}" ]]; then
+        p1=$(pg_ticks)
+        extra=" postgres_us_per_login=$(( (p1 - p0) * 10000 / n ))"
+    fi
+    echo "$(cat "$WORK/load.out") loadgen_cpu=$(python3 -c "print(f'{100*($u+$s)/max($r,1e-9):.0f}%')")" \
+        "server_us_per_login=$(( (s1 - s0) * 10000 / n ))$extra"
 }
 
 echo "== store: $([[ $PG == 1 ]] && echo postgres || echo sqlite); server ${SERVER_CPU[*]:-unpinned}, load ${LOAD_CPU[*]:-unpinned}"

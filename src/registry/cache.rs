@@ -47,6 +47,11 @@ const UNKNOWN_CAPACITY: u64 = 100_000;
 /// Devices per page of a warm-up read.
 const WARM_PAGE: i64 = 2_000;
 
+/// Warm-up pages read at once where the store can read them side by side.
+const WARM_IN_FLIGHT: usize = 3;
+
+type WarmPage = tokio::task::JoinHandle<StoreResult<Vec<DeviceRecord>>>;
+
 /// A tenant's shared view and what it was built from.
 struct Interned {
     view: Arc<TenantView>,
@@ -251,33 +256,86 @@ impl CachedRegistry {
     }
 
     /// Loads every device of every tenant into the cache, a page at a time; returns how many.
-    /// The next page is read while this one is compiled.
+    /// Pages are read while earlier ones compile: [`WARM_IN_FLIGHT`] side by side where the store
+    /// knows where they start ([`Store::page_starts`], PostgreSQL: a process per connection), else
+    /// the next one by keyset.
     pub async fn warm(&self) -> StoreResult<usize> {
-        let fetch = |t: TenantId, after: Option<String>| {
-            let store = self.store.clone();
-            tokio::spawn(
-                async move { store.load_tenant_page(t, after.as_deref(), WARM_PAGE).await },
-            )
-        };
         let mut n = 0;
         for tenant in self.store.list_tenants().await? {
-            let mut next = Some(fetch(tenant.id, None));
-            while let Some(pending) = next.take() {
-                let page = pending
-                    .await
-                    .map_err(|_| StoreError::Invalid("warm-up read stopped".into()))??;
-                if page.len() as i64 == WARM_PAGE
-                    && let Some(last) = page.last()
-                {
-                    next = Some(fetch(tenant.id, Some(last.device.client_id.clone())));
-                }
-                for record in page {
-                    if let Some(view) = self.view(record) {
-                        self.devices.insert(Arc::new(view));
-                        n += 1;
-                    }
-                }
+            n += match self.store.page_starts(tenant.id, WARM_PAGE).await? {
+                Some(starts) => self.warm_side_by_side(tenant.id, starts).await?,
+                None => self.warm_in_turn(tenant.id, None).await?,
+            };
+        }
+        Ok(n)
+    }
+
+    fn fetch_page(&self, t: TenantId, after: Option<String>) -> WarmPage {
+        let store = self.store.clone();
+        tokio::spawn(async move { store.load_tenant_page(t, after.as_deref(), WARM_PAGE).await })
+    }
+
+    /// Compiles a warm-up page into the cache; returns how many it held and the client id to read
+    /// on from when it was full.
+    async fn take_page(&self, pending: WarmPage) -> StoreResult<(usize, Option<String>)> {
+        let page = pending
+            .await
+            .map_err(|_| StoreError::Invalid("warm-up read stopped".into()))??;
+        let next = (page.len() as i64 == WARM_PAGE)
+            .then(|| page.last().map(|r| r.device.client_id.clone()))
+            .flatten();
+        let mut n = 0;
+        for record in page {
+            if let Some(view) = self.view(record) {
+                self.devices.insert(Arc::new(view));
+                n += 1;
             }
+        }
+        Ok((n, next))
+    }
+
+    /// A tenant's pages by keyset from `after`, the next read while this one compiles.
+    async fn warm_in_turn(&self, t: TenantId, after: Option<String>) -> StoreResult<usize> {
+        let mut n = 0;
+        let mut next = Some(self.fetch_page(t, after));
+        while let Some(pending) = next.take() {
+            let (got, more) = self.take_page(pending).await?;
+            n += got;
+            next = more.map(|after| self.fetch_page(t, Some(after)));
+        }
+        Ok(n)
+    }
+
+    /// A tenant's pages from known starts, [`WARM_IN_FLIGHT`] read at once; the last one read
+    /// on by keyset (devices added since the starts were read). A device added meanwhile inside
+    /// a page's range can push that page's last device out of it: it is then filled on demand.
+    async fn warm_side_by_side(
+        &self,
+        t: TenantId,
+        starts: Vec<Option<String>>,
+    ) -> StoreResult<usize> {
+        let mut n = 0;
+        let mut starts = starts.into_iter().peekable();
+        let mut pending = std::collections::VecDeque::with_capacity(WARM_IN_FLIGHT);
+        let mut last_more = None;
+        loop {
+            while pending.len() < WARM_IN_FLIGHT
+                && let Some(after) = starts.next()
+            {
+                let last = starts.peek().is_none();
+                pending.push_back((self.fetch_page(t, after), last));
+            }
+            let Some((page, last)) = pending.pop_front() else {
+                break;
+            };
+            let (got, more) = self.take_page(page).await?;
+            n += got;
+            if last {
+                last_more = more;
+            }
+        }
+        if let Some(after) = last_more {
+            n += self.warm_in_turn(t, Some(after)).await?;
         }
         Ok(n)
     }

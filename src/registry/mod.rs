@@ -233,6 +233,21 @@ impl Store {
         dispatch!(self, s => s.load_tenant_page(t, after, limit).await)
     }
 
+    /// Where warm-up pages of `every` devices of a tenant start, so they can be read side by side
+    /// ([`Store::load_tenant_page`] after each): the client id before each page's first, `None`
+    /// for the first page. `None` altogether where pages are read one at a time (SQLite: one
+    /// writer thread, readers gain little).
+    pub async fn page_starts(
+        &self,
+        t: TenantId,
+        every: i64,
+    ) -> StoreResult<Option<Vec<Option<String>>>> {
+        match self {
+            Store::Postgres(s) => s.page_starts(t, every).await.map(Some),
+            Store::Sqlite(_) => Ok(None),
+        }
+    }
+
     /// Appends an ACL rule for a device (`Some(client_id)`) or the whole tenant (`None`).
     pub async fn add_acl_rule(
         &self,

@@ -346,6 +346,18 @@ async fn rules_load_device_first_then_tenant_and_bulk_load_matches_single(store:
         paged, single,
         "pages of two cover every device once, in order"
     );
+    // Where the store reads pages side by side, pages from its starts cover every device once.
+    if let Some(starts) = s.page_starts(a, 2).await.unwrap() {
+        assert_eq!(starts, vec![None, Some("d2".to_string())]);
+        let mut side = Vec::new();
+        for after in &starts {
+            side.extend(s.load_tenant_page(a, after.as_deref(), 2).await.unwrap());
+        }
+        assert_eq!(
+            side, single,
+            "pages from the starts cover every device once"
+        );
+    }
     let from_d1 = s.load_tenant_page(a, Some("d1"), 10).await.unwrap();
     assert_eq!(from_d1, single[1..].to_vec());
     for (c, rec) in ["d1", "d2", "d3"].iter().zip(&single) {
@@ -1384,4 +1396,60 @@ async fn the_cache_fill_carries_every_field_the_loads_do(store: Store) {
 both_stores!(
     contract_fill_fields,
     the_cache_fill_carries_every_field_the_loads_do
+);
+
+// The warm-up loads every device of every tenant, over many pages (2,000 each; PostgreSQL reads
+// them side by side from their starts), each with its own credential.
+async fn warm_up_loads_every_device(store: Store) {
+    let s = migrated(store).await;
+    let a = s.create_tenant("acme", NOW).await.unwrap().id;
+    let b = s.create_tenant("globex", NOW).await.unwrap().id;
+    let import = |prefix: &'static str, n: usize| {
+        (0..n)
+            .map(|i| mqgate::registry::import::NewImport {
+                client_id: format!("{prefix}-{i:05}"),
+                username: None,
+                credential: cred(CredentialKind::Token, &format!("{prefix}-digest-{i}"), None),
+                rules: Vec::new(),
+            })
+            .collect::<Vec<_>>()
+    };
+    s.import_devices(a, &import("a", 4_500), true, NOW, &|_, _| {})
+        .await
+        .unwrap();
+    s.import_devices(b, &import("b", 3), true, NOW, &|_, _| {})
+        .await
+        .unwrap();
+    let registry = mqgate::registry::cache::CachedRegistry::new(
+        s.clone(),
+        mqgate::registry::cache::CacheSettings {
+            ttl: Duration::from_secs(600),
+            negative_ttl: Duration::from_secs(60),
+            capacity: 10_000,
+        },
+        Vec::new(),
+    );
+    assert_eq!(registry.warm().await.unwrap(), 4_503);
+    assert_eq!(registry.cached_entries(), 4_503);
+    for (id, tenant) in [
+        ("a-00000", a),
+        ("a-01999", a),
+        ("a-02000", a),
+        ("a-04499", a),
+        ("b-00002", b),
+    ] {
+        let view = registry.device(id).await.unwrap().unwrap();
+        assert_eq!(view.tenant.id, tenant, "{id}");
+        assert_eq!(view.credentials.len(), 1, "{id}");
+    }
+    assert_eq!(
+        registry.cached_entries(),
+        4_503,
+        "every device came from the warm cache"
+    );
+}
+
+both_stores!(
+    warm_up_loads_every_device_over_many_pages,
+    warm_up_loads_every_device
 );

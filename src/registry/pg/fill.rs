@@ -1,65 +1,10 @@
 //! Reads for the hot path: resolving a client id, the batched cache fill and warm-up pages (one
-//! set-wise page document per tenant, [`page_doc!`]), and single device reads (one document per
-//! device, `mqgate_device_doc`).
+//! set-wise page document per tenant, `mqgate_page_doc`, each call one statement: migration 0012),
+//! and single device reads (one document per device, `mqgate_device_doc`).
 
 use std::collections::HashMap;
 
 use super::*;
-
-/// A page document ([`rows::PageDoc`], the shape SQLite's warm-up builds too) over the devices a
-/// `page` CTE selects (with `pos`, their order) in tenant `$1`: each device with each credential as
-/// a flat array, the page's device rules and limits, the tenant's read once; one row. Set-wise:
-/// a document per device costs a correlated subquery per part (most of PostgreSQL's time in a
-/// reconnect storm, and of a warm start).
-macro_rules! page_doc {
-    ($page:literal) => {
-        concat!("WITH page AS (", $page, ")
-            SELECT json_build_object(
-                'tenant_id', $1::BIGINT,
-                'tenant_name', (SELECT name FROM tenants WHERE id = $1),
-                'rules', COALESCE((
-                    SELECT json_agg(json_build_object(
-                        'id', r.id, 'device_id', r.device_id, 'permission', r.permission,
-                        'action', r.action, 'topic', r.topic))
-                    FROM acl_rules r WHERE r.tenant_id = $1 AND r.device_id IS NULL), '[]'::JSON),
-                'limits', COALESCE((
-                    SELECT json_agg(json_build_object(
-                        'device_id', l.device_id, 'per_sec', l.per_sec, 'burst', l.burst))
-                    FROM rate_limits l WHERE l.tenant_id = $1 AND l.device_id IS NULL), '[]'::JSON),
-                'devices', COALESCE((
-                    SELECT json_agg(json_build_array(
-                        p.pos, p.id, p.client_id, p.username, CASE WHEN p.enabled THEN 1 ELSE 0 END,
-                        p.created_at, c.id, c.kind, c.digest, c.expires_at))
-                    FROM page p LEFT JOIN credentials c
-                        ON c.tenant_id = p.tenant_id AND c.device_id = p.id), '[]'::JSON),
-                'device_rules', COALESCE((
-                    SELECT json_agg(json_build_object(
-                        'id', r.id, 'device_id', r.device_id, 'permission', r.permission,
-                        'action', r.action, 'topic', r.topic))
-                    FROM acl_rules r
-                    WHERE r.tenant_id = $1 AND r.device_id IN (SELECT id FROM page)), '[]'::JSON),
-                'device_limits', COALESCE((
-                    SELECT json_agg(json_build_object(
-                        'device_id', l.device_id, 'per_sec', l.per_sec, 'burst', l.burst))
-                    FROM rate_limits l
-                    WHERE l.tenant_id = $1 AND l.device_id IN (SELECT id FROM page)), '[]'::JSON)
-            )::TEXT
-")
-    };
-}
-
-/// A warm-up page: tenant `$1`'s devices after client id `$2` (all with NULL), at most `$3`.
-const PAGE_SQL: &str = page_doc!(
-    "SELECT d.*, row_number() OVER (ORDER BY d.client_id) AS pos FROM (
-        SELECT * FROM devices WHERE tenant_id = $1 AND client_id > COALESCE($2, '')
-        ORDER BY client_id LIMIT $3) d"
-);
-
-/// The cache fills of tenant `$1`'s devices among the client ids `$2`.
-const FILL_SQL: &str = page_doc!(
-    "SELECT d.*, row_number() OVER (ORDER BY d.id) AS pos FROM devices d
-     WHERE d.tenant_id = $1 AND d.client_id = ANY ($2)"
-);
 
 impl PgStore {
     pub(crate) async fn resolve_client(&self, client_id: &str) -> StoreResult<Option<TenantId>> {
@@ -80,31 +25,19 @@ impl PgStore {
             .remove(client_id))
     }
 
-    /// Cache fills for many client ids: their tenants from the directory (the one lookup not
-    /// scoped by tenant), then per tenant one set-wise statement ([`FILL_SQL`]) fenced to it.
+    /// Cache fills for many client ids in one statement (`mqgate_fill_pages`): their tenants from
+    /// the directory (the one lookup not scoped by tenant), then per tenant, fenced to it, one
+    /// page document of its devices among them. A batch was five round trips (directory, BEGIN,
+    /// fence, page, COMMIT): most of PostgreSQL's time in a reconnect storm.
     pub(crate) async fn load_clients(
         &self,
         ids: &[String],
     ) -> StoreResult<HashMap<String, DeviceRecord>> {
-        let owners = sqlx::query!(
-            "SELECT client_id, tenant_id FROM client_directory WHERE client_id = ANY ($1)",
-            ids
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let mut by_tenant: std::collections::BTreeMap<i64, Vec<String>> = Default::default();
-        for o in owners {
-            by_tenant.entry(o.tenant_id).or_default().push(o.client_id);
-        }
+        let pages = sqlx::query_scalar!(r#"SELECT mqgate_fill_pages($1) AS "page!""#, ids)
+            .fetch_all(&self.pool)
+            .await?;
         let mut out = HashMap::with_capacity(ids.len());
-        for (tenant, ids) in by_tenant {
-            let mut tx = self.scoped(TenantId(tenant)).await?;
-            let page: String = sqlx::query_scalar(FILL_SQL)
-                .bind(tenant)
-                .bind(&ids)
-                .fetch_one(&mut *tx)
-                .await?;
-            tx.commit().await?;
+        for page in pages {
             for rec in rows::PageDoc::parse(&page)?.into_records()? {
                 out.insert(rec.device.client_id.clone(), rec);
             }
@@ -124,22 +57,48 @@ impl PgStore {
         self.load(t, None).await
     }
 
-    /// A warm-up page: the tenant's devices after client id `after`, at most `limit` ([`PAGE_SQL`]).
+    /// A warm-up page: the tenant's devices after client id `after`, at most `limit`, in one
+    /// statement fenced to the tenant (`mqgate_tenant_page`).
     pub(crate) async fn load_tenant_page(
         &self,
         t: TenantId,
         after: Option<&str>,
         limit: i64,
     ) -> StoreResult<Vec<DeviceRecord>> {
-        let mut tx = self.scoped(t).await?;
-        let page: String = sqlx::query_scalar(PAGE_SQL)
-            .bind(t.0)
-            .bind(after)
-            .bind(limit.max(0))
-            .fetch_one(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        let page = sqlx::query_scalar!(
+            r#"SELECT mqgate_tenant_page($1, $2, $3) AS "page!""#,
+            t.0,
+            after,
+            limit.max(0)
+        )
+        .fetch_one(&self.pool)
+        .await?;
         rows::PageDoc::parse(&page)?.into_records()
+    }
+
+    /// Where warm-up pages of `every` devices of tenant `t` start: the client id before each
+    /// page's first (`None` for the first page), read from the (tenant_id, client_id) index, so
+    /// pages can be read side by side on separate connections.
+    pub(crate) async fn page_starts(
+        &self,
+        t: TenantId,
+        every: i64,
+    ) -> StoreResult<Vec<Option<String>>> {
+        let mut tx = self.scoped(t).await?;
+        let ends = sqlx::query_scalar!(
+            r#"SELECT s.client_id AS "client_id!" FROM (
+                   SELECT client_id, row_number() OVER (ORDER BY client_id) AS n
+                   FROM devices WHERE tenant_id = $1) s
+               WHERE s.n % $2 = 0 ORDER BY s.client_id"#,
+            t.0,
+            every.max(1)
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(std::iter::once(None)
+            .chain(ends.into_iter().map(Some))
+            .collect())
     }
 
     /// One device (`Some`) or all of a tenant's (by client id): one document per device from

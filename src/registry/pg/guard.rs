@@ -4,77 +4,50 @@
 use super::*;
 
 impl PgStore {
-    /// Two statements per tenant in the batch, whatever its size (a statement per login was a
-    /// round trip each: most of a reconnect storm's time).
+    /// One statement per batch, whatever its size and tenants (`mqgate_remember_addresses`,
+    /// migration 0012: per tenant, fenced to it, an upsert and a trim of devices over `keep`).
     pub(crate) async fn remember_addresses(
         &self,
         seen: &[AddressSeen],
         keep: i64,
     ) -> StoreResult<()> {
-        // Per tenant (row-level security fences a statement to one), each (device, address) once
-        // with its latest time: one INSERT may not touch a row twice.
-        let mut by_tenant: std::collections::BTreeMap<
-            i64,
-            std::collections::HashMap<(&str, &str), i64>,
-        > = std::collections::BTreeMap::new();
+        // Each (tenant, device, address) once with its latest time: one INSERT may not touch a
+        // row twice.
+        let mut latest: std::collections::HashMap<(i64, &str, &str), i64> =
+            std::collections::HashMap::with_capacity(seen.len());
         for s in seen {
-            let at = by_tenant
-                .entry(s.tenant.0)
-                .or_default()
-                .entry((s.client_id.as_str(), s.address.as_str()))
+            let at = latest
+                .entry((s.tenant.0, s.client_id.as_str(), s.address.as_str()))
                 .or_insert(s.at_ms);
             *at = (*at).max(s.at_ms);
         }
-        let Some(&first) = by_tenant.keys().next() else {
+        if latest.is_empty() {
             return Ok(());
-        };
-        let mut tx = self.scoped(TenantId(first)).await?;
-        for (tenant, logins) in by_tenant {
-            if tenant != first {
-                sqlx::query!(
-                    "SELECT set_config('mqgate.tenant_id', $1, true)",
-                    tenant.to_string()
-                )
-                .fetch_one(&mut *tx)
-                .await?;
-            }
-            let (mut ids, mut addresses, mut ats) = (Vec::new(), Vec::new(), Vec::new());
-            for ((client_id, address), at) in logins {
-                ids.push(client_id.to_string());
-                addresses.push(address.to_string());
-                ats.push(at);
-            }
-            // A device that is gone is skipped by the join.
-            let devices = sqlx::query_scalar!(
-                r#"INSERT INTO familiar_addresses (tenant_id, device_id, address, last_ok_ms)
-                   SELECT d.tenant_id, d.id, x.address, x.at
-                   FROM UNNEST($2::TEXT[], $3::TEXT[], $4::BIGINT[]) AS x (client_id, address, at)
-                   JOIN devices d ON d.tenant_id = $1 AND d.client_id = x.client_id
-                   ON CONFLICT (device_id, address) DO UPDATE SET last_ok_ms = EXCLUDED.last_ok_ms
-                       WHERE EXCLUDED.last_ok_ms > familiar_addresses.last_ok_ms + $5
-                   RETURNING device_id"#,
-                tenant,
-                &ids,
-                &addresses,
-                &ats,
-                FAMILIAR_REFRESH_MS
-            )
-            .fetch_all(&mut *tx)
-            .await?;
-            if devices.is_empty() {
-                continue;
-            }
-            // The bound: only devices holding more than `keep` addresses lose their oldest.
-            sqlx::query!(
-                "DELETE FROM familiar_addresses f WHERE f.tenant_id = $1 AND f.device_id = ANY ($2)                  AND f.address NOT IN (SELECT g.address FROM familiar_addresses g                      WHERE g.tenant_id = $1 AND g.device_id = f.device_id                      ORDER BY g.last_ok_ms DESC, g.address LIMIT $3)",
-                tenant,
-                &devices,
-                keep
-            )
-            .execute(&mut *tx)
-            .await?;
         }
-        tx.commit().await?;
+        let n = latest.len();
+        let (mut tenants, mut ids, mut addresses, mut ats) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for ((tenant, client_id, address), at) in latest {
+            tenants.push(tenant);
+            ids.push(client_id.to_string());
+            addresses.push(address.to_string());
+            ats.push(at);
+        }
+        sqlx::query!(
+            r#"SELECT TRUE AS "done!" FROM mqgate_remember_addresses($1, $2, $3, $4, $5, $6)"#,
+            &tenants,
+            &ids,
+            &addresses,
+            &ats,
+            keep,
+            FAMILIAR_REFRESH_MS
+        )
+        .fetch_one(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -45,6 +45,9 @@ impl Columns {
     }
 }
 
+/// New devices from which an import refreshes the planner's statistics of the tables it wrote.
+const ANALYZE_AFTER: usize = 10_000;
+
 impl PgStore {
     pub(crate) async fn import_devices(
         &self,
@@ -71,6 +74,14 @@ impl PgStore {
         }
         report.created = fresh.iter().map(|d| d.client_id.clone()).collect();
         tx.commit().await?;
+        if fresh.len() >= ANALYZE_AFTER {
+            // Fresh statistics at once, not when autovacuum gets to it: planned without them the
+            // warm-up pages read a whole tenant each (measured: 1M devices warm in 28 s, not 10).
+            // Skipped with a warning by PostgreSQL for a role that does not own the tables.
+            sqlx::raw_sql("ANALYZE devices, client_directory, credentials, acl_rules")
+                .execute(&self.pool)
+                .await?;
+        }
         Ok(report)
     }
 

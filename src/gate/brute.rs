@@ -309,9 +309,14 @@ pub fn spawn_lockout_feed(gate: &Arc<Gate>) {
 
 /// Familiar-address writes committed together at most.
 const FAMILIAR_BATCH: usize = 256;
+/// How long the writer gathers addresses after the first of a batch (as the audit writer does):
+/// in a reconnect storm a commit, and on SQLite its fsync and the write lock it holds, then
+/// serve a few hundred logins instead of a couple of dozen. Nobody waits on these writes.
+const FAMILIAR_LINGER: Duration = Duration::from_millis(20);
 
 /// Writes familiar addresses until the gate is gone: whatever queued while the last batch was
-/// written goes in one transaction (a reconnect storm costs a commit per batch, not per device).
+/// written, or arrived within [`FAMILIAR_LINGER`] of its first, goes in one transaction (a
+/// reconnect storm costs a commit per batch, not per device).
 /// A batch the registry cannot take now is dropped and counted: the in-memory view still holds
 /// the addresses.
 async fn write_familiar(
@@ -323,6 +328,14 @@ async fn write_familiar(
     let keep = i64::try_from(FAMILIAR_MAX).unwrap_or(i64::MAX);
     let mut batch = Vec::with_capacity(FAMILIAR_BATCH);
     while rx.recv_many(&mut batch, FAMILIAR_BATCH).await > 0 {
+        if batch.len() < FAMILIAR_BATCH {
+            tokio::time::sleep(FAMILIAR_LINGER).await;
+            while batch.len() < FAMILIAR_BATCH
+                && let Ok(seen) = rx.try_recv()
+            {
+                batch.push(seen);
+            }
+        }
         let n = batch.len() as u64;
         if registry.health().is_down() {
             dropped.fetch_add(n, Ordering::Relaxed);

@@ -229,12 +229,8 @@ impl DeviceView {
         }
     }
 
-    /// The rules in EMQX's authn `acl` format, if they can be expressed there (rendered now).
-    pub fn emqx_acl(&self) -> Option<Vec<serde_json::Value>> {
-        self.acl().to_emqx()
-    }
-
-    /// [`DeviceView::emqx_acl`] as typed rules (what an authn answer serializes).
+    /// The rules in EMQX's authn `acl` format, if they can be expressed there (rendered now, as
+    /// typed rules an authn answer serializes).
     pub fn emqx_rules(&self) -> Option<Vec<crate::acl::EmqxRule>> {
         self.acl().emqx_rules()
     }

@@ -6,7 +6,8 @@ use secrecy::{ExposeSecret, SecretString};
 
 const NOW: i64 = 1_800_000_000;
 
-fn default_rule() -> Rule {
+/// The shipped default rule (`acl-rules/default.toml`), as a file rule.
+pub(crate) fn default_rule() -> Rule {
     Rule {
         permission: Permission::Allow,
         action: RuleAction::All,

@@ -4,12 +4,12 @@
 use secrecy::{ExposeSecret, SecretString};
 
 use super::*;
-use crate::acl::{Permission, Rule, RuleAction, RuleSource};
 use crate::connect::{
     allow_by_certificate, check_cert_identity, decide_by_secret, precheck_connect,
 };
 use crate::ids::ClientId;
 use crate::secret::{NewToken, generate_token, hash_password, verify_password, verify_token};
+use crate::tests::default_rule as rule;
 use crate::vocab::{CredentialKind, TenantId};
 use crate::{CredentialView, StoredDigest, Verdict};
 
@@ -20,18 +20,6 @@ const DENY_UNKNOWN: ConnectPolicy = ConnectPolicy {
     unknown: UnknownClient::Deny,
     trust_cert_names: false,
 };
-
-fn rule() -> Rule {
-    Rule {
-        permission: Permission::Allow,
-        action: RuleAction::All,
-        topic: "${tenant}/${clientid}/#".into(),
-        source: RuleSource::File {
-            file: "default.toml".into(),
-            line: 1,
-        },
-    }
-}
 
 fn token_cred(id: i64, t: &NewToken, expires_at: Option<i64>) -> CredentialView {
     CredentialView::stored(id, CredentialKind::Token, &t.digest, expires_at)

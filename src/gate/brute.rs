@@ -28,14 +28,16 @@ use tokio::sync::mpsc;
 
 use super::Gate;
 use crate::limit::bucket::{Gcra, Rate};
-use crate::limit::lockout::{FAMILIAR_MAX, Locked};
+use crate::limit::lockout::Locked;
 use crate::registry::cache::CachedRegistry;
 use crate::registry::{
     AddressSeen, Change, FailureRule, LockScope, StoreResult, StoredLockout, TenantId,
 };
 
-/// Familiar-address writes queued at most (then dropped and counted).
-const FAMILIAR_QUEUE: usize = 1024;
+/// Familiar-address writes queued at most (then dropped and counted): a few seconds of a
+/// reconnect storm of new devices (about 100 bytes each), so the writer's commits, not the
+/// queue, set how many are lost.
+const FAMILIAR_QUEUE: usize = 16_384;
 
 /// Shared failure writes per second per replica (burst: twice as many).
 pub const SHARED_WRITES: u32 = 200;
@@ -132,8 +134,8 @@ impl Gate {
 
     /// Whether the registry knows `peer` as a familiar address of `client_id` (another replica,
     /// or this one before a restart, saw the device log in from it). The device's whole list (at
-    /// most [`FAMILIAR_MAX`]) is read and learnt, at most once per client id every few seconds
-    /// however many addresses ask.
+    /// most [`FAMILIAR_MAX`](crate::limit::lockout::FAMILIAR_MAX)) is read and learnt, at most
+    /// once per client id every few seconds however many addresses ask.
     pub(super) async fn familiar_in_store(&self, client_id: &str, peer: &str) -> bool {
         let now = self.clock.now_ms();
         if self.shared.is_none() || self.guard().store_read_recently(client_id, now) {
@@ -308,7 +310,7 @@ pub fn spawn_lockout_feed(gate: &Arc<Gate>) {
 }
 
 /// Familiar-address writes committed together at most.
-const FAMILIAR_BATCH: usize = 256;
+const FAMILIAR_BATCH: usize = 1024;
 /// How long the writer gathers addresses after the first of a batch (as the audit writer does):
 /// in a reconnect storm a commit, and on SQLite its fsync and the write lock it holds, then
 /// serve a few hundred logins instead of a couple of dozen. Nobody waits on these writes.
@@ -325,7 +327,6 @@ async fn write_familiar(
     dropped: Arc<AtomicU64>,
     timeout: Duration,
 ) {
-    let keep = i64::try_from(FAMILIAR_MAX).unwrap_or(i64::MAX);
     let mut batch = Vec::with_capacity(FAMILIAR_BATCH);
     while rx.recv_many(&mut batch, FAMILIAR_BATCH).await > 0 {
         if batch.len() < FAMILIAR_BATCH {
@@ -342,7 +343,7 @@ async fn write_familiar(
             batch.clear();
             continue;
         }
-        let write = registry.store().remember_addresses(&batch, keep);
+        let write = registry.store().remember_addresses(&batch);
         match tokio::time::timeout(timeout, write).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {

@@ -385,11 +385,15 @@ impl Store {
 /// default): an hour of granularity does not change which ones count.
 pub const FAMILIAR_REFRESH_MS: i64 = 3_600_000;
 
+/// A device's familiar addresses the registry keeps, the newest first (the in-memory guard's
+/// bound; SQLite's trigger of migration 0008 spells it out, the contract test checks both stores).
+pub const FAMILIAR_KEEP: i64 = crate::limit::lockout::FAMILIAR_MAX as i64;
+
 /// Brute-force state shared by replicas and kept across restarts (see `limit::lockout` for the
 /// in-memory guard in front of it, and `gate::brute` for how the two meet).
 impl Store {
-    /// Records that `client_id` logged in from `address` at `at_ms`, keeping only the `keep` most
-    /// recent addresses of the device (a device that is gone is ignored). A stored address's time
+    /// Records that `client_id` logged in from `address` at `at_ms`, keeping only the
+    /// [`FAMILIAR_KEEP`] most recent addresses of the device (a device that is gone is ignored). A stored address's time
     /// moves only forward, and only by more than [`FAMILIAR_REFRESH_MS`].
     pub async fn remember_address(
         &self,
@@ -397,7 +401,6 @@ impl Store {
         client_id: &str,
         address: &str,
         at_ms: i64,
-        keep: i64,
     ) -> StoreResult<()> {
         let seen = AddressSeen {
             tenant: t,
@@ -405,14 +408,13 @@ impl Store {
             address: address.into(),
             at_ms,
         };
-        self.remember_addresses(std::slice::from_ref(&seen), keep)
-            .await
+        self.remember_addresses(std::slice::from_ref(&seen)).await
     }
 
     /// [`Store::remember_address`] for many logins in one transaction (a reconnect storm's
     /// familiar addresses cost one commit per batch, not one per device).
-    pub async fn remember_addresses(&self, seen: &[AddressSeen], keep: i64) -> StoreResult<()> {
-        dispatch!(self, s => s.remember_addresses(seen, keep).await)
+    pub async fn remember_addresses(&self, seen: &[AddressSeen]) -> StoreResult<()> {
+        dispatch!(self, s => s.remember_addresses(seen).await)
     }
 
     /// A device's familiar addresses with their last login (Unix ms), newest first.

@@ -1015,31 +1015,44 @@ async fn familiar_addresses_are_bounded_newest_first_and_per_device(store: Store
     let b = s.create_tenant("globex", NOW).await.unwrap().id;
     s.create_device(a, &dev("d1"), NOW).await.unwrap();
     s.create_device(a, &dev("d2"), NOW).await.unwrap();
-    for (addr, at) in [("10.0.0.1", 5), ("10.0.0.2", 7), ("10.0.0.3", 6)] {
-        s.remember_address(a, "d1", addr, at, 2).await.unwrap();
+    // The bound, newest first: addresses 10.0.0.0..=10.0.0.9 at times 20, 1, 2, .., 9 (the first
+    // is the newest of all, so the trim is by time, not by arrival).
+    let keep = usize::try_from(mqgate::registry::FAMILIAR_KEEP).unwrap();
+    assert_eq!(keep, mqgate::limit::lockout::FAMILIAR_MAX, "one bound");
+    let stamp = |i: i64| if i == 0 { 20 } else { i };
+    for i in 0..=9 {
+        s.remember_address(a, "d1", &format!("10.0.0.{i}"), stamp(i))
+            .await
+            .unwrap();
     }
-    s.remember_address(a, "d2", "10.0.0.9", 1, 2).await.unwrap();
-    s.remember_address(a, "nobody", "10.0.0.8", 1, 2)
+    s.remember_address(a, "d2", "10.0.0.99", 1).await.unwrap();
+    s.remember_address(a, "nobody", "10.0.0.8", 1)
         .await
         .expect("a device that is gone is ignored");
-    s.remember_address(b, "d1", "10.6.6.6", 99, 2)
+    s.remember_address(b, "d1", "10.6.6.6", 99)
         .await
         .expect("another tenant's device is ignored");
-    let of = |v: Vec<(String, i64)>| v;
-    assert_eq!(
-        of(s.familiar_addresses(a, "d1").await.unwrap()),
-        vec![("10.0.0.2".to_string(), 7), ("10.0.0.3".to_string(), 6)],
-        "the two newest, newest first"
-    );
-    s.remember_address(a, "d1", "10.0.0.3", 4, 2).await.unwrap();
+    let newest = |n: usize| -> Vec<(String, i64)> {
+        let mut all: Vec<(String, i64)> =
+            (0..=9).map(|i| (format!("10.0.0.{i}"), stamp(i))).collect();
+        all.sort_by(|x, y| y.1.cmp(&x.1).then(x.0.cmp(&y.0)));
+        all.truncate(n);
+        all
+    };
     assert_eq!(
         s.familiar_addresses(a, "d1").await.unwrap(),
-        vec![("10.0.0.2".to_string(), 7), ("10.0.0.3".to_string(), 6)],
+        newest(keep),
+        "the newest, newest first"
+    );
+    s.remember_address(a, "d1", "10.0.0.9", 4).await.unwrap();
+    assert_eq!(
+        s.familiar_addresses(a, "d1").await.unwrap(),
+        newest(keep),
         "an older login never moves the time back"
     );
     assert_eq!(
         s.familiar_addresses(a, "d2").await.unwrap(),
-        vec![("10.0.0.9".to_string(), 1)]
+        vec![("10.0.0.99".to_string(), 1)]
     );
     assert_eq!(s.familiar_addresses(b, "d1").await.unwrap(), vec![]);
     s.remove_device(a, "d1").await.unwrap();
@@ -1057,26 +1070,31 @@ async fn familiar_addresses_are_bounded_newest_first_and_per_device(store: Store
         address: addr.into(),
         at_ms: at,
     };
-    s.remember_addresses(
-        &[
-            seen(a, "d2", "10.0.0.10", 2),
-            seen(a, "nobody", "10.0.0.8", 2),
-            seen(b, "g1", "10.6.6.7", 3),
-            seen(a, "d2", "10.0.0.11", 3),
-            seen(a, "d2", "10.0.0.11", 1),
-            seen(b, "d1", "10.6.6.8", 4),
-        ],
-        2,
-    )
-    .await
-    .unwrap();
+    let mut batch = vec![
+        seen(a, "nobody", "10.0.0.8", 2),
+        seen(b, "g1", "10.6.6.7", 3),
+        seen(b, "d1", "10.6.6.8", 4),
+    ];
+    // d2 (one address stored at time 1) gets `keep` more in the batch, one of them twice: the
+    // stored one is the oldest and goes, the pair seen twice keeps its latest time.
+    batch.push(seen(a, "d2", "10.0.1.0", 50));
+    for i in 1..keep {
+        batch.push(seen(a, "d2", &format!("10.0.1.{i}"), 10 + i as i64));
+    }
+    batch.push(seen(a, "d2", "10.0.1.0", 5));
+    s.remember_addresses(&batch).await.unwrap();
     assert_eq!(
         s.familiar_addresses(b, "g1").await.unwrap(),
         vec![("10.6.6.7".to_string(), 3)]
     );
+    let mut want: Vec<(String, i64)> = (1..keep)
+        .rev()
+        .map(|i| (format!("10.0.1.{i}"), 10 + i as i64))
+        .collect();
+    want.insert(0, ("10.0.1.0".to_string(), 50));
     assert_eq!(
         s.familiar_addresses(a, "d2").await.unwrap(),
-        vec![("10.0.0.11".to_string(), 3), ("10.0.0.10".to_string(), 2)],
+        want,
         "the bound holds within a batch; a pair seen twice keeps its latest time"
     );
     assert!(
@@ -1086,7 +1104,7 @@ async fn familiar_addresses_are_bounded_newest_first_and_per_device(store: Store
     assert!(s.familiar_addresses(b, "d2").await.unwrap().is_empty());
     // A stored time moves only by more than the refresh granularity.
     let refresh = mqgate::registry::FAMILIAR_REFRESH_MS;
-    s.remember_address(b, "g1", "10.6.6.7", 3 + refresh, 2)
+    s.remember_address(b, "g1", "10.6.6.7", 3 + refresh)
         .await
         .unwrap();
     assert_eq!(
@@ -1094,7 +1112,7 @@ async fn familiar_addresses_are_bounded_newest_first_and_per_device(store: Store
         vec![("10.6.6.7".to_string(), 3)],
         "within the refresh: left alone"
     );
-    s.remember_address(b, "g1", "10.6.6.7", 4 + refresh, 2)
+    s.remember_address(b, "g1", "10.6.6.7", 4 + refresh)
         .await
         .unwrap();
     assert_eq!(

@@ -5,12 +5,8 @@ use super::*;
 
 impl PgStore {
     /// One statement per batch, whatever its size and tenants (`mqgate_remember_addresses`,
-    /// migration 0012: per tenant, fenced to it, an upsert and a trim of devices over `keep`).
-    pub(crate) async fn remember_addresses(
-        &self,
-        seen: &[AddressSeen],
-        keep: i64,
-    ) -> StoreResult<()> {
+    /// migration 0012: per tenant, fenced to it, an upsert and a trim of devices over [`FAMILIAR_KEEP`]).
+    pub(crate) async fn remember_addresses(&self, seen: &[AddressSeen]) -> StoreResult<()> {
         // Each (tenant, device, address) once with its latest time: one INSERT may not touch a
         // row twice.
         let mut latest: std::collections::HashMap<(i64, &str, &str), i64> =
@@ -43,7 +39,7 @@ impl PgStore {
             &ids,
             &addresses,
             &ats,
-            keep,
+            FAMILIAR_KEEP,
             FAMILIAR_REFRESH_MS
         )
         .fetch_one(&self.pool)

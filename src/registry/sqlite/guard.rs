@@ -4,64 +4,34 @@
 use super::*;
 
 impl SqliteStore {
-    /// Two statements per batch, whatever its size (a statement or two per login, each a hop to
-    /// sqlx's SQLite thread and back, were most of a warm reconnect storm's time), and a third
-    /// only when some device then holds more than `keep` addresses.
-    pub(crate) async fn remember_addresses(
-        &self,
-        seen: &[AddressSeen],
-        keep: i64,
-    ) -> StoreResult<()> {
+    /// One statement per batch, whatever its size; the bound of [`FAMILIAR_MAX`] addresses a
+    /// device is kept by a trigger (migration 0008), so nothing comes back from the upsert.
+    pub(crate) async fn remember_addresses(&self, seen: &[AddressSeen]) -> StoreResult<()> {
         if seen.is_empty() {
             return Ok(());
         }
-        let logins = serde_json::Value::Array(
-            seen.iter()
-                .map(|s| serde_json::json!([s.tenant.0, s.client_id, s.address, s.at_ms]))
-                .collect(),
+        let logins = serde_json::to_string(
+            &seen
+                .iter()
+                .map(|s| (s.tenant.0, &s.client_id, &s.address, s.at_ms))
+                .collect::<Vec<_>>(),
         )
-        .to_string();
-        // The first statement writes: a read first would have to upgrade its lock later, which
-        // SQLite refuses (busy) while another connection writes. A device that is gone is
-        // skipped by the join (fenced to each login's tenant); a (device, address) seen twice in
-        // the batch keeps its latest time (SQLite applies the upsert row by row); a row whose
-        // time would move by less than the refresh is left alone (and not returned).
-        let mut tx = self.pool.begin().await?;
-        let devices: Vec<i64> = sqlx::query_scalar(
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        // A device that is gone is skipped by the join (fenced to each login's tenant); a
+        // (device, address) seen twice in the batch keeps its latest time (SQLite applies the
+        // upsert row by row); a row whose time would move by less than the refresh is left alone.
+        sqlx::query(
             "INSERT INTO familiar_addresses (tenant_id, device_id, address, last_ok_ms) \
              SELECT d.tenant_id, d.id, j.value ->> 2, j.value ->> 3 \
              FROM json_each(?1) j JOIN devices d ON d.tenant_id = j.value ->> 0 AND d.client_id = j.value ->> 1 \
              WHERE true \
              ON CONFLICT (device_id, address) DO UPDATE SET last_ok_ms = excluded.last_ok_ms \
-             WHERE excluded.last_ok_ms > familiar_addresses.last_ok_ms + ?2 \
-             RETURNING device_id",
+             WHERE excluded.last_ok_ms > familiar_addresses.last_ok_ms + ?2",
         )
         .bind(&logins)
         .bind(FAMILIAR_REFRESH_MS)
-        .fetch_all(&mut *tx)
+        .execute(&self.pool)
         .await?;
-        let devices = serde_json::Value::from(devices).to_string();
-        // Most devices log in from one address or a few: the bound costs a count, not a delete.
-        let over: Vec<i64> = sqlx::query_scalar(
-            "SELECT f.device_id FROM familiar_addresses f \
-             WHERE f.device_id IN (SELECT value FROM json_each(?1)) \
-             GROUP BY f.device_id HAVING COUNT(*) > ?2",
-        )
-        .bind(&devices)
-        .bind(keep)
-        .fetch_all(&mut *tx)
-        .await?;
-        for device_id in over {
-            sqlx::query(
-                "DELETE FROM familiar_addresses WHERE device_id = ?1 AND address NOT IN \
-                 (SELECT address FROM familiar_addresses WHERE device_id = ?1 ORDER BY last_ok_ms DESC, address LIMIT ?2)",
-            )
-            .bind(device_id)
-            .bind(keep)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
         Ok(())
     }
 

@@ -393,8 +393,8 @@ pub const FAMILIAR_KEEP: i64 = crate::limit::lockout::FAMILIAR_MAX as i64;
 /// in-memory guard in front of it, and `gate::brute` for how the two meet).
 impl Store {
     /// Records that `client_id` logged in from `address` at `at_ms`, keeping only the
-    /// [`FAMILIAR_KEEP`] most recent addresses of the device (a device that is gone is ignored). A stored address's time
-    /// moves only forward, and only by more than [`FAMILIAR_REFRESH_MS`].
+    /// [`FAMILIAR_KEEP`] most recent addresses of the device (a device that is gone is ignored).
+    /// A stored address's time moves only forward, and only by more than [`FAMILIAR_REFRESH_MS`].
     pub async fn remember_address(
         &self,
         t: TenantId,

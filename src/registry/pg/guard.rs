@@ -5,7 +5,8 @@ use super::*;
 
 impl PgStore {
     /// One statement per batch, whatever its size and tenants (`mqgate_remember_addresses`,
-    /// migration 0012: per tenant, fenced to it, an upsert and a trim of devices over [`FAMILIAR_KEEP`]).
+    /// migrations 0012 and 0013: per tenant, fenced to it, an upsert and a trim of devices over
+    /// [`FAMILIAR_KEEP`]).
     pub(crate) async fn remember_addresses(&self, seen: &[AddressSeen]) -> StoreResult<()> {
         // Each (tenant, device, address) once with its latest time: one INSERT may not touch a
         // row twice.

@@ -4,7 +4,7 @@
 use super::*;
 
 impl SqliteStore {
-    /// One statement per batch, whatever its size; the bound of [`FAMILIAR_MAX`] addresses a
+    /// One statement per batch, whatever its size; the bound of [`FAMILIAR_KEEP`] addresses a
     /// device is kept by a trigger (migration 0008), so nothing comes back from the upsert.
     pub(crate) async fn remember_addresses(&self, seen: &[AddressSeen]) -> StoreResult<()> {
         if seen.is_empty() {

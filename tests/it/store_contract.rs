@@ -566,6 +566,91 @@ async fn a_second_store_on_the_same_database_hears_each_change(pool: sqlx::PgPoo
     reader.close().await;
 }
 
+/// Familiar addresses stored (any tenant, as the superuser sees them).
+async fn familiar_rows(pool: &sqlx::PgPool, tenant: mqgate::registry::TenantId) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM familiar_addresses WHERE tenant_id = $1")
+        .bind(tenant.0)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn familiar_addresses_go_with_their_devices_under_any_fence(pool: sqlx::PgPool) {
+    let s = migrated(Store::Postgres(mqgate::registry::pg::PgStore::from_pool(
+        pool.clone(),
+    )))
+    .await;
+    let a = s.create_tenant("acme", NOW).await.unwrap().id;
+    let b = s.create_tenant("globex", NOW).await.unwrap().id;
+    for (t, id) in [(a, "a1"), (a, "a2"), (b, "b1"), (b, "b2")] {
+        s.create_device(t, &dev(id), NOW).await.unwrap();
+        s.remember_address(t, id, "10.0.0.1", 1).await.unwrap();
+        s.remember_address(t, id, "10.0.0.2", 2).await.unwrap();
+    }
+    assert_eq!(
+        (familiar_rows(&pool, a).await, familiar_rows(&pool, b).await),
+        (4, 4)
+    );
+    // The application's path (the superuser here).
+    s.remove_device(a, "a1").await.unwrap();
+    assert_eq!(
+        familiar_rows(&pool, a).await,
+        2,
+        "a1's addresses went, a2's stayed"
+    );
+    assert_eq!(
+        s.familiar_addresses(a, "a2").await.unwrap().len(),
+        2,
+        "another device keeps its addresses"
+    );
+    // One statement over two tenants' devices (the superuser's, as an operator's SQL would be):
+    // each tenant's part goes.
+    sqlx::query("DELETE FROM devices WHERE client_id IN ('b1', 'b2')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        familiar_rows(&pool, b).await,
+        0,
+        "tenant B's addresses went"
+    );
+    // An ordinary role under row-level security, fenced to tenant A: its device's addresses go,
+    // and the session is still fenced to A after.
+    let role: String = format!("mqgate_fam_{}", std::process::id());
+    let mut c = pool.acquire().await.unwrap();
+    for sql in [
+        format!(
+            "DO $$ BEGIN CREATE ROLE {role} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+        ),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"),
+        format!("SET ROLE {role}"),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *c)
+            .await
+            .unwrap();
+    }
+    sqlx::query("SELECT set_config('mqgate.tenant_id', $1, false)")
+        .bind(a.0.to_string())
+        .execute(&mut *c)
+        .await
+        .unwrap();
+    let gone = sqlx::query("DELETE FROM devices WHERE client_id = 'a2'")
+        .execute(&mut *c)
+        .await
+        .unwrap();
+    assert_eq!(gone.rows_affected(), 1);
+    let fence: String = sqlx::query_scalar("SELECT current_setting('mqgate.tenant_id')")
+        .fetch_one(&mut *c)
+        .await
+        .unwrap();
+    assert_eq!(fence, a.0.to_string(), "the session's fence is put back");
+    sqlx::raw_sql("RESET ROLE").execute(&mut *c).await.unwrap();
+    drop(c);
+    assert_eq!(familiar_rows(&pool, a).await, 0, "a2's addresses went");
+}
+
 fn new_ca(name: &str, fingerprint: &str, key: Option<&[u8]>) -> NewCa {
     NewCa {
         name: name.into(),

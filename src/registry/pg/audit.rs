@@ -16,7 +16,12 @@ impl PgStore {
         sqlx::query!("SELECT pg_advisory_xact_lock(7345001)")
             .fetch_one(&mut *tx)
             .await?;
+        // Planned afresh each time: a prepared statement keeps the generic plan made while the
+        // table was small (a sequential scan and sort of the whole chain), and a reconnect storm
+        // appends to the chain far faster than autovacuum re-analyzes it. A fresh plan sees the
+        // table's current size and walks the primary key backwards.
         let prev = sqlx::query_scalar!("SELECT hash FROM audit_events ORDER BY id DESC LIMIT 1")
+            .persistent(false)
             .fetch_optional(&mut *tx)
             .await?
             .unwrap_or_else(|| crate::audit::chain::GENESIS.into());

@@ -28,7 +28,8 @@ impl PgStore {
     /// Cache fills for many client ids in one statement (`mqgate_fill_pages`): their tenants from
     /// the directory (the one lookup not scoped by tenant), then per tenant, fenced to it, one
     /// page document of its devices among them. A batch was five round trips (directory, BEGIN,
-    /// fence, page, COMMIT): most of PostgreSQL's time in a reconnect storm.
+    /// fence, page, COMMIT): most of PostgreSQL's time in a reconnect storm. The function keeps
+    /// generic plans (migration 0015): its own plan per call was a sixth of a fill.
     pub(crate) async fn load_clients(
         &self,
         ids: &[String],

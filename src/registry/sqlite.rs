@@ -61,8 +61,12 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
+        // No ping before each acquire (sqlx's default): a connection here is a thread of this
+        // process that cannot hang up, and the ping was a round trip to it per store call, a
+        // hand-off and often a thread wake-up (a twentieth of a cold reconnect storm).
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            .test_before_acquire(false)
             .connect_with(opts)
             .await?;
         Ok(SqliteStore { pool })

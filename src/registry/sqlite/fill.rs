@@ -3,14 +3,14 @@
 
 use super::*;
 
-/// One device's record as a JSON document over `devices d JOIN tenants t`: the same document
-/// PostgreSQL's `mqgate_device_doc` builds (`json(…)` keeps nested documents JSON through the
-/// scalar subqueries). Followed by the FROM clause. A device's and its tenant's rules (and limits)
-/// are a `UNION ALL` of two index lookups: an `OR` of the two scanned every rule of the tenant
-/// for each device.
-macro_rules! device_doc {
-    ($from:literal) => {
-        concat!("SELECT json_object(
+/// One device's record as a JSON document over `devices d JOIN tenants t`, an expression: the
+/// same document PostgreSQL's `mqgate_device_doc` builds (`json(…)` keeps nested documents JSON
+/// through the scalar subqueries; the whole is of the JSON subtype while it stays in its own
+/// SELECT). A device's and its tenant's rules (and limits) are a `UNION ALL` of two index lookups:
+/// an `OR` of the two scanned every rule of the tenant for each device.
+macro_rules! device_doc_expr {
+    () => {
+        "json_object(
     'tenant_name', t.name,
     'device', json_object(
         'id', d.id, 'tenant_id', d.tenant_id, 'client_id', d.client_id, 'username', d.username,
@@ -32,8 +32,14 @@ macro_rules! device_doc {
         FROM (SELECT * FROM rate_limits WHERE tenant_id = d.tenant_id AND device_id = d.id
               UNION ALL
               SELECT * FROM rate_limits WHERE tenant_id = d.tenant_id AND device_id IS NULL) l))
-)
-", $from)
+)"
+    };
+}
+
+/// `SELECT` of that document, followed by the FROM clause.
+macro_rules! device_doc {
+    ($from:literal) => {
+        concat!("SELECT ", device_doc_expr!(), $from)
     };
 }
 
@@ -46,16 +52,15 @@ const FILL_SQL: &str = device_doc!(
 
 /// The cache fills of the client ids in the JSON array `?1`, as one JSON array of documents in one
 /// row (the driver hands each row over between threads: a row per device would cost a thread
-/// hand-off per device in a reconnect storm).
+/// hand-off per device in a reconnect storm). The documents are aggregated where they are built:
+/// through a subquery they would lose their JSON subtype, and `json(…)` re-parsed each one.
 const FILL_MANY_SQL: &str = concat!(
-    "SELECT json_group_array(json(doc)) FROM (",
-    device_doc!(
-        " AS doc FROM client_directory cd \
-         JOIN devices d ON d.tenant_id = cd.tenant_id AND d.client_id = cd.client_id \
-         JOIN tenants t ON t.id = d.tenant_id \
-         WHERE cd.client_id IN (SELECT value FROM json_each(?1))"
-    ),
-    ")"
+    "SELECT json_group_array(",
+    device_doc_expr!(),
+    ") FROM client_directory cd \
+     JOIN devices d ON d.tenant_id = cd.tenant_id AND d.client_id = cd.client_id \
+     JOIN tenants t ON t.id = d.tenant_id \
+     WHERE cd.client_id IN (SELECT value FROM json_each(?1))"
 );
 
 /// One device (`?2`) or, with `?2` NULL, every device of tenant `?1`, by client id.

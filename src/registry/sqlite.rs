@@ -63,7 +63,7 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(5));
         // No ping before each acquire (sqlx's default): a connection here is a thread of this
         // process that cannot hang up, and the ping was a round trip to it per store call, a
-        // hand-off and often a thread wake-up (a twentieth of a cold reconnect storm).
+        // hand-off and often a thread wake-up (2 % of the server in a cold reconnect storm).
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .test_before_acquire(false)

@@ -5,10 +5,10 @@ use super::*;
 
 impl PgStore {
     /// One statement per batch, whatever its size and tenants (`mqgate_remember_addresses`,
-    /// migrations 0012 and 0013: per tenant, fenced to it, an upsert and a trim of devices over
-    /// [`FAMILIAR_KEEP`]). The table has no foreign keys, whose row locks on the device and the
-    /// tenant cost more than the upsert: a trigger on `devices` takes the addresses along
-    /// (migration 0014).
+    /// migrations 0012, 0013 and 0016: per tenant, fenced to it, an upsert, then a trim of the
+    /// devices over [`FAMILIAR_KEEP`]). The table has no foreign keys, whose row locks on the
+    /// device and the tenant cost more than the upsert: a trigger on `devices` takes the addresses
+    /// along (migration 0014).
     pub(crate) async fn remember_addresses(&self, seen: &[AddressSeen]) -> StoreResult<()> {
         // Each (tenant, device, address) once with its latest time: one INSERT may not touch a
         // row twice.

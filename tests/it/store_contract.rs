@@ -473,6 +473,34 @@ both_stores!(
 
 // ---- PostgreSQL only ----
 
+/// Turns the connection into an ordinary role (`{prefix}_{pid}`, created if missing) with
+/// read and write grants on `tables` (an SQL list): row-level security applies to it, as to an
+/// application role (the tests' own role is a superuser, which bypasses it). `RESET ROLE` ends it.
+async fn become_ordinary_role(c: &mut sqlx::PgConnection, prefix: &str, tables: &str) {
+    let role = format!("{prefix}_{}", std::process::id());
+    for sql in [
+        format!(
+            "DO $$ BEGIN CREATE ROLE {role} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+        ),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {tables} TO {role}"),
+        format!("SET ROLE {role}"),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *c)
+            .await
+            .unwrap();
+    }
+}
+
+/// Fences the connection's session to tenant `t`, as the application does.
+async fn fence(c: &mut sqlx::PgConnection, t: mqgate::registry::TenantId) {
+    sqlx::query("SELECT set_config('mqgate.tenant_id', $1, false)")
+        .bind(t.0.to_string())
+        .execute(c)
+        .await
+        .unwrap();
+}
+
 /// Rows of devices and credentials the connection can see.
 async fn visible(c: &mut sqlx::PgConnection) -> i64 {
     sqlx::query_scalar("SELECT (SELECT count(*) FROM devices) + (SELECT count(*) FROM credentials)")
@@ -499,28 +527,10 @@ async fn row_level_security_hides_other_tenants_from_an_ordinary_role(pool: sqlx
     )
     .await
     .unwrap();
-    let role: String = format!("mqgate_app_{}", std::process::id());
     let mut c = pool.acquire().await.unwrap();
-    for sql in [
-        format!(
-            "DO $$ BEGIN CREATE ROLE {role} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
-        ),
-        format!(
-            "GRANT SELECT, INSERT, UPDATE, DELETE ON devices, credentials, acl_rules TO {role}"
-        ),
-        format!("SET ROLE {role}"),
-    ] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&mut *c)
-            .await
-            .unwrap();
-    }
+    become_ordinary_role(&mut c, "mqgate_app", "devices, credentials, acl_rules").await;
     assert_eq!(visible(&mut c).await, 0, "no tenant set: nothing visible");
-    sqlx::query("SELECT set_config('mqgate.tenant_id', $1, false)")
-        .bind(a.0.to_string())
-        .execute(&mut *c)
-        .await
-        .unwrap();
+    fence(&mut c, a).await;
     assert_eq!(
         visible(&mut c).await,
         1,
@@ -617,25 +627,9 @@ async fn familiar_addresses_go_with_their_devices_under_any_fence(pool: sqlx::Pg
     );
     // An ordinary role under row-level security, fenced to tenant A: its device's addresses go,
     // and the session is still fenced to A after.
-    let role: String = format!("mqgate_fam_{}", std::process::id());
     let mut c = pool.acquire().await.unwrap();
-    for sql in [
-        format!(
-            "DO $$ BEGIN CREATE ROLE {role} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
-        ),
-        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"),
-        format!("SET ROLE {role}"),
-    ] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&mut *c)
-            .await
-            .unwrap();
-    }
-    sqlx::query("SELECT set_config('mqgate.tenant_id', $1, false)")
-        .bind(a.0.to_string())
-        .execute(&mut *c)
-        .await
-        .unwrap();
+    become_ordinary_role(&mut c, "mqgate_fam", "ALL TABLES IN SCHEMA public").await;
+    fence(&mut c, a).await;
     let gone = sqlx::query("DELETE FROM devices WHERE client_id = 'a2'")
         .execute(&mut *c)
         .await

@@ -1,5 +1,8 @@
 //! An HTTP/1.1 load generator for the EMQX endpoints (and the bare reference server): C keep-alive
-//! connections, each sending EMQX-shaped requests back to back (no pipelining, as EMQX sends).
+//! connections, each sending EMQX-shaped requests back to back: by default one at a time, or with
+//! `--pipeline N` up to N requests written and not yet answered, answers read back in order (as
+//! EMQX 5's HTTP client, ehttpc, drives an auth server: `pool_size` connections, each with up to
+//! `enable_pipelining`, default 100, requests in flight).
 //! Any answer that is not HTTP 200 with `"result":"allow"` is counted as an error, so a
 //! misconfigured run cannot pass for a fast one.
 //!
@@ -14,7 +17,7 @@
 //!
 //! ```text
 //! loadgen --url http://127.0.0.1:8080 --kind authz|authn --devices devices.tsv --tenant bench
-//!         --secret S [--conns 16] (--duration 20 | --each)
+//!         --secret S [--conns 16] [--pipeline 1] (--duration 20 | --each)
 //! ```
 
 use std::net::SocketAddr;
@@ -22,8 +25,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, mpsc};
 
 struct Args {
     url: String,
@@ -32,6 +36,8 @@ struct Args {
     tenant: String,
     secret: String,
     conns: usize,
+    /// Requests each connection may have written and not yet answered (1: one at a time).
+    pipeline: usize,
     duration: Option<u64>,
 }
 
@@ -43,6 +49,7 @@ fn parse_args() -> Args {
         tenant: "bench".into(),
         secret: String::new(),
         conns: 16,
+        pipeline: 1,
         duration: None,
     };
     let mut it = std::env::args().skip(1);
@@ -55,11 +62,13 @@ fn parse_args() -> Args {
             "--tenant" => a.tenant = v(),
             "--secret" => a.secret = v(),
             "--conns" => a.conns = v().parse().unwrap(),
+            "--pipeline" => a.pipeline = v().parse().unwrap(),
             "--duration" => a.duration = Some(v().parse().unwrap()),
             "--each" => a.duration = None,
             other => panic!("unknown flag {other}"),
         }
     }
+    assert!(a.pipeline >= 1, "--pipeline needs at least 1");
     a
 }
 
@@ -103,6 +112,25 @@ static HEAD_END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
 static ALLOW: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memchr::memmem::Finder::new(br#""result":"allow""#));
 
+/// The status and `content-length` of a response head (the bytes before its blank line).
+fn head(head: &[u8]) -> Result<(u16, usize), String> {
+    let head = std::str::from_utf8(head).map_err(|_| "head not UTF-8")?;
+    let status = head
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .ok_or("no HTTP/1.1 status line")?;
+    let len = head
+        .split('\n')
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .ok_or("no content-length")?;
+    Ok((status, len))
+}
+
 /// Reads one response into `buf` (cleared first); returns (status, body range) or a reason.
 async fn response(
     s: &mut TcpStream,
@@ -111,20 +139,7 @@ async fn response(
     buf.clear();
     loop {
         if let Some(head_end) = HEAD_END.find(buf) {
-            let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| "head not UTF-8")?;
-            let status = head
-                .strip_prefix("HTTP/1.1 ")
-                .and_then(|r| r.get(..3))
-                .and_then(|c| c.parse().ok())
-                .ok_or("no HTTP/1.1 status line")?;
-            let len: usize = head
-                .split('\n')
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())?
-                })
-                .ok_or("no content-length")?;
+            let (status, len) = head(&buf[..head_end])?;
             let body = head_end + 4..head_end + 4 + len;
             while buf.len() < body.end {
                 read_more(s, buf).await?;
@@ -138,7 +153,18 @@ async fn response(
     }
 }
 
-async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), String> {
+/// The response at the start of `buf`, if all of it is there: (status, body range), the body's
+/// end being the response's.
+fn parse(buf: &[u8]) -> Result<Option<(u16, std::ops::Range<usize>)>, String> {
+    let Some(head_end) = HEAD_END.find(buf) else {
+        return Ok(None);
+    };
+    let (status, len) = head(&buf[..head_end])?;
+    let body = head_end + 4..head_end + 4 + len;
+    Ok((buf.len() >= body.end).then_some((status, body)))
+}
+
+async fn read_more(s: &mut (impl AsyncRead + Unpin), buf: &mut Vec<u8>) -> Result<(), String> {
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(4096);
     }
@@ -204,6 +230,166 @@ async fn connection(
     t
 }
 
+/// Requests written together in one `write_all`: how many, and when if one of them is sampled
+/// (the reader counts answers, so it knows which one: the same every-[`SAMPLE`]th as unpipelined).
+struct Batch {
+    count: usize,
+    written: Option<Instant>,
+}
+
+/// [`connection`] with up to `depth` requests in flight: a writer that writes the next requests
+/// (several free slots: one concatenated `write_all`) whenever fewer than `depth` are unanswered,
+/// and a reader that takes the answers in order from a buffer that may hold several, or part of
+/// one. At the end (`next` used up, or `stop`) the writer stops and the reader drains what is
+/// outstanding; an error ends the connection at once.
+async fn pipelined(
+    addr: SocketAddr,
+    requests: Arc<Vec<Box<[u8]>>>,
+    next: Arc<AtomicUsize>,
+    stop: Option<Arc<AtomicBool>>,
+    seed: u64,
+    depth: usize,
+) -> Tally {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).unwrap();
+    // Borrowed halves (one task): dropping the writer when it is done sends no FIN before the
+    // answers are in, which an owned write half would.
+    let (mut rd, mut wr) = stream.split();
+    // Free slots: the writer takes one per request written, the reader gives one back per answer.
+    let slots = Semaphore::new(depth);
+    // Written but unanswered, in order; closed when the writer is done.
+    let (tx, mut rx) = mpsc::unbounded_channel::<Batch>();
+
+    let writer = async {
+        let tx = tx; // dropped on return: the reader's sign that nothing more is coming
+        let mut out = Vec::with_capacity(depth * requests[0].len());
+        let mut rng = seed | 1;
+        let mut written = 0usize;
+        loop {
+            let Ok(one) = slots.acquire().await else {
+                return;
+            };
+            one.forget();
+            let more = slots.available_permits();
+            let free = match slots.try_acquire_many(more as u32) {
+                Ok(p) => {
+                    p.forget();
+                    1 + more
+                }
+                Err(_) => 1,
+            };
+            out.clear();
+            let count = match &stop {
+                Some(stop) => {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    for _ in 0..free {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        out.extend_from_slice(&requests[(rng % requests.len() as u64) as usize]);
+                    }
+                    free
+                }
+                None => {
+                    let first = next.fetch_add(free, Ordering::Relaxed);
+                    let last = (first + free).min(requests.len());
+                    if first >= last {
+                        return;
+                    }
+                    for r in &requests[first..last] {
+                        out.extend_from_slice(r);
+                    }
+                    last - first
+                }
+            };
+            // Is one of requests written..written+count an every-SAMPLE-th?
+            let sampled = written.div_ceil(SAMPLE) * SAMPLE < written + count;
+            written += count;
+            let batch = Batch {
+                count,
+                written: sampled.then(Instant::now),
+            };
+            if tx.send(batch).is_err() {
+                return;
+            }
+            wr.write_all(&out).await.expect("write");
+        }
+    };
+
+    let reader = async {
+        let mut t = Tally {
+            requests: 0,
+            latencies_us: Vec::with_capacity(1 << 16),
+            errors: 0,
+            first_error: None,
+        };
+        let mut buf = Vec::with_capacity(64 * 1024);
+        let mut at = 0; // where the next answer starts in `buf`
+        let mut batch = Batch {
+            count: 0,
+            written: None,
+        };
+        let mut answered = 0; // slots to give back, before the reader next waits
+        loop {
+            if batch.count == 0 {
+                slots.add_permits(std::mem::take(&mut answered));
+                match rx.recv().await {
+                    Some(b) => batch = b,
+                    None => break, // the writer is done and every answer is in
+                }
+            }
+            let answer = loop {
+                match parse(&buf[at..]) {
+                    Ok(Some((status, body))) => {
+                        let body = at + body.start..at + body.end;
+                        at = body.end;
+                        break Ok((status, body));
+                    }
+                    Ok(None) => {
+                        slots.add_permits(std::mem::take(&mut answered));
+                        buf.drain(..at); // keep the part of the next answer already read
+                        at = 0;
+                        if let Err(e) = read_more(&mut rd, &mut buf).await {
+                            break Err(e);
+                        }
+                    }
+                    Err(e) => break Err(e),
+                }
+            };
+            batch.count -= 1;
+            answered += 1;
+            if t.requests.is_multiple_of(SAMPLE)
+                && let Some(written) = batch.written
+            {
+                t.latencies_us
+                    .push(written.elapsed().as_micros().min(u32::MAX as u128) as u32);
+            }
+            t.requests += 1;
+            let problem = match answer {
+                Ok((200, body)) if ALLOW.find(&buf[body.clone()]).is_some() => {
+                    continue;
+                }
+                Ok((status, body)) => {
+                    format!("HTTP {status}: {}", String::from_utf8_lossy(&buf[body]))
+                }
+                Err(e) => e,
+            };
+            t.errors += 1;
+            t.first_error.get_or_insert(problem);
+            break; // the stream may be out of step: stop this connection (and its writer)
+        }
+        t
+    };
+
+    let (mut writer, mut reader) = (std::pin::pin!(writer), std::pin::pin!(reader));
+    tokio::select! {
+        t = &mut reader => t,
+        () = &mut writer => reader.await,
+    }
+}
+
 /// This process's user+system CPU time, in clock ticks (`/proc/self/stat` fields 14 and 15).
 fn process_ticks() -> u64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -258,13 +444,12 @@ async fn main() {
     let stop = args.duration.map(|_| Arc::new(AtomicBool::new(false)));
     let tasks: Vec<_> = (0..args.conns)
         .map(|c| {
-            tokio::spawn(connection(
-                addr,
-                Arc::clone(&requests),
-                Arc::clone(&next),
-                stop.clone(),
-                0x9E37_79B9_7F4A_7C15 ^ c as u64,
-            ))
+            let (requests, next, stop) = (Arc::clone(&requests), Arc::clone(&next), stop.clone());
+            let seed = 0x9E37_79B9_7F4A_7C15 ^ c as u64;
+            match args.pipeline {
+                1 => tokio::spawn(connection(addr, requests, next, stop, seed)),
+                depth => tokio::spawn(pipelined(addr, requests, next, stop, seed, depth)),
+            }
         })
         .collect();
     if let (Some(secs), Some(stop)) = (args.duration, &stop) {

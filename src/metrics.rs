@@ -16,6 +16,7 @@ pub struct Metrics {
     broker: [AtomicU64; BROKER_EVENTS.len()],
     outage: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     kicks: Mutex<BTreeMap<&'static str, u64>>,
+    read_ahead_fills: AtomicU64,
 }
 
 /// The embedded broker's event labels (sessions opened and how they ended, refusals).
@@ -106,6 +107,11 @@ impl Metrics {
         *lock(&self.kicks).entry(outcome).or_default() += 1;
     }
 
+    /// Counts a cache fill started by the HTTP read-ahead of pipelined requests.
+    pub fn read_ahead_fill(&self) {
+        self.read_ahead_fills.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -152,6 +158,11 @@ impl Metrics {
         for (outcome, n) in lock(&self.kicks).iter() {
             let _ = writeln!(out, "mqgate_emqx_kicks_total{{outcome=\"{outcome}\"}} {n}");
         }
+        let _ = writeln!(
+            out,
+            "# HELP mqgate_http_read_ahead_fills_total Cache fills started for pipelined EMQX authn requests before their turn.\n# TYPE mqgate_http_read_ahead_fills_total counter\nmqgate_http_read_ahead_fills_total {}",
+            self.read_ahead_fills.load(Ordering::Relaxed)
+        );
         out
     }
 }

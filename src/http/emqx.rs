@@ -188,6 +188,13 @@ fn client_id(
     Ok(ClientId::parse(raw).map_err(|e| deny(s, kind, "bad_client_id", &e)))
 }
 
+/// The client id of an authn body, read by the same rules as [`authn`] (the HTTP read-ahead);
+/// `None` for a body [`authn`] would deny unread.
+pub(super) fn authn_client_id(body: &[u8]) -> Option<ClientId> {
+    let b: AuthnBody = parse_json(body).ok()?;
+    ClientId::parse(b.clientid.get()?).ok()
+}
+
 async fn authn(_: Internal, State(s): State<HttpState>, body: axum::body::Body) -> Response {
     authn_answer(&s, body)
         .await

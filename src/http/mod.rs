@@ -4,6 +4,9 @@
 //! path then boxes no future and arms no timer per request (the one slow step, password
 //! verification, carries its own timeout).
 //!
+//! hyper answers a connection's requests one at a time; pipelined EMQX authn requests behind the
+//! one being answered get their cache fills started as their bytes arrive ([`readahead`]).
+//!
 //! The hottest request, EMQX authz (one per PUBLISH/SUBSCRIBE), is answered by [`Routes`] before
 //! the router: the same guard, body limit and handler logic, without path routing, the boxed body
 //! and service layers of each routed request, or a dynamic response body. The router still holds
@@ -12,6 +15,7 @@
 pub mod emqx;
 mod error;
 mod ops;
+mod readahead;
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -78,6 +82,7 @@ pub struct Routes(Arc<RoutesInner>);
 struct RoutesInner {
     state: HttpState,
     router: TowerToHyperService<Router>,
+    prefetcher: Arc<readahead::Prefetcher>,
 }
 
 /// An answer of [`Routes`]: a fixed body (the direct path) or whatever the router built.
@@ -89,7 +94,18 @@ impl Routes {
     /// The listener's service over `state`.
     pub fn new(state: HttpState) -> Self {
         let router = TowerToHyperService::new(router(state.clone()));
-        Routes(Arc::new(RoutesInner { state, router }))
+        let prefetcher = Arc::new(readahead::Prefetcher::new(state.clone()));
+        Routes(Arc::new(RoutesInner {
+            state,
+            router,
+            prefetcher,
+        }))
+    }
+
+    /// A connection's socket as hyper should read it: pipelined EMQX authn requests read ahead
+    /// (see [`readahead`]).
+    fn read_ahead<S>(&self, io: S) -> readahead::ReadAhead<S> {
+        readahead::ReadAhead::new(io, &self.0.prefetcher, self.0.state.max_body_bytes)
     }
 }
 
@@ -199,6 +215,7 @@ pub async fn serve(
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(routes.read_ahead(stream));
         let svc = routes.clone();
         let (stop_tx, mut stop) = oneshot::channel::<()>();
         if stops.len() >= prune_at {
@@ -213,7 +230,7 @@ pub async fn serve(
                 .header_read_timeout(limits.header_read_timeout)
                 .keep_alive(true)
                 .pipeline_flush(true)
-                .serve_connection(TokioIo::new(stream), svc);
+                .serve_connection(io, svc);
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%peer, error = %e, "connection ended") },

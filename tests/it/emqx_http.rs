@@ -550,6 +550,102 @@ async fn pipelined_requests_are_answered_in_order(store: Store) {
 }
 both_stores!(pipelining, pipelined_requests_are_answered_in_order);
 
+/// Writes `wire` on a fresh connection and reads until `done` holds for what arrived.
+async fn exchange(app: &TestApp, wire: &[u8], done: impl Fn(&str) -> bool) -> String {
+    let mut s = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    s.write_all(wire).await.unwrap();
+    let mut text = String::new();
+    let mut buf = vec![0u8; 1 << 16];
+    while !done(&text) {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("answers in time")
+            .unwrap();
+        assert!(n > 0, "connection closed after: {text}");
+        text.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+    }
+    text
+}
+
+fn authn_request(secret: &str, client_id: &str, password: &str) -> Vec<u8> {
+    let body = json!({"clientid": client_id, "username": "", "password": password, "peerhost": "10.0.0.7"}).to_string();
+    format!(
+        "POST /v1/emqx/authn HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn read_ahead_fills(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mqgate_http_read_ahead_fills_total "))
+        .expect("the read-ahead counter")
+        .parse()
+        .unwrap()
+}
+
+/// EMQX pipelines up to 100 authn requests per connection: those behind the one being answered
+/// have their cache fills started as their bytes arrive, the answers are still each request's own
+/// and in order, and requests without the internal secret start nothing.
+async fn pipelined_authn_requests_are_read_ahead_and_answered_in_order(store: Store) {
+    let app = TestApp::start(store).await;
+    let mut wire = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..40 {
+        let id = format!("dev-{i}");
+        let token = app.device("acme", &id).await;
+        let (password, want) = match i % 10 {
+            3 => ("not-the-token".to_string(), "deny"),
+            _ => (token, "allow"),
+        };
+        wire.extend(authn_request(SECRET, &id, &password));
+        expected.push(want);
+        if i % 8 == 0 {
+            wire.extend(authn_request(SECRET, &format!("ghost-{i}"), "x"));
+            expected.push("deny");
+        }
+    }
+    app.gate.registry().settled().await.unwrap();
+    assert_eq!(read_ahead_fills(&app.get_text("/metrics").await), 0);
+    let n = expected.len();
+    let text = exchange(&app, &wire, |t| t.matches("\"result\":\"").count() == n).await;
+    let got: Vec<&str> = text
+        .match_indices("\"result\":\"")
+        .map(|(i, _)| {
+            if text[i + 10..].starts_with("allow") {
+                "allow"
+            } else {
+                "deny"
+            }
+        })
+        .collect();
+    assert_eq!(got, expected);
+    // Each request hyper answers next when it reads is left to fill on its own; the others were
+    // read ahead, once per client id.
+    let fills = read_ahead_fills(&app.get_text("/metrics").await);
+    assert!(
+        fills as usize > n / 2 && fills as usize <= n,
+        "{fills} fills read ahead for {n} requests"
+    );
+
+    // Without the internal secret: 401 each, in order, and no fill.
+    let mut wire = Vec::new();
+    for i in 0..20 {
+        wire.extend(authn_request("wrong-secret", &format!("intruder-{i}"), "x"));
+    }
+    let text = exchange(&app, &wire, |t| t.matches("HTTP/1.1 401").count() == 20).await;
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 20, "{text}");
+    assert_eq!(read_ahead_fills(&app.get_text("/metrics").await), fills);
+    assert!(app.gate.registry().cached("intruder-1").is_none());
+}
+both_stores!(
+    pipelined_authn,
+    pipelined_authn_requests_are_read_ahead_and_answered_in_order
+);
+
 async fn cached_devices_keep_their_answer_while_the_store_is_down_and_unknown_ones_are_denied(
     store: Store,
 ) {

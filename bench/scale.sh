@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A fleet on one small box (issue #14): bulk import, warm start, memory per device, reconnect storms.
 #   bench/scale.sh [--counts "10000 100000 1000000"] [--postgres] [--skip-storm] [--runs 3]
+#                  [--shapes "8x100 16x1"]
 # For each count: a fresh registry, `mqgate device import` of that many devices (one token each,
 # the default rules), then `mqgate serve` with the warm cache (server on CPU 0): time from spawn to
 # /healthz (the cache is loaded before the listener opens), RSS, RSS of the same server over an
@@ -8,25 +9,28 @@
 # Storms (load generator on CPU 1, its CPU use printed, and the server's CPU time per login, and
 # PostgreSQL's when the cluster is local): 100k distinct devices authenticating once each against
 # a cold cache (median of --runs, a fresh server each run), and every device of the
-# largest count against the warm cache.
+# largest count against the warm cache. Each in every load shape of --shapes, CONNSxDEPTH: CONNS
+# keep-alive connections with up to DEPTH requests each in flight. 8x100 is how EMQX 5 calls
+# (its HTTP authn `pool_size` 8, `enable_pipelining` 100); 16x1 is 16 connections that each wait
+# for every answer before the next request.
 # SQLite by default; --postgres runs the same on a throwaway PostgreSQL cluster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-COUNTS="10000 100000 1000000" PG=0 STORM=1 RUNS=3 CONNS=16
+COUNTS="10000 100000 1000000" PG=0 STORM=1 RUNS=3 SHAPES="8x100 16x1"
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --counts) COUNTS=$2; shift 2 ;;
         --postgres) PG=1; shift ;;
         --skip-storm) STORM=0; shift ;;
         --runs) RUNS=$2; shift 2 ;;
-        --conns) CONNS=$2; shift 2 ;;
+        --shapes) SHAPES=$2; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
 if [[ $PG == 1 && -z "${DATABASE_URL:-}" ]]; then
     extra=(); [[ $STORM == 0 ]] && extra=(--skip-storm)
-    exec scripts/with-postgres.sh "$0" --counts "$COUNTS" --postgres --runs "$RUNS" --conns "$CONNS" "${extra[@]}"
+    exec scripts/with-postgres.sh "$0" --counts "$COUNTS" --postgres --runs "$RUNS" --shapes "$SHAPES" "${extra[@]}"
 fi
 
 cargo build --release --quiet --bin mqgate --example loadgen
@@ -83,11 +87,12 @@ pg_ticks() {
 }
 # A storm with the generator's CPU use (user+system over wall time) and the server's (and, on
 # PostgreSQL, the database's) CPU time per login appended.
-storm() { # port devices.tsv
+storm() { # port devices.tsv shape
     local out u s r s0 s1 p0 p1 n extra=""
     s0=$(ticks "$SERVED_PID"); [[ $PG == 1 ]] && p0=$(pg_ticks)
     out=$(TIMEFORMAT='%U %S %R'; { time "${LOAD_CPU[@]}" "$EX/loadgen" --secret "$SECRET" --tenant bench \
-        --url "http://127.0.0.1:$1" --kind authn --devices "$2" --conns "$CONNS" --each >"$WORK/load.out"; } 2>&1)
+        --url "http://127.0.0.1:$1" --kind authn --devices "$2" --conns "${3%x*}" --pipeline "${3#*x}" \
+        --each >"$WORK/load.out"; } 2>&1)
     read -r u s r <<<"$out"
     s1=$(ticks "$SERVED_PID"); n=$(wc -l <"$2")
     if [[ $PG == 1 && -n "${p0:-}" ]]; then
@@ -126,15 +131,17 @@ done
 
 STORM_N=100000
 if [[ ! -f "$WORK/d$STORM_N.tsv" ]]; then STORM_N=$LAST; fi
-echo "== reconnect storm, cold cache: $STORM_N distinct devices, authn once each, $CONNS connections, $RUNS runs"
-for r in $(seq 1 "$RUNS"); do
-    # a fresh server over the same registry each run: every device is a cache miss
-    DB=$([[ $PG == 1 ]] && echo "${DATABASE_URL%/*}/reg$STORM_N" || echo "sqlite://$WORK/reg$STORM_N.db")
-    P=$(port); serve "$DB" "$P" false
-    echo "run $r: $(storm "$P" "$WORK/d$STORM_N.tsv")"
+for shape in $SHAPES; do
+    echo "== reconnect storm, cold cache: $STORM_N distinct devices, authn once each, $shape (connections x in flight each), $RUNS runs"
+    for r in $(seq 1 "$RUNS"); do
+        # a fresh server over the same registry each run: every device is a cache miss
+        DB=$([[ $PG == 1 ]] && echo "${DATABASE_URL%/*}/reg$STORM_N" || echo "sqlite://$WORK/reg$STORM_N.db")
+        P=$(port); serve "$DB" "$P" false
+        echo "run $r: $(storm "$P" "$WORK/d$STORM_N.tsv" "$shape")"
+        stop "$SERVED_PID"
+    done
+    echo "== reconnect storm, warm cache: $LAST devices, authn once each, $shape"
+    P=$(port); serve "$LASTDB" "$P" true
+    echo "warm: $(storm "$P" "$WORK/d$LAST.tsv" "$shape")"
     stop "$SERVED_PID"
 done
-echo "== reconnect storm, warm cache: $LAST devices, authn once each"
-P=$(port); serve "$LASTDB" "$P" true
-echo "warm: $(storm "$P" "$WORK/d$LAST.tsv")"
-stop "$SERVED_PID"

@@ -99,8 +99,14 @@ storm() { # port devices.tsv shape
         p1=$(pg_ticks)
         extra=" postgres_us_per_login=$(( (p1 - p0) * 10000 / n ))"
     fi
+    # Side writes past their writers' pace are dropped and counted, never waited for: a storm
+    # that outruns them is reported with what it left unwritten.
+    local m dropped
+    m=$(curl -sf -H "Authorization: Bearer $SECRET" "http://127.0.0.1:$1/metrics" || true)
+    dropped=$(awk '/^mqgate_audit_dropped_total/ {a+=$2} /^mqgate_familiar_writes_dropped_total/ {f+=$2}
+        END {printf "audit_dropped=%d familiar_dropped=%d", a, f}' <<<"$m")
     echo "$(cat "$WORK/load.out") loadgen_cpu=$(python3 -c "print(f'{100*($u+$s)/max($r,1e-9):.0f}%')")" \
-        "server_us_per_login=$(( (s1 - s0) * 10000 / n ))$extra"
+        "server_us_per_login=$(( (s1 - s0) * 10000 / n ))$extra $dropped"
 }
 
 echo "== store: $([[ $PG == 1 ]] && echo postgres || echo sqlite); server ${SERVER_CPU[*]:-unpinned}, load ${LOAD_CPU[*]:-unpinned}"

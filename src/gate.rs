@@ -332,6 +332,13 @@ impl Gate {
     }
 
     async fn decide_connect(&self, req: ConnectRequest) -> ConnectOutcome {
+        // A CONNECT outcome is always audited: while the audit trail lags, CONNECTs wait for it
+        // (briefly, and not while the registry is down and nothing drains it).
+        if let Some(sink) = &self.audit
+            && !self.registry.health().is_down()
+        {
+            let _ = sink.room().await;
+        }
         let peer = req.peer.as_deref().unwrap_or("unknown");
         let client_id = req.client_id.as_str();
         let policy = ConnectPolicy {

@@ -23,6 +23,10 @@ const BATCH: usize = 512;
 const LINGER: Duration = Duration::from_millis(20);
 /// How long [`AuditSink::flush`] waits for the store.
 const FLUSH_WAIT: Duration = Duration::from_secs(5);
+/// Free queue slots below which [`AuditSink::room`] waits for the writer.
+const LOW_ROOM: usize = QUEUE / 2;
+/// Longest [`AuditSink::room`] waits (a CONNECT's share of its decision deadline).
+const ROOM_WAIT: Duration = Duration::from_millis(250);
 
 /// Where the gate sends audit events.
 pub struct AuditSink {
@@ -44,6 +48,8 @@ struct Unwritten {
     /// is gone with it.
     stopped: std::sync::atomic::AtomicBool,
     lost: AtomicUsize,
+    /// Woken each time the writer takes events off the queue.
+    taken: tokio::sync::Notify,
 }
 
 impl AuditSink {
@@ -77,6 +83,33 @@ impl AuditSink {
             let _ = tokio::time::timeout_at(deadline, written).await;
         }
     }
+
+    /// Waits, at most [`ROOM_WAIT`], while the queue is more than half full: CONNECTs call it
+    /// before they are decided, so a reconnect storm faster than the store takes its audit events
+    /// is slowed to the writer's pace instead of dropping them (a CONNECT outcome is dropped only
+    /// when the queue fills all the same). The caller skips it while the registry is known down:
+    /// then nothing drains the queue and every CONNECT would wait in vain. False when it gave up
+    /// waiting (or the writer stopped).
+    pub async fn room(&self) -> bool {
+        if self.tx.capacity() >= LOW_ROOM {
+            return true;
+        }
+        let deadline = tokio::time::Instant::now() + ROOM_WAIT;
+        loop {
+            let taken = self.in_hand.taken.notified();
+            if self.tx.capacity() >= LOW_ROOM {
+                return true;
+            }
+            if self.in_hand.stopped.load(Ordering::Acquire)
+                || tokio::time::timeout_at(deadline, taken).await.is_err()
+            {
+                return false;
+            }
+        }
+    }
+
+    /// Events [`AuditSink::room`] waits behind: more queued than this and CONNECTs wait.
+    pub const ROOM_ABOVE: usize = QUEUE - LOW_ROOM;
 
     /// Entries not yet written: still queued, or in a batch whose write has not committed.
     pub fn pending(&self) -> u64 {
@@ -173,6 +206,7 @@ async fn write_batches(
             if batch.is_empty() {
                 break;
             }
+            in_hand.taken.notify_waiters();
             in_hand.batch.store(batch.len(), Ordering::Release);
             if !write(&store, &batch).await {
                 in_hand

@@ -82,3 +82,54 @@ async fn the_trail_is_verified_and_tailed_page_by_page(store: Store) {
     );
 }
 both_stores!(trail_pages, the_trail_is_verified_and_tailed_page_by_page);
+
+/// A CONNECT waits while the audit trail lags (its queue over half full), so a storm faster than
+/// the store is slowed to the writer's pace instead of losing audit events; it goes on as soon as
+/// the writer takes events again, and gives up (bounded) if it never does. Here the writer is
+/// stalled by another session holding the chain's lock, as a second replica's long write would.
+#[sqlx::test(migrations = false)]
+async fn connects_wait_for_a_lagging_audit_trail(pool: sqlx::PgPool) {
+    use mqgate::audit::sink::AuditSink;
+    use mqgate::audit::{AuditEvent, AuditRecord};
+
+    let store = Store::Postgres(mqgate::registry::pg::PgStore::from_pool(pool.clone()));
+    store.migrate().await.unwrap();
+    let sink = AuditSink::spawn(store.clone());
+    let event = |i: usize| AuditRecord {
+        at_ms: i as i64,
+        tenant: None,
+        event: AuditEvent::Admin {
+            action: "test.fill".into(),
+            subject: format!("e{i}"),
+        },
+    };
+    assert!(sink.room().await, "an empty queue has room");
+
+    let mut chain = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(7345001)")
+        .execute(&mut *chain)
+        .await
+        .unwrap();
+    let n = AuditSink::ROOM_ABOVE + 600;
+    for i in 0..n {
+        sink.record(event(i));
+    }
+    assert!(
+        !sink.room().await,
+        "the writer is stalled: no room, and the wait ends on its own"
+    );
+    let waiting = tokio::spawn({
+        let sink = std::sync::Arc::clone(&sink);
+        async move { sink.room().await }
+    });
+    chain.rollback().await.unwrap();
+    assert!(
+        waiting.await.unwrap(),
+        "room as soon as the writer takes events again"
+    );
+    assert_eq!(sink.dropped(), 0);
+    sink.flush().await;
+    assert_eq!(sink.pending(), 0);
+    assert_eq!(store.list_audit(0, 100_000).await.unwrap().len(), n);
+    store.close().await;
+}

@@ -223,7 +223,12 @@ impl<K: Sink> Scanner<K> {
         let mut authorization = None;
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
-                let n = std::str::from_utf8(h.value).ok()?.trim().parse().ok()?;
+                // Digits only, as hyper reads it (`usize::from_str` would also take a `+`).
+                let digits = std::str::from_utf8(h.value).ok()?.trim();
+                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                let n = digits.parse().ok()?;
                 if len.replace(n).is_some_and(|m| m != n) {
                     return None;
                 }
@@ -426,8 +431,9 @@ mod tests {
             b"POST /v1/emqx/authn HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n{}";
         let two_lengths =
             b"POST /v1/emqx/authn HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}";
+        let signed = b"POST /v1/emqx/authn HTTP/1.1\r\nContent-Length: +2\r\n\r\n{}";
         let garbage = b"\x00\x01 not http at all\r\n\r\n";
-        for wire in [&chunked[..], expect, two_lengths, garbage] {
+        for wire in [&chunked[..], expect, two_lengths, signed, garbage] {
             assert_eq!(scan(wire, 3, 1024), (vec![], false));
         }
         // A head that never ends stops the scan once it is too long.

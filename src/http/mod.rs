@@ -105,7 +105,7 @@ impl Routes {
     /// A connection's socket as hyper should read it: pipelined EMQX authn requests read ahead
     /// (see [`readahead`]).
     fn read_ahead<S>(&self, io: S) -> readahead::ReadAhead<S> {
-        readahead::ReadAhead::new(io, &self.0.prefetcher, self.0.state.max_body_bytes)
+        readahead::ReadAhead::new(io, &self.0.prefetcher)
     }
 }
 
@@ -138,14 +138,20 @@ pub struct Internal;
 impl Internal {
     /// Checks the internal secret in `headers`.
     fn check(headers: &HeaderMap, s: &HttpState) -> Result<Self, ApiError> {
-        let presented = headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match presented {
-            Some(p) if s.internal_secret.matches(p) => Ok(Internal),
+        match headers.get(http::header::AUTHORIZATION) {
+            Some(v) if Internal::carried_by(v, s) => Ok(Internal),
             _ => Err(ApiError::Unauthorized),
         }
+    }
+
+    /// Whether an `Authorization` value is `Bearer ` and the internal secret (also the
+    /// read-ahead's check, so it starts fills only for requests this guard lets through).
+    fn carried_by(authorization: &http::HeaderValue, s: &HttpState) -> bool {
+        authorization
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|p| s.internal_secret.matches(p))
     }
 }
 

@@ -66,10 +66,8 @@ impl Prefetcher {
 
 impl Sink for Arc<Prefetcher> {
     fn authorized(&self, authorization: &[u8]) -> bool {
-        std::str::from_utf8(authorization)
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|p| self.state.internal_secret.matches(p))
+        http::HeaderValue::from_bytes(authorization)
+            .is_ok_and(|v| super::Internal::carried_by(&v, &self.state))
     }
 
     /// Starts the fill of the client id of an authn `body`, unless it is cached, unreadable, or
@@ -257,8 +255,10 @@ pub struct ReadAhead<S> {
 }
 
 impl<S> ReadAhead<S> {
-    /// Scans what `io` delivers for `prefetcher`; bodies over `max_body` bytes are not read ahead.
-    pub fn new(io: S, prefetcher: &Arc<Prefetcher>, max_body: usize) -> Self {
+    /// Scans what `io` delivers for `prefetcher`; bodies over the listener's body limit are not
+    /// read ahead.
+    pub fn new(io: S, prefetcher: &Arc<Prefetcher>) -> Self {
+        let max_body = prefetcher.state.max_body_bytes;
         ReadAhead {
             io,
             scanner: Some(Box::new(Scanner::new(Arc::clone(prefetcher), max_body))),

@@ -507,7 +507,6 @@ both_stores!(
 async fn pipelined_requests_are_answered_in_order(store: Store) {
     let app = TestApp::start(store).await;
     app.device("acme", "dev-1").await;
-    let addr = app.base.trim_start_matches("http://").to_string();
     let mut wire = Vec::new();
     let mut expected = Vec::new();
     for i in 0..60 {
@@ -523,30 +522,9 @@ async fn pipelined_requests_are_answered_in_order(store: Store) {
         ).as_bytes());
         expected.push(want);
     }
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(&wire).await.unwrap();
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut text = String::new();
-    while got.len() < expected.len() {
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "connection closed after {} answers", got.len());
-        text.push_str(std::str::from_utf8(&buf[..n]).unwrap());
-        got = text
-            .match_indices("\"result\":\"")
-            .map(|(i, _)| {
-                if text[i + 10..].starts_with("allow") {
-                    "allow"
-                } else {
-                    "deny"
-                }
-            })
-            .collect();
-    }
-    assert_eq!(got, expected);
+    let n = expected.len();
+    let text = exchange(&app, &wire, |t| verdicts(t).len() == n).await;
+    assert_eq!(verdicts(&text), expected);
 }
 both_stores!(pipelining, pipelined_requests_are_answered_in_order);
 
@@ -567,6 +545,19 @@ async fn exchange(app: &TestApp, wire: &[u8], done: impl Fn(&str) -> bool) -> St
         text.push_str(std::str::from_utf8(&buf[..n]).unwrap());
     }
     text
+}
+
+/// The verdicts of the answers in `text`, in order (`allow`, or `deny` for any other).
+fn verdicts(text: &str) -> Vec<&'static str> {
+    text.match_indices("\"result\":\"")
+        .map(|(i, _)| {
+            if text[i + 10..].starts_with("allow") {
+                "allow"
+            } else {
+                "deny"
+            }
+        })
+        .collect()
 }
 
 fn authn_request(secret: &str, client_id: &str, password: &str) -> Vec<u8> {
@@ -611,18 +602,8 @@ async fn pipelined_authn_requests_are_read_ahead_and_answered_in_order(store: St
     app.gate.registry().settled().await.unwrap();
     assert_eq!(read_ahead_fills(&app.get_text("/metrics").await), 0);
     let n = expected.len();
-    let text = exchange(&app, &wire, |t| t.matches("\"result\":\"").count() == n).await;
-    let got: Vec<&str> = text
-        .match_indices("\"result\":\"")
-        .map(|(i, _)| {
-            if text[i + 10..].starts_with("allow") {
-                "allow"
-            } else {
-                "deny"
-            }
-        })
-        .collect();
-    assert_eq!(got, expected);
+    let text = exchange(&app, &wire, |t| verdicts(t).len() == n).await;
+    assert_eq!(verdicts(&text), expected);
     // Each request hyper answers next when it reads is left to fill on its own; the others were
     // read ahead, once per client id.
     let fills = read_ahead_fills(&app.get_text("/metrics").await);

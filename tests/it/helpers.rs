@@ -246,3 +246,14 @@ impl TestApp {
         token.token.expose_secret().to_string()
     }
 }
+
+/// The URL of the database `pool` is connected to (a fresh one per test).
+pub async fn pg_url(pool: &sqlx::PgPool) -> String {
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let base = std::env::var("DATABASE_URL").unwrap();
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    format!("{prefix}/{name}")
+}

@@ -496,3 +496,56 @@ async fn a_silent_registry_leaves_lockouts_to_memory_and_answers_in_time() {
     );
     proxy.resume();
 }
+
+/// PostgreSQL closes connections mqgate holds idle (a restart between two storms,
+/// `idle_session_timeout`, an operator's `pg_terminate_backend`). A pooled connection that has sat
+/// idle is checked before use (one in steady use is not, see `PgStore::connect`), so the next
+/// cache fill runs on a live connection: the device is answered, not denied as unreachable.
+#[sqlx::test(migrations = false)]
+async fn connections_closed_while_idle_are_replaced_before_use(pool: sqlx::PgPool) {
+    let url = crate::helpers::pg_url(&pool).await;
+    let (app, _t1, t2) = server_with_two_devices(&url).await;
+    // mqgate's pooled connections (not its change feed's, which reconnects on its own), every one
+    // idle for longer than a connection in steady use.
+    macro_rules! pooled {
+        () => {
+            "FROM pg_stat_activity WHERE datname = current_database() \
+             AND application_name = 'mqgate' AND query NOT LIKE 'LISTEN%'"
+        };
+    }
+    until("mqgate's pooled connections idle", RECOVERY, || async {
+        let busy: i64 = sqlx::query_scalar(concat!(
+            "SELECT count(*) ",
+            pooled!(),
+            " AND (state <> 'idle' OR state_change > now() - interval '1.5 s')"
+        ))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        busy == 0
+    })
+    .await;
+    let closed: Vec<i32> = sqlx::query_scalar(concat!("SELECT pid ", pooled!()))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(p) FROM unnest($1::INT[]) AS p")
+        .bind(&closed)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert!(!closed.is_empty(), "mqgate holds pooled connections");
+    until("the closed connections gone", RECOVERY, || async {
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)")
+                .bind(&closed)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        left == 0
+    })
+    .await;
+    let (result, _) = timed_authn(&app, "dev-2", &t2).await;
+    assert_eq!(result, "allow", "a fill on a closed connection");
+    assert_eq!(readyz(&app).await.0, 200);
+}

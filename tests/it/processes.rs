@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::helpers::{SECRET, SOON, until};
+use crate::helpers::{SECRET, SOON, pg_url, until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqgate");
 const CA_SECRET: &str = "cli-test-ca-key-secret-0123456789abcdef";
@@ -199,17 +199,6 @@ async fn one_device(db: &str) -> String {
 
 fn sqlite_url(dir: &tempfile::TempDir) -> String {
     format!("sqlite://{}?mode=rwc", dir.path().join("reg.db").display())
-}
-
-/// The URL of the database `pool` is connected to (a fresh one per test).
-async fn pg_url(pool: &sqlx::PgPool) -> String {
-    let name: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    let base = std::env::var("DATABASE_URL").unwrap();
-    let (prefix, _) = base.rsplit_once('/').unwrap();
-    format!("{prefix}/{name}")
 }
 
 #[sqlx::test(migrations = false)]

@@ -107,6 +107,48 @@ struct Tally {
     first_error: Option<String>,
 }
 
+impl Tally {
+    fn new() -> Self {
+        Tally {
+            requests: 0,
+            latencies_us: Vec::with_capacity(1 << 16),
+            errors: 0,
+            first_error: None,
+        }
+    }
+
+    /// Counts a failed `answer` (anything but a 200 allow; its body is in `buf`); whether it
+    /// failed, after which the connection stops (its stream may be out of step).
+    fn failed(
+        &mut self,
+        answer: Result<(u16, std::ops::Range<usize>), String>,
+        buf: &[u8],
+    ) -> bool {
+        let problem = match answer {
+            Ok((200, body)) if ALLOW.find(&buf[body.clone()]).is_some() => return false,
+            Ok((status, body)) => format!("HTTP {status}: {}", String::from_utf8_lossy(&buf[body])),
+            Err(e) => e,
+        };
+        self.errors += 1;
+        self.first_error.get_or_insert(problem);
+        true
+    }
+}
+
+/// The next of `n` requests at random (one xorshift step of `rng`).
+fn pick(rng: &mut u64, n: usize) -> usize {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    (*rng % n as u64) as usize
+}
+
+async fn open(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
 static HEAD_END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
 static ALLOW: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
@@ -182,26 +224,17 @@ async fn connection(
     stop: Option<Arc<AtomicBool>>,
     seed: u64,
 ) -> Tally {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream.set_nodelay(true).unwrap();
+    let mut stream = open(addr).await;
     let mut buf = Vec::with_capacity(4096);
     let mut rng = seed | 1;
-    let mut t = Tally {
-        requests: 0,
-        latencies_us: Vec::with_capacity(1 << 16),
-        errors: 0,
-        first_error: None,
-    };
+    let mut t = Tally::new();
     loop {
         let i = match &stop {
             Some(stop) => {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                (rng % requests.len() as u64) as usize
+                pick(&mut rng, requests.len())
             }
             None => match next.fetch_add(1, Ordering::Relaxed) {
                 i if i < requests.len() => i,
@@ -216,16 +249,9 @@ async fn connection(
             t.latencies_us
                 .push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
         }
-        let problem = match answer {
-            Ok((200, body)) if ALLOW.find(&buf[body.clone()]).is_some() => {
-                continue;
-            }
-            Ok((status, body)) => format!("HTTP {status}: {}", String::from_utf8_lossy(&buf[body])),
-            Err(e) => e,
-        };
-        t.errors += 1;
-        t.first_error.get_or_insert(problem);
-        break; // the stream may be out of step: stop this connection
+        if t.failed(answer, &buf) {
+            break;
+        }
     }
     t
 }
@@ -250,8 +276,7 @@ async fn pipelined(
     seed: u64,
     depth: usize,
 ) -> Tally {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream.set_nodelay(true).unwrap();
+    let mut stream = open(addr).await;
     // Borrowed halves (one task): dropping the writer when it is done sends no FIN before the
     // answers are in, which an owned write half would.
     let (mut rd, mut wr) = stream.split();
@@ -285,10 +310,7 @@ async fn pipelined(
                         return;
                     }
                     for _ in 0..free {
-                        rng ^= rng << 13;
-                        rng ^= rng >> 7;
-                        rng ^= rng << 17;
-                        out.extend_from_slice(&requests[(rng % requests.len() as u64) as usize]);
+                        out.extend_from_slice(&requests[pick(&mut rng, requests.len())]);
                     }
                     free
                 }
@@ -319,12 +341,7 @@ async fn pipelined(
     };
 
     let reader = async {
-        let mut t = Tally {
-            requests: 0,
-            latencies_us: Vec::with_capacity(1 << 16),
-            errors: 0,
-            first_error: None,
-        };
+        let mut t = Tally::new();
         let mut buf = Vec::with_capacity(64 * 1024);
         let mut at = 0; // where the next answer starts in `buf`
         let mut batch = Batch {
@@ -367,18 +384,9 @@ async fn pipelined(
                     .push(written.elapsed().as_micros().min(u32::MAX as u128) as u32);
             }
             t.requests += 1;
-            let problem = match answer {
-                Ok((200, body)) if ALLOW.find(&buf[body.clone()]).is_some() => {
-                    continue;
-                }
-                Ok((status, body)) => {
-                    format!("HTTP {status}: {}", String::from_utf8_lossy(&buf[body]))
-                }
-                Err(e) => e,
-            };
-            t.errors += 1;
-            t.first_error.get_or_insert(problem);
-            break; // the stream may be out of step: stop this connection (and its writer)
+            if t.failed(answer, &buf) {
+                break; // and with the reader, its writer
+            }
         }
         t
     };

@@ -569,13 +569,10 @@ fn authn_request(secret: &str, client_id: &str, password: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-fn read_ahead_fills(metrics: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("mqgate_http_read_ahead_fills_total "))
+async fn read_ahead_fills(app: &TestApp) -> u64 {
+    app.metric("mqgate_http_read_ahead_fills_total")
+        .await
         .expect("the read-ahead counter")
-        .parse()
-        .unwrap()
 }
 
 /// EMQX pipelines up to 100 authn requests per connection: those behind the one being answered
@@ -600,13 +597,13 @@ async fn pipelined_authn_requests_are_read_ahead_and_answered_in_order(store: St
         }
     }
     app.gate.registry().settled().await.unwrap();
-    assert_eq!(read_ahead_fills(&app.get_text("/metrics").await), 0);
+    assert_eq!(read_ahead_fills(&app).await, 0);
     let n = expected.len();
     let text = exchange(&app, &wire, |t| verdicts(t).len() == n).await;
     assert_eq!(verdicts(&text), expected);
     // Each request hyper answers next when it reads is left to fill on its own; the others were
     // read ahead, once per client id.
-    let fills = read_ahead_fills(&app.get_text("/metrics").await);
+    let fills = read_ahead_fills(&app).await;
     assert!(
         fills as usize > n / 2 && fills as usize <= n,
         "{fills} fills read ahead for {n} requests"
@@ -619,7 +616,7 @@ async fn pipelined_authn_requests_are_read_ahead_and_answered_in_order(store: St
     }
     let text = exchange(&app, &wire, |t| t.matches("HTTP/1.1 401").count() == 20).await;
     assert_eq!(text.matches("HTTP/1.1 ").count(), 20, "{text}");
-    assert_eq!(read_ahead_fills(&app.get_text("/metrics").await), fills);
+    assert_eq!(read_ahead_fills(&app).await, fills);
     assert!(app.gate.registry().cached("intruder-1").is_none());
 }
 both_stores!(

@@ -196,14 +196,10 @@ fn rule(topic: &str) -> NewAclRule {
 
 /// Sums `mqgate_emqx_kicks_total{outcome="…"}` over the replicas.
 async fn kicks_counted(apps: &[&TestApp], outcome: &str) -> u64 {
-    let line = format!("mqgate_emqx_kicks_total{{outcome=\"{outcome}\"}} ");
+    let series = format!("mqgate_emqx_kicks_total{{outcome=\"{outcome}\"}}");
     let mut n = 0;
     for app in apps {
-        let text = app.get_text("/metrics").await;
-        n += text
-            .lines()
-            .find_map(|l| l.strip_prefix(line.as_str()))
-            .map_or(0, |v| v.parse::<u64>().unwrap());
+        n += app.metric(&series).await.unwrap_or(0);
     }
     n
 }

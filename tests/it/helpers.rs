@@ -221,6 +221,15 @@ impl TestApp {
         r.text().await.unwrap()
     }
 
+    /// The value of the `/metrics` series `series` (name and labels, as printed), if present.
+    pub async fn metric(&self, series: &str) -> Option<u64> {
+        let text = self.get_text("/metrics").await;
+        let prefix = format!("{series} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map(|v| v.parse().unwrap())
+    }
+
     /// An EMQX authz call; returns the `result`.
     pub async fn authz(&self, client_id: &str, action: &str, topic: &str) -> String {
         let body = json!({

@@ -99,8 +99,9 @@ storm() { # port devices.tsv shape
         p1=$(pg_ticks)
         extra=" postgres_us_per_login=$(( (p1 - p0) * 10000 / n ))"
     fi
-    # Side writes past their writers' pace are dropped and counted, never waited for: a storm
-    # that outruns them is reported with what it left unwritten.
+    # What a storm left unwritten: audit events dropped (CONNECTs wait, at most 250 ms each, for a
+    # lagging audit writer, so these should stay 0) and familiar addresses dropped past their
+    # writer's pace (advisory: never waited for).
     local m dropped
     m=$(curl -sf -H "Authorization: Bearer $SECRET" "http://127.0.0.1:$1/metrics" || true)
     dropped=$(awk '/^mqgate_audit_dropped_total/ {a+=$2} /^mqgate_familiar_writes_dropped_total/ {f+=$2}

@@ -693,34 +693,52 @@ impl Gate {
 
     /// Decides a PUBLISH or SUBSCRIBE by `client_id` on `topic`, within the decision deadline.
     pub async fn authorize(&self, client_id: &ClientId, action: Action, topic: &str) -> Decision {
-        let client_id = client_id.as_str();
-        // A cached answer is read in place: the miss path's future (fill, single flight, store
-        // query, deadline timer) is boxed, so it is neither built nor copied per request (the
-        // listener boxes this future, and at its full size that copy was 5 % of an authz).
-        let lookup = match self.registry.cached(client_id) {
-            Some(entry) => Ok(Ok(entry)),
-            None => {
-                Box::pin(tokio::time::timeout(
-                    self.deadline,
-                    self.registry.device(client_id),
-                ))
-                .await
-            }
-        };
-        let decision = match lookup.unwrap_or(Err(crate::registry::StoreError::Unavailable(
+        if let Some(decision) = self.authorize_cached(client_id, action, topic) {
+            return decision;
+        }
+        // The miss path's future (fill, single flight, store query, deadline timer) is boxed, so
+        // a caller's future that holds this one stays small.
+        let lookup = Box::pin(tokio::time::timeout(
+            self.deadline,
+            self.registry.device(client_id.as_str()),
+        ))
+        .await;
+        let device = match lookup.unwrap_or(Err(crate::registry::StoreError::Unavailable(
             "no answer within the decision deadline",
         ))) {
-            Ok(device) => {
-                core::decide_authz_metered(device.as_deref(), action, topic, self.unknown, |dev| {
-                    self.draw(dev)
-                })
-            }
+            Ok(device) => device,
             Err(e) => {
                 tracing::error!(error = %e, %client_id, "registry lookup failed");
-                Decision::deny(Cause::StoreUnavailable)
+                let decision = Decision::deny(Cause::StoreUnavailable);
+                return self.record_authorize(client_id.as_str(), action, topic, decision);
             }
         };
-        self.record_authorize(client_id, action, topic, decision)
+        self.decide_authorize(client_id, device.as_deref(), action, topic)
+    }
+
+    /// [`Gate::authorize`] when the cache holds the client id's entry (a device or a known
+    /// unknown): the same decision, counted and audited alike, without awaiting; `None` (and
+    /// nothing counted) when the cache does not know the client id.
+    pub fn authorize_cached(
+        &self,
+        client_id: &ClientId,
+        action: Action,
+        topic: &str,
+    ) -> Option<Decision> {
+        let entry = self.registry.cached(client_id.as_str())?;
+        Some(self.decide_authorize(client_id, entry.as_deref(), action, topic))
+    }
+
+    fn decide_authorize(
+        &self,
+        client_id: &ClientId,
+        device: Option<&DeviceView>,
+        action: Action,
+        topic: &str,
+    ) -> Decision {
+        let decision =
+            core::decide_authz_metered(device, action, topic, self.unknown, |dev| self.draw(dev));
+        self.record_authorize(client_id.as_str(), action, topic, decision)
     }
 
     /// Decides a PUBLISH or SUBSCRIBE of a device the caller holds (the embedded broker keeps
@@ -728,11 +746,7 @@ impl Gate {
     /// its hot path skips the cache lookup). Same decision, buckets, metrics and audit as
     /// [`Gate::authorize`].
     pub fn authorize_device(&self, device: &DeviceView, action: Action, topic: &str) -> Decision {
-        let decision =
-            core::decide_authz_metered(Some(device), action, topic, self.unknown, |dev| {
-                self.draw(dev)
-            });
-        self.record_authorize(device.client_id.as_str(), action, topic, decision)
+        self.decide_authorize(&device.client_id, Some(device), action, topic)
     }
 
     fn record_authorize(

@@ -14,6 +14,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use bytes::Bytes;
 use http_body_util::{Either, Full};
 use serde::Deserialize;
 
@@ -136,6 +137,15 @@ impl Fixed {
     const AUTHZ_DENY: Fixed = Fixed(r#"{"result":"deny"}"#);
     const AUTHZ_IGNORE: Fixed = Fixed(r#"{"result":"ignore"}"#);
     const AUTHN_DENY: Fixed = Fixed(r#"{"result":"deny","is_superuser":false}"#);
+
+    /// The authz answer of `verdict`.
+    fn authz(verdict: Verdict) -> Fixed {
+        match verdict {
+            Verdict::Allow => Fixed::AUTHZ_ALLOW,
+            Verdict::Deny => Fixed::AUTHZ_DENY,
+            Verdict::Ignore => Fixed::AUTHZ_IGNORE,
+        }
+    }
 
     /// As a [`Reply`] of the direct path: the static bytes, no allocation but the header map.
     fn reply(self) -> Reply {
@@ -296,51 +306,77 @@ fn presented_cert(b: &AuthnBody) -> Option<PresentedCert> {
     })
 }
 
-/// The routed authz handler (the listener answers authz through [`authz_direct`]; both run
-/// [`authz_answer`] behind the same guard).
-async fn authz(_: Internal, State(s): State<HttpState>, body: axum::body::Body) -> Fixed {
-    authz_answer(&s, body)
-        .await
-        .unwrap_or_else(|e| malformed(&s, MetricKind::Authorize, &e))
-}
-
-/// `POST /v1/emqx/authz` without the router: the guard's 401 as the router gives it, otherwise
-/// a fixed answer.
-pub(super) async fn authz_direct(
-    s: &HttpState,
-    req: http::Request<hyper::body::Incoming>,
-) -> Reply {
-    let (parts, body) = req.into_parts();
-    if let Err(e) = Internal::check(&parts.headers, s) {
-        return super::routed_reply(e.into_response());
-    }
-    drop(parts);
-    authz_answer(s, body)
-        .await
-        .unwrap_or_else(|e| malformed(s, MetricKind::Authorize, &e))
-        .reply()
-}
-
-async fn authz_answer<B>(s: &HttpState, body: B) -> Result<Fixed, ApiError>
-where
-    B: hyper::body::Body<Data = bytes::Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let bytes = read_body(body, s.max_body_bytes).await?;
-    let b = AuthzBody::read(&bytes)?;
-    let topic = b.topic.required("topic")?;
-    let action = action(&b)?;
-    let client_id = match client_id(s, MetricKind::Authorize, &b.clientid)? {
-        Ok(id) => id,
-        Err(deny) => return Ok(deny),
+/// The routed authz handler (the listener answers authz through [`super::Call`]; both read and
+/// decide with [`authz_now`] / [`authz_later`] behind the same guard).
+async fn authz(_: Internal, State(s): State<HttpState>, body: axum::body::Body) -> Response {
+    let reply = match authz_now(&s, read_body(body, s.max_body_bytes).await) {
+        Ok(reply) => reply,
+        Err(bytes) => authz_later(&s, bytes).await,
     };
-    Ok(
-        match s.gate.authorize(&client_id, action, topic).await.verdict {
-            Verdict::Allow => Fixed::AUTHZ_ALLOW,
-            Verdict::Deny => Fixed::AUTHZ_DENY,
-            Verdict::Ignore => Fixed::AUTHZ_IGNORE,
+    reply.into_response()
+}
+
+/// What an authz body asks.
+struct Ask<'b> {
+    client_id: ClientId,
+    action: Action,
+    topic: &'b str,
+}
+
+/// Reads an authz body: what it asks, or already the answer (a deny, counted: a body mqgate
+/// cannot read, a field missing, a client id that can never be a device's).
+fn ask<'b>(s: &HttpState, b: &'b AuthzBody<'_>) -> Result<Ask<'b>, Fixed> {
+    let read = || -> Result<Result<Ask<'b>, Fixed>, ApiError> {
+        let topic = b.topic.required("topic")?;
+        let action = action(b)?;
+        Ok(
+            client_id(s, MetricKind::Authorize, &b.clientid)?.map(|client_id| Ask {
+                client_id,
+                action,
+                topic,
+            }),
+        )
+    };
+    read().unwrap_or_else(|e| Err(malformed(s, MetricKind::Authorize, &e)))
+}
+
+/// The authz answer to a body (or the error reading it) when it needs no registry round trip:
+/// a body that is no valid request, or a device the cache knows (the hot path, answered without
+/// a future of its own). `Err` gives the body back for [`authz_later`]: nothing was counted.
+pub(super) fn authz_now(s: &HttpState, body: Result<Bytes, ApiError>) -> Result<Reply, Bytes> {
+    let bytes = match body {
+        Ok(bytes) => bytes,
+        Err(e) => return Ok(malformed(s, MetricKind::Authorize, &e).reply()),
+    };
+    let answer = match AuthzBody::read(&bytes) {
+        Err(e) => Some(malformed(s, MetricKind::Authorize, &e)),
+        Ok(b) => match ask(s, &b) {
+            Err(deny) => Some(deny),
+            Ok(a) => s
+                .gate
+                .authorize_cached(&a.client_id, a.action, a.topic)
+                .map(|d| Fixed::authz(d.verdict)),
         },
-    )
+    };
+    answer.map(Fixed::reply).ok_or(bytes)
+}
+
+/// The authz answer to a body [`authz_now`] gave back: the device is asked of the registry
+/// (read again: its parts borrow the body, which this future owns).
+pub(super) async fn authz_later(s: &HttpState, bytes: Bytes) -> Reply {
+    let answer = match AuthzBody::read(&bytes) {
+        Err(e) => malformed(s, MetricKind::Authorize, &e),
+        Ok(b) => match ask(s, &b) {
+            Err(deny) => deny,
+            Ok(a) => Fixed::authz(
+                s.gate
+                    .authorize(&a.client_id, a.action, a.topic)
+                    .await
+                    .verdict,
+            ),
+        },
+    };
+    answer.reply()
 }
 
 /// `action` (`publish`/`subscribe`), or EMQX's legacy `access` (`1` subscribe, `2` publish).

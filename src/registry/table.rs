@@ -8,17 +8,20 @@
 //! Entries older than the TTL are refilled on read; above `capacity` an insert evicts an arbitrary
 //! entry of its shard (size the capacity above the fleet; the default is 2,000,000).
 
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use hashbrown::HashTable;
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 use crate::core::DeviceView;
 
 /// Shards (a power of two): readers of different devices rarely share a lock.
 const SHARDS: usize = 64;
+
+/// Where the hash bits that pick a shard start (see `DeviceTable::locate`).
+const SHARD_SHIFT: u32 = 32;
 
 struct Slot {
     view: Arc<DeviceView>,
@@ -29,7 +32,7 @@ struct Slot {
 /// Compiled device views by client id.
 pub struct DeviceTable {
     shards: Box<[RwLock<HashTable<Slot>>]>,
-    hasher: RandomState,
+    hasher: DefaultHashBuilder,
     len: AtomicUsize,
     capacity: usize,
     ttl_secs: u32,
@@ -41,7 +44,7 @@ impl DeviceTable {
     pub fn new(capacity: u64, ttl: Duration) -> Self {
         DeviceTable {
             shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
-            hasher: RandomState::new(),
+            hasher: DefaultHashBuilder::default(),
             len: AtomicUsize::new(0),
             capacity: usize::try_from(capacity).unwrap_or(usize::MAX).max(1),
             ttl_secs: u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX),
@@ -55,8 +58,11 @@ impl DeviceTable {
 
     fn locate(&self, client_id: &str) -> (u64, &RwLock<HashTable<Slot>>) {
         let hash = self.hasher.hash_one(client_id);
-        // The low bits pick the bucket inside a shard; the high bits pick the shard.
-        let shard = (hash >> 58) as usize % SHARDS;
+        // Inside a shard hashbrown takes the bucket from the low bits and the tag it compares
+        // before any key from the top 7: the shard comes from bits neither uses (from the top
+        // bits, a shard's entries all shared six of the tag's seven, and a lookup compared the
+        // key of about every other entry it probed).
+        let shard = (hash >> SHARD_SHIFT) as usize % SHARDS;
         (hash, &self.shards[shard])
     }
 
@@ -225,5 +231,21 @@ mod tests {
         assert!(stale.get("a").is_none());
         stale.clear();
         assert!(stale.is_empty());
+    }
+
+    /// hashbrown compares a 7-bit tag (the hash's top bits) before any key: within one shard the
+    /// tags must still spread, or a lookup reads the client id of most entries it probes.
+    #[test]
+    fn a_shards_entries_keep_distinct_tags() {
+        let t = DeviceTable::new(100, Duration::from_secs(60));
+        let mut tags = std::collections::HashSet::new();
+        for i in 0..20_000 {
+            let id = format!("dev-{i}");
+            let (hash, shard) = t.locate(&id);
+            if std::ptr::eq(shard, &t.shards[0]) {
+                tags.insert(hash >> 57);
+            }
+        }
+        assert!(tags.len() > 100, "{} distinct tags of 128", tags.len());
     }
 }

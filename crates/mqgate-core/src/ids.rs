@@ -20,8 +20,8 @@ impl ClientId {
     pub fn parse(s: &str) -> Result<Self, BadId> {
         let ok = !s.is_empty()
             && s.len() <= 256
-            && !s.contains(['+', '#', '/', '$'])
-            && !s.chars().any(char::is_control);
+            && s.chars()
+                .all(|c| !matches!(c, '+' | '#' | '/' | '$') && !c.is_control());
         if ok {
             Ok(ClientId(s.into()))
         } else {

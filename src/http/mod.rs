@@ -124,8 +124,8 @@ impl hyper::service::Service<Request<Incoming>> for Routes {
                     axum::response::IntoResponse::into_response(e),
                 ))));
             }
-            let body = http_body_util::Limited::new(body, routes.state.max_body_bytes).collect();
-            return Call(Step::AuthzBody(routes, body));
+            let body = http_body_util::Limited::new(body, routes.state.max_body_bytes);
+            return Call(Step::AuthzBody(routes, body, Gathered::Nothing));
         }
         Call(Step::Boxed(Box::pin(async move {
             let routed = routes.router.call(req).await;
@@ -141,10 +141,11 @@ impl hyper::service::Service<Request<Incoming>> for Routes {
 pub struct Call(Step);
 
 enum Step {
-    /// Reading an authz body.
+    /// Reading an authz body (within the body limit), what arrived of it so far.
     AuthzBody(
         Arc<RoutesInner>,
-        http_body_util::combinators::Collect<http_body_util::Limited<Incoming>>,
+        http_body_util::Limited<Incoming>,
+        Gathered,
     ),
     /// Any other answer to come.
     Boxed(ReplyFuture),
@@ -159,12 +160,23 @@ impl Future for Call {
         let step = &mut self.get_mut().0;
         loop {
             match step {
-                Step::AuthzBody(routes, body) => {
-                    let read = std::task::ready!(Pin::new(body).poll(cx));
+                Step::AuthzBody(routes, body, got) => {
+                    let read = loop {
+                        match std::task::ready!(hyper::body::Body::poll_frame(
+                            Pin::new(&mut *body),
+                            cx
+                        )) {
+                            Some(Ok(frame)) => {
+                                if let Ok(data) = frame.into_data() {
+                                    got.push(data);
+                                }
+                            }
+                            Some(Err(e)) => break Err(e),
+                            None => break Ok(std::mem::take(got).bytes()),
+                        }
+                    };
                     let s = &routes.state;
-                    let read = read
-                        .map(|c| c.to_bytes())
-                        .map_err(|e| body_error(e, s.max_body_bytes));
+                    let read = read.map_err(|e| body_error(e, s.max_body_bytes));
                     match emqx::authz_now(s, read) {
                         Ok(reply) => *step = Step::Answered(Some(reply)),
                         Err(bytes) => {
@@ -185,6 +197,42 @@ impl Future for Call {
                     })));
                 }
             }
+        }
+    }
+}
+
+/// A body as it arrives: the usual single chunk kept as hyper gave it (no copy, no list of
+/// chunks as `collect` builds), several joined.
+#[derive(Default)]
+enum Gathered {
+    #[default]
+    Nothing,
+    One(Bytes),
+    Joined(bytes::BytesMut),
+}
+
+impl Gathered {
+    fn push(&mut self, data: Bytes) {
+        *self = match std::mem::take(self) {
+            Gathered::Nothing => Gathered::One(data),
+            Gathered::One(first) => {
+                let mut joined = bytes::BytesMut::with_capacity(first.len() + data.len());
+                joined.extend_from_slice(&first);
+                joined.extend_from_slice(&data);
+                Gathered::Joined(joined)
+            }
+            Gathered::Joined(mut joined) => {
+                joined.extend_from_slice(&data);
+                Gathered::Joined(joined)
+            }
+        }
+    }
+
+    fn bytes(self) -> Bytes {
+        match self {
+            Gathered::Nothing => Bytes::new(),
+            Gathered::One(b) => b,
+            Gathered::Joined(b) => b.freeze(),
         }
     }
 }

@@ -528,6 +528,33 @@ async fn pipelined_requests_are_answered_in_order(store: Store) {
 }
 both_stores!(pipelining, pipelined_requests_are_answered_in_order);
 
+/// A chunked authz body arrives as several frames, cut inside its strings: it is read whole, on
+/// the registry path (the first request) and on the cached one alike.
+async fn chunked_authz_bodies_are_read_whole(store: Store) {
+    let app = TestApp::start(store).await;
+    app.device("acme", "dev-1").await;
+    let mut wire = Vec::new();
+    let mut expected = Vec::new();
+    for (topic, want) in [
+        ("acme/dev-1/x", "allow"),
+        ("acme/dev-1/y", "allow"),
+        ("acme/dev-2/x", "deny"),
+    ] {
+        let body = json!({"clientid": "dev-1", "topic": topic, "action": "publish"}).to_string();
+        let (a, rest) = body.split_at(8);
+        let (b, c) = rest.split_at(rest.len() / 2);
+        wire.extend_from_slice(format!(
+            "POST /v1/emqx/authz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SECRET}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n{:x}\r\n{c}\r\n0\r\n\r\n",
+            a.len(), b.len(), c.len()
+        ).as_bytes());
+        expected.push(want);
+    }
+    let n = expected.len();
+    let text = exchange(&app, &wire, |t| verdicts(t).len() == n).await;
+    assert_eq!(verdicts(&text), expected);
+}
+both_stores!(chunked_authz, chunked_authz_bodies_are_read_whole);
+
 /// Writes `wire` on a fresh connection and reads until `done` holds for what arrived.
 async fn exchange(app: &TestApp, wire: &[u8], done: impl Fn(&str) -> bool) -> String {
     let mut s = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))

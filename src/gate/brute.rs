@@ -26,6 +26,9 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+/// A store call of the shared guard, boxed (see [`Gate::shared_call`]).
+type StoreCall<'a, T> = std::pin::Pin<Box<dyn Future<Output = StoreResult<T>> + Send + 'a>>;
+
 use super::Gate;
 use crate::limit::bucket::{Gcra, Rate};
 use crate::limit::lockout::Locked;
@@ -97,11 +100,10 @@ impl Gate {
 
     /// Runs a store call of the shared guard unless the registry is known down, within
     /// [`Gate::store_timeout`]; `None` when it could not answer (the in-memory view then decides).
-    async fn shared_call<T>(
-        &self,
-        what: &'static str,
-        call: impl Future<Output = StoreResult<T>>,
-    ) -> Option<T> {
+    /// The call comes boxed: a store call's future is ~17 KB, and held inline it made every
+    /// CONNECT's future that size (copied whole into the HTTP handler's box on every login),
+    /// though these calls run only on failures and lockouts.
+    async fn shared_call<T>(&self, what: &'static str, call: StoreCall<'_, T>) -> Option<T> {
         if self.shared.is_none() || self.registry.health().is_down() {
             return None;
         }
@@ -146,7 +148,7 @@ impl Gate {
         };
         let store = self.registry.store();
         let call = store.familiar_addresses(device.tenant_id(), client_id);
-        let Some(all) = self.shared_call("familiar lookup", call).await else {
+        let Some(all) = self.shared_call("familiar lookup", Box::pin(call)).await else {
             return false;
         };
         let mut guard = self.guard();
@@ -212,7 +214,7 @@ impl Gate {
                     until_ms: *until_ms,
                 };
                 let store = self.registry.store();
-                self.shared_call("lockout write", store.put_lockout(&l))
+                self.shared_call("lockout write", Box::pin(store.put_lockout(&l)))
                     .await;
             }
         }
@@ -229,7 +231,7 @@ impl Gate {
     ) -> Option<Locked> {
         let store = self.registry.store();
         let call = store.count_failure(scope, key, now, rule);
-        let until_ms = self.shared_call("failure count", call).await??;
+        let until_ms = self.shared_call("failure count", Box::pin(call)).await??;
         let l = StoredLockout {
             scope,
             key: key.to_string(),
@@ -247,7 +249,7 @@ impl Gate {
         let now = self.clock.now_ms();
         let store = self.registry.store();
         let Some(all) = self
-            .shared_call("lockout load", store.active_lockouts(now))
+            .shared_call("lockout load", Box::pin(store.active_lockouts(now)))
             .await
         else {
             return;
@@ -261,7 +263,7 @@ impl Gate {
     /// Clears a client id's or address's failures and lockout in the registry (announced).
     pub(super) async fn clear_shared(&self, key: &str) -> bool {
         let store = self.registry.store();
-        self.shared_call("lockout clear", store.clear_failures(key))
+        self.shared_call("lockout clear", Box::pin(store.clear_failures(key)))
             .await
             .unwrap_or(false)
     }
@@ -270,7 +272,7 @@ impl Gate {
     async fn purge_shared(&self) {
         let (now, window) = (self.clock.now_ms(), self.guard().policy().window_ms);
         let store = self.registry.store();
-        self.shared_call("failure purge", store.purge_failures(now, window))
+        self.shared_call("failure purge", Box::pin(store.purge_failures(now, window)))
             .await;
     }
 

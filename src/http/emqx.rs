@@ -83,9 +83,17 @@ impl<'a> Text<'a> {
     }
 
     fn required(&self, name: &str) -> Result<&str, ApiError> {
-        self.get()
-            .ok_or_else(|| ApiError::BadRequest(format!("missing field `{name}`")))
+        self.get().ok_or_else(|| missing(name))
     }
+
+    /// [`Text::required`], the text taken out (borrowed from the body where it holds no escape).
+    fn into_required(self, name: &str) -> Result<Cow<'a, str>, ApiError> {
+        self.0.ok_or_else(|| missing(name))
+    }
+}
+
+fn missing(name: &str) -> ApiError {
+    ApiError::BadRequest(format!("missing field `{name}`"))
 }
 
 /// EMQX authn placeholders mqgate reads (others are accepted and ignored). `cert_pem` is EMQX's
@@ -316,21 +324,27 @@ async fn authz(_: Internal, State(s): State<HttpState>, body: axum::body::Body) 
     reply.into_response()
 }
 
-/// What an authz body asks.
+/// What an authz body asks (the topic borrowed from the body where it holds no escape).
 struct Ask<'b> {
     client_id: ClientId,
     action: Action,
-    topic: &'b str,
+    topic: Cow<'b, str>,
 }
 
 /// Reads an authz body: what it asks, or already the answer (a deny, counted: a body mqgate
 /// cannot read, a field missing, a client id that can never be a device's).
-fn ask<'b>(s: &HttpState, b: &'b AuthzBody<'_>) -> Result<Ask<'b>, Fixed> {
+fn ask<'b>(s: &HttpState, bytes: &'b [u8]) -> Result<Ask<'b>, Fixed> {
     let read = || -> Result<Result<Ask<'b>, Fixed>, ApiError> {
-        let topic = b.topic.required("topic")?;
-        let action = action(b)?;
+        let AuthzBody {
+            clientid,
+            topic,
+            action: named,
+            access,
+        } = AuthzBody::read(bytes)?;
+        let topic = topic.into_required("topic")?;
+        let action = action(&named, &access)?;
         Ok(
-            client_id(s, MetricKind::Authorize, &b.clientid)?.map(|client_id| Ask {
+            client_id(s, MetricKind::Authorize, &clientid)?.map(|client_id| Ask {
                 client_id,
                 action,
                 topic,
@@ -348,15 +362,12 @@ pub(super) fn authz_now(s: &HttpState, body: Result<Bytes, ApiError>) -> Result<
         Ok(bytes) => bytes,
         Err(e) => return Ok(malformed(s, MetricKind::Authorize, &e).reply()),
     };
-    let answer = match AuthzBody::read(&bytes) {
-        Err(e) => Some(malformed(s, MetricKind::Authorize, &e)),
-        Ok(b) => match ask(s, &b) {
-            Err(deny) => Some(deny),
-            Ok(a) => s
-                .gate
-                .authorize_cached(&a.client_id, a.action, a.topic)
-                .map(|d| Fixed::authz(d.verdict)),
-        },
+    let answer = match ask(s, &bytes) {
+        Err(deny) => Some(deny),
+        Ok(a) => s
+            .gate
+            .authorize_cached(&a.client_id, a.action, &a.topic)
+            .map(|d| Fixed::authz(d.verdict)),
     };
     answer.map(Fixed::reply).ok_or(bytes)
 }
@@ -364,24 +375,21 @@ pub(super) fn authz_now(s: &HttpState, body: Result<Bytes, ApiError>) -> Result<
 /// The authz answer to a body [`authz_now`] gave back: the device is asked of the registry
 /// (read again: its parts borrow the body, which this future owns).
 pub(super) async fn authz_later(s: &HttpState, bytes: Bytes) -> Reply {
-    let answer = match AuthzBody::read(&bytes) {
-        Err(e) => malformed(s, MetricKind::Authorize, &e),
-        Ok(b) => match ask(s, &b) {
-            Err(deny) => deny,
-            Ok(a) => Fixed::authz(
-                s.gate
-                    .authorize(&a.client_id, a.action, a.topic)
-                    .await
-                    .verdict,
-            ),
-        },
+    let answer = match ask(s, &bytes) {
+        Err(deny) => deny,
+        Ok(a) => Fixed::authz(
+            s.gate
+                .authorize(&a.client_id, a.action, &a.topic)
+                .await
+                .verdict,
+        ),
     };
     answer.reply()
 }
 
 /// `action` (`publish`/`subscribe`), or EMQX's legacy `access` (`1` subscribe, `2` publish).
-fn action(b: &AuthzBody) -> Result<Action, ApiError> {
-    match (b.action.get(), b.access.get()) {
+fn action(action: &Text, access: &Text) -> Result<Action, ApiError> {
+    match (action.get(), access.get()) {
         (Some("publish" | "pub"), _) | (None, Some("2")) => Ok(Action::Publish),
         (Some("subscribe" | "sub"), _) | (None, Some("1")) => Ok(Action::Subscribe),
         (None, None) => Err(ApiError::BadRequest("missing field `action`".into())),

@@ -522,9 +522,7 @@ async fn pipelined_requests_are_answered_in_order(store: Store) {
         ).as_bytes());
         expected.push(want);
     }
-    let n = expected.len();
-    let text = exchange(&app, &wire, |t| verdicts(t).len() == n).await;
-    assert_eq!(verdicts(&text), expected);
+    assert_eq!(answered(&app, &wire, expected.len()).await, expected);
 }
 both_stores!(pipelining, pipelined_requests_are_answered_in_order);
 
@@ -549,9 +547,7 @@ async fn chunked_authz_bodies_are_read_whole(store: Store) {
         ).as_bytes());
         expected.push(want);
     }
-    let n = expected.len();
-    let text = exchange(&app, &wire, |t| verdicts(t).len() == n).await;
-    assert_eq!(verdicts(&text), expected);
+    assert_eq!(answered(&app, &wire, expected.len()).await, expected);
 }
 both_stores!(chunked_authz, chunked_authz_bodies_are_read_whole);
 
@@ -572,6 +568,11 @@ async fn exchange(app: &TestApp, wire: &[u8], done: impl Fn(&str) -> bool) -> St
         text.push_str(std::str::from_utf8(&buf[..n]).unwrap());
     }
     text
+}
+
+/// Writes `wire` (`n` requests) on a fresh connection: the verdicts of the `n` answers, in order.
+async fn answered(app: &TestApp, wire: &[u8], n: usize) -> Vec<&'static str> {
+    verdicts(&exchange(app, wire, |t| verdicts(t).len() == n).await)
 }
 
 /// The verdicts of the answers in `text`, in order (`allow`, or `deny` for any other).
@@ -626,8 +627,7 @@ async fn pipelined_authn_requests_are_read_ahead_and_answered_in_order(store: St
     app.gate.registry().settled().await.unwrap();
     assert_eq!(read_ahead_fills(&app).await, 0);
     let n = expected.len();
-    let text = exchange(&app, &wire, |t| verdicts(t).len() == n).await;
-    assert_eq!(verdicts(&text), expected);
+    assert_eq!(answered(&app, &wire, n).await, expected);
     // Each request hyper answers next when it reads is left to fill on its own; the others were
     // read ahead, once per client id.
     let fills = read_ahead_fills(&app).await;

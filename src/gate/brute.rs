@@ -26,9 +26,6 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-/// A store call of the shared guard, boxed (see [`Gate::shared_call`]).
-type StoreCall<'a, T> = std::pin::Pin<Box<dyn Future<Output = StoreResult<T>> + Send + 'a>>;
-
 use super::Gate;
 use crate::limit::bucket::{Gcra, Rate};
 use crate::limit::lockout::Locked;
@@ -36,6 +33,9 @@ use crate::registry::cache::CachedRegistry;
 use crate::registry::{
     AddressSeen, Change, FailureRule, LockScope, StoreResult, StoredLockout, TenantId,
 };
+
+/// A store call of the shared guard, boxed (see [`Gate::shared_call`]).
+type StoreCall<'a, T> = std::pin::Pin<Box<dyn Future<Output = StoreResult<T>> + Send + 'a>>;
 
 /// Familiar-address writes queued at most (then dropped and counted): a few seconds of a
 /// reconnect storm of new devices (about 100 bytes each), so the writer's commits, not the

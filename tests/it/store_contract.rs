@@ -1327,6 +1327,20 @@ async fn audit_appends_chain_in_order_and_page(store: Store) {
     let page = s.list_audit(all[0].id, 1).await.unwrap();
     assert_eq!(page, vec![all[1].clone()]);
     assert!(s.list_audit(all[2].id, 10).await.unwrap().is_empty());
+    // A batch larger than one statement takes (SQLite: 512 + 512 + 256 + 16 + 4 rows) keeps its
+    // order and its links across the statements.
+    let big: Vec<AuditRecord> = (0..1300).map(|i| rec(10 + i, Some(1), "big")).collect();
+    s.append_audit(&big).await.unwrap();
+    let mut all = s.list_audit(0, 2000).await.unwrap();
+    assert_eq!(all.len(), 1303);
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+    chain::verify(&all, chain::GENESIS.into()).expect("one unbroken chain through a big batch");
+    let big_times: Vec<i64> = all.split_off(3).iter().map(|e| e.at_ms).collect();
+    assert_eq!(
+        big_times,
+        (10..1310).collect::<Vec<i64>>(),
+        "in the batch's order"
+    );
 }
 both_stores!(contract_audit, audit_appends_chain_in_order_and_page);
 

@@ -2,8 +2,18 @@
 
 use super::*;
 
-/// Rows per INSERT statement (SQLite allows 32,766 parameters per statement).
-const AUDIT_ROWS_PER_INSERT: usize = 1_000;
+/// The most rows one INSERT statement takes (six parameters a row, well under SQLite's 32,766).
+const AUDIT_ROWS_PER_INSERT: usize = 512;
+
+/// How many of `left` rows the next INSERT takes: the largest power of two up to
+/// [`AUDIT_ROWS_PER_INSERT`]. A statement's text depends only on its row count, so appends use at
+/// most ten texts, each parsed once and then taken from sqlx's statement cache. (A statement per
+/// batch size made nearly every append a new text: SQLite parsed a statement of hundreds of rows
+/// afresh each time, a tenth of a warm login's CPU.)
+fn rows_per_insert(left: usize) -> usize {
+    let most = left.clamp(1, AUDIT_ROWS_PER_INSERT);
+    1 << most.ilog2()
+}
 
 impl SqliteStore {
     pub(crate) async fn append_audit(
@@ -18,10 +28,11 @@ impl SqliteStore {
                 .fetch_optional(&mut *tx)
                 .await?;
         let prev = prev.unwrap_or_else(|| crate::audit::chain::GENESIS.into());
-        // One statement per chunk (six parameters a row, well under SQLite's limit): a batch is
-        // one round trip to the connection's worker thread, not one per event.
         let chained = rows::chain_rows(prev, records);
-        for chunk in chained.chunks(AUDIT_ROWS_PER_INSERT) {
+        let mut rest = chained.as_slice();
+        while !rest.is_empty() {
+            let (chunk, after) = rest.split_at(rows_per_insert(rest.len()).min(rest.len()));
+            rest = after;
             let mut insert = sqlx::QueryBuilder::new(
                 "INSERT INTO audit_events (tenant_id, at, kind, detail, prev_hash, hash) ",
             );
@@ -62,5 +73,29 @@ impl SqliteStore {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inserts_take_powers_of_two_up_to_the_bound() {
+        let sizes = |mut n: usize| {
+            let mut out = vec![];
+            while n > 0 {
+                let k = rows_per_insert(n);
+                out.push(k);
+                n -= k;
+            }
+            out
+        };
+        assert_eq!(sizes(1), vec![1]);
+        assert_eq!(sizes(7), vec![4, 2, 1]);
+        assert_eq!(sizes(512), vec![512]);
+        assert_eq!(sizes(1300), vec![512, 512, 256, 16, 4]);
+        let texts: std::collections::BTreeSet<usize> = (1..=2048).flat_map(sizes).collect();
+        assert_eq!(texts.len(), 10, "one statement text per power of two");
     }
 }

@@ -28,7 +28,7 @@ use axum::extract::FromRequestParts;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response};
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -161,20 +161,7 @@ impl Future for Call {
         loop {
             match step {
                 Step::AuthzBody(routes, body, got) => {
-                    let read = loop {
-                        match std::task::ready!(hyper::body::Body::poll_frame(
-                            Pin::new(&mut *body),
-                            cx
-                        )) {
-                            Some(Ok(frame)) => {
-                                if let Ok(data) = frame.into_data() {
-                                    got.push(data);
-                                }
-                            }
-                            Some(Err(e)) => break Err(e),
-                            None => break Ok(std::mem::take(got).bytes()),
-                        }
-                    };
+                    let read = std::task::ready!(got.poll_all(Pin::new(&mut *body), cx));
                     let s = &routes.state;
                     let read = read.map_err(|e| body_error(e, s.max_body_bytes));
                     match emqx::authz_now(s, read) {
@@ -201,8 +188,9 @@ impl Future for Call {
     }
 }
 
-/// A body as it arrives: the usual single chunk kept as hyper gave it (no copy, no list of
-/// chunks as `collect` builds), several joined.
+/// A body as it arrives, for every body mqgate reads ([`read_body`], the authz fast path): the
+/// usual single chunk kept as hyper gave it (no copy, no list of chunks as `collect` builds),
+/// several joined.
 #[derive(Default)]
 enum Gathered {
     #[default]
@@ -224,6 +212,26 @@ impl Gathered {
             Gathered::Joined(mut joined) => {
                 joined.extend_from_slice(&data);
                 Gathered::Joined(joined)
+            }
+        }
+    }
+
+    /// Polls `body` to its end, gathering its data frames (trailers are dropped): the whole
+    /// body, or what reading it failed with.
+    fn poll_all<B: hyper::body::Body<Data = Bytes>>(
+        &mut self,
+        mut body: Pin<&mut B>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Result<Bytes, B::Error>> {
+        loop {
+            match std::task::ready!(body.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.push(data);
+                    }
+                }
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                None => return Poll::Ready(Ok(std::mem::take(self).bytes())),
             }
         }
     }
@@ -280,11 +288,11 @@ where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    Ok(http_body_util::Limited::new(body, max)
-        .collect()
+    let mut body = std::pin::pin!(http_body_util::Limited::new(body, max));
+    let mut got = Gathered::Nothing;
+    std::future::poll_fn(|cx| got.poll_all(body.as_mut(), cx))
         .await
-        .map_err(|e| body_error(e, max))?
-        .to_bytes())
+        .map_err(|e| body_error(e, max))
 }
 
 /// What reading a body of at most `max` bytes failed with: 413 when it was larger.

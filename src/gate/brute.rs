@@ -100,22 +100,29 @@ impl Gate {
 
     /// Runs a store call of the shared guard unless the registry is known down, within
     /// [`Gate::store_timeout`]; `None` when it could not answer (the in-memory view then decides).
-    /// The call comes boxed: a store call's future is ~17 KB, and held inline it made every
-    /// CONNECT's future that size (copied whole into the HTTP handler's box on every login),
-    /// though these calls run only on failures and lockouts.
-    async fn shared_call<T>(&self, what: &'static str, call: StoreCall<'_, T>) -> Option<T> {
-        if self.shared.is_none() || self.registry.health().is_down() {
-            return None;
-        }
-        match tokio::time::timeout(self.store_timeout(), call).await {
-            Ok(Ok(v)) => Some(v),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, what, "brute-force state: registry call failed");
-                None
+    /// The call is boxed before the returned future exists: a store call's future is ~17 KB, and
+    /// held inline it made every CONNECT's future that size (copied whole into the HTTP handler's
+    /// box on every login), though these calls run only on failures and lockouts.
+    fn shared_call<'a, T: 'a>(
+        &'a self,
+        what: &'static str,
+        call: impl Future<Output = StoreResult<T>> + Send + 'a,
+    ) -> impl Future<Output = Option<T>> + Send + 'a {
+        let call: StoreCall<'a, T> = Box::pin(call);
+        async move {
+            if self.shared.is_none() || self.registry.health().is_down() {
+                return None;
             }
-            Err(_) => {
-                tracing::warn!(what, "brute-force state: registry did not answer in time");
-                None
+            match tokio::time::timeout(self.store_timeout(), call).await {
+                Ok(Ok(v)) => Some(v),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, what, "brute-force state: registry call failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!(what, "brute-force state: registry did not answer in time");
+                    None
+                }
             }
         }
     }
@@ -148,7 +155,7 @@ impl Gate {
         };
         let store = self.registry.store();
         let call = store.familiar_addresses(device.tenant_id(), client_id);
-        let Some(all) = self.shared_call("familiar lookup", Box::pin(call)).await else {
+        let Some(all) = self.shared_call("familiar lookup", call).await else {
             return false;
         };
         let mut guard = self.guard();
@@ -214,7 +221,7 @@ impl Gate {
                     until_ms: *until_ms,
                 };
                 let store = self.registry.store();
-                self.shared_call("lockout write", Box::pin(store.put_lockout(&l)))
+                self.shared_call("lockout write", store.put_lockout(&l))
                     .await;
             }
         }
@@ -231,7 +238,7 @@ impl Gate {
     ) -> Option<Locked> {
         let store = self.registry.store();
         let call = store.count_failure(scope, key, now, rule);
-        let until_ms = self.shared_call("failure count", Box::pin(call)).await??;
+        let until_ms = self.shared_call("failure count", call).await??;
         let l = StoredLockout {
             scope,
             key: key.to_string(),
@@ -249,7 +256,7 @@ impl Gate {
         let now = self.clock.now_ms();
         let store = self.registry.store();
         let Some(all) = self
-            .shared_call("lockout load", Box::pin(store.active_lockouts(now)))
+            .shared_call("lockout load", store.active_lockouts(now))
             .await
         else {
             return;
@@ -263,7 +270,7 @@ impl Gate {
     /// Clears a client id's or address's failures and lockout in the registry (announced).
     pub(super) async fn clear_shared(&self, key: &str) -> bool {
         let store = self.registry.store();
-        self.shared_call("lockout clear", Box::pin(store.clear_failures(key)))
+        self.shared_call("lockout clear", store.clear_failures(key))
             .await
             .unwrap_or(false)
     }
@@ -272,7 +279,7 @@ impl Gate {
     async fn purge_shared(&self) {
         let (now, window) = (self.clock.now_ms(), self.guard().policy().window_ms);
         let store = self.registry.store();
-        self.shared_call("failure purge", Box::pin(store.purge_failures(now, window)))
+        self.shared_call("failure purge", store.purge_failures(now, window))
             .await;
     }
 

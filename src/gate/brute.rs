@@ -21,10 +21,10 @@
 //!   this process's own view (its familiar addresses, counts and lockouts) and never wait for it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use super::Gate;
 use crate::limit::bucket::{Gcra, Rate};
@@ -54,6 +54,9 @@ pub(super) struct Shared {
     writes: Mutex<Gcra>,
     /// Failures counted here only because the budget was spent.
     skipped: AtomicU64,
+    /// The keys whose clear the change feed has applied, once the feed runs and when the store
+    /// announces lockouts (see [`Gate::clear_shared`]).
+    cleared: OnceLock<broadcast::Sender<String>>,
 }
 
 impl Gate {
@@ -75,6 +78,7 @@ impl Gate {
             dropped,
             writes: Mutex::default(),
             skipped: AtomicU64::new(0),
+            cleared: OnceLock::new(),
         });
         self
     }
@@ -268,11 +272,40 @@ impl Gate {
     }
 
     /// Clears a client id's or address's failures and lockout in the registry (announced).
+    /// A lockout announced before the clear (this replica's own among them) can reach the change
+    /// feed after the caller cleared the key here, and lock it again until the clear's own notice
+    /// follows (PostgreSQL delivers notices in commit order): so a clear the store announced is
+    /// answered once the feed has applied that notice, within [`Gate::store_timeout`].
     pub(super) async fn clear_shared(&self, key: &str) -> bool {
         let store = self.registry.store();
-        self.shared_call("lockout clear", store.clear_failures(key))
+        // Subscribed before the clear commits: its notice cannot pass unseen.
+        let mut applied = self
+            .shared
+            .as_ref()
+            .and_then(|s| s.cleared.get())
+            .map(broadcast::Sender::subscribe);
+        let cleared = self
+            .shared_call("lockout clear", store.clear_failures(key))
             .await
-            .unwrap_or(false)
+            .unwrap_or(false);
+        if let (true, Some(rx)) = (cleared, applied.as_mut()) {
+            let seen = async {
+                loop {
+                    match rx.recv().await {
+                        Ok(k) if k == key => return,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    }
+                }
+            };
+            if tokio::time::timeout(self.store_timeout(), seen)
+                .await
+                .is_err()
+            {
+                tracing::warn!("lockout clear: its notice was not applied in time");
+            }
+        }
+        cleared
     }
 
     /// Forgets failure rows that no longer matter (called by the lockout feed, once a minute).
@@ -293,6 +326,12 @@ impl Gate {
 /// as the gate lives.
 pub fn spawn_lockout_feed(gate: &Arc<Gate>) {
     let mut rx = gate.registry().watch_changes();
+    // Only PostgreSQL announces lockouts and their clears; SQLite has one node.
+    let cleared = gate
+        .shared
+        .as_ref()
+        .filter(|_| gate.registry().store().announces_lockouts())
+        .map(|s| s.cleared.get_or_init(|| broadcast::channel(64).0).clone());
     let weak = Arc::downgrade(gate);
     tokio::spawn(async move {
         let mut purge = tokio::time::interval(Duration::from_secs(60));
@@ -307,7 +346,12 @@ pub fn spawn_lockout_feed(gate: &Arc<Gate>) {
             };
             let Some(gate) = weak.upgrade() else { return };
             match change {
-                Ok(Change::Lockout(l)) => gate.apply_lockout(&l),
+                Ok(Change::Lockout(l)) => {
+                    gate.apply_lockout(&l);
+                    if let (0, Some(cleared)) = (l.until_ms, &cleared) {
+                        let _ = cleared.send(l.key);
+                    }
+                }
                 Ok(Change::Resync) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                     gate.load_lockouts().await
                 }

@@ -88,6 +88,12 @@ impl Store {
         dispatch!(self, s => s.close().await)
     }
 
+    /// Whether lockouts and their clears are announced on the change feed (PostgreSQL's
+    /// NOTIFY, to every replica; SQLite has one node).
+    pub fn announces_lockouts(&self) -> bool {
+        matches!(self, Store::Postgres(_))
+    }
+
     /// Whether [`Store::close`] was called.
     pub fn is_closed(&self) -> bool {
         match self {

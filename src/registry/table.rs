@@ -206,11 +206,12 @@ mod tests {
         assert!(t.is_empty());
     }
 
-    /// A million of these are held: a field added here costs a megabyte per byte.
+    /// A million of these are held: a field added here costs a megabyte per byte. (80 since the
+    /// client id is held inline: 8 bytes more here, a heap allocation of at least 32 less.)
     #[test]
     fn a_device_view_stays_small() {
         assert!(
-            std::mem::size_of::<DeviceView>() <= 72,
+            std::mem::size_of::<DeviceView>() <= 80,
             "{}",
             std::mem::size_of::<DeviceView>()
         );

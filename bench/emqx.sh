@@ -9,7 +9,8 @@
 #     included): a figure whose generator is near 100 % measures the generator, not the server;
 #     each server's own CPU time per request is printed too (`server_us_per_req`, from
 #     /proc/PID/stat: a cost that holds when other work on the machine steals its core); R rounds
-#     (default 3) run interleaved, and the summary gives medians;
+#     (default 3) run interleaved, and the summary gives medians and the median of each round's
+#     mqgate / bare ratio (paired: the host's drift between rounds cancels);
 # (b) reconnect storm: authn of 100k distinct devices once each, cold cache and warmed at start,
 #     as EMQX 5 calls (8 connections, up to 100 pipelined requests each: its HTTP authn
 #     `pool_size` and `enable_pipelining` defaults) and with N connections one request at a time.
@@ -96,6 +97,12 @@ for label in runs:
 print(f"ratio mqgate/bare = {med('mqgate', 'rate') / med('bare', 'rate'):.3f} (rate), "
       f"{med('bare', 'server_us_per_req') / med('mqgate', 'server_us_per_req'):.3f} (server CPU per request); "
       f"buckets: (mqgate+buckets)/mqgate = {med('mqgate+buckets', 'rate') / med('mqgate', 'rate'):.3f}  [{sys.argv[2]}]")
+# The host's speed drifts between rounds by more than the gap measured (a round's bare server
+# 98k-134k/s within the hour): the ratio of each round's mqgate to the bare server run just before
+# it, median over the rounds, cancels the drift that medians taken apart keep.
+pair = lambda k, f: statistics.median(f(m[k], b[k]) for b, m in zip(runs["bare"], runs["mqgate"]))
+print(f"paired ratio mqgate/bare, median of {len(runs['bare'])} rounds = {pair('rate', lambda m, b: m / b):.3f} (rate), "
+      f"{pair('server_us_per_req', lambda m, b: b / m):.3f} (server CPU per request)  [{sys.argv[2]}]")
 PY
 }
 bench_a() { # label

@@ -12,6 +12,7 @@ mod audit;
 mod certs;
 mod fill;
 mod guard;
+mod held;
 mod import;
 mod kicks;
 
@@ -38,6 +39,8 @@ const RESUBSCRIBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1)
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
+    /// Connections the cache fill keeps between its statements (see `held`).
+    held: std::sync::Arc<held::Held>,
 }
 
 type Tx = Transaction<'static, Postgres>;
@@ -86,7 +89,10 @@ fn parse_payload(p: &str) -> Option<Change> {
 impl PgStore {
     /// Wraps an existing pool (tests).
     pub fn from_pool(pool: PgPool) -> Self {
-        PgStore { pool }
+        PgStore {
+            pool,
+            held: Default::default(),
+        }
     }
 
     pub(crate) async fn connect(url: &str) -> StoreResult<Self> {
@@ -105,7 +111,8 @@ impl PgStore {
         // acquire, a round trip before each cache fill (a 16 x 1 cold storm of 100k devices took
         // 9.2-10.8 s with it, 7.9-9.8 s without). A connection that breaks while in use fails its
         // statement, as it would have after a ping too, and sqlx drops it. (sqlx also pings each
-        // connection as it goes back to the pool, off the caller's path; no option turns that off.)
+        // connection as it goes back to the pool, off the caller's path; no option turns that off:
+        // the cache fill keeps its connections instead, see `held`.)
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -120,7 +127,7 @@ impl PgStore {
             })
             .connect_with(options)
             .await?;
-        Ok(PgStore { pool })
+        Ok(PgStore::from_pool(pool))
     }
 
     pub(crate) async fn migrate(&self) -> StoreResult<()> {
@@ -131,6 +138,7 @@ impl PgStore {
     }
 
     pub(crate) async fn close(&self) {
+        self.held.release();
         self.pool.close().await;
     }
 

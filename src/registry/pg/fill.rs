@@ -29,14 +29,22 @@ impl PgStore {
     /// the directory (the one lookup not scoped by tenant), then per tenant, fenced to it, one
     /// page document of its devices among them. A batch was five round trips (directory, BEGIN,
     /// fence, page, COMMIT): most of PostgreSQL's time in a reconnect storm. The function keeps
-    /// generic plans (migration 0015): its own plan per call was a sixth of a fill.
+    /// generic plans (migration 0015): its own plan per call was a sixth of a fill. It runs on a
+    /// held connection (`held`): no ping per fill as the connection goes back to the pool.
     pub(crate) async fn load_clients(
         &self,
         ids: &[String],
     ) -> StoreResult<HashMap<String, DeviceRecord>> {
-        let pages = sqlx::query_scalar!(r#"SELECT mqgate_fill_pages($1) AS "page!""#, ids)
-            .fetch_all(&self.pool)
-            .await?;
+        // Boxed: the fill is awaited inside every login's future that misses the cache, and the
+        // held connection's acquire, ping and statement inline made a CONNECT's 5 KB.
+        let pages = Box::pin(self.on_held(async |conn| {
+            Ok(
+                sqlx::query_scalar!(r#"SELECT mqgate_fill_pages($1) AS "page!""#, ids)
+                    .fetch_all(conn)
+                    .await?,
+            )
+        }))
+        .await?;
         let mut out = HashMap::with_capacity(ids.len());
         for page in pages {
             for rec in rows::PageDoc::parse(&page)?.into_records()? {

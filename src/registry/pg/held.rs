@@ -3,8 +3,8 @@
 //! sqlx pings every connection as it goes back to its pool (a Sync and the wait for the server's
 //! ReadyForQuery: a round trip, a wake-up of the PostgreSQL backend, and a task of its own), and no
 //! option turns that off. In a reconnect storm the cache fill runs one statement per handful of
-//! logins, so that was a second round trip per fill: a PostgreSQL cold storm (100k devices, 16 x
-//! 1) took 6.73-6.90 s with it and 5.61-6.28 s with sqlx patched not to ping. A connection whose
+//! logins, so that was a second round trip per fill: a PostgreSQL cold storm (100k devices,
+//! 16 x 1) took 6.73-6.90 s with it and 5.61-6.28 s with sqlx patched not to ping. A connection whose
 //! statement succeeded is kept here, at most [`HELD`], and taken again by the next fill; one that
 //! sat here longer than [`PING_IDLE_AFTER`] is pinged first, as the pool's own acquire does. One
 //! whose statement failed, or whose caller was cancelled mid-statement (the decision deadline),

@@ -32,6 +32,18 @@ const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// A pooled connection idle for longer than this is pinged before use (see [`PgStore::connect`]).
 const PING_IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Pings `conn` before use if it sat idle for longer than [`PING_IDLE_AFTER`] (the pool's acquire
+/// and the cache fill's held connections alike).
+async fn ping_if_idle(
+    conn: &mut sqlx::PgConnection,
+    idle_for: std::time::Duration,
+) -> Result<(), sqlx::Error> {
+    if idle_for > PING_IDLE_AFTER {
+        sqlx::Connection::ping(conn).await?;
+    }
+    Ok(())
+}
+
 /// How often a lost change feed tries to listen again, and how long one attempt may take.
 const RESUBSCRIBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -119,9 +131,7 @@ impl PgStore {
             .test_before_acquire(false)
             .before_acquire(|conn, meta| {
                 Box::pin(async move {
-                    if meta.idle_for > PING_IDLE_AFTER {
-                        sqlx::Connection::ping(conn).await?;
-                    }
+                    ping_if_idle(conn, meta.idle_for).await?;
                     Ok(true)
                 })
             })

@@ -607,7 +607,7 @@ impl Gate {
             if guard.record_success(client_id, peer, now)
                 && let Some(dev) = device
             {
-                self.remember(dev.tenant_id(), client_id, peer, now);
+                self.remember(dev, peer, now);
             }
             (None, None)
         } else if decision.cause == Cause::Interrupted {

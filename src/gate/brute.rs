@@ -27,12 +27,11 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
 use super::Gate;
+use crate::core::DeviceView;
 use crate::limit::bucket::{Gcra, Rate};
 use crate::limit::lockout::Locked;
 use crate::registry::cache::CachedRegistry;
-use crate::registry::{
-    AddressSeen, Change, FailureRule, LockScope, StoreResult, StoredLockout, TenantId,
-};
+use crate::registry::{AddressSeen, Change, FailureRule, LockScope, StoreResult, StoredLockout};
 
 /// A store call of the shared guard, boxed (see [`Gate::shared_call`]).
 type StoreCall<'a, T> = std::pin::Pin<Box<dyn Future<Output = StoreResult<T>> + Send + 'a>>;
@@ -132,11 +131,11 @@ impl Gate {
     }
 
     /// Queues `peer` as a familiar address of the device (never waits).
-    pub(super) fn remember(&self, tenant: TenantId, client_id: &str, peer: &str, now: i64) {
+    pub(super) fn remember(&self, device: &DeviceView, peer: &str, now: i64) {
         let Some(shared) = &self.shared else { return };
         let write = AddressSeen {
-            tenant,
-            client_id: client_id.to_string(),
+            tenant: device.tenant_id(),
+            device: device.registry_id,
             address: peer.to_string(),
             at_ms: now,
         };

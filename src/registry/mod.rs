@@ -398,19 +398,21 @@ pub const FAMILIAR_KEEP: i64 = crate::limit::lockout::FAMILIAR_MAX as i64;
 /// Brute-force state shared by replicas and kept across restarts (see `limit::lockout` for the
 /// in-memory guard in front of it, and `gate::brute` for how the two meet).
 impl Store {
-    /// Records that `client_id` logged in from `address` at `at_ms`, keeping only the
-    /// [`FAMILIAR_KEEP`] most recent addresses of the device (a device that is gone is ignored).
-    /// A stored address's time moves only forward, and only by more than [`FAMILIAR_REFRESH_MS`].
+    /// Records that device `device` ([`Device::id`]) of tenant `t` logged in from `address` at
+    /// `at_ms`, keeping only the [`FAMILIAR_KEEP`] most recent addresses of the device. A stored
+    /// address's time moves only forward, and only by more than [`FAMILIAR_REFRESH_MS`]. An id
+    /// that is no device of `t` (one deleted meanwhile) reaches no device's addresses: SQLite
+    /// skips it, PostgreSQL may keep a row under it that nothing reads.
     pub async fn remember_address(
         &self,
         t: TenantId,
-        client_id: &str,
+        device: i64,
         address: &str,
         at_ms: i64,
     ) -> StoreResult<()> {
         let seen = AddressSeen {
             tenant: t,
-            client_id: client_id.into(),
+            device,
             address: address.into(),
             at_ms,
         };

@@ -149,8 +149,9 @@ pub enum Change {
 pub struct AddressSeen {
     /// The device's tenant.
     pub tenant: TenantId,
-    /// The device.
-    pub client_id: String,
+    /// The device's registry id ([`Device::id`]): the writer takes it from the cached view, so
+    /// no lookup by client id stands between a login and its row.
+    pub device: i64,
     /// The peer address it logged in from.
     pub address: String,
     /// When (Unix ms).

@@ -594,9 +594,9 @@ async fn familiar_addresses_go_with_their_devices_under_any_fence(pool: sqlx::Pg
     let a = s.create_tenant("acme", NOW).await.unwrap().id;
     let b = s.create_tenant("globex", NOW).await.unwrap().id;
     for (t, id) in [(a, "a1"), (a, "a2"), (b, "b1"), (b, "b2")] {
-        s.create_device(t, &dev(id), NOW).await.unwrap();
-        s.remember_address(t, id, "10.0.0.1", 1).await.unwrap();
-        s.remember_address(t, id, "10.0.0.2", 2).await.unwrap();
+        let d = s.create_device(t, &dev(id), NOW).await.unwrap().id;
+        s.remember_address(t, d, "10.0.0.1", 1).await.unwrap();
+        s.remember_address(t, d, "10.0.0.2", 2).await.unwrap();
     }
     assert_eq!(
         (familiar_rows(&pool, a).await, familiar_rows(&pool, b).await),
@@ -1092,25 +1092,32 @@ async fn familiar_addresses_are_bounded_newest_first_and_per_device(store: Store
     let s = migrated(store).await;
     let a = s.create_tenant("acme", NOW).await.unwrap().id;
     let b = s.create_tenant("globex", NOW).await.unwrap().id;
-    s.create_device(a, &dev("d1"), NOW).await.unwrap();
-    s.create_device(a, &dev("d2"), NOW).await.unwrap();
+    let d1 = s.create_device(a, &dev("d1"), NOW).await.unwrap().id;
+    let d2 = s.create_device(a, &dev("d2"), NOW).await.unwrap().id;
+    // No device has this id (a device deleted meanwhile is the writer's only way to send one).
+    let nobody = d2 + 1000;
     // The bound, newest first: addresses 10.0.0.0..=10.0.0.9 at times 20, 1, 2, .., 9 (the first
     // is the newest of all, so the trim is by time, not by arrival).
     let keep = usize::try_from(mqgate::registry::FAMILIAR_KEEP).unwrap();
     assert_eq!(keep, mqgate::limit::lockout::FAMILIAR_MAX, "one bound");
     let stamp = |i: i64| if i == 0 { 20 } else { i };
     for i in 0..=9 {
-        s.remember_address(a, "d1", &format!("10.0.0.{i}"), stamp(i))
+        s.remember_address(a, d1, &format!("10.0.0.{i}"), stamp(i))
             .await
             .unwrap();
     }
-    s.remember_address(a, "d2", "10.0.0.99", 1).await.unwrap();
-    s.remember_address(a, "nobody", "10.0.0.8", 1)
+    s.remember_address(a, d2, "10.0.0.99", 1).await.unwrap();
+    s.remember_address(a, nobody, "10.0.0.8", 1)
         .await
         .expect("a device that is gone is ignored");
-    s.remember_address(b, "d1", "10.6.6.6", 99)
+    s.remember_address(b, d1, "10.6.6.6", 99)
         .await
         .expect("another tenant's device is ignored");
+    // A pair that does not match never moves another tenant's row, even for the same address.
+    let far = 1 + 2 * mqgate::registry::FAMILIAR_REFRESH_MS;
+    s.remember_address(b, d2, "10.0.0.99", far)
+        .await
+        .expect("a mismatched pair is no error");
     let newest = |n: usize| -> Vec<(String, i64)> {
         let mut all: Vec<(String, i64)> =
             (0..=9).map(|i| (format!("10.0.0.{i}"), stamp(i))).collect();
@@ -1123,7 +1130,7 @@ async fn familiar_addresses_are_bounded_newest_first_and_per_device(store: Store
         newest(keep),
         "the newest, newest first"
     );
-    s.remember_address(a, "d1", "10.0.0.9", 4).await.unwrap();
+    s.remember_address(a, d1, "10.0.0.9", 4).await.unwrap();
     assert_eq!(
         s.familiar_addresses(a, "d1").await.unwrap(),
         newest(keep),
@@ -1134,33 +1141,34 @@ async fn familiar_addresses_are_bounded_newest_first_and_per_device(store: Store
         vec![("10.0.0.99".to_string(), 1)]
     );
     assert_eq!(s.familiar_addresses(b, "d1").await.unwrap(), vec![]);
+    assert_eq!(s.familiar_addresses(b, "d2").await.unwrap(), vec![]);
     s.remove_device(a, "d1").await.unwrap();
-    s.create_device(a, &dev("d1"), NOW).await.unwrap();
+    let d1 = s.create_device(a, &dev("d1"), NOW).await.unwrap().id;
     assert_eq!(
         s.familiar_addresses(a, "d1").await.unwrap(),
         vec![],
         "gone with the device"
     );
     // A batch spans tenants and devices in one transaction; a gone device in it is skipped.
-    s.create_device(b, &dev("g1"), NOW).await.unwrap();
-    let seen = |t, c: &str, addr: &str, at| AddressSeen {
+    let g1 = s.create_device(b, &dev("g1"), NOW).await.unwrap().id;
+    let seen = |t, device, addr: &str, at| AddressSeen {
         tenant: t,
-        client_id: c.into(),
+        device,
         address: addr.into(),
         at_ms: at,
     };
     let mut batch = vec![
-        seen(a, "nobody", "10.0.0.8", 2),
-        seen(b, "g1", "10.6.6.7", 3),
-        seen(b, "d1", "10.6.6.8", 4),
+        seen(a, nobody, "10.0.0.8", 2),
+        seen(b, g1, "10.6.6.7", 3),
+        seen(b, d1, "10.6.6.8", 4),
     ];
     // d2 (one address stored at time 1) gets `keep` more in the batch, one of them twice: the
     // stored one is the oldest and goes, the pair seen twice keeps its latest time.
-    batch.push(seen(a, "d2", "10.0.1.0", 50));
+    batch.push(seen(a, d2, "10.0.1.0", 50));
     for i in 1..keep {
-        batch.push(seen(a, "d2", &format!("10.0.1.{i}"), 10 + i as i64));
+        batch.push(seen(a, d2, &format!("10.0.1.{i}"), 10 + i as i64));
     }
-    batch.push(seen(a, "d2", "10.0.1.0", 5));
+    batch.push(seen(a, d2, "10.0.1.0", 5));
     s.remember_addresses(&batch).await.unwrap();
     assert_eq!(
         s.familiar_addresses(b, "g1").await.unwrap(),
@@ -1183,7 +1191,7 @@ async fn familiar_addresses_are_bounded_newest_first_and_per_device(store: Store
     assert!(s.familiar_addresses(b, "d2").await.unwrap().is_empty());
     // A stored time moves only by more than the refresh granularity.
     let refresh = mqgate::registry::FAMILIAR_REFRESH_MS;
-    s.remember_address(b, "g1", "10.6.6.7", 3 + refresh)
+    s.remember_address(b, g1, "10.6.6.7", 3 + refresh)
         .await
         .unwrap();
     assert_eq!(
@@ -1191,7 +1199,7 @@ async fn familiar_addresses_are_bounded_newest_first_and_per_device(store: Store
         vec![("10.6.6.7".to_string(), 3)],
         "within the refresh: left alone"
     );
-    s.remember_address(b, "g1", "10.6.6.7", 4 + refresh)
+    s.remember_address(b, g1, "10.6.6.7", 4 + refresh)
         .await
         .unwrap();
     assert_eq!(

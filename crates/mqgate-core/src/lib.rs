@@ -146,6 +146,9 @@ pub struct TenantView {
 pub struct DeviceView {
     /// Owning tenant, shared.
     pub tenant: Arc<TenantView>,
+    /// The registry's own id of the device's row (what its familiar addresses are written
+    /// under); 0 for a view built outside the registry ([`DeviceView::new`]).
+    pub registry_id: i64,
     /// MQTT client id.
     pub client_id: ClientId,
     /// Bound MQTT username, if any.
@@ -187,6 +190,7 @@ impl DeviceView {
         };
         DeviceView {
             tenant: Arc::new(tenant),
+            registry_id: 0,
             client_id,
             username: username.map(Into::into),
             enabled,

@@ -5,18 +5,18 @@ use super::*;
 
 impl PgStore {
     /// One statement per batch, whatever its size and tenants (`mqgate_remember_addresses`,
-    /// migrations 0012, 0013 and 0016: per tenant, fenced to it, an upsert, then a trim of the
-    /// devices over [`FAMILIAR_KEEP`]). The table has no foreign keys, whose row locks on the
-    /// device and the tenant cost more than the upsert: a trigger on `devices` takes the addresses
-    /// along (migration 0014).
+    /// migrations 0012, 0016 and 0017: per tenant, fenced to it, an upsert by device id, then a
+    /// trim of the devices over [`FAMILIAR_KEEP`]). The table has no foreign keys, whose row locks
+    /// on the device and the tenant cost more than the upsert: a trigger on `devices` takes the
+    /// addresses along (migration 0014).
     pub(crate) async fn remember_addresses(&self, seen: &[AddressSeen]) -> StoreResult<()> {
         // Each (tenant, device, address) once with its latest time: one INSERT may not touch a
         // row twice.
-        let mut latest: std::collections::HashMap<(i64, &str, &str), i64> =
+        let mut latest: std::collections::HashMap<(i64, i64, &str), i64> =
             std::collections::HashMap::with_capacity(seen.len());
         for s in seen {
             let at = latest
-                .entry((s.tenant.0, s.client_id.as_str(), s.address.as_str()))
+                .entry((s.tenant.0, s.device, s.address.as_str()))
                 .or_insert(s.at_ms);
             *at = (*at).max(s.at_ms);
         }
@@ -24,22 +24,22 @@ impl PgStore {
             return Ok(());
         }
         let n = latest.len();
-        let (mut tenants, mut ids, mut addresses, mut ats) = (
+        let (mut tenants, mut devices, mut addresses, mut ats) = (
             Vec::with_capacity(n),
             Vec::with_capacity(n),
             Vec::with_capacity(n),
             Vec::with_capacity(n),
         );
-        for ((tenant, client_id, address), at) in latest {
+        for ((tenant, device, address), at) in latest {
             tenants.push(tenant);
-            ids.push(client_id.to_string());
+            devices.push(device);
             addresses.push(address.to_string());
             ats.push(at);
         }
         sqlx::query!(
             r#"SELECT TRUE AS "done!" FROM mqgate_remember_addresses($1, $2, $3, $4, $5, $6)"#,
             &tenants,
-            &ids,
+            &devices,
             &addresses,
             &ats,
             FAMILIAR_KEEP,

@@ -13,17 +13,18 @@ impl SqliteStore {
         let logins = serde_json::to_string(
             &seen
                 .iter()
-                .map(|s| (s.tenant.0, &s.client_id, &s.address, s.at_ms))
+                .map(|s| (s.tenant.0, s.device, &s.address, s.at_ms))
                 .collect::<Vec<_>>(),
         )
         .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        // A device that is gone is skipped by the join (fenced to each login's tenant); a
-        // (device, address) seen twice in the batch keeps its latest time (SQLite applies the
-        // upsert row by row); a row whose time would move by less than the refresh is left alone.
+        // A device that is gone, or not of the login's tenant, is skipped by the join (on the
+        // devices' own key); a (device, address) seen twice in the batch keeps its latest time
+        // (SQLite applies the upsert row by row); a row whose time would move by less than the
+        // refresh is left alone.
         sqlx::query(
             "INSERT INTO familiar_addresses (tenant_id, device_id, address, last_ok_ms) \
              SELECT d.tenant_id, d.id, j.value ->> 2, j.value ->> 3 \
-             FROM json_each(?1) j JOIN devices d ON d.tenant_id = j.value ->> 0 AND d.client_id = j.value ->> 1 \
+             FROM json_each(?1) j JOIN devices d ON d.id = j.value ->> 1 AND d.tenant_id = j.value ->> 0 \
              WHERE true \
              ON CONFLICT (device_id, address) DO UPDATE SET last_ok_ms = excluded.last_ok_ms \
              WHERE excluded.last_ok_ms > familiar_addresses.last_ok_ms + ?2",

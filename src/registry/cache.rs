@@ -467,6 +467,7 @@ fn device_view(r: DeviceRecord, tenant: Arc<TenantView>) -> Option<DeviceView> {
     });
     Some(DeviceView {
         tenant,
+        registry_id: d.id,
         client_id,
         username: d.username.map(String::into_boxed_str),
         enabled: d.enabled,

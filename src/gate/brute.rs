@@ -254,7 +254,9 @@ impl Gate {
         })
     }
 
-    /// Takes the registry's lockouts in force into the guard (start-up, missed notifications).
+    /// Takes the registry's lockouts in force into the guard (start-up, missed notifications),
+    /// and clears those it announced and no longer holds
+    /// ([`FailureGuard::resync`](crate::limit::lockout::FailureGuard::resync)).
     pub async fn load_lockouts(&self) {
         let now = self.clock.now_ms();
         let store = self.registry.store();
@@ -264,10 +266,7 @@ impl Gate {
         else {
             return;
         };
-        let mut guard = self.guard();
-        for l in &all {
-            guard.apply(l);
-        }
+        self.guard().resync(&all, now);
     }
 
     /// Clears a client id's or address's failures and lockout in the registry (announced).

@@ -55,11 +55,21 @@ pub use mqgate_core::vocab::Locked;
 struct Counter {
     failures: VecDeque<i64>,
     locked_until: i64,
+    /// The end of the last lockout the registry announced for this key (0: none). One it no
+    /// longer holds before then was cleared there ([`FailureGuard::resync`]).
+    stored_until: i64,
     /// Slow verifies reserved and not yet settled: each may still become a failure.
     pending: u32,
 }
 
 impl Counter {
+    /// An operator's clear: no lockout, no failures (slow verifies under way still settle).
+    fn clear_lockout(&mut self) {
+        self.locked_until = 0;
+        self.stored_until = 0;
+        self.failures.clear();
+    }
+
     /// Whether one more slow verify may start: failures in the window plus those under way stay
     /// below `max` (so at most `max` attempts per window ever reach the hash), and fewer than
     /// `in_flight` are under way.
@@ -392,11 +402,42 @@ impl FailureGuard {
         };
         let Some(c) = counter else { return };
         if l.until_ms == 0 {
-            c.locked_until = 0;
-            c.failures.clear();
-        } else if l.until_ms > c.locked_until {
+            c.clear_lockout();
+            return;
+        }
+        c.stored_until = c.stored_until.max(l.until_ms);
+        if l.until_ms > c.locked_until {
             c.locked_until = l.until_ms;
             c.failures.clear();
+        }
+    }
+
+    /// Takes the registry's lockouts in force (`active`, as read at `now`) after notifications
+    /// may have been missed: each applies, and a lockout the registry announced but no longer
+    /// holds before its end was cleared there meanwhile (an operator's clear whose notice this
+    /// process never got) and is cleared here. A lockout only this process counted (the registry
+    /// did not take its failures) stays.
+    pub fn resync(&mut self, active: &[StoredLockout], now: i64) {
+        let held = |scope: LockScope| -> std::collections::HashSet<&str> {
+            active
+                .iter()
+                .filter(|l| l.scope == scope)
+                .map(|l| l.key.as_str())
+                .collect()
+        };
+        let (clients, addresses) = (held(LockScope::ClientId), held(LockScope::Address));
+        for (key, state) in &mut self.clients {
+            if state.counter.stored_until > now && !clients.contains(key.as_str()) {
+                state.counter.clear_lockout();
+            }
+        }
+        for (key, c) in &mut self.addresses {
+            if c.stored_until > now && !addresses.contains(key.as_str()) {
+                c.clear_lockout();
+            }
+        }
+        for l in active {
+            self.apply(l);
         }
     }
 
@@ -640,6 +681,38 @@ mod tests {
             g.check("k", "1.1.1.1", T0),
             Some(Locked::ClientId { .. })
         ));
+    }
+
+    #[test]
+    fn a_resync_clears_what_the_registry_no_longer_holds_and_keeps_what_only_it_counted() {
+        let mut g = guard();
+        let l = |scope, key: &str, until_ms| StoredLockout {
+            scope,
+            key: key.into(),
+            until_ms,
+        };
+        // The registry's: "a" and "9.9.9.9" are cleared there while this process is not
+        // listening, "b" is not.
+        g.apply(&l(LockScope::ClientId, "a", T0 + MIN));
+        g.apply(&l(LockScope::Address, "9.9.9.9", T0 + MIN));
+        g.apply(&l(LockScope::ClientId, "b", T0 + MIN));
+        // Counted only here (the registry never took these failures).
+        for i in 0..5 {
+            g.record_failure(Some("c"), "1.1.1.1", T0 + i);
+        }
+        assert!(g.check("c", "2.2.2.2", T0 + 10).is_some());
+        g.resync(&[l(LockScope::ClientId, "b", T0 + MIN)], T0 + 10);
+        assert_eq!(g.check("a", "2.2.2.2", T0 + 10), None, "cleared there");
+        assert_eq!(g.check("x", "9.9.9.9", T0 + 10), None, "cleared there");
+        assert!(g.check("b", "2.2.2.2", T0 + 10).is_some(), "still held");
+        assert!(
+            g.check("c", "2.2.2.2", T0 + 10).is_some(),
+            "only counted here"
+        );
+        // A lockout the registry starts later applies, and a re-read that holds it keeps it.
+        g.resync(&[l(LockScope::ClientId, "a", T0 + 2 * MIN)], T0 + 20);
+        assert!(g.check("a", "2.2.2.2", T0 + 20).is_some());
+        assert!(g.check("b", "2.2.2.2", T0 + 20).is_none(), "gone there too");
     }
 
     #[test]

@@ -174,3 +174,46 @@ async fn two_replicas_count_failures_together_and_both_spare_the_device(pool: sq
     }
     store.close().await;
 }
+
+/// An operator's clear that replicas never heard of (its notice lost: committed while their
+/// change listeners were down) still reaches them: the re-read once they listen again drops the
+/// lockout. The clear here sends no notice at all, so only the re-read can tell them, whenever
+/// they listen again.
+#[sqlx::test(migrations = false)]
+async fn a_clear_whose_notice_is_lost_is_taken_from_the_registry(pool: sqlx::PgPool) {
+    let store = Store::Postgres(mqgate::registry::pg::PgStore::from_pool(pool.clone()));
+    let one = TestApp::start(store.clone()).await;
+    let two = TestApp::start(store.clone()).await;
+    let token = one.device("acme", "dev-1").await;
+    for app in [&one, &two, &one, &two, &one] {
+        assert_eq!(result(app, STRANGER, "mqg_guess").await, "deny");
+    }
+    locked_on(&one, "dev-1").await;
+    locked_on(&two, "dev-1").await;
+
+    let cleared = sqlx::query("DELETE FROM auth_failures WHERE key = 'dev-1'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert!(cleared.rows_affected() > 0);
+    for app in [&one, &two] {
+        assert_eq!(result(app, STRANGER, &token).await, "deny", "not told yet");
+    }
+    // Each replica's listener goes (an operator's pg_terminate_backend, a cut connection).
+    let cut: i64 = sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(cut, 2, "each replica's listener");
+    for app in [&one, &two] {
+        until("the lockout dropped", Duration::from_secs(10), || async {
+            app.get("/v1/ops/lockouts").await["lockouts"] == serde_json::json!([])
+        })
+        .await;
+        assert_eq!(result(app, STRANGER, &token).await, "allow");
+    }
+    store.close().await;
+}

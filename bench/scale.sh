@@ -12,7 +12,8 @@
 # largest count against the warm cache. Each in every load shape of --shapes, CONNSxDEPTH: CONNS
 # keep-alive connections with up to DEPTH requests each in flight. 8x100 is how EMQX 5 calls
 # (its HTTP authn `pool_size` 8, `enable_pipelining` 100); 16x1 is 16 connections that each wait
-# for every answer before the next request.
+# for every answer before the next request. After each warm storm, the server's RSS: what a fleet
+# that has logged in once leaves in memory.
 # SQLite by default; --postgres runs the same on a throwaway PostgreSQL cluster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -150,5 +151,7 @@ for shape in $SHAPES; do
     echo "== reconnect storm, warm cache: $LAST devices, authn once each, $shape"
     P=$(port); serve "$LASTDB" "$P" true
     echo "warm: $(storm "$P" "$WORK/d$LAST.tsv" "$shape")"
+    # What every device having logged in once leaves in memory (brute-force state, queues).
+    echo "warm: RSS after the storm $(( $(rss_kb "$SERVED_PID") / 1024 )) MiB"
     stop "$SERVED_PID"
 done

@@ -104,18 +104,54 @@ impl Counter {
 #[derive(Debug, Default)]
 struct ClientState {
     counter: Counter,
-    /// Address → last successful login (Unix ms) and when the registry last heard of it.
-    familiar: HashMap<String, Seen>,
     /// When the registry's familiar addresses of this client id were last read (Unix ms; 0:
     /// never): a locked client id hammered from any number of addresses costs the registry one
     /// read per [`STORE_MEMO_MS`], not one per attempt.
     store_read: i64,
 }
 
+/// A familiar address's last successful login (Unix ms) and when the registry last heard of it.
 #[derive(Debug, Clone, Copy)]
 struct Seen {
     last_ok: i64,
     written: i64,
+}
+
+/// A client id's familiar addresses, at most [`FAMILIAR_MAX`].
+type Addresses = Vec<(String, Seen)>;
+
+/// Client ids' familiar addresses as this process knows them: a cache of the registry's, which
+/// holds them all. Two generations of at most [`FAMILIAR_CLIENTS`] / 2 client ids each; when the
+/// newer fills, the older goes. A client id in neither is read from the registry when it matters
+/// (a lockout of it), and its next login is written again (a no-op there within a day): a fleet
+/// of any size costs a bounded few megabytes here, not an entry per device that ever logged in.
+#[derive(Debug, Default)]
+struct FamiliarCache {
+    newer: HashMap<String, Addresses>,
+    older: HashMap<String, Addresses>,
+}
+
+/// Client ids whose familiar addresses are held in memory at most.
+const FAMILIAR_CLIENTS: usize = 65_536;
+
+impl FamiliarCache {
+    fn get(&self, client_id: &str) -> Option<&Addresses> {
+        self.newer
+            .get(client_id)
+            .or_else(|| self.older.get(client_id))
+    }
+
+    /// The client id's addresses, brought into the newer generation (created empty).
+    fn entry(&mut self, client_id: &str) -> Option<&mut Addresses> {
+        if !self.newer.contains_key(client_id) {
+            if self.newer.len() >= FAMILIAR_CLIENTS / 2 {
+                self.older = std::mem::take(&mut self.newer);
+            }
+            let known = self.older.remove(client_id).unwrap_or_default();
+            self.newer.insert(client_id.to_string(), known);
+        }
+        self.newer.get_mut(client_id)
+    }
 }
 
 /// A current lockout, for `mqgate lockout list`.
@@ -135,6 +171,7 @@ pub struct FailureGuard {
     policy: LockoutPolicy,
     clients: HashMap<String, ClientState>,
     addresses: HashMap<String, Counter>,
+    familiar: FamiliarCache,
 }
 
 /// At most this many familiar addresses are kept per client id (oldest dropped), here and in the
@@ -166,19 +203,33 @@ pub struct Reserved {
 const TRACKED_MAX: usize = 1_000_000;
 
 /// Makes `peer` familiar, dropping the oldest address past [`FAMILIAR_MAX`].
-fn insert_familiar(familiar: &mut HashMap<String, Seen>, peer: &str, seen: Seen) {
-    let last_ok = familiar
-        .get(peer)
-        .map_or(seen.last_ok, |s| s.last_ok.max(seen.last_ok));
-    familiar.insert(peer.to_string(), Seen { last_ok, ..seen });
+fn insert_familiar(familiar: &mut Addresses, peer: &str, seen: Seen) {
+    match familiar.iter_mut().find(|(a, _)| a == peer) {
+        Some((_, known)) => {
+            *known = Seen {
+                last_ok: known.last_ok.max(seen.last_ok),
+                ..seen
+            }
+        }
+        None => familiar.push((peer.to_string(), seen)),
+    }
     if familiar.len() > FAMILIAR_MAX
         && let Some(oldest) = familiar
             .iter()
-            .min_by_key(|(_, t)| t.last_ok)
-            .map(|(k, _)| k.clone())
+            .enumerate()
+            .min_by_key(|(_, (_, t))| t.last_ok)
+            .map(|(i, _)| i)
     {
-        familiar.remove(&oldest);
+        familiar.swap_remove(oldest);
     }
+}
+
+/// Whether `peer` is among `familiar` as of `now`.
+fn knows(familiar: Option<&Addresses>, peer: &str, now: i64, familiar_ms: i64) -> bool {
+    familiar.is_some_and(|f| {
+        f.iter()
+            .any(|(a, t)| a == peer && t.last_ok > now - familiar_ms)
+    })
 }
 
 /// The entry for `key`, created if there is room.
@@ -209,10 +260,7 @@ impl FailureGuard {
             });
         }
         let state = self.clients.get(client_id)?;
-        let familiar = state
-            .familiar
-            .get(peer)
-            .is_some_and(|t| t.last_ok > now - self.policy.familiar_ms);
+        let familiar = self.is_familiar(client_id, peer, now);
         (state.counter.locked_until > now && !familiar).then_some(Locked::ClientId {
             until_ms: state.counter.locked_until,
         })
@@ -302,11 +350,8 @@ impl FailureGuard {
 
     /// Whether `peer` is familiar for `client_id` in this process's view.
     pub fn is_familiar(&self, client_id: &str, peer: &str, now: i64) -> bool {
-        self.clients.get(client_id).is_some_and(|s| {
-            s.familiar
-                .get(peer)
-                .is_some_and(|t| t.last_ok > now - self.policy.familiar_ms)
-        })
+        let familiar = self.familiar.get(client_id);
+        knows(familiar, peer, now, self.policy.familiar_ms)
     }
 
     /// Records a failed authentication; returns the lockout it caused, if any. `client_id` is
@@ -321,12 +366,9 @@ impl FailureGuard {
         let p = self.policy;
         let addr_locked = slot(&mut self.addresses, peer)
             .is_some_and(|a| a.fail(now, p.ip_max_failures, p.window_ms, p.ip_lockout_ms));
+        let familiar = client_id.is_some_and(|c| self.is_familiar(c, peer, now));
         let state = client_id.and_then(|c| slot(&mut self.clients, c));
         let client_locked = state.is_some_and(|state| {
-            let familiar = state
-                .familiar
-                .get(peer)
-                .is_some_and(|t| t.last_ok > now - p.familiar_ms);
             !familiar
                 && state
                     .counter
@@ -350,14 +392,17 @@ impl FailureGuard {
     /// never count against anyone. Returns whether the registry should hear of it (a new address,
     /// or one not written for a day).
     pub fn record_success(&mut self, client_id: &str, peer: &str, now: i64) -> bool {
-        let Some(state) = slot(&mut self.clients, client_id) else {
+        let Some(familiar) = self.familiar.entry(client_id) else {
             return false;
         };
-        let written = state.familiar.get(peer).map(|s| s.written);
+        let written = familiar
+            .iter()
+            .find(|(a, _)| a == peer)
+            .map(|(_, s)| s.written);
         let due = written.is_none_or(|w| w <= now - FAMILIAR_REFRESH_MS);
         let written = if due { now } else { written.unwrap_or(now) };
         insert_familiar(
-            &mut state.familiar,
+            familiar,
             peer,
             Seen {
                 last_ok: now,
@@ -370,12 +415,12 @@ impl FailureGuard {
     /// Takes the registry's word that `client_id` logged in from `peer` at `last_ok` (another
     /// replica, or before a restart).
     pub fn learn_familiar(&mut self, client_id: &str, peer: &str, last_ok: i64) {
-        if let Some(state) = slot(&mut self.clients, client_id) {
-            let seen = Seen {
-                last_ok,
-                written: last_ok,
-            };
-            insert_familiar(&mut state.familiar, peer, seen);
+        let seen = Seen {
+            last_ok,
+            written: last_ok,
+        };
+        if let Some(familiar) = self.familiar.entry(client_id) {
+            insert_familiar(familiar, peer, seen);
         }
     }
 
@@ -487,8 +532,7 @@ impl FailureGuard {
         let p = self.policy;
         self.addresses.retain(|_, c| !c.is_idle(now, p.window_ms));
         self.clients.retain(|_, s| {
-            s.familiar.retain(|_, t| t.last_ok > now - p.familiar_ms);
-            !(s.counter.is_idle(now, p.window_ms) && s.familiar.is_empty())
+            !(s.counter.is_idle(now, p.window_ms) && s.store_read <= now - STORE_MEMO_MS)
         });
     }
 
@@ -720,9 +764,43 @@ mod tests {
         let mut g = guard();
         g.record_failure(Some("a"), "1.1.1.1", T0);
         g.record_success("b", "2.2.2.2", T0);
+        assert_eq!(g.tracked(), (1, 1), "a success is no failure state");
         g.sweep(T0 + 16 * MIN);
-        assert_eq!(g.tracked(), (1, 0));
-        g.sweep(T0 + 31 * 86_400_000);
         assert_eq!(g.tracked(), (0, 0));
+        assert!(g.is_familiar("b", "2.2.2.2", T0 + 16 * MIN));
+        assert!(
+            !g.is_familiar("b", "2.2.2.2", T0 + 31 * 86_400_000),
+            "familiar for thirty days"
+        );
+    }
+
+    #[test]
+    fn familiar_addresses_in_memory_stay_bounded_however_large_the_fleet() {
+        let mut g = guard();
+        // Past the bound on client ids with failure state too: successes never take its room.
+        let fleet = TRACKED_MAX.max(3 * FAMILIAR_CLIENTS);
+        for i in 0..fleet {
+            assert!(
+                g.record_success(&format!("dev-{i}"), "10.0.0.1", T0),
+                "a new device's address is written"
+            );
+        }
+        let held = g.familiar.newer.len() + g.familiar.older.len();
+        assert!(held <= FAMILIAR_CLIENTS, "{held}");
+        assert_eq!(g.tracked(), (0, 0));
+        let last = format!("dev-{}", fleet - 1);
+        assert!(g.is_familiar(&last, "10.0.0.1", T0 + 1));
+        assert!(
+            !g.record_success(&last, "10.0.0.1", T0 + 1),
+            "written a moment ago"
+        );
+        // The oldest are gone from memory: the registry has them, and a login writes again.
+        assert!(!g.is_familiar("dev-0", "10.0.0.1", T0 + 1));
+        assert!(g.record_success("dev-0", "10.0.0.1", T0 + 1));
+        // A client id still counts its failures and locks, whatever the fleet did before.
+        for i in 0..5 {
+            g.record_failure(Some("dev-new"), "203.0.113.9", T0 + i);
+        }
+        assert!(g.check("dev-new", "203.0.113.9", T0 + 10).is_some());
     }
 }

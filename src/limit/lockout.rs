@@ -224,14 +224,6 @@ fn insert_familiar(familiar: &mut Addresses, peer: &str, seen: Seen) {
     }
 }
 
-/// Whether `peer` is among `familiar` as of `now`.
-fn knows(familiar: Option<&Addresses>, peer: &str, now: i64, familiar_ms: i64) -> bool {
-    familiar.is_some_and(|f| {
-        f.iter()
-            .any(|(a, t)| a == peer && t.last_ok > now - familiar_ms)
-    })
-}
-
 /// The entry for `key`, created if there is room.
 fn slot<'a, V: Default>(map: &'a mut HashMap<String, V>, key: &str) -> Option<&'a mut V> {
     if !map.contains_key(key) {
@@ -350,8 +342,10 @@ impl FailureGuard {
 
     /// Whether `peer` is familiar for `client_id` in this process's view.
     pub fn is_familiar(&self, client_id: &str, peer: &str, now: i64) -> bool {
-        let familiar = self.familiar.get(client_id);
-        knows(familiar, peer, now, self.policy.familiar_ms)
+        let since = now - self.policy.familiar_ms;
+        self.familiar
+            .get(client_id)
+            .is_some_and(|f| f.iter().any(|(a, t)| a == peer && t.last_ok > since))
     }
 
     /// Records a failed authentication; returns the lockout it caused, if any. `client_id` is

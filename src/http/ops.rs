@@ -70,6 +70,7 @@ async fn metrics(_: Internal, State(s): State<HttpState>) -> impl axum::response
         s.gate.metrics().render()
             + &crate::metrics::render_trust(s.gate.trust(), s.gate.clock().now())
             + &s.gate.registry().health().render_metrics()
+            + &s.gate.registry().render_metrics()
             + &s.gate.render_audit_metrics(),
     )
 }

@@ -74,6 +74,7 @@ pub struct CachedRegistry {
     marks: tokio::sync::watch::Sender<i64>,
     health: Arc<Health>,
     load_timeout: Duration,
+    fills: Arc<FillStats>,
 }
 
 /// How long a cache fill may wait for the store unless [`CachedRegistry::with_deadline`] says
@@ -90,7 +91,8 @@ impl CachedRegistry {
             .max_capacity(settings.capacity.min(UNKNOWN_CAPACITY))
             .time_to_live(settings.negative_ttl)
             .build();
-        let batcher = FillBatcher::for_store(&store, LOAD_TIMEOUT);
+        let fills = Arc::new(FillStats::default());
+        let batcher = FillBatcher::for_store(&store, LOAD_TIMEOUT, &fills);
         CachedRegistry {
             health: Health::new(store.clone(), LOAD_TIMEOUT),
             store,
@@ -104,13 +106,14 @@ impl CachedRegistry {
             changes: broadcast::channel(CHANGE_FEED).0,
             marks: tokio::sync::watch::channel(0).0,
             load_timeout: LOAD_TIMEOUT,
+            fills,
         }
     }
 
     /// Bounds every store round trip of a cache fill (and the health probe) by `load_timeout`,
     /// so a decision that needs the store still arrives before its deadline.
     pub fn with_deadline(mut self, load_timeout: Duration) -> Self {
-        self.batcher = FillBatcher::for_store(&self.store, load_timeout);
+        self.batcher = FillBatcher::for_store(&self.store, load_timeout, &self.fills);
         self.health = Health::new(self.store.clone(), load_timeout);
         self.load_timeout = load_timeout;
         self
@@ -375,6 +378,23 @@ impl CachedRegistry {
         self.devices.len() as u64 + self.unknown.entry_count()
     }
 
+    /// The cache's series in Prometheus text format: what it holds and its fills' round trips to
+    /// the store (a reconnect storm's pace is the fills' pace: their count, the client ids they
+    /// asked for and the time they took give the batch size and the store's latency).
+    pub fn render_metrics(&self) -> String {
+        let f = &self.fills;
+        format!(
+            "# HELP mqgate_registry_cached_entries Devices and unknown client ids the cache holds.\n# TYPE mqgate_registry_cached_entries gauge\nmqgate_registry_cached_entries {}\n\
+             # HELP mqgate_registry_fills_total Store calls that filled the cache (one per batch of concurrent misses).\n# TYPE mqgate_registry_fills_total counter\nmqgate_registry_fills_total {}\n\
+             # HELP mqgate_registry_fill_client_ids_total Client ids those calls asked for.\n# TYPE mqgate_registry_fill_client_ids_total counter\nmqgate_registry_fill_client_ids_total {}\n\
+             # HELP mqgate_registry_fill_seconds_total Time those calls took, answered or not.\n# TYPE mqgate_registry_fill_seconds_total counter\nmqgate_registry_fill_seconds_total {:.6}\n",
+            self.cached_entries(),
+            f.calls.load(Ordering::Relaxed),
+            f.client_ids.load(Ordering::Relaxed),
+            f.micros.load(Ordering::Relaxed) as f64 / 1e6,
+        )
+    }
+
     /// The hot path's view of a stored record, its tenant's part shared with the tenant's other
     /// devices (built anew when the tenant's rules, limit or name, or the file rules changed).
     fn view(&self, r: DeviceRecord) -> Option<DeviceView> {
@@ -488,6 +508,26 @@ pub fn compile_view(r: DeviceRecord, file_rules: &[Rule]) -> Option<DeviceView> 
 
 type FillReply = oneshot::Sender<Result<Option<DeviceRecord>, String>>;
 
+/// What the cache's fills cost (see [`CachedRegistry::render_metrics`]).
+#[derive(Default)]
+struct FillStats {
+    calls: AtomicU64,
+    client_ids: AtomicU64,
+    micros: AtomicU64,
+}
+
+impl FillStats {
+    fn record(&self, client_ids: usize, took: Duration) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.client_ids
+            .fetch_add(client_ids as u64, Ordering::Relaxed);
+        self.micros.fetch_add(
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+}
+
 /// Batches concurrent cache misses into one store call: while one batch is being fetched the next
 /// gathers, so a reconnect storm costs a round trip (PostgreSQL) or a hand-off to SQLite's thread
 /// per batch, not per device.
@@ -500,13 +540,17 @@ const FILL_BATCH: usize = 256;
 
 impl FillBatcher {
     /// A batcher for either store.
-    fn for_store(store: &Store, timeout: Duration) -> Option<Self> {
-        Some(FillBatcher::spawn(store.clone(), timeout))
+    fn for_store(store: &Store, timeout: Duration, stats: &Arc<FillStats>) -> Option<Self> {
+        Some(FillBatcher::spawn(
+            store.clone(),
+            timeout,
+            Arc::clone(stats),
+        ))
     }
 
     /// Each batch waits at most `timeout` for the store: a connection that silently stopped
     /// answering must not hold up every later batch.
-    fn spawn(store: Store, timeout: Duration) -> Self {
+    fn spawn(store: Store, timeout: Duration, stats: Arc<FillStats>) -> Self {
         let (tx, mut rx) = mpsc::channel::<(String, FillReply)>(4 * FILL_BATCH);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(FILL_BATCH);
@@ -520,10 +564,12 @@ impl FillBatcher {
                     batch.push(more);
                 }
                 let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
+                let started = std::time::Instant::now();
                 let found = match tokio::time::timeout(timeout, store.load_clients(&ids)).await {
                     Ok(found) => found.map_err(|e| e.to_string()),
                     Err(_) => Err("registry did not answer in time".to_string()),
                 };
+                stats.record(ids.len(), started.elapsed());
                 for (id, reply) in batch.drain(..) {
                     let answer = found
                         .as_ref()

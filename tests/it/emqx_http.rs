@@ -651,6 +651,73 @@ both_stores!(
     pipelined_authn_requests_are_read_ahead_and_answered_in_order
 );
 
+/// The fill counters: store calls and client ids asked.
+async fn fills(app: &TestApp) -> (u64, u64) {
+    (
+        app.metric("mqgate_registry_fills_total").await.unwrap(),
+        app.metric("mqgate_registry_fill_client_ids_total")
+            .await
+            .unwrap(),
+    )
+}
+
+/// `/metrics` shows the cache's fills: concurrent misses share store calls (fewer calls than
+/// client ids), an answer from the cache asks the store nothing, an unknown client id is asked
+/// once and then known unknown; the cache's entries and the fills' time are there too.
+async fn cache_fills_are_counted_per_store_call_and_per_client_id(store: Store) {
+    let app = TestApp::start(store).await;
+    let mut tokens = Vec::new();
+    for i in 0..50 {
+        tokens.push(app.device("acme", &format!("dev-{i}")).await);
+    }
+    app.gate.registry().settled().await.unwrap();
+    let (calls0, ids0) = fills(&app).await;
+    let mut storm = tokio::task::JoinSet::new();
+    for (i, token) in tokens.iter().enumerate() {
+        let (http, url) = (app.http.clone(), format!("{}/v1/emqx/authn", app.base));
+        let body = json!({"clientid": format!("dev-{i}"), "username": "", "password": token, "peerhost": "10.0.0.7"});
+        storm.spawn(async move {
+            let r = http.post(url).bearer_auth(SECRET).json(&body).send().await;
+            r.unwrap().json::<Value>().await.unwrap()
+        });
+    }
+    let answers = storm.join_all().await;
+    assert!(
+        answers.iter().all(|a| a["result"] == "allow"),
+        "{answers:?}"
+    );
+    let (calls1, ids1) = fills(&app).await;
+    assert_eq!(ids1 - ids0, 50, "each client id asked once");
+    assert!(
+        calls1 - calls0 >= 1 && calls1 - calls0 < 50,
+        "{} store calls for 50 concurrent misses",
+        calls1 - calls0
+    );
+
+    // Cached: no store call. Unknown: asked once, then known unknown.
+    assert_eq!(app.authn("dev-7", "", &tokens[7]).await["result"], "allow");
+    assert_eq!(fills(&app).await, (calls1, ids1));
+    for _ in 0..3 {
+        assert_eq!(app.authn("ghost", "", "x").await["result"], "deny");
+    }
+    assert_eq!(fills(&app).await, (calls1 + 1, ids1 + 1));
+
+    let text = app.get_text("/metrics").await;
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{series} in {text}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(value("mqgate_registry_fill_seconds_total") > 0.0);
+    assert!(value("mqgate_registry_cached_entries") >= 1.0);
+}
+both_stores!(
+    fill_metrics,
+    cache_fills_are_counted_per_store_call_and_per_client_id
+);
+
 async fn cached_devices_keep_their_answer_while_the_store_is_down_and_unknown_ones_are_denied(
     store: Store,
 ) {

@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod health;
+mod held;
 pub mod model;
 pub mod pg;
 mod rows;

@@ -52,7 +52,7 @@ const RESUBSCRIBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1)
 pub struct PgStore {
     pool: PgPool,
     /// Connections the cache fill keeps between its statements (see `held`).
-    held: std::sync::Arc<held::Held>,
+    held: std::sync::Arc<super::held::Held<Postgres>>,
 }
 
 type Tx = Transaction<'static, Postgres>;

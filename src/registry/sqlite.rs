@@ -15,6 +15,8 @@ use super::*;
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The connection the cache fill keeps between its statements (see `registry::held`).
+    held: std::sync::Arc<super::held::Held<sqlx::Sqlite>>,
 }
 
 type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
@@ -52,7 +54,10 @@ impl SqliteStore {
 
     /// Wraps an existing pool (tests).
     pub fn from_pool(pool: SqlitePool) -> Self {
-        SqliteStore { pool }
+        SqliteStore {
+            pool,
+            held: Default::default(),
+        }
     }
 
     pub(crate) async fn connect(url: &str) -> StoreResult<Self> {
@@ -69,7 +74,10 @@ impl SqliteStore {
             .test_before_acquire(false)
             .connect_with(opts)
             .await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            held: Default::default(),
+        })
     }
 
     pub(crate) async fn migrate(&self) -> StoreResult<()> {
@@ -78,7 +86,26 @@ impl SqliteStore {
     }
 
     pub(crate) async fn close(&self) {
+        self.held.release();
         self.pool.close().await;
+    }
+
+    /// Runs `statement` on the held connection (or one from the pool), and keeps the connection
+    /// for the next call if it succeeded (see `registry::held`; a connection here is a thread of
+    /// this process, never pinged).
+    async fn on_held<T>(
+        &self,
+        statement: impl AsyncFnOnce(&mut sqlx::SqliteConnection) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        let mut conn = match self.held.take() {
+            Some((conn, _)) => conn,
+            None => self.pool.acquire().await?,
+        };
+        let out = statement(&mut conn).await;
+        if out.is_ok() {
+            self.held.give_back(conn, &self.pool);
+        }
+        out
     }
 
     pub(crate) async fn ping(&self) -> StoreResult<()> {

@@ -128,16 +128,21 @@ impl SqliteStore {
     }
 
     /// Cache fills for many client ids in one statement and one row ([`FILL_MANY_SQL`]): a
-    /// reconnect storm's concurrent misses cost one hand-off to SQLite's thread per batch.
+    /// reconnect storm's concurrent misses cost one hand-off to SQLite's thread per batch, on the
+    /// connection the fills keep (its page cache warm).
     pub(crate) async fn load_clients(
         &self,
         ids: &[String],
     ) -> StoreResult<std::collections::HashMap<String, DeviceRecord>> {
         let ids = serde_json::to_string(ids)
             .map_err(|_| StoreError::Invalid("client ids not encodable".into()))?;
-        let docs: String = sqlx::query_scalar(FILL_MANY_SQL)
-            .bind(ids)
-            .fetch_one(&self.pool)
+        let docs: String = self
+            .on_held(async |conn| {
+                Ok(sqlx::query_scalar(FILL_MANY_SQL)
+                    .bind(ids)
+                    .fetch_one(conn)
+                    .await?)
+            })
             .await?;
         rows::FillDoc::parse_many(&docs)?
             .into_iter()
@@ -186,5 +191,47 @@ impl SqliteStore {
         docs.iter()
             .map(|d| rows::FillDoc::parse(d)?.into_record())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::registry::held::held_contract;
+
+    /// The held-connection contract (`registry::held`): fills stay on one connection, its page
+    /// cache warm.
+    #[tokio::test]
+    async fn fills_keep_their_connection_until_a_statement_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("held.db").display());
+        let store = SqliteStore::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        held_contract!(
+            store,
+            async {
+                // A write that waits for another connection's write lock.
+                let mut locker = store.pool.begin().await.unwrap();
+                sqlx::query("INSERT INTO tenants (name, created_at) VALUES ('locker', 0)")
+                    .execute(&mut *locker)
+                    .await
+                    .unwrap();
+                let slow = store.on_held(async |conn| {
+                    sqlx::query("INSERT INTO tenants (name, created_at) VALUES ('waiter', 0)")
+                        .execute(conn)
+                        .await?;
+                    Ok(())
+                });
+                assert!(
+                    tokio::time::timeout(Duration::from_millis(100), slow)
+                        .await
+                        .is_err()
+                );
+                locker.rollback().await.unwrap();
+            }
+            .await
+        );
     }
 }

@@ -127,9 +127,13 @@ type Addresses = Vec<(String, Seen)>;
 /// of any size costs a bounded few megabytes here, not an entry per device that ever logged in.
 #[derive(Debug, Default)]
 struct FamiliarCache {
-    newer: HashMap<String, Addresses>,
-    older: HashMap<String, Addresses>,
+    newer: Generation,
+    older: Generation,
 }
+
+/// Client id → familiar addresses (hashbrown's map for its lookup-or-insert by `&str`; std's
+/// keyed hasher, as every map keyed by a client id here).
+type Generation = hashbrown::HashMap<String, Addresses, std::hash::RandomState>;
 
 /// Client ids whose familiar addresses are held in memory at most.
 const FAMILIAR_CLIENTS: usize = 65_536;
@@ -142,15 +146,14 @@ impl FamiliarCache {
     }
 
     /// The client id's addresses, brought into the newer generation (created empty).
-    fn entry(&mut self, client_id: &str) -> Option<&mut Addresses> {
-        if !self.newer.contains_key(client_id) {
-            if self.newer.len() >= FAMILIAR_CLIENTS / 2 {
-                self.older = std::mem::take(&mut self.newer);
-            }
-            let known = self.older.remove(client_id).unwrap_or_default();
-            self.newer.insert(client_id.to_string(), known);
+    fn entry(&mut self, client_id: &str) -> &mut Addresses {
+        if self.newer.len() >= FAMILIAR_CLIENTS / 2 && !self.newer.contains_key(client_id) {
+            self.older = std::mem::take(&mut self.newer);
         }
-        self.newer.get_mut(client_id)
+        let older = &mut self.older;
+        self.newer
+            .entry_ref(client_id)
+            .or_insert_with(|| older.remove(client_id).unwrap_or_default())
     }
 }
 
@@ -386,9 +389,7 @@ impl FailureGuard {
     /// never count against anyone. Returns whether the registry should hear of it (a new address,
     /// or one not written for a day).
     pub fn record_success(&mut self, client_id: &str, peer: &str, now: i64) -> bool {
-        let Some(familiar) = self.familiar.entry(client_id) else {
-            return false;
-        };
+        let familiar = self.familiar.entry(client_id);
         let written = familiar
             .iter()
             .find(|(a, _)| a == peer)
@@ -413,9 +414,7 @@ impl FailureGuard {
             last_ok,
             written: last_ok,
         };
-        if let Some(familiar) = self.familiar.entry(client_id) {
-            insert_familiar(familiar, peer, seen);
-        }
+        insert_familiar(self.familiar.entry(client_id), peer, seen);
     }
 
     /// Whether the registry's familiar addresses of `client_id` were read (and learnt) less than

@@ -14,7 +14,7 @@ use secrecy::ExposeSecret;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::both_stores;
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, eventually};
 
 const CA_SECRET: &str = "tls-test-ca-key-secret-0123456789abcdef";
 const WAIT: Duration = Duration::from_secs(20);
@@ -188,14 +188,6 @@ async fn mqtt_connect(
     Some(connack[3])
 }
 
-async fn last_connect(app: &TestApp) -> serde_json::Value {
-    // The outcome is queued before the client hears it; the writer batches, so write it now.
-    app.gate.flush_audit().await;
-    let entries = app.admin.store().list_audit(0, 10_000).await.unwrap();
-    let e = entries.iter().rev().find(|e| e.kind == "connect").unwrap();
-    serde_json::from_str(&e.detail).unwrap()
-}
-
 both_stores!(mtls_devices_connect_by_certificate, mtls_body);
 async fn mtls_body(store: Store) {
     let files = Files::new();
@@ -259,29 +251,24 @@ async fn mtls_body(store: Store) {
         "the revoked certificate's session stayed open"
     );
 
-    // A revoked certificate never completes the handshake again; the refusal is audited.
+    // A revoked certificate never completes the handshake again; the refusal is audited. Until the
+    // new trust is in force a publish may still get in, or be cut off as a live session (audited as
+    // such): what is awaited is the handshake's own refusal.
     app.admin.cert_revoke("acme", &fp1).await.unwrap();
-    let mut refused = None;
-    for _ in 0..50 {
-        if !publish(&app, &files, "cam-1", "acme/cam-1/up").await.0 {
-            // Refused once the new trust is in force: the handshake refusal is in the trail.
-            let entry = last_connect(&app).await;
-            if entry["client_id"] == "cam-1" {
-                refused = Some(entry);
-                break;
+    let entry = eventually(
+        "the revoked certificate's handshake refused and audited",
+        WAIT,
+        || async {
+            if publish(&app, &files, "cam-1", "acme/cam-1/up").await.0 {
+                return None;
             }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let entry = refused.expect("revoked certificate still accepted, or its refusal not audited");
+            handshake_refusal(&app, "cam-1").await
+        },
+    )
+    .await;
     assert_eq!(entry["cause"], "cert_revoked", "{entry}");
-    assert!(
-        entry["reason"]
-            .as_str()
-            .unwrap()
-            .starts_with("TLS handshake refused"),
-        "{entry}"
-    );
+    // Once refused, always refused.
+    assert!(!publish(&app, &files, "cam-1", "acme/cam-1/up").await.0);
 
     // Another tenant's certificate cannot connect as this tenant's device, whatever id it uses.
     std::fs::copy(files.path("far-1.crt"), files.path("cam-9.crt")).unwrap();
@@ -292,7 +279,25 @@ async fn mtls_body(store: Store) {
     assert!(ok, "{text}");
 }
 
-/// The refusals of `client_id`'s certificate in the audit trail.
+/// The newest audited refusal of `client_id`'s certificate at the TLS handshake.
+async fn handshake_refusal(app: &TestApp, client_id: &str) -> Option<serde_json::Value> {
+    // The outcome is queued before the client hears it; the writer batches, so write it now.
+    app.gate.flush_audit().await;
+    let entries = app.admin.store().list_audit(0, 10_000).await.unwrap();
+    entries
+        .iter()
+        .rev()
+        .filter(|e| e.kind == "connect")
+        .map(|e| serde_json::from_str::<serde_json::Value>(&e.detail).unwrap())
+        .find(|d| {
+            d["client_id"] == client_id
+                && d["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("TLS handshake refused"))
+        })
+}
+
+/// The refusals of `client_id`'s revoked certificate at the TLS handshake in the audit trail.
 async fn tls_refusals(app: &TestApp, client_id: &str) -> usize {
     app.gate.flush_audit().await;
     let entries = app.admin.store().list_audit(0, 10_000).await.unwrap();
@@ -300,7 +305,13 @@ async fn tls_refusals(app: &TestApp, client_id: &str) -> usize {
         .iter()
         .filter(|e| e.kind == "connect")
         .map(|e| serde_json::from_str::<serde_json::Value>(&e.detail).unwrap())
-        .filter(|d| d["client_id"] == client_id && d["cause"] == "cert_revoked")
+        .filter(|d| {
+            d["client_id"] == client_id
+                && d["cause"] == "cert_revoked"
+                && d["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("TLS handshake refused"))
+        })
         .count()
 }
 
@@ -323,31 +334,25 @@ async fn resumed_body(store: Store) {
     let config = client_config(&files, "cam-1");
     // The new CA and certificate reach the TLS listener's trust through the change feed: retry
     // until the first session is admitted (it leaves a ticket for resumption).
-    let mut first = None;
-    for _ in 0..100 {
+    let mut first = eventually("the new certificate admitted", WAIT, || async {
         let mut tls = tls_connect(&app, &config).await;
-        if mqtt_connect(&mut tls, "cam-1").await == Some(0) {
-            first = Some(tls);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut first = first.expect("the new certificate was never admitted");
+        (mqtt_connect(&mut tls, "cam-1").await == Some(0)).then_some(tls)
+    })
+    .await;
     first.write_all(&[0xE0, 0]).await.unwrap();
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(WAIT, first.read_to_end(&mut rest)).await;
 
     app.admin.cert_revoke("acme", &fp).await.unwrap();
-    // Wait until the new trust is in force: a fresh handshake is refused.
-    let mut in_force = false;
-    for _ in 0..100 {
-        if !publish(&app, &files, "cam-1", "acme/cam-1/up").await.0 {
-            in_force = true;
-            break;
+    // Wait until the new trust is in force: a fresh handshake is refused (not merely a session
+    // cut off while it published).
+    eventually("the revocation in force at the handshake", WAIT, || async {
+        if publish(&app, &files, "cam-1", "acme/cam-1/up").await.0 {
+            return None;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(in_force, "revocation never took effect");
+        handshake_refusal(&app, "cam-1").await
+    })
+    .await;
     let before = tls_refusals(&app, "cam-1").await;
 
     let mut resumed = tls_connect(&app, &config).await;

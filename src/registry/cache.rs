@@ -62,7 +62,7 @@ struct Interned {
 /// The store plus its hot-path cache and the file ACL rules every device also gets.
 pub struct CachedRegistry {
     store: Store,
-    batcher: Option<FillBatcher>,
+    batcher: FillBatcher,
     devices: DeviceTable,
     unknown: Cache<String, ()>,
     flights: Mutex<HashMap<Box<str>, Flight>>,
@@ -92,7 +92,7 @@ impl CachedRegistry {
             .time_to_live(settings.negative_ttl)
             .build();
         let fills = Arc::new(FillStats::default());
-        let batcher = FillBatcher::for_store(&store, LOAD_TIMEOUT, &fills);
+        let batcher = FillBatcher::spawn(store.clone(), LOAD_TIMEOUT, Arc::clone(&fills));
         CachedRegistry {
             health: Health::new(store.clone(), LOAD_TIMEOUT),
             store,
@@ -113,7 +113,8 @@ impl CachedRegistry {
     /// Bounds every store round trip of a cache fill (and the health probe) by `load_timeout`,
     /// so a decision that needs the store still arrives before its deadline.
     pub fn with_deadline(mut self, load_timeout: Duration) -> Self {
-        self.batcher = FillBatcher::for_store(&self.store, load_timeout, &self.fills);
+        self.batcher =
+            FillBatcher::spawn(self.store.clone(), load_timeout, Arc::clone(&self.fills));
         self.health = Health::new(self.store.clone(), load_timeout);
         self.load_timeout = load_timeout;
         self
@@ -196,10 +197,7 @@ impl CachedRegistry {
 
     /// Loads a device without caching it (`acl check` and friends).
     pub async fn load(&self, client_id: &str) -> StoreResult<Entry> {
-        let record = match &self.batcher {
-            Some(b) => b.load(client_id).await?,
-            None => self.store.load_client(client_id).await?,
-        };
+        let record = self.batcher.load(client_id).await?;
         Ok(record.and_then(|r| self.view(r)).map(Arc::new))
     }
 
@@ -539,15 +537,6 @@ struct FillBatcher {
 const FILL_BATCH: usize = 256;
 
 impl FillBatcher {
-    /// A batcher for either store.
-    fn for_store(store: &Store, timeout: Duration, stats: &Arc<FillStats>) -> Option<Self> {
-        Some(FillBatcher::spawn(
-            store.clone(),
-            timeout,
-            Arc::clone(stats),
-        ))
-    }
-
     /// Each batch waits at most `timeout` for the store: a connection that silently stopped
     /// answering must not hold up every later batch.
     fn spawn(store: Store, timeout: Duration, stats: Arc<FillStats>) -> Self {

@@ -18,7 +18,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::both_stores;
-use crate::helpers::{T0, TestApp};
+use crate::helpers::{SOON, T0, TestApp, until};
 
 const CA_SECRET: &str = "test-ca-key-secret-0123456789abcdefghij";
 const DAY: i64 = 86400;
@@ -525,18 +525,12 @@ async fn registered_certificates_and_live_reload_body(store: Store) {
         .await
         .unwrap();
     // No explicit reload: the change reaches the running server by itself.
-    let mut ok = false;
-    for _ in 0..50 {
-        if handshake(verifier(&app), &c.cert_der, c.key_pem.expose_secret())
+    until("the registration in force", SOON, || async {
+        handshake(verifier(&app), &c.cert_der, c.key_pem.expose_secret())
             .await
             .is_ok()
-        {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ok, "registration never took effect");
+    })
+    .await;
     assert_eq!(
         authn_cert(&app, "r1", &c.cert_der, "").await["result"],
         "allow"
@@ -560,18 +554,12 @@ async fn registered_certificates_and_live_reload_body(store: Store) {
         .cert_revoke("acme", &rec.fingerprint)
         .await
         .unwrap();
-    let mut refused = false;
-    for _ in 0..50 {
-        if handshake(verifier(&app), &c.cert_der, c.key_pem.expose_secret())
+    until("the revocation in force", SOON, || async {
+        handshake(verifier(&app), &c.cert_der, c.key_pem.expose_secret())
             .await
             .is_err()
-        {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(refused, "revocation never took effect");
+    })
+    .await;
 }
 
 /// Serves `files` (path → body) over plain HTTP on loopback, as a CA's CRL distribution point.
@@ -621,19 +609,12 @@ async fn crls_are_fetched_body(store: Store) {
         .unwrap();
 
     let app = TestApp::start(store).await;
-    let mut fetched = false;
-    for _ in 0..100 {
+    until("the server fetched the CRLs", SOON, || async {
         let cas = app.admin.ca_list("acme").await.unwrap();
-        if cas
-            .iter()
+        cas.iter()
             .all(|c| c.crl_der.is_some() || c.crl_error.is_some())
-        {
-            fetched = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(fetched, "the server never fetched the CRLs");
+    })
+    .await;
     let cas = app.admin.ca_list("acme").await.unwrap();
     assert_eq!(cas[0].crl_number, 5);
     assert!(cas[1].crl_der.is_none());

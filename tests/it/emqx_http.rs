@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::both_stores;
-use crate::helpers::{SECRET, T0, TestApp};
+use crate::helpers::{SECRET, SOON, T0, TestApp, until};
 use mqgate::registry::Store;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -194,22 +194,21 @@ async fn a_legacy_bcrypt_hash_is_accepted_and_upgraded_to_argon2id(store: Store)
         "allow"
     );
     let tenant = app.admin.tenant_id("acme").await.unwrap();
-    let mut upgraded = false;
-    for _ in 0..100 {
-        let rec = store.load_device(tenant, "dev-1").await.unwrap().unwrap();
-        let kinds: Vec<_> = rec
-            .credentials
-            .iter()
-            .filter(|c| c.expires_at.is_none())
-            .map(|c| c.kind.as_str())
-            .collect();
-        if kinds.contains(&"argon2") && !kinds.contains(&"bcrypt") {
-            upgraded = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(upgraded, "the bcrypt credential was re-hashed as argon2id");
+    until(
+        "the bcrypt credential re-hashed as argon2id",
+        SOON,
+        || async {
+            let rec = store.load_device(tenant, "dev-1").await.unwrap().unwrap();
+            let kinds: Vec<_> = rec
+                .credentials
+                .iter()
+                .filter(|c| c.expires_at.is_none())
+                .map(|c| c.kind.as_str())
+                .collect();
+            kinds.contains(&"argon2") && !kinds.contains(&"bcrypt")
+        },
+    )
+    .await;
     assert_eq!(
         app.authn("dev-1", "", "legacy-pass").await["result"],
         "allow"

@@ -19,10 +19,12 @@
 //! pool's close waits for every connection.
 
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Database, Pool};
+
+use super::StoreResult;
 
 /// Connections held at most (cache fills run one batch at a time; a single device's fill or the
 /// read-ahead's may overlap it).
@@ -39,13 +41,38 @@ impl<DB: Database> Default for Held<DB> {
 }
 
 impl<DB: Database> Held<DB> {
+    /// Runs `statement` on a held connection (or one from `pool`), and keeps the connection for
+    /// the next call if it succeeded. A held connection is used only if `usable` says so, given
+    /// how long it sat held (PostgreSQL pings one idle too long); one it refuses is dropped, and
+    /// the pool replaces it.
+    pub(super) async fn run<T>(
+        &self,
+        pool: &Pool<DB>,
+        usable: impl AsyncFnOnce(&mut DB::Connection, Duration) -> bool,
+        statement: impl AsyncFnOnce(&mut DB::Connection) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        let held = match self.take() {
+            Some((mut conn, since)) => usable(&mut *conn, since.elapsed()).await.then_some(conn),
+            None => None,
+        };
+        let mut conn = match held {
+            Some(conn) => conn,
+            None => pool.acquire().await?,
+        };
+        let out = statement(&mut *conn).await;
+        if out.is_ok() {
+            self.give_back(conn, pool);
+        }
+        out
+    }
+
     /// A held connection and when its last statement ended, if one is held.
-    pub(super) fn take(&self) -> Option<(PoolConnection<DB>, Instant)> {
+    fn take(&self) -> Option<(PoolConnection<DB>, Instant)> {
         self.lock().pop()
     }
 
     /// Keeps `conn` (its statement succeeded) unless enough are held or the pool is closing.
-    pub(super) fn give_back(&self, conn: PoolConnection<DB>, pool: &Pool<DB>) {
+    fn give_back(&self, conn: PoolConnection<DB>, pool: &Pool<DB>) {
         let mut held = self.lock();
         // A closing pool waits for every connection: none is kept once it closes.
         if held.len() < HELD && !pool.is_closed() {

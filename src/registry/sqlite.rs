@@ -97,15 +97,8 @@ impl SqliteStore {
         &self,
         statement: impl AsyncFnOnce(&mut sqlx::SqliteConnection) -> StoreResult<T>,
     ) -> StoreResult<T> {
-        let mut conn = match self.held.take() {
-            Some((conn, _)) => conn,
-            None => self.pool.acquire().await?,
-        };
-        let out = statement(&mut conn).await;
-        if out.is_ok() {
-            self.held.give_back(conn, &self.pool);
-        }
-        out
+        let usable = async |_: &mut sqlx::SqliteConnection, _| true;
+        self.held.run(&self.pool, usable, statement).await
     }
 
     pub(crate) async fn ping(&self) -> StoreResult<()> {

@@ -12,20 +12,9 @@ impl PgStore {
         &self,
         statement: impl AsyncFnOnce(&mut PgConnection) -> StoreResult<T>,
     ) -> StoreResult<T> {
-        let mut conn = match self.held.take() {
-            Some((mut conn, since)) => match ping_if_idle(&mut conn, since.elapsed()).await {
-                Ok(()) => conn,
-                // Closed while held (a restarted server, an idle timeout): dropped, and the pool
-                // replaces it.
-                Err(_) => self.pool.acquire().await?,
-            },
-            None => self.pool.acquire().await?,
-        };
-        let out = statement(&mut conn).await;
-        if out.is_ok() {
-            self.held.give_back(conn, &self.pool);
-        }
-        out
+        // One closed while held (a restarted server, an idle timeout) fails its ping.
+        let usable = async |conn: &mut PgConnection, idle| ping_if_idle(conn, idle).await.is_ok();
+        self.held.run(&self.pool, usable, statement).await
     }
 }
 

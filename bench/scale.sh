@@ -108,11 +108,11 @@ storm() { # port devices.tsv shape
     dropped=$(awk '/^mqgate_audit_dropped_total/ {a+=$2} /^mqgate_familiar_writes_dropped_total/ {f+=$2}
         END {printf "audit_dropped=%d familiar_dropped=%d", a, f}' <<<"$m")
     # The cache's fills (a cold storm's pace): store calls, client ids per call, time per call.
-    dropped+=$(awk '/^mqgate_registry_fills_total / {c=$2} /^mqgate_registry_fill_client_ids_total / {i=$2}
+    fills=$(awk '/^mqgate_registry_fills_total / {c=$2} /^mqgate_registry_fill_client_ids_total / {i=$2}
         /^mqgate_registry_fill_seconds_total / {t=$2}
         END {if (c > 0) printf " fills=%d ids_per_fill=%.1f us_per_fill=%.0f", c, i/c, 1e6*t/c}' <<<"$m")
     echo "$(cat "$WORK/load.out") loadgen_cpu=$(python3 -c "print(f'{100*($u+$s)/max($r,1e-9):.0f}%')")" \
-        "server_us_per_login=$(( (s1 - s0) * 10000 / n ))$extra $dropped"
+        "server_us_per_login=$(( (s1 - s0) * 10000 / n ))$extra $dropped$fills"
 }
 
 echo "== store: $([[ $PG == 1 ]] && echo postgres || echo sqlite); server ${SERVER_CPU[*]:-unpinned}, load ${LOAD_CPU[*]:-unpinned}"

@@ -279,26 +279,9 @@ async fn mtls_body(store: Store) {
     assert!(ok, "{text}");
 }
 
-/// The newest audited refusal of `client_id`'s certificate at the TLS handshake.
-async fn handshake_refusal(app: &TestApp, client_id: &str) -> Option<serde_json::Value> {
+/// The audited refusals of `client_id`'s certificate at the TLS handshake, oldest first.
+async fn handshake_refusals(app: &TestApp, client_id: &str) -> Vec<serde_json::Value> {
     // The outcome is queued before the client hears it; the writer batches, so write it now.
-    app.gate.flush_audit().await;
-    let entries = app.admin.store().list_audit(0, 10_000).await.unwrap();
-    entries
-        .iter()
-        .rev()
-        .filter(|e| e.kind == "connect")
-        .map(|e| serde_json::from_str::<serde_json::Value>(&e.detail).unwrap())
-        .find(|d| {
-            d["client_id"] == client_id
-                && d["reason"]
-                    .as_str()
-                    .is_some_and(|r| r.starts_with("TLS handshake refused"))
-        })
-}
-
-/// The refusals of `client_id`'s revoked certificate at the TLS handshake in the audit trail.
-async fn tls_refusals(app: &TestApp, client_id: &str) -> usize {
     app.gate.flush_audit().await;
     let entries = app.admin.store().list_audit(0, 10_000).await.unwrap();
     entries
@@ -307,12 +290,22 @@ async fn tls_refusals(app: &TestApp, client_id: &str) -> usize {
         .map(|e| serde_json::from_str::<serde_json::Value>(&e.detail).unwrap())
         .filter(|d| {
             d["client_id"] == client_id
-                && d["cause"] == "cert_revoked"
                 && d["reason"]
                     .as_str()
                     .is_some_and(|r| r.starts_with("TLS handshake refused"))
         })
-        .count()
+        .collect()
+}
+
+/// The newest audited refusal of `client_id`'s certificate at the TLS handshake.
+async fn handshake_refusal(app: &TestApp, client_id: &str) -> Option<serde_json::Value> {
+    handshake_refusals(app, client_id).await.pop()
+}
+
+/// The refusals of `client_id`'s revoked certificate at the TLS handshake in the audit trail.
+async fn tls_refusals(app: &TestApp, client_id: &str) -> usize {
+    let all = handshake_refusals(app, client_id).await;
+    all.iter().filter(|d| d["cause"] == "cert_revoked").count()
 }
 
 /// A resumed TLS session skips the certificate verifier; a certificate revoked since the session

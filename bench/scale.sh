@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A fleet on one small box (issue #14): bulk import, warm start, memory per device, reconnect storms.
 #   bench/scale.sh [--counts "10000 100000 1000000"] [--postgres] [--skip-storm] [--runs 3]
-#                  [--shapes "8x100 16x1"]
+#                  [--shapes "8x100 16x1"] [--own-limits]
 # For each count: a fresh registry, `mqgate device import` of that many devices (one token each,
 # the default rules), then `mqgate serve` with the warm cache (server on CPU 0): time from spawn to
 # /healthz (the cache is loaded before the listener opens), RSS, RSS of the same server over an
@@ -15,10 +15,13 @@
 # for every answer before the next request. After each warm storm, the server's RSS: what a fleet
 # that has logged in once leaves in memory.
 # SQLite by default; --postgres runs the same on a throwaway PostgreSQL cluster.
+# --own-limits gives every device a rule and an ingestion limit of its own (the rule through the
+# import, the limits by SQL: `sqlite3` or `psql`): a fill then reads a device's rows among a
+# tenant's million.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-COUNTS="10000 100000 1000000" PG=0 STORM=1 RUNS=3 SHAPES="8x100 16x1"
+COUNTS="10000 100000 1000000" PG=0 STORM=1 RUNS=3 SHAPES="8x100 16x1" OWN=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --counts) COUNTS=$2; shift 2 ;;
@@ -26,11 +29,12 @@ while [[ $# -gt 0 ]]; do
         --skip-storm) STORM=0; shift ;;
         --runs) RUNS=$2; shift 2 ;;
         --shapes) SHAPES=$2; shift 2 ;;
+        --own-limits) OWN=1; shift ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
 if [[ $PG == 1 && -z "${DATABASE_URL:-}" ]]; then
-    extra=(); [[ $STORM == 0 ]] && extra=(--skip-storm)
+    extra=(); [[ $STORM == 0 ]] && extra=(--skip-storm); [[ $OWN == 1 ]] && extra+=(--own-limits)
     exec scripts/with-postgres.sh "$0" --counts "$COUNTS" --postgres --runs "$RUNS" --shapes "$SHAPES" "${extra[@]}"
 fi
 
@@ -115,7 +119,7 @@ storm() { # port devices.tsv shape
         "server_us_per_login=$(( (s1 - s0) * 10000 / n ))$extra $dropped$fills"
 }
 
-echo "== store: $([[ $PG == 1 ]] && echo postgres || echo sqlite); server ${SERVER_CPU[*]:-unpinned}, load ${LOAD_CPU[*]:-unpinned}"
+echo "== store: $([[ $PG == 1 ]] && echo postgres || echo sqlite)$([[ $OWN == 1 ]] && echo ", a rule and a limit per device"); server ${SERVER_CPU[*]:-unpinned}, load ${LOAD_CPU[*]:-unpinned}"
 EMPTY=$(db_url empty); mq "$EMPTY" tenant add bench >/dev/null
 P=$(port); serve "$EMPTY" "$P" true; sleep 1; BASE=$(rss_kb "$SERVED_PID"); stop "$SERVED_PID"
 echo "empty registry: RSS $((BASE / 1024)) MiB"
@@ -123,14 +127,19 @@ printf '%-9s %-10s %-12s %-10s %-14s\n' devices import_s warm_start_s rss_mib by
 for n in $COUNTS; do
     DB=$(db_url "reg$n"); mq "$DB" tenant add bench >/dev/null
     python3 -c "
-import sys
+own = $OWN == 1
 with open('$WORK/import$n.csv', 'w') as f:
-    f.write('client_id\n')
+    f.write('client_id,username,password_hash,acl\n' if own else 'client_id\n')
     for i in range($n):
-        f.write(f'dev-{i:07d}\n')"
+        f.write(f'dev-{i:07d},,,allow:publish:fleet/dev-{i:07d}/#\n' if own else f'dev-{i:07d}\n')"
     t0=$(now)
     mq "$DB" device import --tenant bench --tokens-out "$WORK/tokens$n.csv" "$WORK/import$n.csv" >/dev/null
     IMPORT_S=$(since "$t0")
+    if [[ $OWN == 1 ]]; then # not timed: limits have no bulk import
+        limits="INSERT INTO rate_limits (tenant_id, device_id, per_sec, burst, created_at)
+            SELECT tenant_id, id, 50, 100, 0 FROM devices"
+        if [[ $PG == 1 ]]; then psql -q "${DB%%\?*}" -c "$limits"; else sqlite3 "$WORK/reg$n.db" "$limits"; fi
+    fi
     # loadgen reads client_id<TAB>token lines.
     tail -n +2 "$WORK/tokens$n.csv" | tr ',' '\t' >"$WORK/d$n.tsv"
     P=$(port); serve "$DB" "$P" true; sleep 1

@@ -1693,6 +1693,78 @@ async fn seq_scans(c: &mut sqlx::PgConnection) -> Vec<(String, i64)> {
     .unwrap()
 }
 
+// Setting or clearing a limit finds the one row it replaces by the unique index, not among every
+// limit of the tenant (`IS NOT DISTINCT FROM` used no index).
+#[sqlx::test(migrations = false)]
+async fn setting_a_limit_reads_only_the_limit_it_replaces(pool: sqlx::PgPool) {
+    // Everything through one connection: its sequential scans, reported or not yet, are then all
+    // there are of these tables.
+    let one = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .unwrap();
+    let s = migrated(Store::Postgres(mqgate::registry::pg::PgStore::from_pool(
+        one.clone(),
+    )))
+    .await;
+    let t = fleet_with_own_rules_and_limits(&s, 3_000).await;
+    sqlx::raw_sql(
+        "INSERT INTO rate_limits (tenant_id, device_id, per_sec, burst, created_at)
+         SELECT tenant_id, id, 1, 1, 0 FROM devices WHERE client_id > 'd-00003'; ANALYZE",
+    )
+    .execute(&one)
+    .await
+    .unwrap();
+    let limit = Rate {
+        per_sec: 2.0,
+        burst: 4,
+    };
+    let listed = s.list_rate_limits(t).await.unwrap().len();
+    let before = limit_scans(&one).await;
+    s.set_rate_limit(t, Some("d-02000"), Some(limit), NOW)
+        .await
+        .unwrap();
+    s.set_rate_limit(t, Some("d-02001"), None, NOW)
+        .await
+        .unwrap();
+    s.set_rate_limit(t, None, Some(limit), NOW).await.unwrap();
+    assert_eq!(
+        limit_scans(&one).await,
+        before,
+        "sequential scans of rate_limits by setting limits"
+    );
+    let limits = s.list_rate_limits(t).await.unwrap();
+    assert_eq!(
+        limits.len(),
+        listed,
+        "one replaced, one cleared, the tenant's added"
+    );
+    assert_eq!(
+        limits.first().map(|l| (&l.client_id, l.rate)),
+        Some((&None, limit)),
+        "the tenant's comes first"
+    );
+    one.close().await;
+}
+
+/// Sequential scans of `rate_limits` so far: those reported and those this connection has not
+/// reported yet (at most once a second, when idle).
+async fn limit_scans(one: &sqlx::PgPool) -> i64 {
+    let mut c = one.acquire().await.unwrap();
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut *c)
+        .await
+        .unwrap();
+    sqlx::query_scalar(
+        "SELECT COALESCE((SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'rate_limits'), 0)
+              + COALESCE((SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'rate_limits'), 0)",
+    )
+    .fetch_one(&mut *c)
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_devices_own_rows_are_reached_by_device_not_by_tenant_sqlite() {
     let dir = tempfile::tempdir().unwrap();
@@ -1710,6 +1782,7 @@ async fn a_devices_own_rows_are_reached_by_device_not_by_tenant_sqlite() {
     for lookup in [
         "SELECT * FROM rate_limits WHERE tenant_id = ?1 AND device_id = ?2",
         "SELECT * FROM rate_limits WHERE tenant_id = ?1 AND device_id IS NULL",
+        "DELETE FROM rate_limits WHERE tenant_id = ?1 AND device_id IS ?2",
         "SELECT * FROM rate_limits l WHERE l.tenant_id = ?1 AND l.device_id IN (SELECT id FROM devices WHERE client_id < ?2)",
         "DELETE FROM credentials WHERE device_id = ?1",
         "DELETE FROM acl_rules WHERE device_id = ?1",

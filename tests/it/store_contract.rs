@@ -1623,6 +1623,21 @@ async fn fleet_with_own_rules_and_limits(s: &Store, n: usize) -> mqgate::registr
     t
 }
 
+/// [`fleet_with_own_rules_and_limits`] of 3,000 devices, every one with its own limit, and fresh
+/// statistics: large enough that a plan reading the tenant's rows costs more than one reading the
+/// device's, so the planner's pick shows which index it has.
+async fn pg_fleet_with_own_limits(s: &Store, pool: &sqlx::PgPool) -> mqgate::registry::TenantId {
+    let t = fleet_with_own_rules_and_limits(s, 3_000).await;
+    sqlx::raw_sql(
+        "INSERT INTO rate_limits (tenant_id, device_id, per_sec, burst, created_at)
+         SELECT tenant_id, id, 1, 1, 0 FROM devices WHERE client_id > 'd-00003'; ANALYZE",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    t
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_devices_own_rows_are_reached_by_device_not_by_tenant(pool: sqlx::PgPool) {
     let s = migrated(Store::Postgres(mqgate::registry::pg::PgStore::from_pool(
@@ -1635,17 +1650,7 @@ async fn a_devices_own_rows_are_reached_by_device_not_by_tenant(pool: sqlx::PgPo
         .unwrap();
     assert_eq!(unindexed, Vec::<String>::new(), "foreign keys to devices");
 
-    // A tenant of 3,000 devices, each with its own limit: large enough that a plan reading the
-    // tenant's rows costs more than one reading the device's, so the planner's pick shows which
-    // index it has.
-    let t = fleet_with_own_rules_and_limits(&s, 3_000).await;
-    sqlx::raw_sql(
-        "INSERT INTO rate_limits (tenant_id, device_id, per_sec, burst, created_at)
-         SELECT tenant_id, id, 1, 1, 0 FROM devices WHERE client_id > 'd-00003'; ANALYZE",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    let t = pg_fleet_with_own_limits(&s, &pool).await;
     let mut tx = pool.begin().await.unwrap();
     let before = seq_scans(&mut tx).await;
     let pages: Vec<String> =
@@ -1708,14 +1713,7 @@ async fn setting_a_limit_reads_only_the_limit_it_replaces(pool: sqlx::PgPool) {
         one.clone(),
     )))
     .await;
-    let t = fleet_with_own_rules_and_limits(&s, 3_000).await;
-    sqlx::raw_sql(
-        "INSERT INTO rate_limits (tenant_id, device_id, per_sec, burst, created_at)
-         SELECT tenant_id, id, 1, 1, 0 FROM devices WHERE client_id > 'd-00003'; ANALYZE",
-    )
-    .execute(&one)
-    .await
-    .unwrap();
+    let t = pg_fleet_with_own_limits(&s, &one).await;
     let limit = Rate {
         per_sec: 2.0,
         burst: 4,

@@ -13,7 +13,9 @@
 # keep-alive connections with up to DEPTH requests each in flight. 8x100 is how EMQX 5 calls
 # (its HTTP authn `pool_size` 8, `enable_pipelining` 100); 16x1 is 16 connections that each wait
 # for every answer before the next request. After each warm storm, the server's RSS: what a fleet
-# that has logged in once leaves in memory.
+# that has logged in once leaves in memory. The familiar addresses a cold storm's logins queue are
+# held back while the cache fills: a storm prints how many (`familiar_held`), how long after its
+# end they were all written, and the CPU per login counting their writes (`with_them:`).
 # SQLite by default; --postgres runs the same on a throwaway PostgreSQL cluster.
 # --own-limits gives every device a rule and an ingestion limit of its own (the rule through the
 # import, the limits by SQL: `sqlite3` or `psql`): a fill then reads a device's rows among a
@@ -115,8 +117,23 @@ storm() { # port devices.tsv shape
     fills=$(awk '/^mqgate_registry_fills_total / {c=$2} /^mqgate_registry_fill_client_ids_total / {i=$2}
         /^mqgate_registry_fill_seconds_total / {t=$2}
         END {if (c > 0) printf " fills=%d ids_per_fill=%.1f us_per_fill=%.0f", c, i/c, 1e6*t/c}' <<<"$m")
+    # Familiar addresses held back while the cache filled (nobody waits on them: they follow the
+    # storm), how long after its end they were all written, and the CPU per login with them.
+    local held t0 after=""
+    held=$(awk '/^mqgate_familiar_writes_pending / {print $2}' <<<"$m")
+    if [[ ${held:-0} -gt 0 ]]; then
+        t0=$(date +%s.%N)
+        for _ in $(seq 1 1200); do
+            curl -sf -H "Authorization: Bearer $SECRET" "http://127.0.0.1:$1/metrics" |
+                grep -qx "mqgate_familiar_writes_pending 0" && break
+            sleep 0.05
+        done
+        after=" familiar_held=$held written_after=$(python3 -c "import time; print(f'{time.time()-$t0:.2f}')")s"
+        after+=" with_them: server_us_per_login=$(( ($(ticks "$SERVED_PID") - s0) * 10000 / n ))"
+        [[ -n $extra ]] && after+=" postgres_us_per_login=$(( ($(pg_ticks) - p0) * 10000 / n ))"
+    fi
     echo "$(cat "$WORK/load.out") loadgen_cpu=$(python3 -c "print(f'{100*($u+$s)/max($r,1e-9):.0f}%')")" \
-        "server_us_per_login=$(( (s1 - s0) * 10000 / n ))$extra $dropped$fills"
+        "server_us_per_login=$(( (s1 - s0) * 10000 / n ))$extra $dropped$fills$after"
 }
 
 echo "== store: $([[ $PG == 1 ]] && echo postgres || echo sqlite)$([[ $OWN == 1 ]] && echo ", a rule and a limit per device"); server ${SERVER_CPU[*]:-unpinned}, load ${LOAD_CPU[*]:-unpinned}"

@@ -280,8 +280,9 @@ impl Gate {
         }
     }
 
-    /// `mqgate_audit_dropped_total`, `mqgate_familiar_writes_dropped_total` and
-    /// `mqgate_shared_failure_writes_skipped_total` for `/metrics`.
+    /// `mqgate_audit_dropped_total`, `mqgate_familiar_writes_dropped_total`,
+    /// `mqgate_shared_failure_writes_skipped_total` and `mqgate_familiar_writes_pending` for
+    /// `/metrics`.
     pub fn render_audit_metrics(&self) -> String {
         let audit = self
             .audit
@@ -294,9 +295,13 @@ impl Gate {
              mqgate_familiar_writes_dropped_total {}\n\
              # HELP mqgate_shared_failure_writes_skipped_total Failed attempts counted in this process only (shared failure-write budget spent).\n\
              # TYPE mqgate_shared_failure_writes_skipped_total counter\n\
-             mqgate_shared_failure_writes_skipped_total {}\n",
+             mqgate_shared_failure_writes_skipped_total {}\n\
+             # HELP mqgate_familiar_writes_pending Familiar-address writes queued or held back while the cache fills from the registry.\n\
+             # TYPE mqgate_familiar_writes_pending gauge\n\
+             mqgate_familiar_writes_pending {}\n",
             self.familiar_dropped(),
-            self.shared_writes_skipped()
+            self.shared_writes_skipped(),
+            self.familiar_pending()
         )
     }
 

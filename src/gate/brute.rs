@@ -3,7 +3,8 @@
 //!
 //! - **Familiar addresses** go to the registry through a bounded queue and one writer task, off
 //!   the hot path: a full queue drops the write and counts it (`familiar_dropped`), it never holds
-//!   a CONNECT up. They are read back lazily, only when a client id's lockout (or its full failure
+//!   a CONNECT up. While the cache fills from the store (a reconnect storm of devices it does
+//!   not hold) the writer holds them back, so the store serves the decisions first. They are read back lazily, only when a client id's lockout (or its full failure
 //!   window) would refuse an address this process has not seen the device at: the device's whole
 //!   list, at most once per client id every 10 s, so a locked client id hammered from any number
 //!   of addresses costs one query per 10 s, not one per attempt.
@@ -36,10 +37,11 @@ use crate::registry::{AddressSeen, Change, FailureRule, LockScope, StoreResult, 
 /// A store call of the shared guard, boxed (see [`Gate::shared_call`]).
 type StoreCall<'a, T> = std::pin::Pin<Box<dyn Future<Output = StoreResult<T>> + Send + 'a>>;
 
-/// Familiar-address writes queued at most (then dropped and counted): a few seconds of a
-/// reconnect storm of new devices (about 100 bytes each), so the writer's commits, not the
-/// queue, set how many are lost.
-const FAMILIAR_QUEUE: usize = 16_384;
+/// Familiar-address writes queued at most (then dropped and counted), about 100 bytes each: the
+/// writes [`FAMILIAR_HOLD`] keeps back during a reconnect storm of devices the cache does not
+/// hold (half the queue, ~13 MB) and as many again arriving meanwhile, so the writer's commits,
+/// not the queue, set how many are lost.
+const FAMILIAR_QUEUE: usize = 262_144;
 
 /// Shared failure writes per second per replica (burst: twice as many).
 pub const SHARED_WRITES: u32 = 200;
@@ -48,7 +50,7 @@ pub const SHARED_WRITES: u32 = 200;
 #[derive(Debug)]
 pub(super) struct Shared {
     queue: mpsc::Sender<AddressSeen>,
-    dropped: Arc<AtomicU64>,
+    familiar: Arc<FamiliarCounts>,
     /// The failure-write budget (see the module docs).
     writes: Mutex<Gcra>,
     /// Failures counted here only because the budget was spent.
@@ -64,17 +66,17 @@ impl Gate {
     /// Without it (unit tests) the guard is this process's memory alone.
     pub fn with_shared_guard(mut self) -> Self {
         let (queue, rx) = mpsc::channel(FAMILIAR_QUEUE);
-        let dropped = Arc::new(AtomicU64::new(0));
+        let familiar = Arc::new(FamiliarCounts::default());
         // Off the hot path: the writer may take the whole decision deadline per write.
         tokio::spawn(write_familiar(
             Arc::clone(&self.registry),
             rx,
-            Arc::clone(&dropped),
+            Arc::clone(&familiar),
             self.deadline,
         ));
         self.shared = Some(Shared {
             queue,
-            dropped,
+            familiar,
             writes: Mutex::default(),
             skipped: AtomicU64::new(0),
             cleared: OnceLock::new(),
@@ -93,7 +95,14 @@ impl Gate {
     pub fn familiar_dropped(&self) -> u64 {
         self.shared
             .as_ref()
-            .map_or(0, |s| s.dropped.load(Ordering::Relaxed))
+            .map_or(0, |s| s.familiar.dropped.load(Ordering::Relaxed))
+    }
+
+    /// Familiar-address writes queued, held or being written.
+    pub fn familiar_pending(&self) -> u64 {
+        self.shared
+            .as_ref()
+            .map_or(0, |s| s.familiar.pending.load(Ordering::Relaxed))
     }
 
     /// Longest wait for one brute-force store call: a small part of the decision deadline.
@@ -139,8 +148,11 @@ impl Gate {
             address: peer.to_string(),
             at_ms: now,
         };
+        // Counted before it is sent: the writer's decrement cannot come first.
+        shared.familiar.pending.fetch_add(1, Ordering::Relaxed);
         if shared.queue.try_send(write).is_err() {
-            shared.dropped.fetch_add(1, Ordering::Relaxed);
+            shared.familiar.pending.fetch_sub(1, Ordering::Relaxed);
+            shared.familiar.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -360,6 +372,15 @@ pub fn spawn_lockout_feed(gate: &Arc<Gate>) {
     });
 }
 
+/// The familiar-address writes' counts, kept by [`Gate::remember`] and the writer.
+#[derive(Debug, Default)]
+struct FamiliarCounts {
+    /// Not written: the queue was full, or the registry did not take them.
+    dropped: AtomicU64,
+    /// Queued, held, or being written.
+    pending: AtomicU64,
+}
+
 /// Familiar-address writes committed together at most.
 const FAMILIAR_BATCH: usize = 1024;
 /// How long the writer gathers addresses after the first of a batch (as the audit writer does):
@@ -367,18 +388,37 @@ const FAMILIAR_BATCH: usize = 1024;
 /// serve a few hundred logins instead of a couple of dozen. Nobody waits on these writes.
 const FAMILIAR_LINGER: Duration = Duration::from_millis(20);
 
+/// While the cache fills from the store (a reconnect storm of devices it does not hold: every
+/// login waits on a fill, and every one of them queues an address), the writer holds its writes
+/// until no fill has started for this long: the store serves the decisions first, and the
+/// addresses, which nobody waits on, follow the storm instead of competing with it.
+const FAMILIAR_QUIET: Duration = Duration::from_millis(100);
+/// The longest a queued address is held back by fills: past it (or with the queue half full)
+/// the writer writes until the queue is empty, fills or not, then may hold again.
+const FAMILIAR_HOLD: Duration = Duration::from_secs(10);
+
+/// Whether the writer keeps holding its writes: the cache filled within [`FAMILIAR_QUIET`]
+/// (`filling`), the oldest has been held for less than [`FAMILIAR_HOLD`] and less than half the
+/// queue is taken.
+fn hold(filling: bool, held_for: Duration, queued: usize) -> bool {
+    filling && held_for < FAMILIAR_HOLD && queued < FAMILIAR_QUEUE / 2
+}
+
 /// Writes familiar addresses until the gate is gone: whatever queued while the last batch was
 /// written, or arrived within [`FAMILIAR_LINGER`] of its first, goes in one transaction (a
-/// reconnect storm costs a commit per batch, not per device).
+/// reconnect storm costs a commit per batch, not per device); held back while the cache fills
+/// (see [`FAMILIAR_QUIET`], [`FAMILIAR_HOLD`]).
 /// A batch the registry cannot take now is dropped and counted: the in-memory view still holds
 /// the addresses.
 async fn write_familiar(
     registry: Arc<CachedRegistry>,
     mut rx: mpsc::Receiver<AddressSeen>,
-    dropped: Arc<AtomicU64>,
+    counts: Arc<FamiliarCounts>,
     timeout: Duration,
 ) {
     let mut batch = Vec::with_capacity(FAMILIAR_BATCH);
+    // When the writes now queued started being held (none again once the queue is empty).
+    let mut holding: Option<tokio::time::Instant> = None;
     while rx.recv_many(&mut batch, FAMILIAR_BATCH).await > 0 {
         if batch.len() < FAMILIAR_BATCH {
             tokio::time::sleep(FAMILIAR_LINGER).await;
@@ -388,24 +428,60 @@ async fn write_familiar(
                 batch.push(seen);
             }
         }
+        let since = *holding.get_or_insert_with(tokio::time::Instant::now);
+        while hold(
+            registry.filled_within(FAMILIAR_QUIET),
+            since.elapsed(),
+            rx.len(),
+        ) {
+            tokio::time::sleep(FAMILIAR_QUIET).await;
+        }
         let n = batch.len() as u64;
-        if registry.health().is_down() {
-            dropped.fetch_add(n, Ordering::Relaxed);
-            batch.clear();
-            continue;
-        }
-        let write = registry.store().remember_addresses(&batch);
-        match tokio::time::timeout(timeout, write).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                dropped.fetch_add(n, Ordering::Relaxed);
-                tracing::warn!(error = %e, addresses = n, "familiar addresses not written");
+        let written = if registry.health().is_down() {
+            false
+        } else {
+            let write = registry.store().remember_addresses(&batch);
+            match tokio::time::timeout(timeout, write).await {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, addresses = n, "familiar addresses not written");
+                    false
+                }
+                Err(_) => {
+                    tracing::warn!(addresses = n, "familiar addresses not written in time");
+                    false
+                }
             }
-            Err(_) => {
-                dropped.fetch_add(n, Ordering::Relaxed);
-                tracing::warn!(addresses = n, "familiar addresses not written in time");
-            }
+        };
+        if !written {
+            counts.dropped.fetch_add(n, Ordering::Relaxed);
         }
+        counts.pending.fetch_sub(n, Ordering::Relaxed);
         batch.clear();
+        if rx.is_empty() {
+            holding = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{FAMILIAR_HOLD, FAMILIAR_QUEUE, hold};
+    use std::time::Duration;
+
+    #[test]
+    fn familiar_writes_are_held_only_while_filling_and_within_bounds() {
+        assert!(hold(true, Duration::ZERO, 0));
+        assert!(hold(
+            true,
+            FAMILIAR_HOLD - Duration::from_millis(1),
+            FAMILIAR_QUEUE / 2 - 1
+        ));
+        assert!(!hold(false, Duration::ZERO, 0), "no fill: written at once");
+        assert!(!hold(true, FAMILIAR_HOLD, 0), "held long enough");
+        assert!(
+            !hold(true, Duration::ZERO, FAMILIAR_QUEUE / 2),
+            "the queue half full"
+        );
     }
 }

@@ -91,7 +91,7 @@ impl CachedRegistry {
             .max_capacity(settings.capacity.min(UNKNOWN_CAPACITY))
             .time_to_live(settings.negative_ttl)
             .build();
-        let fills = Arc::new(FillStats::default());
+        let fills = Arc::new(FillStats::new());
         let batcher = FillBatcher::spawn(store.clone(), LOAD_TIMEOUT, Arc::clone(&fills));
         CachedRegistry {
             health: Health::new(store.clone(), LOAD_TIMEOUT),
@@ -123,6 +123,13 @@ impl CachedRegistry {
     /// Whether the store answers (the circuit breaker of the hot path, `/readyz`).
     pub fn health(&self) -> &Arc<Health> {
         &self.health
+    }
+
+    /// Whether a fill of the cache from the store started within `window`: the store is
+    /// serving decisions that wait on it (a reconnect storm of devices the cache does not hold),
+    /// and writes nobody waits on can hold back (see `gate::brute`).
+    pub fn filled_within(&self, window: Duration) -> bool {
+        self.fills.started_within(window)
     }
 
     /// The underlying store (admin writes go there, then call [`CachedRegistry::invalidate`]).
@@ -506,15 +513,47 @@ pub fn compile_view(r: DeviceRecord, file_rules: &[Rule]) -> Option<DeviceView> 
 
 type FillReply = oneshot::Sender<Result<Option<DeviceRecord>, String>>;
 
-/// What the cache's fills cost (see [`CachedRegistry::render_metrics`]).
-#[derive(Default)]
+/// What the cache's fills cost (see [`CachedRegistry::render_metrics`]), and when the last one
+/// started (see [`CachedRegistry::filled_within`]).
 struct FillStats {
     calls: AtomicU64,
     client_ids: AtomicU64,
     micros: AtomicU64,
+    /// Milliseconds from `since` to the start of the last fill, plus one (0: none yet).
+    last_start: AtomicU64,
+    since: std::time::Instant,
 }
 
 impl FillStats {
+    fn new() -> Self {
+        FillStats {
+            calls: AtomicU64::new(0),
+            client_ids: AtomicU64::new(0),
+            micros: AtomicU64::new(0),
+            last_start: AtomicU64::new(0),
+            since: std::time::Instant::now(),
+        }
+    }
+
+    fn millis(&self) -> u64 {
+        u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn started(&self) {
+        self.last_start
+            .store(self.millis().saturating_add(1), Ordering::Relaxed);
+    }
+
+    fn started_within(&self, window: Duration) -> bool {
+        match self.last_start.load(Ordering::Relaxed) {
+            0 => false,
+            last => {
+                let window = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+                self.millis().saturating_add(1).saturating_sub(last) < window
+            }
+        }
+    }
+
     fn record(&self, client_ids: usize, took: Duration) {
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.client_ids
@@ -570,6 +609,7 @@ impl FillBatcher {
                 }
                 let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
                 let started = std::time::Instant::now();
+                stats.started();
                 let found = match tokio::time::timeout(timeout, store.load_clients(&ids)).await {
                     Ok(found) => found.map_err(|e| e.to_string()),
                     Err(_) => Err("registry did not answer in time".to_string()),

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::both_stores;
-use crate::helpers::{TestApp, eventually, until};
+use crate::helpers::{TestApp, eventually, metric_reaches, until};
 use mqgate::registry::Store;
 
 const DEVICE_AT: &str = "10.0.0.7";
@@ -108,6 +108,48 @@ async fn familiar_addresses_per_device_stay_at_the_bound(store: Store) {
 both_stores!(
     familiar_bound,
     familiar_addresses_per_device_stay_at_the_bound
+);
+
+/// A reconnect storm of devices the cache does not hold: every login waits on a fill from the
+/// store and queues a familiar address nobody waits on. The writes are held back while fills keep
+/// starting (the store serves the decisions first) and land once they stop.
+async fn familiar_writes_wait_for_the_cache_fills_to_stop(store: Store) {
+    let app = TestApp::start(store.clone()).await;
+    let token = app.device("acme", "dev-1").await;
+    // Fills of client ids the cache does not hold, back to back, each its own store call.
+    let registry = std::sync::Arc::clone(app.gate.registry());
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let storm = tokio::spawn(async move {
+        let mut fills = 0u64;
+        while !*stopped.borrow_and_update() {
+            fills += 1;
+            let ghost = registry.device(&format!("ghost-{fills}")).await;
+            assert!(matches!(ghost, Ok(None)), "ghost-{fills}: {ghost:?}");
+        }
+        fills
+    });
+    assert_eq!(result(&app, DEVICE_AT, &token).await, "allow");
+    metric_reaches(&app, "mqgate_familiar_writes_pending 1\n").await;
+    let held = std::time::Instant::now();
+    while held.elapsed() < Duration::from_millis(500) {
+        assert!(
+            familiar(&store, "dev-1").await.is_empty(),
+            "written while the cache was filling"
+        );
+    }
+    stop.send(true).unwrap();
+    let fills = storm.await.unwrap();
+    assert!(fills > 10, "only {fills} fills");
+    assert_eq!(
+        written(&store, "dev-1", DEVICE_AT).await,
+        [DEVICE_AT],
+        "written once the fills stopped"
+    );
+    metric_reaches(&app, "mqgate_familiar_writes_pending 0\n").await;
+}
+both_stores!(
+    familiar_after_the_storm,
+    familiar_writes_wait_for_the_cache_fills_to_stop
 );
 
 /// A spray of wrong secrets from many addresses does not turn every attempt into a database

@@ -14,7 +14,7 @@
 # (its HTTP authn `pool_size` 8, `enable_pipelining` 100); 16x1 is 16 connections that each wait
 # for every answer before the next request. After each warm storm, the server's RSS: what a fleet
 # that has logged in once leaves in memory. The familiar addresses a cold storm's logins queue are
-# held back while the cache fills: a storm prints how many (`familiar_held`), how long after its
+# held back while the cache fills: a storm prints how many were still pending at its end (`familiar_pending`), how long after its
 # end they were all written, and the CPU per login counting their writes (`with_them:`).
 # SQLite by default; --postgres runs the same on a throwaway PostgreSQL cluster.
 # --own-limits gives every device a rule and an ingestion limit of its own (the rule through the
@@ -128,7 +128,7 @@ storm() { # port devices.tsv shape
                 grep -qx "mqgate_familiar_writes_pending 0" && break
             sleep 0.05
         done
-        after=" familiar_held=$held written_after=$(python3 -c "import time; print(f'{time.time()-$t0:.2f}')")s"
+        after=" familiar_pending=$held written_after=$(python3 -c "import time; print(f'{time.time()-$t0:.2f}')")s"
         after+=" with_them: server_us_per_login=$(( ($(ticks "$SERVED_PID") - s0) * 10000 / n ))"
         [[ -n $extra ]] && after+=" postgres_us_per_login=$(( ($(pg_ticks) - p0) * 10000 / n ))"
     fi

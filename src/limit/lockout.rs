@@ -145,10 +145,17 @@ impl FamiliarCache {
             .or_else(|| self.older.get(client_id))
     }
 
-    /// The client id's addresses, brought into the newer generation (created empty).
+    /// The client id's addresses, brought into the newer generation (created empty). When the
+    /// newer is full it becomes the older, and the older's table, emptied (and at the first turn
+    /// sized for a generation), the newer: a generation fills without growing its table step by
+    /// step (a rehash at every doubling).
     fn entry(&mut self, client_id: &str) -> &mut Addresses {
         if self.newer.len() >= FAMILIAR_CLIENTS / 2 && !self.newer.contains_key(client_id) {
-            self.older = std::mem::take(&mut self.newer);
+            let mut emptied = std::mem::take(&mut self.older);
+            emptied.clear();
+            // At the first turn the older is still the empty table it started as.
+            emptied.reserve(FAMILIAR_CLIENTS / 2);
+            self.older = std::mem::replace(&mut self.newer, emptied);
         }
         let older = &mut self.older;
         self.newer
@@ -780,6 +787,10 @@ mod tests {
         }
         let held = g.familiar.newer.len() + g.familiar.older.len();
         assert!(held <= FAMILIAR_CLIENTS, "{held}");
+        assert!(
+            g.familiar.newer.capacity() >= FAMILIAR_CLIENTS / 2,
+            "the newer generation reuses the table of the one it replaced"
+        );
         assert_eq!(g.tracked(), (0, 0));
         let last = format!("dev-{}", fleet - 1);
         assert!(g.is_familiar(&last, "10.0.0.1", T0 + 1));

@@ -319,8 +319,11 @@ impl PageDoc {
     /// The records in the database's order of the page (its position column): the last one is
     /// where the next page starts, whatever the database's collation.
     pub(crate) fn into_records(self) -> StoreResult<Vec<DeviceRecord>> {
-        let mut docs: Vec<(i64, FillDoc)> = Vec::new();
-        let mut at: std::collections::HashMap<i64, usize> = std::collections::HashMap::new();
+        // A device per row at most (a row per credential).
+        let rows = self.devices.len();
+        let mut docs: Vec<(i64, FillDoc)> = Vec::with_capacity(rows);
+        let mut at: std::collections::HashMap<i64, usize> =
+            std::collections::HashMap::with_capacity(rows);
         for (pos, id, client_id, username, enabled, created_at, cid, kind, digest, expires_at) in
             self.devices
         {

@@ -390,7 +390,7 @@ const FAMILIAR_LINGER: Duration = Duration::from_millis(20);
 
 /// While the cache fills from the store (a reconnect storm of devices it does not hold: every
 /// login waits on a fill, and every one of them queues an address), the writer holds its writes
-/// until no fill has started for this long: the store serves the decisions first, and the
+/// until no fill has been in flight for this long: the store serves the decisions first, and the
 /// addresses, which nobody waits on, follow the storm instead of competing with it.
 const FAMILIAR_QUIET: Duration = Duration::from_millis(100);
 /// The longest a queued address is held back by fills: past it (or with the queue half full)

@@ -125,11 +125,11 @@ impl CachedRegistry {
         &self.health
     }
 
-    /// Whether a fill of the cache from the store started within `window`: the store is
-    /// serving decisions that wait on it (a reconnect storm of devices the cache does not hold),
-    /// and writes nobody waits on can hold back (see `gate::brute`).
+    /// Whether a fill of the cache from the store is in flight, or one started or ended within
+    /// `window`: the store is serving decisions that wait on it (a reconnect storm of devices the
+    /// cache does not hold), and writes nobody waits on can hold back (see `gate::brute`).
     pub fn filled_within(&self, window: Duration) -> bool {
-        self.fills.started_within(window)
+        self.fills.busy_within(window)
     }
 
     /// The underlying store (admin writes go there, then call [`CachedRegistry::invalidate`]).
@@ -513,14 +513,16 @@ pub fn compile_view(r: DeviceRecord, file_rules: &[Rule]) -> Option<DeviceView> 
 
 type FillReply = oneshot::Sender<Result<Option<DeviceRecord>, String>>;
 
-/// What the cache's fills cost (see [`CachedRegistry::render_metrics`]), and when the last one
-/// started (see [`CachedRegistry::filled_within`]).
+/// What the cache's fills cost (see [`CachedRegistry::render_metrics`]), whether one is in flight
+/// and when the last one started or ended (see [`CachedRegistry::filled_within`]).
 struct FillStats {
     calls: AtomicU64,
     client_ids: AtomicU64,
     micros: AtomicU64,
-    /// Milliseconds from `since` to the start of the last fill, plus one (0: none yet).
-    last_start: AtomicU64,
+    /// Fills started and not yet ended.
+    in_flight: AtomicU64,
+    /// Milliseconds from `since` to the last start or end of a fill, plus one (0: none yet).
+    last_busy: AtomicU64,
     since: std::time::Instant,
 }
 
@@ -530,7 +532,8 @@ impl FillStats {
             calls: AtomicU64::new(0),
             client_ids: AtomicU64::new(0),
             micros: AtomicU64::new(0),
-            last_start: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            last_busy: AtomicU64::new(0),
             since: std::time::Instant::now(),
         }
     }
@@ -539,13 +542,22 @@ impl FillStats {
         u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn started(&self) {
-        self.last_start
+    fn mark(&self) {
+        self.last_busy
             .store(self.millis().saturating_add(1), Ordering::Relaxed);
     }
 
-    fn started_within(&self, window: Duration) -> bool {
-        match self.last_start.load(Ordering::Relaxed) {
+    fn started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.mark();
+    }
+
+    /// A fill is in flight, or one started or ended within `window`.
+    fn busy_within(&self, window: Duration) -> bool {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return true;
+        }
+        match self.last_busy.load(Ordering::Relaxed) {
             0 => false,
             last => {
                 let window = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
@@ -554,7 +566,10 @@ impl FillStats {
         }
     }
 
+    /// The end of a fill [`FillStats::started`].
     fn record(&self, client_ids: usize, took: Duration) {
+        self.mark();
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.client_ids
             .fetch_add(client_ids as u64, Ordering::Relaxed);

@@ -116,18 +116,24 @@ both_stores!(
 async fn familiar_writes_wait_for_the_cache_fills_to_stop(store: Store) {
     let app = TestApp::start(store.clone()).await;
     let token = app.device("acme", "dev-1").await;
-    // Fills of client ids the cache does not hold, back to back, each its own store call.
-    let registry = std::sync::Arc::clone(app.gate.registry());
-    let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    let storm = tokio::spawn(async move {
-        let mut fills = 0u64;
-        while !*stopped.borrow_and_update() {
-            fills += 1;
-            let ghost = registry.device(&format!("ghost-{fills}")).await;
-            assert!(matches!(ghost, Ok(None)), "ghost-{fills}: {ghost:?}");
-        }
-        fills
-    });
+    // Fills of client ids the cache does not hold, back to back from three tasks (one fill in
+    // flight, the next batch waiting behind it).
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let storm: Vec<_> = (0..3)
+        .map(|task| {
+            let registry = std::sync::Arc::clone(app.gate.registry());
+            let mut stopped = stopped.clone();
+            tokio::spawn(async move {
+                let mut fills = 0u64;
+                while !*stopped.borrow_and_update() {
+                    fills += 1;
+                    let ghost = registry.device(&format!("ghost-{task}-{fills}")).await;
+                    assert!(matches!(ghost, Ok(None)), "ghost-{task}-{fills}: {ghost:?}");
+                }
+                fills
+            })
+        })
+        .collect();
     assert_eq!(result(&app, DEVICE_AT, &token).await, "allow");
     metric_reaches(&app, "mqgate_familiar_writes_pending 1\n").await;
     let held = std::time::Instant::now();
@@ -138,7 +144,10 @@ async fn familiar_writes_wait_for_the_cache_fills_to_stop(store: Store) {
         );
     }
     stop.send(true).unwrap();
-    let fills = storm.await.unwrap();
+    let mut fills = 0;
+    for task in storm {
+        fills += task.await.unwrap();
+    }
     assert!(fills > 10, "only {fills} fills");
     assert_eq!(
         written(&store, "dev-1", DEVICE_AT).await,

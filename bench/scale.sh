@@ -14,8 +14,9 @@
 # (its HTTP authn `pool_size` 8, `enable_pipelining` 100); 16x1 is 16 connections that each wait
 # for every answer before the next request. After each warm storm, the server's RSS: what a fleet
 # that has logged in once leaves in memory. The familiar addresses a cold storm's logins queue are
-# held back while the cache fills: a storm prints how many were still pending at its end (`familiar_pending`), how long after its
-# end they were all written, and the CPU per login counting their writes (`with_them:`).
+# held back while the cache fills: a storm prints how many were still pending at its end
+# (`familiar_pending`), how long after its end they were all written, and the CPU per login
+# counting their writes (`with_them:`).
 # SQLite by default; --postgres runs the same on a throwaway PostgreSQL cluster.
 # --own-limits gives every device a rule and an ingestion limit of its own (the rule through the
 # import, the limits by SQL: `sqlite3` or `psql`): a fill then reads a device's rows among a

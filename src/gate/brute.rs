@@ -4,10 +4,11 @@
 //! - **Familiar addresses** go to the registry through a bounded queue and one writer task, off
 //!   the hot path: a full queue drops the write and counts it (`familiar_dropped`), it never holds
 //!   a CONNECT up. While the cache fills from the store (a reconnect storm of devices it does
-//!   not hold) the writer holds them back, so the store serves the decisions first. They are read back lazily, only when a client id's lockout (or its full failure
-//!   window) would refuse an address this process has not seen the device at: the device's whole
-//!   list, at most once per client id every 10 s, so a locked client id hammered from any number
-//!   of addresses costs one query per 10 s, not one per attempt.
+//!   not hold) the writer holds them back, so the store serves the decisions first. They are
+//!   read back lazily, only when a client id's lockout (or its full failure window) would refuse
+//!   an address this process has not seen the device at: the device's whole list, at most once
+//!   per client id every 10 s, so a locked client id hammered from any number of addresses costs
+//!   one query per 10 s, not one per attempt.
 //! - **Failures** that the guard counts (before any lockout; once locked, the refusal is local)
 //!   are counted in the registry too, one upsert each; the failure that reaches the limit there
 //!   starts the lockout, which PostgreSQL announces to every replica on the change feed. SQLite

@@ -730,8 +730,10 @@ impl Gate {
         action: Action,
         topic: &str,
     ) -> Option<Decision> {
-        let entry = self.registry.cached(client_id.as_str())?;
-        Some(self.decide_authorize(client_id, entry.as_deref(), action, topic))
+        let decision = self.registry.with_cached(client_id.as_str(), |device| {
+            self.decide(device, action, topic)
+        })?;
+        Some(self.record_authorize(client_id.as_str(), action, topic, decision))
     }
 
     fn decide_authorize(
@@ -741,9 +743,13 @@ impl Gate {
         action: Action,
         topic: &str,
     ) -> Decision {
-        let decision =
-            core::decide_authz_metered(device, action, topic, self.unknown, |dev| self.draw(dev));
+        let decision = self.decide(device, action, topic);
         self.record_authorize(client_id.as_str(), action, topic, decision)
+    }
+
+    /// The decision on a PUBLISH or SUBSCRIBE, its bucket drawn from (not yet counted or audited).
+    fn decide(&self, device: Option<&DeviceView>, action: Action, topic: &str) -> Decision {
+        core::decide_authz_metered(device, action, topic, self.unknown, |dev| self.draw(dev))
     }
 
     /// Decides a PUBLISH or SUBSCRIBE of a device the caller holds (the embedded broker keeps

@@ -18,9 +18,9 @@ use crate::core::{CredentialView, StoredDigest};
 use crate::registry::CredentialKind;
 
 pub use mqgate_core::secret::{
-    NewToken, SecretError, SharedSecret, TOKEN_PREFIX, VerifiedSecret, ct_eq, generate_token,
-    hash_password, token_digest, token_digest_bytes, validate_argon2_hash, validate_bcrypt_hash,
-    verify_password, verify_token,
+    Accepted, NewToken, SecretError, SharedSecret, TOKEN_PREFIX, VerifiedSecret, ct_eq,
+    generate_token, hash_password, token_digest, token_digest_bytes, validate_argon2_hash,
+    validate_bcrypt_hash, verify_password, verify_token,
 };
 
 /// Verifies presented secrets against a device's credentials.

@@ -17,6 +17,7 @@ mod error;
 mod ops;
 mod readahead;
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -37,7 +38,7 @@ use tokio::sync::{oneshot, watch};
 
 pub use error::ApiError;
 
-use crate::auth::secret::SharedSecret;
+use crate::auth::secret::{Accepted, SharedSecret};
 use crate::gate::Gate;
 
 /// What the handlers share.
@@ -110,16 +111,53 @@ impl Routes {
     }
 }
 
-impl hyper::service::Service<Request<Incoming>> for Routes {
+/// [`Routes`] as one connection calls them, keeping the internal secret once that connection
+/// presented it on the authz path ([`Accepted`]: the same bytes on its later requests are not
+/// hashed again).
+pub struct Connection {
+    routes: Arc<RoutesInner>,
+    accepted: Cell<Option<Accepted>>,
+}
+
+impl Routes {
+    /// The service of one new connection.
+    fn connection(&self) -> Connection {
+        Connection {
+            routes: Arc::clone(&self.0),
+            accepted: Cell::new(None),
+        }
+    }
+}
+
+impl Connection {
+    /// [`Internal::check`], with the value this connection presented before taken as accepted
+    /// again (and anything else checked in full).
+    fn check(&self, headers: &HeaderMap) -> Result<Internal, ApiError> {
+        let Some(presented) = headers.get(http::header::AUTHORIZATION).and_then(bearer) else {
+            return Err(ApiError::Unauthorized);
+        };
+        let (ok, keep) = match self.accepted.take() {
+            Some(known) if known.is(presented) => (true, Some(known)),
+            known => match self.routes.state.internal_secret.accept(presented) {
+                Some(now) => (true, Some(now)),
+                None => (false, known),
+            },
+        };
+        self.accepted.set(keep);
+        ok.then_some(Internal).ok_or(ApiError::Unauthorized)
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for Connection {
     type Response = Reply;
     type Error = Infallible;
     type Future = Call;
 
     fn call(&self, req: Request<Incoming>) -> Call {
-        let routes = Arc::clone(&self.0);
+        let routes = Arc::clone(&self.routes);
         if req.method() == Method::POST && req.uri().path() == emqx::AUTHZ_PATH {
             let (parts, body) = req.into_parts();
-            if let Err(e) = Internal::check(&parts.headers, &routes.state) {
+            if let Err(e) = self.check(&parts.headers) {
                 return Call(Step::Answered(Some(routed_reply(
                     axum::response::IntoResponse::into_response(e),
                 ))));
@@ -266,12 +304,13 @@ impl Internal {
     /// Whether an `Authorization` value is `Bearer ` and the internal secret (also the
     /// read-ahead's check, so it starts fills only for requests this guard lets through).
     fn carried_by(authorization: &http::HeaderValue, s: &HttpState) -> bool {
-        authorization
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|p| s.internal_secret.matches(p))
+        bearer(authorization).is_some_and(|p| s.internal_secret.matches(p))
     }
+}
+
+/// What an `Authorization` value presents as `Bearer `.
+fn bearer(authorization: &http::HeaderValue) -> Option<&str> {
+    authorization.to_str().ok()?.strip_prefix("Bearer ")
 }
 
 impl FromRequestParts<HttpState> for Internal {
@@ -348,7 +387,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let io = TokioIo::new(routes.read_ahead(stream));
-        let svc = routes.clone();
+        let svc = routes.connection();
         let (stop_tx, mut stop) = oneshot::channel::<()>();
         if stops.len() >= prune_at {
             // Senders of ended connections are dropped here, amortised over the accepts.

@@ -146,6 +146,25 @@ impl CachedRegistry {
         self.unknown.contains_key(client_id).then_some(None)
     }
 
+    /// `f` of what the cache holds for `client_id` (`None`: known unknown), without asking the
+    /// store or counting a reference to the view; `None` when the cache does not know.
+    pub fn with_cached<R>(
+        &self,
+        client_id: &str,
+        f: impl FnOnce(Option<&DeviceView>) -> R,
+    ) -> Option<R> {
+        let mut f = Some(f);
+        if let Some(r) = self
+            .devices
+            .with(client_id, |v| f.take().map(|f| f(Some(v))))
+            .flatten()
+        {
+            return Some(r);
+        }
+        let f = f?;
+        self.unknown.contains_key(client_id).then(|| f(None))
+    }
+
     /// The device for `client_id`, from the cache or (once, however many ask at once) the store.
     /// While the store is known unreachable only the cache answers (an uncached device is
     /// `Unavailable` at once); a fill that fails or overruns its deadline opens the breaker.

@@ -11,7 +11,7 @@
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
@@ -25,8 +25,41 @@ const SHARD_SHIFT: u32 = 32;
 
 struct Slot {
     view: Arc<DeviceView>,
-    /// Seconds since the table's start when it was filled.
+    /// When it was filled ([`Seconds`]).
     born: u32,
+}
+
+/// Whole seconds on a monotonic clock, for the TTL: read on every lookup, so on Linux it is the
+/// kernel's coarse clock, the time of the last tick read from the vDSO (4 ns here, against 25 ns
+/// for `Instant::now`, which reads the TSC through kvm-clock). A TTL in seconds needs no finer one.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+struct Seconds;
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+impl Seconds {
+    fn start() -> Self {
+        Seconds
+    }
+
+    fn now(&self) -> u32 {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+        u32::try_from(t.tv_sec).unwrap_or(u32::MAX)
+    }
+}
+
+/// Elsewhere, seconds since the table's start.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+struct Seconds(std::time::Instant);
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+impl Seconds {
+    fn start() -> Self {
+        Seconds(std::time::Instant::now())
+    }
+
+    fn now(&self) -> u32 {
+        u32::try_from(self.0.elapsed().as_secs()).unwrap_or(u32::MAX)
+    }
 }
 
 /// Compiled device views by client id.
@@ -36,7 +69,7 @@ pub struct DeviceTable {
     len: AtomicUsize,
     capacity: usize,
     ttl_secs: u32,
-    start: Instant,
+    clock: Seconds,
 }
 
 impl DeviceTable {
@@ -48,12 +81,12 @@ impl DeviceTable {
             len: AtomicUsize::new(0),
             capacity: usize::try_from(capacity).unwrap_or(usize::MAX).max(1),
             ttl_secs: u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX),
-            start: Instant::now(),
+            clock: Seconds::start(),
         }
     }
 
     fn now(&self) -> u32 {
-        u32::try_from(self.start.elapsed().as_secs()).unwrap_or(u32::MAX)
+        self.clock.now()
     }
 
     fn locate(&self, client_id: &str) -> (u64, &RwLock<HashTable<Slot>>) {
@@ -76,11 +109,17 @@ impl DeviceTable {
 
     /// The view for `client_id`, unless absent or older than the TTL.
     pub fn get(&self, client_id: &str) -> Option<Arc<DeviceView>> {
+        self.with(client_id, Arc::clone)
+    }
+
+    /// `f` of the view for `client_id`, unless absent or older than the TTL: run under its
+    /// shard's read lock, the view's reference count untouched (the cached authz path).
+    pub fn with<R>(&self, client_id: &str, f: impl FnOnce(&Arc<DeviceView>) -> R) -> Option<R> {
         let (hash, shard) = self.locate(client_id);
         let table = Self::read(shard);
         let slot = table.find(hash, |s| s.view.client_id.as_str() == client_id)?;
         let fresh = self.now().saturating_sub(slot.born) < self.ttl_secs;
-        fresh.then(|| Arc::clone(&slot.view))
+        fresh.then(|| f(&slot.view))
     }
 
     /// Puts (or replaces) `view` under its client id.

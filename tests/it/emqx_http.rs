@@ -525,6 +525,60 @@ async fn pipelined_requests_are_answered_in_order(store: Store) {
 }
 both_stores!(pipelining, pipelined_requests_are_answered_in_order);
 
+/// A connection that presented the internal secret once has it remembered for its later authz
+/// requests (not hashed again), but only those exact bytes: every other value on that same
+/// connection is still refused, before and after, and a fresh connection remembers nothing.
+async fn a_remembered_secret_lets_only_itself_through_on_its_connection(store: Store) {
+    let app = TestApp::start(store).await;
+    app.device("acme", "dev-1").await;
+    let body =
+        json!({"clientid": "dev-1", "topic": "acme/dev-1/x", "action": "publish"}).to_string();
+    let request = |authorization: Option<String>| {
+        let header = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+        format!(
+            "POST /v1/emqx/authz HTTP/1.1\r\nHost: x\r\n{header}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let mut flipped = SECRET.to_string();
+    let last = flipped.pop().unwrap();
+    flipped.push(if last == 'f' { 'e' } else { 'f' });
+    let good = || Some(format!("Bearer {SECRET}"));
+    let sequence = [
+        (Some(format!("Bearer {flipped}")), 401),
+        (good(), 200),
+        (Some(format!("Bearer {flipped}")), 401),
+        (good(), 200),
+        (Some(format!("Bearer {SECRET}x")), 401),
+        (Some(format!("Bearer {}", &SECRET[..SECRET.len() - 1])), 401),
+        (None, 401),
+        (Some(format!("bearer {SECRET}")), 401),
+        (Some(format!("Bearer  {SECRET}")), 401),
+        (Some(SECRET.to_string()), 401),
+        (good(), 200),
+    ];
+    let wire: String = sequence.iter().map(|(a, _)| request(a.clone())).collect();
+    let want: Vec<u16> = sequence.iter().map(|(_, s)| *s).collect();
+    let text = exchange(&app, wire.as_bytes(), |t| statuses(t).len() == want.len()).await;
+    assert_eq!(statuses(&text), want, "{text}");
+    assert_eq!(verdicts(&text), vec!["allow"; 3]);
+    // A second connection starts from nothing: a wrong value first is refused.
+    let wire = request(Some(format!("Bearer {flipped}"))) + &request(good());
+    let text = exchange(&app, wire.as_bytes(), |t| statuses(t).len() == 2).await;
+    assert_eq!(statuses(&text), vec![401, 200], "{text}");
+}
+both_stores!(
+    remembered_secret,
+    a_remembered_secret_lets_only_itself_through_on_its_connection
+);
+
+/// The status codes of the HTTP/1.1 answers in `text`, in order.
+fn statuses(text: &str) -> Vec<u16> {
+    text.match_indices("HTTP/1.1 ")
+        .filter_map(|(i, _)| text.get(i + 9..i + 12)?.parse().ok())
+        .collect()
+}
+
 /// A chunked authz body arrives as several frames, cut inside its strings: it is read whole, on
 /// the registry path (the first request) and on the cached one alike.
 async fn chunked_authz_bodies_are_read_whole(store: Store) {

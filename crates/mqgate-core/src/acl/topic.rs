@@ -155,10 +155,11 @@ fn var_level(level: &str, needs: &mut Needs) -> Option<Level> {
     Some(Level::Var(pieces.into()))
 }
 
-/// Whether level `l`, read with `b`, is the word `w`.
-fn word_is(l: &Level, w: &str, b: &Bind<'_>) -> bool {
+/// Whether level `l`, read with `b`, is the word `w` (compared as bytes: a topic's levels are
+/// cut at the byte `/`).
+fn word_is(l: &Level, w: &[u8], b: &Bind<'_>) -> bool {
     match l {
-        Level::Lit(s) => **s == *w,
+        Level::Lit(s) => s.as_bytes() == w,
         Level::Var(pieces) => {
             let mut rest = w;
             for p in pieces.iter() {
@@ -169,7 +170,7 @@ fn word_is(l: &Level, w: &str, b: &Bind<'_>) -> bool {
                         None => return false,
                     },
                 };
-                match rest.strip_prefix(part) {
+                match rest.strip_prefix(part.as_bytes()) {
                     Some(r) => rest = r,
                     None => return false,
                 }
@@ -249,7 +250,9 @@ pub fn matches(f: &[Level], topic: &str, b: &Bind<'_>) -> bool {
     if topic.starts_with('$') && leads_with_wildcard(f) {
         return false;
     }
-    let mut levels = topic.split('/');
+    // A byte loop: `str::split('/')` searches each level with memchr, a call per level of a
+    // few bytes.
+    let mut levels = topic.as_bytes().split(|c| *c == b'/');
     for l in f {
         match l {
             Level::Hash => return true,
@@ -280,7 +283,7 @@ pub fn covers(r: &[Level], f: &[Level], b: &Bind<'_>) -> bool {
             (None, None) => return true,
             (None, Some(_)) | (Some(_), None) => return false,
             (Some(Level::Plus), Some(_)) => {}
-            (Some(word), Some(Level::Lit(w))) if word_is(word, w, b) => {}
+            (Some(word), Some(Level::Lit(w))) if word_is(word, w.as_bytes(), b) => {}
             (Some(_), Some(_)) => return false,
         }
         i += 1;
@@ -301,7 +304,7 @@ pub fn intersects(r: &[Level], f: &[Level], b: &Bind<'_>) -> bool {
             (None, None) => return true,
             (None, Some(_)) | (Some(_), None) => return false,
             (Some(Level::Plus), _) | (_, Some(Level::Plus)) => {}
-            (Some(word), Some(Level::Lit(w))) if !word_is(word, w, b) => return false,
+            (Some(word), Some(Level::Lit(w))) if !word_is(word, w.as_bytes(), b) => return false,
             _ => {}
         }
         i += 1;

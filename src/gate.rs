@@ -731,7 +731,7 @@ impl Gate {
         topic: &str,
     ) -> Option<Decision> {
         let decision = self.registry.with_cached(client_id.as_str(), |device| {
-            self.decide(device, action, topic)
+            self.decide(device.map(Arc::as_ref), action, topic)
         })?;
         Some(self.record_authorize(client_id.as_str(), action, topic, decision))
     }

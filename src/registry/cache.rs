@@ -140,19 +140,18 @@ impl CachedRegistry {
     /// What the cache holds for `client_id` (`Some(None)`: known unknown), without asking the
     /// store.
     pub fn cached(&self, client_id: &str) -> Option<Entry> {
-        if let Some(v) = self.devices.get(client_id) {
-            return Some(Some(v));
-        }
-        self.unknown.contains_key(client_id).then_some(None)
+        self.with_cached(client_id, |v| v.cloned())
     }
 
     /// `f` of what the cache holds for `client_id` (`None`: known unknown), without asking the
-    /// store or counting a reference to the view; `None` when the cache does not know.
+    /// store; a view is lent under its shard's read lock, its reference count untouched. `None`
+    /// when the cache does not know.
     pub fn with_cached<R>(
         &self,
         client_id: &str,
-        f: impl FnOnce(Option<&DeviceView>) -> R,
+        f: impl FnOnce(Option<&Arc<DeviceView>>) -> R,
     ) -> Option<R> {
+        // `f` runs once: under the lock if the table holds the device, else if it is known unknown.
         let mut f = Some(f);
         if let Some(r) = self
             .devices

@@ -109,6 +109,14 @@ impl Routes {
     fn read_ahead<S>(&self, io: S) -> readahead::ReadAhead<S> {
         readahead::ReadAhead::new(io, &self.0.prefetcher)
     }
+
+    /// The service of one new connection.
+    fn connection(&self) -> Connection {
+        Connection {
+            routes: Arc::clone(&self.0),
+            accepted: Cell::new(None),
+        }
+    }
 }
 
 /// [`Routes`] as one connection calls them, keeping the internal secret once that connection
@@ -117,16 +125,6 @@ impl Routes {
 pub struct Connection {
     routes: Arc<RoutesInner>,
     accepted: Cell<Option<Accepted>>,
-}
-
-impl Routes {
-    /// The service of one new connection.
-    fn connection(&self) -> Connection {
-        Connection {
-            routes: Arc::clone(&self.0),
-            accepted: Cell::new(None),
-        }
-    }
 }
 
 impl Connection {

@@ -1,7 +1,8 @@
 //! The benchmark's reference: a bare hyper server that reads the body and answers a fixed allow,
 //! served the way mqgate's listener serves (`http::serve`): multi-thread tokio, HTTP/1.1
-//! keep-alive, no Nagle, pipeline flush, a 10 s header-read timeout (mqgate's default) on tokio's
-//! timer.
+//! keep-alive, no Nagle, pipeline flush, a 10 s header-read timeout (mqgate's default). The timeout
+//! runs on hyper's stock tokio timer (`TokioTimer`), which sets and clears a timer per request;
+//! mqgate keeps the same timeout with one alarm per connection (`http::timer`).
 //!
 //! `cargo run --release --example bare_server -- 127.0.0.1:18081`
 

@@ -1,8 +1,8 @@
 //! The HTTP layer: one router for every dialect, the shared concerns (internal-secret guard, body
 //! limits, JSON errors) implemented once, and a hyper-util accept loop with a header-read timeout
-//! (which `axum::serve` lacks). The guard is an extractor rather than a middleware layer: the hot
-//! path then boxes no future and arms no timer per request (the one slow step, password
-//! verification, carries its own timeout).
+//! (which `axum::serve` lacks), on one alarm per connection ([`timer`]). The guard is an extractor
+//! rather than a middleware layer: the hot path then boxes no future and arms no timer per request
+//! (the one slow step, password verification, carries its own timeout).
 //!
 //! hyper answers a connection's requests one at a time; pipelined EMQX authn requests behind the
 //! one being answered get their cache fills started as their bytes arrive ([`readahead`]).
@@ -16,6 +16,7 @@ pub mod emqx;
 mod error;
 mod ops;
 mod readahead;
+mod timer;
 
 use std::cell::Cell;
 use std::convert::Infallible;
@@ -31,7 +32,7 @@ use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -395,7 +396,7 @@ pub async fn serve(
         stops.push(stop_tx);
         tokio::spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
+                .timer(timer::HeadTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
                 .keep_alive(true)
                 .pipeline_flush(true)

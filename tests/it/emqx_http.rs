@@ -1016,3 +1016,86 @@ both_stores!(
     shutdown_keep_alive,
     shutdown_closes_idle_keep_alive_connections_and_ends_the_run
 );
+
+/// The header-read timeout (one alarm per connection, `http::timer`): a head trickled in byte by
+/// byte is cut off once the timeout has passed since it began, a connection whose requests keep
+/// coming, each head whole, stays open over many timeout periods, and it too is cut off once it
+/// goes silent. No store is involved: SQLite only.
+#[tokio::test]
+async fn the_header_read_timeout_cuts_off_slow_heads_not_busy_connections() {
+    const TIMEOUT: Duration = Duration::from_millis(600);
+    let (store, _dir) = crate::helpers::sqlite_store().await;
+    let app = TestApp::start_with(store, |l| {
+        l.set("header_read_timeout", "600ms".into(), "test")
+            .unwrap();
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let body =
+        json!({"clientid": "dev-1", "topic": "acme/dev-1/t", "action": "publish"}).to_string();
+    let request = format!(
+        "POST /v1/emqx/authz HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {SECRET}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+
+    // Reads until the peer closes; false if an answer came instead.
+    async fn closed(s: &mut tokio::net::TcpStream) -> bool {
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout(SOON, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => true,
+            Ok(Ok(_)) => false,
+            Err(_) => panic!("the connection was neither closed nor answered"),
+        }
+    }
+
+    let slow = {
+        let addr = addr.clone();
+        tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let started = tokio::time::Instant::now();
+            s.write_all(b"POST /v1/emqx/authz HTTP/1.1\r\nhost: x\r\n")
+                .await
+                .unwrap();
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            let mut cut_off = false;
+            for _ in 0..200 {
+                tick.tick().await;
+                if s.write_all(b"x").await.is_err() {
+                    cut_off = true;
+                    break;
+                }
+            }
+            assert!(
+                cut_off || closed(&mut s).await,
+                "a trickled head is cut off"
+            );
+            assert!(started.elapsed() >= TIMEOUT, "not before the timeout");
+        })
+    };
+
+    let mut busy = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(150));
+    let mut answers = 0;
+    // Four timeout periods of requests, a quarter of the timeout apart, on one connection.
+    while started.elapsed() < TIMEOUT * 4 {
+        tick.tick().await;
+        busy.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(SOON, busy.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        let text = String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).to_string();
+        assert!(
+            text.starts_with("HTTP/1.1 200"),
+            "request {answers}: {text}"
+        );
+        answers += 1;
+    }
+    assert!(answers >= 10, "{answers} answers");
+    let silent = tokio::time::Instant::now();
+    assert!(closed(&mut busy).await, "a silent connection is cut off");
+    assert!(silent.elapsed() >= TIMEOUT, "not before the timeout");
+    slow.await.unwrap();
+}

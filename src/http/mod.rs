@@ -132,15 +132,25 @@ impl Connection {
     /// [`Internal::check`], with the value this connection presented before taken as accepted
     /// again (and anything else checked in full).
     fn check(&self, headers: &HeaderMap) -> Result<Internal, ApiError> {
-        let Some(presented) = headers.get(http::header::AUTHORIZATION).and_then(bearer) else {
+        let Some(value) = headers.get(http::header::AUTHORIZATION) else {
             return Err(ApiError::Unauthorized);
         };
+        // The remembered value is compared as bytes: equal to text `bearer` read before, they
+        // need no second pass over the header to be read as text.
+        let again = |known: &Accepted| {
+            value
+                .as_bytes()
+                .strip_prefix(b"Bearer ")
+                .is_some_and(|p| known.is(p))
+        };
         let (ok, keep) = match self.accepted.take() {
-            Some(known) if known.is(presented) => (true, Some(known)),
-            known => match self.routes.state.internal_secret.accept(presented) {
-                Some(now) => (true, Some(now)),
-                None => (false, known),
-            },
+            Some(known) if again(&known) => (true, Some(known)),
+            known => {
+                match bearer(value).and_then(|p| self.routes.state.internal_secret.accept(p)) {
+                    Some(now) => (true, Some(now)),
+                    None => (false, known),
+                }
+            }
         };
         self.accepted.set(keep);
         ok.then_some(Internal).ok_or(ApiError::Unauthorized)

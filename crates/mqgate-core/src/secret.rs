@@ -67,9 +67,10 @@ impl SharedSecret {
 pub struct Accepted(secrecy::SecretSlice<u8>);
 
 impl Accepted {
-    /// Whether `presented` is the accepted value, compared in constant time ([`ct_eq`]).
-    pub fn is(&self, presented: &str) -> bool {
-        ct_eq(self.0.expose_secret(), presented.as_bytes())
+    /// Whether `presented` is the accepted value, compared in constant time ([`ct_eq`]). Raw
+    /// bytes will do: equal to a value accepted as text, they are that text.
+    pub fn is(&self, presented: &[u8]) -> bool {
+        ct_eq(self.0.expose_secret(), presented)
     }
 }
 
@@ -297,14 +298,14 @@ mod tests {
         assert!(s.accept("0123456789abcdef0123456789abcdeF").is_none());
         assert!(s.accept("").is_none());
         let a = s.accept("0123456789abcdef0123456789abcdef").unwrap();
-        assert!(a.is("0123456789abcdef0123456789abcdef"));
+        assert!(a.is(b"0123456789abcdef0123456789abcdef"));
         for other in [
             "0123456789abcdef0123456789abcdeF",
             "0123456789abcdef0123456789abcde",
             "0123456789abcdef0123456789abcdef0",
             "",
         ] {
-            assert!(!a.is(other), "{other:?}");
+            assert!(!a.is(other.as_bytes()), "{other:?}");
         }
         assert_eq!(format!("{a:?}"), "Accepted(..)");
     }

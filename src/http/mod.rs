@@ -412,7 +412,10 @@ pub async fn serve(
                 .pipeline_flush(true)
                 .serve_connection(io, svc);
             tokio::pin!(conn);
+            // Biased: the connection first, then the stop, without drawing a random order at
+            // every wake of the connection (several per request).
             tokio::select! {
+                biased;
                 r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%peer, error = %e, "connection ended") },
                 _ = &mut stop => {
                     conn.as_mut().graceful_shutdown();

@@ -20,10 +20,15 @@ pub struct BadId(&'static str);
 impl ClientId {
     /// Parses a client id.
     pub fn parse(s: &str) -> Result<Self, BadId> {
+        let allowed = |c: char| !matches!(c, '+' | '#' | '/' | '$') && !c.is_control();
+        // Nearly every client id is ASCII: a byte at a time then, without decoding chars.
         let ok = !s.is_empty()
             && s.len() <= 256
-            && s.chars()
-                .all(|c| !matches!(c, '+' | '#' | '/' | '$') && !c.is_control());
+            && if s.is_ascii() {
+                s.bytes().all(|b| allowed(char::from(b)))
+            } else {
+                s.chars().all(allowed)
+            };
         if ok {
             Ok(ClientId(compact_str::CompactString::new(s)))
         } else {
@@ -116,5 +121,25 @@ mod tests {
         // Multi-byte characters count in bytes: 12 two-byte characters fill the 24 inline bytes.
         let wide = "é".repeat(12);
         assert!(!ClientId::parse(&wide).unwrap().0.is_heap_allocated());
+    }
+
+    proptest::proptest! {
+        /// The byte-at-a-time check of ASCII ids refuses exactly what the char-at-a-time rule
+        /// refuses (ASCII with every control character and + # / $ among it, and any text).
+        #[test]
+        fn the_ascii_check_is_the_char_rule(
+            ascii in proptest::collection::vec(0u8..0x80, 0..40),
+            text in "(?s).{0,20}",
+        ) {
+            let rule = |s: &str| {
+                !s.is_empty()
+                    && s.len() <= 256
+                    && s.chars().all(|c| !matches!(c, '+' | '#' | '/' | '$') && !c.is_control())
+            };
+            let ascii = String::from_utf8(ascii).unwrap();
+            for s in [ascii.as_str(), text.as_str()] {
+                proptest::prop_assert_eq!(ClientId::parse(s).is_ok(), rule(s), "{:?}", s);
+            }
+        }
     }
 }

@@ -125,16 +125,35 @@ mod tests {
     }
 
     const T: Duration = Duration::from_secs(10);
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Polled by hand (a waker of no task): pending until `left` from now, ready then.
+    async fn ends_in(sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, left: Duration) {
+        assert!(poll(sleep).is_pending());
+        tokio::time::advance(left - MS).await;
+        assert!(poll(sleep).is_pending());
+        tokio::time::advance(MS).await;
+        assert!(poll(sleep).is_ready());
+    }
+
+    /// Awaited by this task, a wait of `T` ends after exactly `T` (woken by the alarm).
+    async fn awaited_ends_on_time(timer: &HeadTimer) {
+        let start = tokio::time::Instant::now();
+        tokio::time::timeout(T * 2, timer.sleep(T))
+            .await
+            .expect("woken at its deadline");
+        assert_eq!(start.elapsed(), T);
+    }
+
+    /// A wait of `timeout` that sets the alarm and is then dropped (its head arrived).
+    fn set_alarm(timer: &HeadTimer, timeout: Duration) {
+        let mut s = timer.sleep(timeout);
+        assert!(poll(&mut s).is_pending());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_sleep_is_ready_at_its_deadline_not_before() {
-        let timer = HeadTimer::new();
-        let mut s = timer.sleep(T);
-        assert!(poll(&mut s).is_pending());
-        tokio::time::advance(T - Duration::from_millis(1)).await;
-        assert!(poll(&mut s).is_pending());
-        tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(poll(&mut s).is_ready());
+        ends_in(&mut HeadTimer::new().sleep(T), T).await;
     }
 
     /// Request after request, each head read within the timeout: the alarm set for the first one
@@ -147,15 +166,9 @@ mod tests {
             assert!(poll(&mut s).is_pending());
             tokio::time::advance(Duration::from_secs(1)).await;
             assert!(poll(&mut s).is_pending());
-            drop(s); // the head arrived
         }
         // 50 s in, the first alarm (at 10 s) long gone off: a new wait still gets its full time.
-        let mut s = timer.sleep(T);
-        assert!(poll(&mut s).is_pending());
-        tokio::time::advance(T - Duration::from_millis(1)).await;
-        assert!(poll(&mut s).is_pending());
-        tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(poll(&mut s).is_ready());
+        ends_in(&mut timer.sleep(T), T).await;
     }
 
     /// A sleep whose deadline the alarm set by an earlier sleep passes without the later sleep
@@ -163,32 +176,20 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_alarm_gone_off_unseen_is_moved_on() {
         let timer = HeadTimer::new();
-        let mut first = timer.sleep(T);
-        assert!(poll(&mut first).is_pending());
-        drop(first);
+        set_alarm(&timer, T);
         tokio::time::advance(Duration::from_secs(5)).await;
         let mut second = timer.sleep(T); // deadline at 15 s; the alarm is at 10 s
         tokio::time::advance(Duration::from_secs(6)).await; // 11 s: the alarm went off unseen
-        assert!(poll(&mut second).is_pending());
-        tokio::time::advance(Duration::from_secs(4) - Duration::from_millis(1)).await;
-        assert!(poll(&mut second).is_pending());
-        tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(poll(&mut second).is_ready());
+        ends_in(&mut second, Duration::from_secs(4)).await;
     }
 
     /// The alarm wakes the task that waits: a sleep awaited (not polled by hand) ends on time.
     #[tokio::test(start_paused = true)]
     async fn the_alarm_wakes_the_waiting_task() {
         let timer = HeadTimer::new();
-        let mut early = timer.sleep(T);
-        assert!(poll(&mut early).is_pending());
-        drop(early);
+        set_alarm(&timer, T);
         tokio::time::advance(Duration::from_secs(3)).await;
-        let start = tokio::time::Instant::now();
-        tokio::time::timeout(T * 2, timer.sleep(T))
-            .await
-            .expect("woken at its deadline");
-        assert_eq!(start.elapsed(), T);
+        awaited_ends_on_time(&timer).await;
     }
 
     /// A sleep that finds the alarm holding its own task's waker does not poll it again (the
@@ -202,11 +203,7 @@ mod tests {
         assert!(polled.is_pending());
         drop(first);
         tokio::time::advance(Duration::from_secs(4)).await;
-        let start = tokio::time::Instant::now();
-        tokio::time::timeout(T * 2, timer.sleep(T))
-            .await
-            .expect("woken at its deadline");
-        assert_eq!(start.elapsed(), T);
+        awaited_ends_on_time(&timer).await;
     }
 
     /// A sleep with an earlier deadline than the alarm's (a shorter timeout) moves the alarm
@@ -214,13 +211,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_shorter_sleep_moves_the_alarm_back() {
         let timer = HeadTimer::new();
-        let mut long = timer.sleep(T * 3);
-        assert!(poll(&mut long).is_pending());
-        drop(long);
-        let start = tokio::time::Instant::now();
-        tokio::time::timeout(T * 2, timer.sleep(T))
-            .await
-            .expect("woken at its own deadline");
-        assert_eq!(start.elapsed(), T);
+        set_alarm(&timer, T * 3);
+        awaited_ends_on_time(&timer).await;
     }
 }

@@ -13,9 +13,9 @@
 //! sleep is polled again (hyper polls it whenever the connection is woken while it waits for a
 //! head) and moves the alarm to its own deadline. So the alarm moves at most once per timeout
 //! period, and a request costs a small box and an uncontended lock (about 110 instructions). A
-//! sleep is ready only once
-//! the alarm has gone off at or after its own deadline: a head is never cut short, and a head
-//! that takes longer than the timeout is cut off as hyper's own timer would.
+//! sleep is ready only once the alarm has gone off at or after its own deadline: a head is never
+//! cut short, and a head that takes longer than the timeout is cut off as hyper's own timer
+//! would.
 
 use std::future::Future;
 use std::pin::Pin;
